@@ -1,0 +1,1 @@
+"""torchport.deploy — packs an existing model package (wheels, containers, manifests). No torch."""

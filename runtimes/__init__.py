@@ -1,0 +1,70 @@
+"""torchport.runtimes — no torch: the model package format, errors, ONNX Runtime sessions, the server.
+
+This package never imports torch, torchport.exporters, torchport.deploy or torchport.cli.
+"""
+
+from torchport.runtimes._dtypes import PROTOCOL_DATATYPES, SUPPORTED_DTYPES, check_dtype
+from torchport.runtimes._errors import (
+    ExportError,
+    InferenceInputError,
+    LoadError,
+    OptimizationError,
+    PackageError,
+    ProviderError,
+    ServingError,
+    TorchportError,
+    UsageError,
+    ValidationError,
+)
+from torchport.runtimes._inputs import concrete_shape, dim_sample_points, random_inputs
+from torchport.runtimes._manifest import (
+    MANIFEST_NAME,
+    PARITY_NAME,
+    SCHEMA_VERSION,
+    DimRange,
+    FileRecord,
+    Manifest,
+    TensorSpec,
+    Variant,
+    manifest_from_dict,
+)
+from torchport.runtimes._package import (
+    ModelPackage,
+    PackageWriter,
+    sha256_file,
+    update_package,
+    write_package,
+)
+
+__all__ = [
+    "MANIFEST_NAME",
+    "PARITY_NAME",
+    "PROTOCOL_DATATYPES",
+    "SCHEMA_VERSION",
+    "SUPPORTED_DTYPES",
+    "DimRange",
+    "ExportError",
+    "FileRecord",
+    "InferenceInputError",
+    "LoadError",
+    "Manifest",
+    "ModelPackage",
+    "OptimizationError",
+    "PackageError",
+    "PackageWriter",
+    "ProviderError",
+    "ServingError",
+    "TensorSpec",
+    "TorchportError",
+    "UsageError",
+    "ValidationError",
+    "Variant",
+    "check_dtype",
+    "concrete_shape",
+    "dim_sample_points",
+    "random_inputs",
+    "manifest_from_dict",
+    "sha256_file",
+    "update_package",
+    "write_package",
+]

@@ -1,0 +1,76 @@
+"""Generating inputs from a signature (numpy only): for validation, calibration and warm-up."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from torchport.runtimes._dtypes import to_numpy
+from torchport.runtimes._errors import UsageError
+from torchport.runtimes._manifest import DimRange, TensorSpec
+
+
+def concrete_shape(spec: TensorSpec, dims: Mapping[str, int]) -> tuple[int, ...]:
+    """Shape of ``spec`` with each named dim replaced by its value in ``dims``."""
+    shape = []
+    for d in spec.shape:
+        if isinstance(d, int):
+            shape.append(d)
+        elif d is None:
+            raise UsageError(f"input {spec.name!r} has an unnamed dynamic dim; name it with --input/--dim")
+        elif d in dims:
+            shape.append(int(dims[d]))
+        else:
+            raise UsageError(f"input {spec.name!r}: no value for dynamic dim {d!r}")
+    return tuple(shape)
+
+
+def random_tensor(spec: TensorSpec, shape: Sequence[int], rng: np.random.Generator) -> np.ndarray:
+    """A random array for ``spec``: floats ~ N(0, 1), ints in ``value_range`` (default 0..9), bools."""
+    if spec.dtype == "bool":
+        return rng.integers(0, 2, size=shape).astype(bool)
+    if spec.dtype == "string":
+        return np.array(["x"] * int(np.prod(shape)), dtype=object).reshape(shape)
+    dtype = to_numpy(spec.dtype)
+    if dtype.kind in "iu":
+        low, high = spec.value_range or (0, 9)
+        return rng.integers(int(low), int(high) + 1, size=shape).astype(dtype)
+    if spec.value_range is not None:
+        low, high = spec.value_range
+        return rng.uniform(low, high, size=shape).astype(dtype)
+    return rng.standard_normal(size=shape).astype(dtype)
+
+
+def random_inputs(
+    specs: Sequence[TensorSpec], dims: Mapping[str, int], rng: np.random.Generator | int | None = None
+) -> dict[str, np.ndarray]:
+    """One random input per spec, with dynamic dims set from ``dims``.
+
+    Example:
+        >>> specs = [TensorSpec("x", "float32", ["batch", 4])]
+        >>> random_inputs(specs, {"batch": 2}, 0)["x"].shape
+        (2, 4)
+    """
+    rng = np.random.default_rng(rng)
+    return {s.name: random_tensor(s, concrete_shape(s, dims), rng) for s in specs}
+
+
+def dim_sample_points(
+    dynamic_dims: Mapping[str, DimRange], n: int, rng: np.random.Generator | int | None = None
+) -> list[dict[str, int]]:
+    """``n`` assignments of the dynamic dims: all-min, all-max, then random points in range.
+
+    With no dynamic dims it returns ``[{}]`` (one point: the fixed signature).
+    """
+    rng = np.random.default_rng(rng)
+    if not dynamic_dims:
+        return [{}]
+    points = [{k: r.min for k, r in dynamic_dims.items()}, {k: r.max for k, r in dynamic_dims.items()}]
+    while len(points) < n:
+        points.append({k: int(rng.integers(r.min, r.max + 1)) for k, r in dynamic_dims.items()})
+    unique: list[dict[str, int]] = []
+    for p in points[: max(n, 1)]:
+        if p not in unique:
+            unique.append(p)
+    return unique
