@@ -17,6 +17,7 @@ from torchport.runtimes._errors import (
     ValidationError,
 )
 from torchport.runtimes._inputs import concrete_shape, dim_sample_points, random_inputs
+from torchport.runtimes._inspect import PackageSummary, inspect_package
 from torchport.runtimes._manifest import (
     MANIFEST_NAME,
     PARITY_NAME,
@@ -49,6 +50,7 @@ __all__ = [
     "LoadError",
     "Manifest",
     "ModelPackage",
+    "PackageSummary",
     "OptimizationError",
     "PackageError",
     "PackageWriter",
@@ -62,6 +64,7 @@ __all__ = [
     "check_dtype",
     "concrete_shape",
     "dim_sample_points",
+    "inspect_package",
     "random_inputs",
     "manifest_from_dict",
     "sha256_file",
