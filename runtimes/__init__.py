@@ -29,6 +29,8 @@ from torchport.runtimes._manifest import (
     Variant,
     manifest_from_dict,
 )
+from torchport.runtimes._providers import available_providers, resolve_providers
+from torchport.runtimes._session import Session
 from torchport.runtimes._package import (
     ModelPackage,
     PackageWriter,
@@ -56,6 +58,7 @@ __all__ = [
     "PackageWriter",
     "ProviderError",
     "ServingError",
+    "Session",
     "TensorSpec",
     "TorchportError",
     "UsageError",
@@ -66,6 +69,8 @@ __all__ = [
     "dim_sample_points",
     "inspect_package",
     "random_inputs",
+    "available_providers",
+    "resolve_providers",
     "manifest_from_dict",
     "sha256_file",
     "update_package",
