@@ -1,0 +1,27 @@
+"""torchport.exporters — the torch side: load, capture, passes, ONNX export, parity validation."""
+
+from torchport.exporters._input_specs import (
+    ExampleInputs,
+    parse_dim_spec,
+    parse_input_spec,
+    resolve_example_inputs,
+)
+from torchport.exporters._loading import LoadedModel, load_model
+from torchport.exporters._optimize import OptimizeResult, optimize_package
+from torchport.exporters._passes import FunctionPass, Pass, PassPipeline, PassRecord, PipelineResult
+
+__all__ = [
+    "ExampleInputs",
+    "LoadedModel",
+    "load_model",
+    "parse_dim_spec",
+    "parse_input_spec",
+    "resolve_example_inputs",
+    "FunctionPass",
+    "OptimizeResult",
+    "Pass",
+    "PassPipeline",
+    "PassRecord",
+    "PipelineResult",
+    "optimize_package",
+]

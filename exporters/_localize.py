@@ -1,0 +1,414 @@
+"""Find the first ONNX node whose value diverges from eager PyTorch, and the user's source line.
+
+How the two graphs are matched: the dynamo ONNX exporter (``torch.onnx.export(dynamo=True)``)
+names the ONNX value that carries the result of an FX node after that node (FX ``%linear`` →
+ONNX value ``linear``) and stamps every ONNX node with metadata (``pkg.torch.onnx.fx_node``,
+``pkg.torch.onnx.name_scopes``, ``pkg.torch.onnx.stack_trace``). Optimization passes keep most
+of these names (ONNX Runtime's offline optimizer drops the metadata but keeps the names), so:
+
+1. the eager side runs the ExportedProgram's FX graph node by node (``torch.fx.Interpreter``) and
+   keeps every intermediate tensor by node name;
+2. the ONNX side exposes every intermediate value as an extra graph output and runs in ONNX
+   Runtime with graph optimizations off, so each value is what that node computed;
+3. walking the ONNX nodes in graph (topological) order, the first node with an output matched to
+   an FX node beyond tolerance is reported with its op type, its inputs' ranges and the source
+   line (from the ONNX node's stack-trace metadata, else from the FX node's ``stack_trace``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+_FX_NAME = re.compile(r"^%([A-Za-z0-9_]+)\s*:")
+_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)\n?\s*(.*)')
+
+
+@dataclass
+class InputRange:
+    """Name, shape and value range of one input of the diverging node."""
+
+    name: str
+    shape: tuple[int, ...] | None
+    dtype: str | None
+    min: float | None
+    max: float | None
+
+    def __str__(self) -> str:
+        if self.min is None:
+            return f"{self.name}: (value not available)"
+        return f"{self.name}: {self.dtype}{list(self.shape or ())} in [{self.min:.4g}, {self.max:.4g}]"
+
+
+@dataclass
+class Localization:
+    """The first ONNX node whose output diverges from eager PyTorch.
+
+    Attributes:
+        found: whether a diverging node was found (falsy when none was).
+        node: ONNX node name; ``op_type`` / ``domain`` its op.
+        value: the ONNX value compared (named after the FX node).
+        fx_node: the matching FX node name; ``fx_target`` its aten op.
+        max_abs / max_rel / cosine: the divergence of that value.
+        inputs: the node's inputs and their ranges in the ONNX run.
+        source: ``file:line`` of the user's code; ``code``: that line.
+        compared: how many intermediate values were compared before stopping.
+        message: why nothing was found, when ``found`` is False.
+    """
+
+    found: bool
+    node: str | None = None
+    op_type: str | None = None
+    domain: str = ""
+    value: str | None = None
+    fx_node: str | None = None
+    fx_target: str | None = None
+    max_abs: float | None = None
+    max_rel: float | None = None
+    cosine: float | None = None
+    inputs: list[InputRange] = field(default_factory=list)
+    source: str | None = None
+    code: str | None = None
+    compared: int = 0
+    message: str = ""
+
+    def __bool__(self) -> bool:
+        return self.found
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "found": self.found,
+            "node": self.node,
+            "op_type": self.op_type,
+            "domain": self.domain,
+            "value": self.value,
+            "fx_node": self.fx_node,
+            "fx_target": self.fx_target,
+            "max_abs": self.max_abs,
+            "max_rel": self.max_rel,
+            "cosine": self.cosine,
+            "inputs": [vars(i) | {"shape": list(i.shape) if i.shape else None} for i in self.inputs],
+            "source": self.source,
+            "code": self.code,
+            "compared": self.compared,
+            "message": self.message,
+        }
+
+    def __str__(self) -> str:
+        if not self.found:
+            return f"first diverging node: not found ({self.message})"
+        op = f"{self.domain}.{self.op_type}" if self.domain else self.op_type
+        lines = [
+            f"first diverging node: {self.node} ({op}) -> value {self.value!r} "
+            f"(FX node {self.fx_node}{f' = {self.fx_target}' if self.fx_target else ''})",
+            f"  max abs error {self.max_abs:.3g}, max rel error {self.max_rel:.3g}, cosine {self.cosine:.6f} "
+            f"(after {self.compared} matching values)",
+        ]
+        for inp in self.inputs:
+            lines.append(f"  input {inp}")
+        if self.source:
+            lines.append(f"  source: {self.source}" + (f"\n    {self.code}" if self.code else ""))
+        else:
+            lines.append("  source: unknown (no stack trace recorded for this node)")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- source lines
+
+
+def user_frame(stack_trace: str | None) -> tuple[str, str] | None:
+    """``("file:line", code)`` of the user's frame in a torch stack trace (skips torch's own frames).
+
+    The trace lists frames outermost first; the innermost frame outside the ``torch`` package is
+    the user's line (for ``self.fc(x)`` that is the line in the user's ``forward``, not
+    ``torch/nn/modules/linear.py``).
+    """
+    if not stack_trace:
+        return None
+    frames = [
+        (m.group(1), int(m.group(2)), m.group(4).strip())
+        for m in _FRAME.finditer(stack_trace.replace("\r", ""))
+    ]
+    if not frames:
+        return None
+    ours = [f for f in frames if not _is_torch_file(f[0])] or frames
+    file, line, code = ours[-1]
+    return f"{file}:{line}", code
+
+
+def _is_torch_file(path: str) -> bool:
+    p = path.replace("\\", "/")
+    return (
+        "/site-packages/torch/" in p or "/dist-packages/torch/" in p or "/torch/fx/" in p or "/torch/nn/" in p
+    )
+
+
+# ---------------------------------------------------------------- eager side
+
+
+def exported_program_for(module: Any, args: tuple, kwargs: Mapping[str, Any] | None = None) -> Any:
+    """The ExportedProgram the dynamo ONNX exporter translates (after its decompositions).
+
+    Its FX node names are the names the exporter gives ONNX values. Exported with the concrete
+    shapes of ``args``/``kwargs`` (no dynamic dims needed to compare one input).
+    """
+    import torch
+
+    prog = torch.onnx.export(
+        module, tuple(args), kwargs=dict(kwargs or {}), dynamo=True, verbose=False, optimize=False
+    )
+    return prog.exported_program
+
+
+def fx_intermediates(
+    exported_program: Any, args: tuple, kwargs: Mapping[str, Any] | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run the FX graph node by node; return ``({node name: tensor}, {node name: fx node})``."""
+    import torch
+    import torch.fx
+    from torch.utils import _pytree as pytree
+
+    gm = exported_program.module()
+    values: dict[str, Any] = {}
+    nodes: dict[str, Any] = {}
+
+    class Recorder(torch.fx.Interpreter):
+        def run_node(self, n: Any) -> Any:
+            result = super().run_node(n)
+            if isinstance(result, torch.Tensor) and n.op == "call_function":
+                values[n.name] = result.detach()
+                nodes[n.name] = n
+            return result
+
+    in_spec = getattr(gm, "_in_spec", None)
+    if in_spec is not None:
+        from torch.fx._pytree import tree_flatten_spec
+
+        flat = tree_flatten_spec((tuple(args), dict(kwargs or {})), in_spec)
+    else:
+        flat = pytree.tree_leaves((tuple(args), dict(kwargs or {})))
+    with torch.no_grad():
+        Recorder(gm).run(*flat)
+    # the graph of ep.module() may name nodes differently from the ExportedProgram's graph; add those
+    for n in exported_program.graph.nodes:
+        if n.op == "call_function" and n.name not in nodes and n.name in values:
+            nodes[n.name] = n
+    return values, nodes
+
+
+# ---------------------------------------------------------------- ONNX side
+
+
+def onnx_intermediates(
+    model: onnx.ModelProto | str | Path, feeds: Mapping[str, np.ndarray], names: Sequence[str] | None = None
+) -> dict[str, np.ndarray]:
+    """Run ``model`` in ONNX Runtime (optimizations off) exposing intermediate values as outputs.
+
+    Args:
+        model: the ONNX model or its path.
+        feeds: the inputs.
+        names: values to expose (default: every node output of the main graph).
+    """
+    import onnxruntime as ort
+
+    proto = onnx.load(str(model)) if not isinstance(model, onnx.ModelProto) else model
+    proto = (
+        onnx.ModelProto.FromString(proto.SerializeToString()) if proto.ByteSize() < 1_800_000_000 else proto
+    )
+    existing = {o.name for o in proto.graph.output}
+    wanted = list(names) if names is not None else [o for n in proto.graph.node for o in n.output if o]
+    for name in wanted:
+        if name not in existing:
+            proto.graph.output.append(onnx.ValueInfoProto(name=name))
+            existing.add(name)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    out_names = [o.name for o in sess.get_outputs()]
+    results = sess.run(out_names, dict(feeds))
+    return {n: r for n, r in zip(out_names, results, strict=True) if isinstance(r, np.ndarray)}
+
+
+def _meta(node: onnx.NodeProto) -> dict[str, str]:
+    return {p.key: p.value for p in node.metadata_props}
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel(), b.ravel()
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0.0 and nb == 0.0:
+        return 1.0
+    if na == 0.0 or nb == 0.0:
+        return 0.0
+    return float(np.dot(a, b) / (na * nb))
+
+
+def localize(
+    model: onnx.ModelProto | str | Path,
+    feeds: Mapping[str, np.ndarray],
+    *,
+    module: Any = None,
+    args: tuple = (),
+    kwargs: Mapping[str, Any] | None = None,
+    exported_program: Any = None,
+    atol: float = 1e-4,
+    rtol: float = 1e-3,
+    min_cosine: float | None = None,
+) -> Localization:
+    """Find the first ONNX node of ``model`` whose output diverges from eager PyTorch on one input.
+
+    Args:
+        model: the ONNX model (or its path) that failed validation.
+        feeds: the ONNX inputs ``{name: array}`` of the failing case.
+        module: the eager model; with ``args``/``kwargs`` (the same input as torch tensors) it is
+            captured with the dynamo ONNX exporter to get the FX graph, unless
+            ``exported_program`` is given.
+        exported_program: the ExportedProgram the ONNX model was translated from (its FX node
+            names must be the ONNX value names).
+        atol / rtol: a value diverges when ``max|onnx - eager| > atol + rtol * max|eager|``.
+        min_cosine: if given, a value also diverges when its cosine similarity drops below it
+            (used for fp16 / int8 variants, where small absolute errors are expected).
+
+    Returns:
+        A :class:`Localization` (falsy with a ``message`` when no matched value diverges).
+
+    Example:
+        >>> loc = localize("out/m/model.onnx", {"x": x.numpy()}, module=model, args=(x,))  # doctest: +SKIP
+        >>> print(loc)
+        first diverging node: node_mul_4 (Mul) -> value 'mul_4' (FX node mul_4 = aten.mul.Tensor)
+          ...
+          source: /home/me/model.py:12
+            z = torch.relu(y) * 2.0
+    """
+    proto = onnx.load(str(model)) if not isinstance(model, onnx.ModelProto) else model
+    if exported_program is None:
+        if module is None:
+            raise ValueError("localize needs module (with args/kwargs) or exported_program")
+        exported_program = exported_program_for(module, args, kwargs)
+    fx_values, fx_nodes = fx_intermediates(exported_program, args, kwargs)
+    ort_values = onnx_intermediates(proto, feeds)
+    initializers = {i.name: i for i in proto.graph.initializer}
+    compared = 0
+    for node in proto.graph.node:
+        for out in node.output:
+            if out not in fx_values or out not in ort_values:
+                continue
+            ref = (
+                fx_values[out].float().numpy()
+                if fx_values[out].is_floating_point()
+                else fx_values[out].numpy()
+            )
+            got = ort_values[out]
+            if ref.shape != got.shape:
+                continue
+            compared += 1
+            ref64, got64 = ref.astype(np.float64), got.astype(np.float64)
+            if not np.all(np.isfinite(ref64)) or not np.all(np.isfinite(got64)):
+                same = np.array_equal(np.isnan(ref64), np.isnan(got64)) and np.allclose(
+                    np.nan_to_num(got64), np.nan_to_num(ref64), atol=atol, rtol=rtol
+                )
+                diff = float("inf") if not same else 0.0
+            else:
+                diff = float(np.max(np.abs(got64 - ref64))) if ref64.size else 0.0
+            scale = float(np.max(np.abs(ref64))) if ref64.size else 0.0
+            cos = _cos(got64, ref64) if ref64.size else 1.0
+            diverged = diff > atol + rtol * scale
+            if min_cosine is not None:
+                diverged = cos < min_cosine and diff > atol
+            if not diverged:
+                continue
+            return _report(
+                node,
+                out,
+                diff,
+                diff / scale if scale else float("inf"),
+                cos,
+                compared,
+                ort_values,
+                initializers,
+                fx_nodes.get(out),
+            )
+    return Localization(
+        found=False,
+        compared=compared,
+        message=(
+            f"none of the {compared} intermediate values matched between the FX graph and the ONNX graph "
+            "diverges beyond tolerance; the divergence is in an unmatched (fused or renamed) node, or only "
+            "in ONNX Runtime's own graph optimizations"
+            if compared
+            else "no ONNX value could be matched to an FX node (was the model exported with torch.onnx dynamo?)"
+        ),
+    )
+
+
+def _report(
+    node: onnx.NodeProto,
+    value: str,
+    max_abs: float,
+    max_rel: float,
+    cosine: float,
+    compared: int,
+    ort_values: Mapping[str, np.ndarray],
+    initializers: Mapping[str, onnx.TensorProto],
+    fx_node: Any,
+) -> Localization:
+    inputs = []
+    for name in node.input:
+        if not name:
+            continue
+        arr = ort_values.get(name)
+        if arr is None and name in initializers:
+            arr = numpy_helper.to_array(initializers[name])
+        if arr is None or arr.dtype.kind not in "biuf" or arr.size == 0:
+            inputs.append(
+                InputRange(
+                    name,
+                    tuple(arr.shape) if arr is not None else None,
+                    str(arr.dtype) if arr is not None else None,
+                    None,
+                    None,
+                )
+            )
+        else:
+            inputs.append(
+                InputRange(name, tuple(arr.shape), str(arr.dtype), float(arr.min()), float(arr.max()))
+            )
+    meta = _meta(node)
+    fx_target = None
+    fx_name = value
+    if "pkg.torch.onnx.fx_node" in meta:
+        m = _FX_NAME.match(meta["pkg.torch.onnx.fx_node"])
+        fx_name = m.group(1) if m else value
+        t = re.search(r"target=([^\]]+)\]", meta["pkg.torch.onnx.fx_node"])
+        fx_target = t.group(1).replace("torch.ops.", "") if t else None
+    trace = meta.get("pkg.torch.onnx.stack_trace")
+    if fx_node is not None:
+        fx_target = fx_target or str(getattr(fx_node.target, "__name__", fx_node.target)).replace(
+            "torch.ops.", ""
+        )
+        trace = trace or fx_node.meta.get("stack_trace")
+    where = user_frame(trace)
+    return Localization(
+        found=True,
+        node=node.name or f"<{node.op_type} producing {value}>",
+        op_type=node.op_type,
+        domain=node.domain,
+        value=value,
+        fx_node=fx_name,
+        fx_target=fx_target,
+        max_abs=max_abs,
+        max_rel=max_rel,
+        cosine=cosine,
+        inputs=inputs,
+        source=where[0] if where else None,
+        code=where[1] if where else None,
+        compared=compared,
+    )

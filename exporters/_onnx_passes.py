@@ -1,0 +1,388 @@
+"""The ONNX passes: onnxscript optimizer, ORT transformer fusions, ORT offline graph, fp16, int8.
+
+Every pass follows :mod:`torchport.exporters._passes`: a ``name`` and ``__call__(model) ->
+(model, modified)``. The pass names are what ``--disable`` takes:
+
+============== ==============================================================================
+name           what it does
+============== ==============================================================================
+``optimize``   onnxscript / onnx-ir optimizer: constant folding, dead code, redundant casts and
+               reshapes (``no_op_cast``, ``cast_cast``, ``reshape_reshape``, ...)
+``ort_fusions`` onnxscript's ORT fusion rewriter (``optimize_for_ort``): Attention /
+               MultiHeadAttention, SkipLayerNormalization, (Bias)Gelu, RotaryEmbedding, RMSNorm...
+               into ``com.microsoft`` ops
+``ort_offline`` ONNX Runtime's own graph optimizer run offline for one execution provider and
+               saved (``SessionOptions.optimized_model_filepath``), so sessions start fast
+``fp16``       float16 weights and compute; float32 inputs/outputs and numerically sensitive ops
+               (LayerNorm, Softmax, ReduceMean, Pow, Exp, ...) kept in float32
+``int8_dynamic`` int8 weights, activations quantized at run time (``quantize_dynamic``)
+``int8_static`` int8 QDQ with activation ranges calibrated on sample inputs (``quantize_static``)
+============== ==============================================================================
+"""
+
+from __future__ import annotations
+
+import collections
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from torchport.exporters._passes import AnyModel, as_ir, as_proto, op_counts
+from torchport.runtimes import OptimizationError, UsageError
+
+#: ops kept in float32 by the fp16 pass (numerically sensitive: reductions, exponentials, norms)
+FP16_KEEP_FLOAT32_OPS: tuple[str, ...] = (
+    "LayerNormalization",
+    "SkipLayerNormalization",
+    "SimplifiedLayerNormalization",
+    "SkipSimplifiedLayerNormalization",
+    "Softmax",
+    "LogSoftmax",
+    "ReduceMean",
+    "ReduceSum",
+    "ReduceSumSquare",
+    "ReduceLogSumExp",
+    "Pow",
+    "Exp",
+    "Log",
+    "Sqrt",
+    "Reciprocal",
+    "Erf",
+    "Range",
+    "CumSum",
+    "InstanceNormalization",
+    "GroupNormalization",
+    "BatchNormalization",
+    "Resize",
+    "Upsample",
+    "TopK",
+    "NonMaxSuppression",
+    "RandomNormalLike",
+    "RandomUniformLike",
+    "EyeLike",
+)
+
+#: ORT graph optimization levels by name
+ORT_LEVELS = ("basic", "extended", "all")
+
+_PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+
+
+def ort_provider_name(provider: str) -> str:
+    """``"cpu"`` → ``"CPUExecutionProvider"`` (full names pass through)."""
+    if provider in _PROVIDERS.values():
+        return provider
+    try:
+        return _PROVIDERS[provider.lower()]
+    except KeyError:
+        raise UsageError(f"unknown provider {provider!r}; use one of: {', '.join(_PROVIDERS)}") from None
+
+
+def _fingerprint(model: AnyModel) -> tuple[Any, ...]:
+    if isinstance(model, onnx.ModelProto):
+        inits = tuple(sorted(i.name for i in model.graph.initializer))
+        outs = tuple(v for n in model.graph.node for v in n.output)
+    else:
+        inits = tuple(sorted(model.graph.initializers))
+        outs = tuple(v.name for n in model.graph for v in n.outputs)
+    return tuple(sorted(op_counts(model).items())), inits, outs
+
+
+# ---------------------------------------------------------------- graph cleanup / fusions
+
+
+class OnnxscriptOptimizePass:
+    """onnxscript optimizer: constant folding, dead-code elimination, redundant cast/reshape removal.
+
+    Example:
+        >>> model, modified = OnnxscriptOptimizePass()(onnx.load("model.onnx"))  # doctest: +SKIP
+    """
+
+    name = "optimize"
+
+    def __call__(self, model: AnyModel) -> tuple[ir.Model, bool]:
+        import onnxscript.optimizer
+        from onnxscript.rewriter import rewrite
+        from onnxscript.rewriter.rules import common
+
+        model = as_ir(model)
+        before = _fingerprint(model)
+        onnxscript.optimizer.optimize(model)
+        rules = [
+            common.no_op_cast_rule,
+            common.cast_cast_rule,
+            common.reshape_reshape_rule,
+            common.squeeze_reshape_1d_rule,
+        ]
+        no_op = getattr(common, "no_op_reshape_rule", None) or getattr(
+            common, "no_op_dynamic_reshape_rule", None
+        )
+        if no_op is not None:
+            rules.append(no_op)
+        rewrite(model, rules)
+        onnxscript.optimizer.remove_unused_nodes(model)
+        return model, _fingerprint(model) != before
+
+
+class OrtFusionsPass:
+    """Transformer fusions for ONNX Runtime via onnxscript's ``optimize_for_ort``.
+
+    Fuses attention (``com.microsoft.Attention`` / ``MultiHeadAttention``), skip + layer norm,
+    GELU / bias-GELU, rotary embeddings and RMS norm. ``details`` holds the count of each fusion.
+    """
+
+    name = "ort_fusions"
+
+    def __init__(self) -> None:
+        self.details: dict[str, int] = {}
+
+    def __call__(self, model: AnyModel) -> tuple[ir.Model, bool]:
+        from onnxscript.rewriter.ort_fusions import optimize_for_ort
+
+        model = as_ir(model)
+        before = _fingerprint(model)
+        model, counts = optimize_for_ort(model)
+        self.details = {k: int(v) for k, v in counts.items() if v}
+        return model, _fingerprint(model) != before
+
+
+class OrtOfflinePass:
+    """Run ONNX Runtime's graph optimizer offline for one execution provider and keep its output.
+
+    The saved graph contains provider-specific fused ops (at ``extended``/``all``), so it is only
+    valid for that provider; :func:`optimize_package` records the provider in the manifest
+    (``extra["ort_offline"]``). ``all`` also applies layout transforms tied to the CPU it ran on.
+
+    Args:
+        provider: ``"cpu"``, ``"cuda"`` or ``"tensorrt"`` (or the full ORT provider name).
+        level: ``"basic"``, ``"extended"`` (default) or ``"all"``.
+    """
+
+    name = "ort_offline"
+
+    def __init__(self, provider: str = "cpu", level: str = "extended") -> None:
+        if level not in ORT_LEVELS:
+            raise UsageError(f"unknown ORT optimization level {level!r}; use one of: {', '.join(ORT_LEVELS)}")
+        self.provider = ort_provider_name(provider)
+        self.level = level
+        self.details: dict[str, Any] = {}
+
+    def __call__(self, model: AnyModel) -> tuple[onnx.ModelProto, bool]:
+        import onnxruntime as ort
+
+        if self.provider not in ort.get_available_providers():
+            raise OptimizationError(
+                f"execution provider {self.provider} is not available in this onnxruntime "
+                f"({', '.join(ort.get_available_providers())}); pass --provider cpu or --disable {self.name}"
+            )
+        proto = as_proto(model)
+        level = {
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[self.level]
+        with tempfile.TemporaryDirectory(prefix="torchport-ort-") as tmp:
+            src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
+            _save(proto, src)
+            so = ort.SessionOptions()
+            so.graph_optimization_level = level
+            so.optimized_model_filepath = str(dst)
+            so.log_severity_level = 3
+            if proto.ByteSize() > 1_800_000_000:
+                so.add_session_config_entry(
+                    "session.optimized_model_external_initializers_file_name", "out.onnx.data"
+                )
+            ort.InferenceSession(str(src), so, providers=[self.provider])
+            out = onnx.load(str(dst))
+        self.details = {"provider": self.provider, "level": self.level, "onnxruntime": ort.__version__}
+        return out, _fingerprint(out) != _fingerprint(proto)
+
+
+# ---------------------------------------------------------------- precision
+
+
+class Fp16Pass:
+    """Convert float32 weights and compute to float16.
+
+    Inputs and outputs stay float32 (``keep_io_types``) unless ``keep_io_types=False``; the ops in
+    ``keep_float32_ops`` (default :data:`FP16_KEEP_FLOAT32_OPS`) run in float32 with casts around.
+    Uses ``onnxruntime.transformers.float16`` (ships inside onnxruntime).
+    """
+
+    name = "fp16"
+
+    def __init__(self, keep_io_types: bool = True, keep_float32_ops: Sequence[str] = FP16_KEEP_FLOAT32_OPS):
+        self.keep_io_types = keep_io_types
+        self.keep_float32_ops = list(keep_float32_ops)
+
+    def __call__(self, model: AnyModel) -> tuple[onnx.ModelProto, bool]:
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        proto = as_proto(model)
+        out = convert_float_to_float16(
+            proto,
+            keep_io_types=self.keep_io_types,
+            op_block_list=self.keep_float32_ops,
+            disable_shape_infer=proto.ByteSize() > 1_800_000_000,
+        )
+        return out, True
+
+
+def _quant_preprocess(proto: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return onnx.shape_inference.infer_shapes(proto)
+    except Exception:  # shape inference is a help, not a requirement
+        return proto
+
+
+class Int8DynamicPass:
+    """int8 weights, activations quantized at run time (``onnxruntime.quantization.quantize_dynamic``).
+
+    Quantizes MatMul / Gemm / Attention / Conv-free graphs best (transformers, MLPs); on CNNs prefer
+    ``int8_static``. Weights are signed int8 (``QInt8``), per tensor.
+    """
+
+    name = "int8_dynamic"
+
+    def __init__(self, per_channel: bool = False, op_types: Sequence[str] | None = None) -> None:
+        self.per_channel = per_channel
+        self.op_types = list(op_types) if op_types else None
+
+    def __call__(self, model: AnyModel) -> tuple[onnx.ModelProto, bool]:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        proto = _quant_preprocess(as_proto(model))
+        with tempfile.TemporaryDirectory(prefix="torchport-q-") as tmp:
+            src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
+            _save(proto, src)
+            quantize_dynamic(
+                src,
+                dst,
+                weight_type=QuantType.QInt8,
+                per_channel=self.per_channel,
+                op_types_to_quantize=self.op_types,
+                use_external_data_format=proto.ByteSize() > 1_800_000_000,
+            )
+            out = onnx.load(str(dst))
+        return out, _fingerprint(out) != _fingerprint(proto)
+
+
+class NpzCalibrationReader:
+    """A ``CalibrationDataReader`` over a list of input dicts (one dict per sample)."""
+
+    def __init__(self, samples: Sequence[Mapping[str, np.ndarray]]) -> None:
+        self.samples = list(samples)
+        self._it: Iterator[Mapping[str, np.ndarray]] = iter(self.samples)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        nxt = next(self._it, None)
+        return dict(nxt) if nxt is not None else None
+
+    def rewind(self) -> None:
+        self._it = iter(self.samples)
+
+
+def load_samples(
+    path: str | Path, input_names: Sequence[str], ranks: Mapping[str, int]
+) -> list[dict[str, np.ndarray]]:
+    """Read sample inputs from an ``.npz``: one array per input name.
+
+    An array whose rank is the input's rank is one sample; one more leading axis holds several
+    samples (``x[i]`` is sample ``i``). Keys ``name/0``, ``name/1``... give samples of
+    different shapes.
+
+    Raises:
+        UsageError: the file is missing, unreadable, or lacks an input.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"sample file {str(path)!r} does not exist")
+    try:
+        data = dict(np.load(path, allow_pickle=False))
+    except Exception as e:
+        raise UsageError(f"cannot read samples from {str(path)!r}: {e}; save them with numpy.savez") from e
+    grouped: dict[str, list[np.ndarray]] = collections.defaultdict(list)
+    for key in sorted(
+        data,
+        key=lambda k: (
+            k.split("/")[0],
+            int(k.split("/")[1]) if "/" in k and k.split("/")[1].isdigit() else 0,
+        ),
+    ):
+        name = key.split("/")[0]
+        arr = data[key]
+        if "/" not in key and name in ranks and arr.ndim == ranks[name] + 1:
+            grouped[name].extend(list(arr))
+        else:
+            grouped[name].append(arr)
+    missing = [n for n in input_names if n not in grouped]
+    if missing:
+        raise UsageError(
+            f"sample file {str(path)!r} lacks input(s) {', '.join(missing)}; it has {', '.join(sorted(grouped)) or 'nothing'}"
+        )
+    counts = {len(grouped[n]) for n in input_names}
+    if len(counts) != 1:
+        raise UsageError(
+            f"sample file {str(path)!r}: inputs have different numbers of samples {sorted(counts)}"
+        )
+    n = counts.pop()
+    return [{name: grouped[name][i] for name in input_names} for i in range(n)]
+
+
+class Int8StaticPass:
+    """int8 QDQ static quantization with activation ranges calibrated on sample inputs.
+
+    Args:
+        samples: calibration inputs, one ``{input name: array}`` dict per sample.
+        per_channel: per-channel weight scales (better accuracy for convolutions; default True).
+    """
+
+    name = "int8_static"
+
+    def __init__(self, samples: Sequence[Mapping[str, np.ndarray]], per_channel: bool = True) -> None:
+        if not samples:
+            raise UsageError(
+                "static int8 quantization needs calibration samples; pass --calibration FILE.npz"
+            )
+        self.samples = list(samples)
+        self.per_channel = per_channel
+        self.details: dict[str, Any] = {}
+
+    def __call__(self, model: AnyModel) -> tuple[onnx.ModelProto, bool]:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        proto = _quant_preprocess(as_proto(model))
+        with tempfile.TemporaryDirectory(prefix="torchport-q-") as tmp:
+            src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
+            _save(proto, src)
+            quantize_static(
+                src,
+                dst,
+                NpzCalibrationReader(self.samples),
+                quant_format=QuantFormat.QDQ,
+                per_channel=self.per_channel,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+                use_external_data_format=proto.ByteSize() > 1_800_000_000,
+            )
+            out = onnx.load(str(dst))
+        self.details = {"calibration_samples": len(self.samples)}
+        return out, True
+
+
+def _save(proto: onnx.ModelProto, path: Path) -> None:
+    if proto.ByteSize() > 1_800_000_000:
+        onnx.save(proto, str(path), save_as_external_data=True, location=path.name + ".data")
+    else:
+        onnx.save(proto, str(path))
