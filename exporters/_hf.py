@@ -1,0 +1,296 @@
+"""Loading a local Hugging Face model folder and deriving example inputs from its config.
+
+Only local files are read (``local_files_only=True``), never the hub, and no code from the folder is
+run (``trust_remote_code=False``).
+
+Example inputs from the config, by what ``forward()`` takes:
+
+- text (``input_ids``): ``input_ids[batch,seq]`` with values in ``[0, vocab_size-1]``, plus
+  ``attention_mask[batch,seq]`` (all ones) when forward takes it, plus ``token_type_ids`` when
+  forward takes it and the config has ``type_vocab_size``; encoder-decoder models also get
+  ``decoder_input_ids[batch,decoder_seq]``.
+- vision (``pixel_values``): ``[batch, num_channels, image_size, image_size]`` (image dims fixed).
+- audio: ``input_values[batch,samples]`` (wav2vec2-like, ``samples`` from the feature extractor's
+  receptive field to 16000) or ``input_features[batch,num_mel_bins,2*max_source_positions]`` (Whisper;
+  the time dim is fixed at what the encoder requires, 3000 for real Whisper checkpoints).
+
+Default ranges: ``batch=1..32``, ``seq=1..min(max_position_embeddings, 512)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from torchport.exporters._input_specs import ExampleInputs
+from torchport.runtimes._errors import LoadError, TorchportError
+from torchport.runtimes._manifest import DimRange, TensorSpec
+
+__all__ = ["load_hf_folder", "hf_folder_sha256", "hf_example_inputs"]
+
+DEFAULT_BATCH = DimRange(1, 32)
+MAX_SEQ = 512
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5")
+_CONFIG_FILES = ("config.json", "generation_config.json")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0].strip() if text else ""
+
+
+def hf_folder_sha256(folder: Path) -> str:
+    """sha256 over a Hugging Face folder's config and weight files (names sorted, each name and content hashed)."""
+    h = hashlib.sha256()
+    files = sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file()
+        and (p.name in _CONFIG_FILES or p.name.endswith(_WEIGHT_SUFFIXES) or p.name.endswith(".index.json"))
+    )
+    for p in files:
+        h.update(p.name.encode() + b"\0")
+        with open(p, "rb") as f:
+            for chunk in iter(lambda f=f: f.read(1 << 20), b""):
+                h.update(chunk)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _model_class(config: Any, folder: Path) -> Any:
+    import transformers
+
+    archs = list(getattr(config, "architectures", None) or [])
+    for arch in archs:
+        cls = getattr(transformers, arch, None)
+        if isinstance(cls, type):
+            return cls
+    if getattr(config, "auto_map", None):
+        raise LoadError(
+            f"{folder} needs custom code from the folder (auto_map in config.json), which torchport does not run; "
+            "build the model in a file and pass file.py:factory"
+        )
+    if archs:
+        from transformers import (
+            AutoModel,
+            AutoModelForCausalLM,
+            AutoModelForImageClassification,
+            AutoModelForMaskedLM,
+            AutoModelForSeq2SeqLM,
+            AutoModelForSequenceClassification,
+        )
+
+        name = archs[0]
+        for suffix, auto in (
+            ("ForCausalLM", AutoModelForCausalLM),
+            ("LMHeadModel", AutoModelForCausalLM),
+            ("ForMaskedLM", AutoModelForMaskedLM),
+            ("ForSequenceClassification", AutoModelForSequenceClassification),
+            ("ForImageClassification", AutoModelForImageClassification),
+            ("ForConditionalGeneration", AutoModelForSeq2SeqLM),
+        ):
+            if name.endswith(suffix):
+                return auto
+        return AutoModel
+    from transformers import AutoModel
+
+    return AutoModel
+
+
+def load_hf_folder(
+    folder: Path, source: str, *, component: str | None = None, attn_implementation: str | None = None
+) -> Any:
+    """Load a ``save_pretrained`` folder into a :class:`~torchport.exporters.LoadedModel`.
+
+    Args:
+        folder: the folder (must hold ``config.json``).
+        source: the source string as the user gave it.
+        component: ``"encoder"`` keeps ``model.get_encoder()``.
+        attn_implementation: ``"sdpa"`` (default; falls back to ``"eager"`` when the model has no
+            SDPA support) or ``"eager"``.
+    """
+    from torchport.exporters._loading import LoadedModel
+
+    if not (folder / "config.json").is_file():
+        raise LoadError(
+            f"{folder} has no config.json: not a Hugging Face model folder (save one with model.save_pretrained)"
+        )
+    try:
+        import transformers  # noqa: F401
+        from transformers import AutoConfig
+    except ImportError as e:
+        raise LoadError(f"loading {folder} needs transformers: pip install 'torchport[hf]' ({e})") from e
+    try:
+        config = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+    except Exception as e:  # noqa: BLE001
+        raise LoadError(f"cannot read {folder}/config.json: {type(e).__name__}: {_first_line(e)}") from e
+    cls = _model_class(config, folder)
+    has_weights = any(p.name.endswith(_WEIGHT_SUFFIXES) for p in folder.iterdir() if p.is_file())
+    if not has_weights:
+        raise LoadError(
+            f"{folder} has a config.json but no weights (*.safetensors or *.bin); save with save_pretrained"
+        )
+    attempts = [attn_implementation] if attn_implementation else ["sdpa", "eager"]
+    model = None
+    for i, attn in enumerate(attempts):
+        try:
+            model = cls.from_pretrained(
+                str(folder),
+                config=config,
+                local_files_only=True,
+                trust_remote_code=False,
+                attn_implementation=attn,
+            )
+            break
+        except Exception as e:  # noqa: BLE001
+            if i + 1 < len(attempts) and "attn" in str(e).lower():
+                continue
+            raise LoadError(
+                f"cannot load {folder} as {getattr(cls, '__name__', cls)}: {type(e).__name__}: {_first_line(e)}"
+            ) from e
+    assert model is not None
+    model.eval()
+    module: torch.nn.Module = model
+    if component == "encoder":
+        get = getattr(model, "get_encoder", None)
+        encoder = get() if callable(get) else None
+        if not isinstance(encoder, torch.nn.Module) or encoder is model:
+            raise LoadError(f"{type(model).__name__} in {folder} has no separate encoder; drop ':encoder'")
+        module = encoder.eval()
+    try:
+        signature = inspect.signature(module.forward)
+    except (TypeError, ValueError):
+        signature = None
+    defaults = _hf_defaults(config, signature)
+    examples = None
+    try:
+        examples = hf_example_inputs(config, signature, defaults)
+    except TorchportError:
+        examples = None
+    return LoadedModel(
+        module=module,
+        kind="huggingface",
+        reference=source,
+        sha256=hf_folder_sha256(folder),
+        example_inputs=examples,
+        hf_config=config,
+        forward_signature=signature,
+        example_source="huggingface" if examples is not None else None,
+        hf_defaults=defaults,
+    )
+
+
+def _text_config(config: Any) -> Any:
+    get = getattr(config, "get_text_config", None)
+    if callable(get):
+        try:
+            return get()
+        except Exception:  # noqa: BLE001
+            return config
+    return config
+
+
+def _receptive_field(config: Any) -> int:
+    kernels = list(getattr(config, "conv_kernel", None) or [])
+    strides = list(getattr(config, "conv_stride", None) or [])
+    if not kernels or len(kernels) != len(strides):
+        return 400
+    rf = 1
+    for k, s in zip(reversed(kernels), reversed(strides), strict=True):
+        rf = (rf - 1) * int(s) + int(k)
+    return rf
+
+
+def _hf_defaults(config: Any, signature: inspect.Signature | None) -> dict[str, Any]:
+    """Default dim ranges, example sizes and value ranges for a Hugging Face config."""
+    text = _text_config(config)
+    max_pos = getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None)
+    seq_max = min(int(max_pos), MAX_SEQ) if isinstance(max_pos, int) and max_pos > 0 else MAX_SEQ
+    dims: dict[str, DimRange] = {"batch": DEFAULT_BATCH, "seq": DimRange(1, seq_max)}
+    if getattr(config, "is_encoder_decoder", False):
+        dec_max = getattr(config, "max_target_positions", None) or max_pos
+        dims["decoder_seq"] = DimRange(1, min(int(dec_max), MAX_SEQ) if isinstance(dec_max, int) else MAX_SEQ)
+    value_ranges: dict[str, tuple[float, float]] = {
+        "attention_mask": (1, 1),
+        "decoder_attention_mask": (1, 1),
+    }
+    vocab = getattr(text, "vocab_size", None)
+    if isinstance(vocab, int) and vocab > 0:
+        value_ranges["input_ids"] = (0, vocab - 1)
+        value_ranges["decoder_input_ids"] = (0, vocab - 1)
+    tvs = getattr(text, "type_vocab_size", None)
+    if isinstance(tvs, int) and tvs > 0:
+        value_ranges["token_type_ids"] = (0, tvs - 1)
+    sizes: dict[str, int] = {}
+    params = set(signature.parameters) if signature is not None else set()
+    if "input_values" in params:
+        rf = _receptive_field(config)
+        dims["samples"] = DimRange(rf, max(rf, 16000))
+        sizes["samples"] = min(max(rf, 16000), rf * 4)
+    return {"dims": dims, "value_ranges": value_ranges, "sizes": sizes}
+
+
+def _image_size(config: Any) -> tuple[int, int] | None:
+    vision = getattr(config, "vision_config", None) or config
+    size = getattr(vision, "image_size", None)
+    if isinstance(size, int):
+        return size, size
+    if isinstance(size, (list, tuple)) and len(size) == 2:
+        return int(size[0]), int(size[1])
+    if isinstance(size, dict) and "height" in size:
+        return int(size["height"]), int(size["width"])
+    return None
+
+
+def hf_example_inputs(
+    config: Any, signature: inspect.Signature | None, defaults: dict[str, Any]
+) -> ExampleInputs:
+    """Example inputs for a Hugging Face model from its config (see the module docstring)."""
+    if signature is None:
+        raise LoadError("cannot read the model's forward() signature")
+    params = signature.parameters
+    text = _text_config(config)
+    vr = defaults["value_ranges"]
+    specs: list[TensorSpec] = []
+    if "input_ids" in params:
+        specs.append(TensorSpec("input_ids", "int64", ["batch", "seq"], vr.get("input_ids")))
+        if "attention_mask" in params:
+            specs.append(TensorSpec("attention_mask", "int64", ["batch", "seq"], vr["attention_mask"]))
+        if "token_type_ids" in params and "token_type_ids" in vr:
+            specs.append(TensorSpec("token_type_ids", "int64", ["batch", "seq"], vr["token_type_ids"]))
+    if "pixel_values" in params:
+        hw = _image_size(config)
+        vision = getattr(config, "vision_config", None) or config
+        if hw is None:
+            raise LoadError("config has no image_size")
+        channels = int(getattr(vision, "num_channels", 3) or 3)
+        specs.append(TensorSpec("pixel_values", "float32", ["batch", channels, hw[0], hw[1]]))
+    if "input_values" in params:
+        specs.append(TensorSpec("input_values", "float32", ["batch", "samples"]))
+    elif "input_features" in params:
+        mels = getattr(config, "num_mel_bins", None)
+        src = getattr(config, "max_source_positions", None)
+        if not (isinstance(mels, int) and isinstance(src, int)):
+            raise LoadError("config has no num_mel_bins/max_source_positions for input_features")
+        specs.append(TensorSpec("input_features", "float32", ["batch", mels, 2 * src]))
+    if getattr(config, "is_encoder_decoder", False) and "decoder_input_ids" in params:
+        specs.append(
+            TensorSpec("decoder_input_ids", "int64", ["batch", "decoder_seq"], vr.get("decoder_input_ids"))
+        )
+    if not specs:
+        raise LoadError("no known input in forward()")
+    del text
+    used = {d for s in specs for d in s.shape if isinstance(d, str)}
+    dims = {k: v for k, v in defaults["dims"].items() if k in used}
+    return ExampleInputs.from_specs(specs, dims, signature=signature, example_sizes=defaults.get("sizes"))
+
+
+def read_config_json(folder: Path) -> dict[str, Any]:
+    """The raw ``config.json`` of a folder (for messages and inspection)."""
+    return json.loads((folder / "config.json").read_text())
