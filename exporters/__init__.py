@@ -7,8 +7,16 @@ from torchport.exporters._input_specs import (
     resolve_example_inputs,
 )
 from torchport.exporters._loading import LoadedModel, load_model
+from torchport.exporters._localize import Localization, localize
 from torchport.exporters._optimize import OptimizeResult, optimize_package
 from torchport.exporters._passes import FunctionPass, Pass, PassPipeline, PassRecord, PipelineResult
+from torchport.exporters._validate import (
+    DEFAULT_TOLERANCES,
+    ParityResult,
+    Tolerance,
+    check_parity,
+    validate,
+)
 
 __all__ = [
     "ExampleInputs",
@@ -24,4 +32,11 @@ __all__ = [
     "PassRecord",
     "PipelineResult",
     "optimize_package",
+    "DEFAULT_TOLERANCES",
+    "Localization",
+    "ParityResult",
+    "Tolerance",
+    "check_parity",
+    "localize",
+    "validate",
 ]
