@@ -1,0 +1,185 @@
+"""Dynamic batching: merge concurrent requests along the batch dim, run once, split the outputs back.
+
+One :class:`ModelRunner` per served model. It lives on the event loop; model runs happen in a
+thread pool (ONNX Runtime releases the GIL), at most ``workers`` batches at a time per model.
+
+Rules:
+- only requests with identical dtypes and identical non-batch dims are merged (one queue per
+  such signature);
+- a batch is dispatched when it holds ``max_batch_size`` rows, or when its oldest request has
+  waited ``max_queue_delay``; while every worker is busy, requests keep accumulating and the next
+  free worker takes up to ``max_batch_size`` rows at once;
+- a model without a batch dim (or ``max_batch_size <= 1``) is never batched: one request per run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from torchport.runtimes._session import Session
+
+log = logging.getLogger("torchport.server")
+
+
+@dataclass
+class _Item:
+    inputs: dict[str, np.ndarray]
+    rows: int
+    future: asyncio.Future
+    enqueued: float
+    deadline: float
+
+
+class ModelRunner:
+    """Runs one model's requests, batching them when the model has a batch dim.
+
+    ``submit(inputs)`` returns an asyncio future resolving to ``(outputs, queue_seconds)``.
+    ``on_batch(rows, requests, compute_seconds)`` is called on the loop after every run (metrics).
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        executor: Executor,
+        *,
+        max_batch_size: int = 1,
+        max_queue_delay: float = 0.0,
+        workers: int = 1,
+        on_batch: Callable[[int, int, float], None] | None = None,
+    ) -> None:
+        self.session = session
+        self.executor = executor
+        self.batching = bool(session.batch_dim) and max_batch_size > 1
+        self.max_batch_size = max_batch_size if self.batching else 1
+        batch_range = session.dynamic_dims.get(session.batch_dim) if session.batch_dim else None
+        if self.batching and batch_range is not None:
+            self.max_batch_size = min(self.max_batch_size, batch_range.max)
+        self.max_queue_delay = max_queue_delay if self.batching else 0.0
+        self.workers = max(1, workers)
+        self.on_batch = on_batch
+        self.busy = 0
+        self._queues: dict[tuple, deque[_Item]] = {}
+        self._rows: dict[tuple, int] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def pending(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+    def submit(self, inputs: dict[str, np.ndarray]) -> asyncio.Future:
+        loop = self._loop or asyncio.get_running_loop()
+        self._loop = loop
+        now = time.perf_counter()
+        fut = loop.create_future()
+        if self.batching:
+            key = tuple((k, v.dtype.str, v.shape[1:]) for k, v in sorted(inputs.items()))
+            rows = next(iter(inputs.values())).shape[0] if inputs else 1
+        else:
+            key = ()
+            rows = 1
+        item = _Item(inputs, rows, fut, now, now + self.max_queue_delay)
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = deque()
+            self._rows[key] = 0
+        queue.append(item)
+        self._rows[key] += rows
+        self._dispatch()
+        return fut
+
+    def _due_key(self, now: float) -> tuple | None:
+        best, best_deadline = None, None
+        for key, queue in self._queues.items():
+            if not queue:
+                continue
+            head = queue[0]
+            if self._rows[key] >= self.max_batch_size or head.deadline <= now:
+                if best_deadline is None or head.deadline < best_deadline:
+                    best, best_deadline = key, head.deadline
+        return best
+
+    def _dispatch(self) -> None:
+        now = time.perf_counter()
+        while self.busy < self.workers:
+            key = self._due_key(now)
+            if key is None:
+                break
+            queue = self._queues[key]
+            batch = [queue.popleft()]
+            rows = batch[0].rows
+            while queue and rows + queue[0].rows <= self.max_batch_size:
+                item = queue.popleft()
+                batch.append(item)
+                rows += item.rows
+            self._rows[key] -= rows
+            if not queue:
+                del self._queues[key]
+                del self._rows[key]
+            self.busy += 1
+            started = time.perf_counter()
+            cf = self.executor.submit(self._run, batch)
+            cf.add_done_callback(
+                lambda f, batch=batch, rows=rows, started=started: self._loop.call_soon_threadsafe(
+                    self._done, f, batch, rows, started
+                )
+            )
+        self._arm_timer(now)
+
+    def _arm_timer(self, now: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.busy >= self.workers or not self._queues:
+            return
+        deadline = min(q[0].deadline for q in self._queues.values() if q)
+        self._timer = self._loop.call_at(self._loop.time() + max(0.0, deadline - now), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._dispatch()
+
+    def _run(self, batch: list[_Item]) -> tuple[list[dict[str, np.ndarray]], float]:
+        """Worker thread: merge, run, split."""
+        t0 = time.perf_counter()
+        if len(batch) == 1:
+            outputs = [self.session.run(batch[0].inputs, validate=False)]
+        else:
+            names = list(batch[0].inputs)
+            merged = {n: np.concatenate([it.inputs[n] for it in batch], axis=0) for n in names}
+            result = self.session.run(merged, validate=False)
+            outputs = []
+            start = 0
+            for it in batch:
+                stop = start + it.rows
+                outputs.append({k: v[start:stop] for k, v in result.items()})
+                start = stop
+        return outputs, time.perf_counter() - t0
+
+    def _done(self, cf: Any, batch: list[_Item], rows: int, started: float) -> None:
+        self.busy -= 1
+        try:
+            outputs, compute = cf.result()
+        except BaseException as e:  # a failure inside the model: every request of the batch gets it
+            for it in batch:
+                if not it.future.done():
+                    it.future.set_exception(e)
+        else:
+            for it, out in zip(batch, outputs, strict=True):
+                if not it.future.done():
+                    it.future.set_result((out, started - it.enqueued))
+            if self.on_batch is not None:
+                try:
+                    self.on_batch(rows, len(batch), compute)
+                except Exception:  # pragma: no cover - metrics must never break serving
+                    log.exception("metrics callback failed")
+        self._dispatch()

@@ -1,0 +1,355 @@
+"""Open Inference Protocol v2 codec: JSON tensors and Triton's binary tensor data extension.
+
+Decoding turns a request body into numpy arrays; encoding turns output arrays into a response body
+(JSON, or a JSON header followed by raw tensor bytes when binary output is asked for).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from torchport.runtimes._dtypes import PROTOCOL_DATATYPES
+
+try:
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - orjson is optional
+    _orjson = None
+import json as _json
+
+#: protocol datatype -> manifest dtype name
+DTYPE_OF: dict[str, str] = {v: k for k, v in PROTOCOL_DATATYPES.items()}
+#: protocol datatype -> numpy dtype of its wire representation (BF16 travels as uint16 bits)
+_WIRE: dict[str, np.dtype] = {
+    dt: np.dtype(np.uint16 if dt == "BF16" else name)
+    for name, dt in PROTOCOL_DATATYPES.items()
+    if dt != "BYTES"
+}
+_WIRE_LE = {k: v.newbyteorder("<") for k, v in _WIRE.items()}
+
+HEADER_LENGTH = "inference-header-content-length"
+
+
+class HTTPError(Exception):
+    """An error with an HTTP status whose message is safe to send to the client."""
+
+    def __init__(self, status: int, message: str, headers: Sequence[tuple[str, str]] = ()) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = list(headers)
+
+
+def bad_request(message: str) -> HTTPError:
+    return HTTPError(400, message)
+
+
+def json_loads(data: bytes | memoryview) -> Any:
+    if _orjson is not None:
+        return _orjson.loads(data)
+    return _json.loads(bytes(data))
+
+
+def json_dumps(obj: Any) -> bytes:
+    """Serialize to JSON bytes; numpy arrays become (nested) lists."""
+    if _orjson is not None:
+        return _orjson.dumps(obj, option=_orjson.OPT_SERIALIZE_NUMPY)
+    return _json.dumps(obj, default=_json_default, separators=(",", ":")).encode()
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+@dataclass
+class RequestedOutput:
+    name: str
+    binary: bool | None = None  # None: the request-level default
+
+
+@dataclass
+class InferRequest:
+    """A decoded infer request."""
+
+    id: str | None
+    inputs: dict[str, np.ndarray]
+    outputs: list[RequestedOutput] | None
+    binary_output: bool = False
+    parameters: dict[str, Any] | None = None
+
+
+# -- BYTES ---------------------------------------------------------------------------------------
+
+
+def _decode_bytes_elements(buf: memoryview, name: str) -> list[bytes]:
+    out = []
+    pos, end = 0, len(buf)
+    while pos < end:
+        if pos + 4 > end:
+            raise bad_request(f"input {name!r}: truncated BYTES element length at offset {pos}")
+        (n,) = struct.unpack_from("<I", buf, pos)
+        pos += 4
+        if pos + n > end:
+            raise bad_request(f"input {name!r}: BYTES element of {n} bytes runs past the end of its data")
+        out.append(bytes(buf[pos : pos + n]))
+        pos += n
+    return out
+
+
+def _encode_bytes_elements(arr: np.ndarray) -> bytes:
+    parts = []
+    for item in arr.reshape(-1):
+        b = item if isinstance(item, bytes) else str(item).encode()
+        parts.append(struct.pack("<I", len(b)))
+        parts.append(b)
+    return b"".join(parts)
+
+
+def _as_text(items: list[Any]) -> list[str]:
+    return [i.decode("utf-8", "surrogateescape") if isinstance(i, bytes) else str(i) for i in items]
+
+
+def float_to_bf16_bits(values: np.ndarray) -> np.ndarray:
+    """Round float32 values to bfloat16 (nearest even) and return the uint16 bit patterns."""
+    bits = np.ascontiguousarray(values, np.float32).view(np.uint32)
+    rounded = bits + (np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1)))
+    return (rounded >> 16).astype(np.uint16)
+
+
+def bf16_bits_to_float(bits: np.ndarray) -> np.ndarray:
+    return (np.ascontiguousarray(bits).view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+# -- decoding ------------------------------------------------------------------------------------
+
+
+def _shape(value: Any, name: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
+    ):
+        raise bad_request(f"input {name!r}: 'shape' must be a list of non-negative integers, got {value!r}")
+    return tuple(value)
+
+
+def _flatten(data: Any) -> Any:
+    """Flatten nested lists (the protocol allows nested or flat ``data``)."""
+    if data and isinstance(data[0], list):
+        flat: list[Any] = []
+        stack = [data]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, list):
+                stack.extend(reversed(item))
+            else:
+                flat.append(item)
+        return flat
+    return data
+
+
+def _decode_json_tensor(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> np.ndarray:
+    if not isinstance(data, list):
+        data = [data]
+    count = int(np.prod(shape)) if shape else 1
+    try:
+        if datatype == "BYTES":
+            flat = _as_text(_flatten(data))
+            arr = np.array(flat, dtype=object)
+        elif datatype == "BF16":
+            arr = float_to_bf16_bits(np.asarray(data, dtype=np.float32).reshape(-1))
+        else:
+            arr = np.asarray(data, dtype=_WIRE[datatype])
+            if datatype == "BOOL" and arr.size and np.asarray(data).dtype.kind not in "b":
+                raise ValueError("BOOL data must be true/false")
+            arr = arr.reshape(-1)
+    except HTTPError:
+        raise
+    except (ValueError, TypeError, OverflowError) as e:
+        raise bad_request(f"input {name!r}: data does not match datatype {datatype}: {e}") from None
+    if arr.size != count:
+        raise bad_request(f"input {name!r}: shape {list(shape)} needs {count} values, 'data' has {arr.size}")
+    return arr.reshape(shape)
+
+
+def _decode_binary_tensor(name: str, datatype: str, shape: tuple[int, ...], chunk: memoryview) -> np.ndarray:
+    count = int(np.prod(shape)) if shape else 1
+    if datatype == "BYTES":
+        items = _decode_bytes_elements(chunk, name)
+        if len(items) != count:
+            raise bad_request(
+                f"input {name!r}: shape {list(shape)} needs {count} BYTES elements, got {len(items)}"
+            )
+        return np.array(_as_text(items), dtype=object).reshape(shape)
+    wire = _WIRE_LE[datatype]
+    if len(chunk) != count * wire.itemsize:
+        raise bad_request(
+            f"input {name!r}: binary_data_size is {len(chunk)} bytes, shape {list(shape)} of {datatype} "
+            f"needs {count * wire.itemsize}"
+        )
+    arr = np.frombuffer(chunk, dtype=wire)
+    if datatype == "BOOL":
+        arr = arr.view(np.bool_)
+    return arr.reshape(shape)
+
+
+def decode_infer_request(
+    body: bytes, header_length: int | None = None, expected: Mapping[str, str] | None = None
+) -> InferRequest:
+    """Decode an infer request body.
+
+    Args:
+        body: the HTTP body.
+        header_length: value of ``Inference-Header-Content-Length`` (JSON header size) when the
+            body carries binary tensor data after the JSON.
+        expected: ``{input name: protocol datatype}`` of the model, to reject a wrong datatype early.
+
+    Raises:
+        HTTPError: 400 with a message naming the input and the problem.
+    """
+    view = memoryview(body)
+    if header_length is not None:
+        if header_length < 0 or header_length > len(body):
+            raise bad_request(
+                f"Inference-Header-Content-Length is {header_length} but the body has {len(body)} bytes"
+            )
+        header, binary = view[:header_length], view[header_length:]
+    else:
+        header, binary = view, view[len(body) :]
+    try:
+        req = json_loads(header)
+    except ValueError as e:
+        raise bad_request(f"request body is not valid JSON: {e}") from None
+    if not isinstance(req, dict):
+        raise bad_request("request body must be a JSON object with an 'inputs' list")
+    inputs_json = req.get("inputs")
+    if not isinstance(inputs_json, list) or not inputs_json:
+        raise bad_request("request must have a non-empty 'inputs' list")
+    inputs: dict[str, np.ndarray] = {}
+    offset = 0
+    for item in inputs_json:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise bad_request("each input must be an object with 'name', 'shape', 'datatype' and 'data'")
+        name = item["name"]
+        if name in inputs:
+            raise bad_request(f"input {name!r} is given twice")
+        datatype = item.get("datatype")
+        if datatype not in DTYPE_OF:
+            raise bad_request(
+                f"input {name!r}: unknown datatype {datatype!r}; use one of: {', '.join(DTYPE_OF)}"
+            )
+        if expected is not None and name in expected and expected[name] != datatype:
+            raise bad_request(f"input {name!r} has datatype {datatype}, the model expects {expected[name]}")
+        shape = _shape(item.get("shape"), name)
+        params = item.get("parameters") or {}
+        size = params.get("binary_data_size") if isinstance(params, dict) else None
+        if size is not None:
+            if not isinstance(size, int) or size < 0:
+                raise bad_request(f"input {name!r}: binary_data_size must be a non-negative integer")
+            if offset + size > len(binary):
+                raise bad_request(
+                    f"input {name!r}: binary_data_size {size} runs past the end of the binary data "
+                    f"({len(binary) - offset} bytes left)"
+                )
+            inputs[name] = _decode_binary_tensor(name, datatype, shape, binary[offset : offset + size])
+            offset += size
+        elif "data" in item:
+            inputs[name] = _decode_json_tensor(name, datatype, shape, item["data"])
+        else:
+            raise bad_request(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
+    if offset != len(binary):
+        raise bad_request(
+            f"body has {len(binary) - offset} bytes of binary data that no input's binary_data_size accounts for"
+        )
+    params = req.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise bad_request("'parameters' must be an object")
+    binary_default = bool(params.get("binary_data_output", False))
+    outputs = None
+    outs_json = req.get("outputs")
+    if outs_json is not None:
+        if not isinstance(outs_json, list):
+            raise bad_request("'outputs' must be a list of {'name': ...} objects")
+        outputs = []
+        for o in outs_json:
+            if not isinstance(o, dict) or not isinstance(o.get("name"), str):
+                raise bad_request("each requested output must be an object with a 'name'")
+            op = o.get("parameters") or {}
+            binary = op.get("binary_data") if isinstance(op, dict) else None
+            outputs.append(RequestedOutput(o["name"], None if binary is None else bool(binary)))
+    rid = req.get("id")
+    return InferRequest(
+        id=None if rid is None else str(rid),
+        inputs=inputs,
+        outputs=outputs,
+        binary_output=binary_default,
+        parameters=params or None,
+    )
+
+
+# -- encoding ------------------------------------------------------------------------------------
+
+
+def _json_data(arr: np.ndarray, datatype: str) -> Any:
+    flat = np.ascontiguousarray(arr).reshape(-1)
+    if datatype == "BYTES":
+        return _as_text(list(flat))
+    if datatype == "BF16":
+        flat = bf16_bits_to_float(flat.view(np.uint16))
+    return flat if _orjson is not None else flat.tolist()
+
+
+def _binary_data(arr: np.ndarray, datatype: str) -> bytes:
+    if datatype == "BYTES":
+        return _encode_bytes_elements(arr)
+    wire = _WIRE_LE[datatype]
+    if datatype == "BF16":
+        arr = arr.view(np.uint16)
+    return np.ascontiguousarray(arr, dtype=wire).tobytes()
+
+
+def encode_infer_response(
+    model_name: str,
+    model_version: str,
+    request_id: str | None,
+    results: Mapping[str, np.ndarray],
+    datatypes: Mapping[str, str],
+    requested: list[RequestedOutput] | None,
+    binary_default: bool,
+) -> tuple[bytes, int | None]:
+    """Encode an infer response; returns ``(body, json_header_length or None)``.
+
+    ``results`` holds the outputs to send, in the order to send them. An output goes as binary when
+    its request entry says ``binary_data: true``, or when it has no such entry and the request's
+    ``parameters.binary_data_output`` is true.
+    """
+    binary_of = {o.name: o.binary for o in requested} if requested is not None else {}
+    outputs = []
+    blobs: list[bytes] = []
+    for name, arr in results.items():
+        datatype = datatypes[name]
+        binary = binary_of.get(name)
+        if binary is None:
+            binary = binary_default
+        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(arr.shape)}
+        if binary:
+            blob = _binary_data(arr, datatype)
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = _json_data(arr, datatype)
+        outputs.append(entry)
+    resp: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
+    if request_id is not None:
+        resp["id"] = request_id
+    resp["outputs"] = outputs
+    header = json_dumps(resp)
+    if not blobs:
+        return header, None
+    return b"".join([header, *blobs]), len(header)

@@ -1,0 +1,281 @@
+"""Routes and handlers of the Open Inference Protocol v2 (plus /metrics and the repository index).
+
+Deliberate HTTP errors (:class:`HTTPError`, :class:`InferenceInputError`) go out with their status
+and message; anything else is logged with its traceback and answered with a generic 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import zlib
+from typing import Any
+from urllib.parse import unquote
+
+from torchport.runtimes._errors import InferenceInputError
+from torchport.runtimes.server._accesslog import log_access
+from torchport.runtimes.server._auth import OPEN_PATHS, ApiKeyAuth
+from torchport.runtimes.server._http import Deferred, Request, Response
+from torchport.runtimes.server._metrics import ServerMetrics
+from torchport.runtimes.server._protocol import (
+    HEADER_LENGTH,
+    HTTPError,
+    decode_infer_request,
+    encode_infer_response,
+    json_dumps,
+)
+from torchport.runtimes.server._repository import LOADING, ModelEntry, ModelRepository
+
+log = logging.getLogger("torchport.server")
+
+_JSON = "application/json"
+_MODELS = "/v2/models/"
+
+
+def _json(status: int, obj: Any) -> Response:
+    return Response(status, json_dumps(obj))
+
+
+class InferenceApp:
+    """Answers requests for one :class:`ModelRepository`."""
+
+    def __init__(
+        self,
+        repository: ModelRepository,
+        *,
+        metrics: ServerMetrics | None = None,
+        auth: ApiKeyAuth | None = None,
+        max_request_bytes: int | None = None,
+        server_name: str = "torchport",
+        server_version: str = "0",
+    ) -> None:
+        self.repository = repository
+        self.metrics = metrics or ServerMetrics()
+        self.auth = auth
+        self.max_request_bytes = max_request_bytes
+        self.loaded = False  # every model's load was attempted
+        self.draining = False
+        self._metadata = json_dumps(
+            {
+                "name": server_name,
+                "version": server_version,
+                "extensions": ["binary_tensor_data", "model_repository"],
+            }
+        )
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    def error_response(self, status: int, message: str) -> Response:
+        return Response(status, json_dumps({"error": message}))
+
+    def on_response(self, req: Request, resp: Response, nbytes: int) -> None:
+        duration = time.perf_counter() - req.started
+        model = req.model or ""
+        endpoint = req.path.rsplit("/", 1)[-1] if model else req.path
+        status = str(resp.status)
+        m = self.metrics
+        m.requests.inc(model, endpoint, status)
+        if resp.status >= 400:
+            m.errors.inc(model, status)
+        if model and endpoint == "infer" and resp.status < 400:
+            m.latency.observe(duration, model)
+        log_access(
+            client=req.client,
+            method=req.method,
+            path=req.path,
+            status=resp.status,
+            duration=duration,
+            bytes_in=len(req.body),
+            bytes_out=nbytes,
+            model=req.model,
+            request_id=req.request_id or req.headers.get("x-request-id"),
+        )
+
+    @property
+    def ready(self) -> bool:
+        return self.loaded and not self.draining and any(e.ready for e in self.repository.entries)
+
+    # -- routing ----------------------------------------------------------------------------------
+
+    def handle(self, req: Request) -> Response | Deferred:
+        try:
+            return self._route(req)
+        except HTTPError as e:
+            resp = self.error_response(e.status, e.message)
+            resp.headers.extend(e.headers)
+            return resp
+
+    def _route(self, req: Request) -> Response | Deferred:
+        path = req.path
+        if path in OPEN_PATHS:
+            self._method(req, "GET", "HEAD")
+            if path.endswith("/live"):
+                return _json(200, {"live": True})
+            ready = self.ready
+            return _json(200 if ready else 503, {"ready": ready})
+        if self.auth is not None and not self.auth.allowed(req.headers.get("authorization")):
+            raise HTTPError(
+                401,
+                "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
+                [("www-authenticate", 'Bearer realm="torchport"')],
+            )
+        if path.startswith(_MODELS):
+            return self._model_route(req, path[len(_MODELS) :])
+        if path in ("/v2", "/v2/"):
+            self._method(req, "GET", "HEAD")
+            return Response(200, self._metadata)
+        if path == "/metrics":
+            self._method(req, "GET", "HEAD")
+            return Response(
+                200, self.metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8"
+            )
+        if path == "/v2/repository/index":
+            self._method(req, "POST", "GET")
+            return _json(200, self.repository.index())
+        raise HTTPError(404, f"no such endpoint: {req.method} {path}")
+
+    @staticmethod
+    def _method(req: Request, *allowed: str) -> None:
+        if req.method not in allowed:
+            raise HTTPError(
+                405,
+                f"{req.path} accepts {' or '.join(allowed)}, not {req.method}",
+                [("allow", ", ".join(allowed))],
+            )
+
+    def _model_route(self, req: Request, rest: str) -> Response | Deferred:
+        parts = rest.split("/")
+        name = unquote(parts[0]) if "%" in parts[0] else parts[0]
+        version = None
+        tail = parts[1:]
+        if len(tail) >= 2 and tail[0] == "versions":
+            version = unquote(tail[1])
+            tail = tail[2:]
+        req.model = name
+        if not tail or tail == [""]:
+            self._method(req, "GET", "HEAD")
+            entry = self._entry(name, version, need_ready=True)
+            return _json(200, entry.metadata(self.repository.versions(name)))
+        if tail == ["ready"]:
+            self._method(req, "GET", "HEAD")
+            entry = self._entry(name, version, need_ready=False)
+            ready = entry.ready and not self.draining
+            return _json(200 if ready else 503, {"name": name, "version": entry.version, "ready": ready})
+        if tail == ["infer"]:
+            self._method(req, "POST")
+            return self._infer(req, name, version)
+        raise HTTPError(404, f"no such endpoint: {req.method} {req.path}")
+
+    def _entry(self, name: str, version: str | None, *, need_ready: bool) -> ModelEntry:
+        entry = self.repository.get(name, version)
+        if entry is None:
+            if self.repository.versions(name):
+                raise HTTPError(
+                    404,
+                    f"model {name!r} has no version {version!r}; versions: {', '.join(self.repository.versions(name))}",
+                )
+            known = ", ".join(self.repository.names()) or "none"
+            raise HTTPError(404, f"unknown model {name!r}; this server serves: {known}")
+        if need_ready and not entry.ready:
+            if entry.state == LOADING:
+                raise HTTPError(503, f"model {name!r} is loading; retry when /v2/models/{name}/ready says so")
+            raise HTTPError(503, entry.reason or f"model {name!r} is not available")
+        return entry
+
+    # -- infer ------------------------------------------------------------------------------------
+
+    def _infer(self, req: Request, name: str, version: str | None) -> Response | Deferred:
+        entry = self._entry(name, version, need_ready=True)
+        if self.draining:
+            raise HTTPError(503, "the server is shutting down; retry on another replica")
+        body = self._body(req)
+        hl = req.headers.get(HEADER_LENGTH)
+        header_length = None
+        if hl is not None:
+            try:
+                header_length = int(hl)
+            except ValueError:
+                raise HTTPError(
+                    400, f"Inference-Header-Content-Length must be an integer, got {hl!r}"
+                ) from None
+        ireq = decode_infer_request(body, header_length, entry.input_datatypes)
+        req.request_id = ireq.id
+        sess = entry.session
+        runner = entry.runner
+        assert sess is not None and runner is not None
+        if ireq.outputs is not None:
+            for o in ireq.outputs:
+                if o.name not in entry.output_datatypes:
+                    raise HTTPError(
+                        400, f"unknown output {o.name!r}; model {name!r} has: {', '.join(sess.output_names)}"
+                    )
+        try:
+            sess.validate_inputs(ireq.inputs)
+        except InferenceInputError as e:
+            raise HTTPError(400, str(e)) from None
+        future = runner.submit(ireq.inputs)
+
+        def finish(fut: asyncio.Future) -> Response:
+            exc = fut.exception()
+            if exc is not None:
+                if isinstance(exc, InferenceInputError):
+                    return self.error_response(400, str(exc))
+                log.error(
+                    "model %r failed on request %s: %s: %s",
+                    name,
+                    ireq.id or "-",
+                    type(exc).__name__,
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else "",
+                    exc_info=exc,
+                )
+                return self.error_response(
+                    500, f"model {name!r} failed while running this request (see the server log)"
+                )
+            outputs, queued = fut.result()
+            self.metrics.queue_time.observe(queued, name)
+            if ireq.outputs is not None:
+                results = {o.name: outputs[o.name] for o in ireq.outputs}
+            else:
+                results = outputs
+            body, hlen = encode_infer_response(
+                name,
+                entry.version,
+                ireq.id,
+                results,
+                entry.output_datatypes,
+                ireq.outputs,
+                ireq.binary_output,
+            )
+            if hlen is None:
+                return Response(200, body)
+            return Response(
+                200, body, "application/octet-stream", [("inference-header-content-length", str(hlen))]
+            )
+
+        return Deferred(future, finish)
+
+    def _body(self, req: Request) -> bytes:
+        encoding = req.headers.get("content-encoding", "").lower()
+        if not encoding or encoding == "identity":
+            return req.body
+        if encoding not in ("gzip", "deflate"):
+            raise HTTPError(415, f"unsupported Content-Encoding {encoding!r}; use gzip, deflate or none")
+        limit = self.max_request_bytes or 0
+        try:
+            d = zlib.decompressobj(zlib.MAX_WBITS | 32 if encoding == "gzip" else zlib.MAX_WBITS)
+            out = d.decompress(req.body, limit + 1 if limit else 0)
+        except zlib.error as e:
+            raise HTTPError(400, f"cannot decompress the {encoding} body: {e}") from None
+        if limit and len(out) > limit:
+            raise HTTPError(413, f"decompressed request body exceeds the limit of {limit} bytes")
+        return out
+
+
+def on_batch_metrics(metrics: ServerMetrics, model: str):
+    def record(rows: int, requests: int, compute: float) -> None:
+        metrics.batch_size.observe(rows, model)
+        metrics.requests_per_batch.observe(requests, model)
+        metrics.compute_time.observe(compute, model)
+
+    return record
