@@ -1,5 +1,6 @@
 """torchport.exporters — the torch side: load, capture, passes, ONNX export, parity validation."""
 
+from torchport.exporters._export import ExportContext, ExportResult, export_model
 from torchport.exporters._input_specs import (
     ExampleInputs,
     parse_dim_spec,
@@ -9,7 +10,9 @@ from torchport.exporters._input_specs import (
 from torchport.exporters._loading import LoadedModel, load_model
 from torchport.exporters._localize import Localization, localize
 from torchport.exporters._optimize import OptimizeResult, optimize_package
+from torchport.exporters._outputs import OutputSelection, flatten_outputs
 from torchport.exporters._passes import FunctionPass, Pass, PassPipeline, PassRecord, PipelineResult
+from torchport.exporters._strategies import STRATEGIES, Attempt
 from torchport.exporters._validate import (
     DEFAULT_TOLERANCES,
     ParityResult,
@@ -19,6 +22,13 @@ from torchport.exporters._validate import (
 )
 
 __all__ = [
+    "Attempt",
+    "ExportContext",
+    "ExportResult",
+    "OutputSelection",
+    "STRATEGIES",
+    "export_model",
+    "flatten_outputs",
     "ExampleInputs",
     "LoadedModel",
     "load_model",

@@ -1,0 +1,123 @@
+"""`torchport export SOURCE -o PKG`: capture a PyTorch model and write an ONNX model package.
+
+torch is imported lazily inside the command, so `torchport --help` works without it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from torchport.runtimes import TorchportError
+
+
+def export(
+    source: str = typer.Argument(
+        ...,
+        help=(
+            "The model: path/to/file.py:factory (e.g. models/net.py:make_model), package.module:attr "
+            "(e.g. torchport.exporters.examples.cnn:make_model), a TorchScript file (model.pt), an "
+            "ExportedProgram (model.pt2), or a local Hugging Face folder (e.g. ./bert-tiny; "
+            "./whisper-tiny:encoder for its encoder)."
+        ),
+        show_default=False,
+    ),
+    output: Path = typer.Option(
+        ...,
+        "-o",
+        "--output",
+        help="Package folder to create, e.g. -o out/cnn. Nothing is left there on failure.",
+    ),
+    inputs: Optional[list[str]] = typer.Option(
+        None,
+        "--input",
+        "-i",
+        help=(
+            "An input as name:dtype[dims]; repeat for each input. Named dims are dynamic, numbers fixed, "
+            'e.g. --input "input_ids:int64[batch,seq]" --input "attention_mask:int64[batch,seq]". '
+            "Default: the model's example_inputs(), a --sample file, or the Hugging Face config."
+        ),
+    ),
+    dims: Optional[list[str]] = typer.Option(
+        None,
+        "--dim",
+        "-d",
+        help="Range of a dynamic dim as name=min..max; repeat per dim, e.g. --dim batch=1..64 --dim seq=1..512.",
+    ),
+    opset: Optional[int] = typer.Option(
+        None, "--opset", help="ONNX opset version, e.g. --opset 18. Default: torch.onnx's default."
+    ),
+    name: Optional[str] = typer.Option(
+        None, "--name", help="Package (model) name, e.g. --name resnet50. Default: from the source."
+    ),
+    version: str = typer.Option("1", "--version", help="Package version, e.g. --version 2."),
+    strategy: Optional[str] = typer.Option(
+        None,
+        "--strategy",
+        help=(
+            "Force one export strategy instead of trying them in order, e.g. --strategy torchscript. "
+            "One of: dynamo-nonstrict, dynamo-strict, dynamo-decomp-workaround, torchscript."
+        ),
+    ),
+    outputs: Optional[str] = typer.Option(
+        None,
+        "--outputs",
+        help=(
+            'Which outputs to export: "default" (causal LMs: logits; other models: all but caches), "all", '
+            "or comma-separated names, e.g. --outputs logits or --outputs last_hidden_state,pooler_output."
+        ),
+    ),
+    sample: Optional[Path] = typer.Option(
+        None,
+        "--sample",
+        help="Example inputs from a file: .npz keyed by forward() parameter names, or a .pt (weights_only), "
+        "e.g. --sample inputs.npz.",
+    ),
+    force: bool = typer.Option(
+        False, "--force", "-f", help="Replace an existing package at -o, e.g. -o out/cnn --force."
+    ),
+    pdb: bool = typer.Option(
+        False,
+        "--pdb",
+        help="On a capture failure, open the Python debugger at the failing line of your model, e.g. --pdb "
+        "(then `p x.shape`, `up`, `q`).",
+    ),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="Print no progress lines, only the result, e.g. -q."
+    ),
+) -> None:
+    """Export a PyTorch model to a validated-ready ONNX model package.
+
+    Example: torchport export torchport.exporters.examples.cnn:make_model -o out/cnn --dim batch=1..64
+    """
+    try:
+        from torchport.exporters._export import export_model
+
+        result = export_model(
+            source,
+            output,
+            inputs=inputs or None,
+            dims=dims or None,
+            sample=str(sample) if sample is not None else None,
+            outputs=outputs,
+            opset=opset,
+            name=name,
+            version=version,
+            strategy=strategy,
+            overwrite=force,
+            quiet=quiet,
+            pdb=pdb,
+        )
+    except TorchportError as e:
+        # one place for user errors: a message, no traceback, exit code 1 (also under CliRunner)
+        sys.stderr.write(f"error: {e}\n")
+        sys.stderr.flush()
+        raise typer.Exit(1) from None
+    typer.echo(str(result))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export")(export)

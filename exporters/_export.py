@@ -1,0 +1,444 @@
+"""``export_model``: load → example inputs → wrap → capture + ONNX (strategies) → write the package.
+
+Each stage is a small function; :func:`export_model` runs them in order inside one
+:func:`~torchport.runtimes.write_package` so a failure anywhere leaves nothing at the destination.
+The ONNX file is written to ``w.path`` and the manifest built **before** ``w.commit``; the
+``before_commit`` hook runs exactly there (optimization and parity validation plug in at that one
+place and may return the parity report that gates the package).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from torchport.exporters._capture import debug_post_mortem
+from torchport.exporters._input_specs import (
+    ExampleInputs,
+    parse_dim_spec,
+    parse_input_spec,
+    resolve_example_inputs,
+)
+from torchport.exporters._loading import LoadedModel, load_model
+from torchport.exporters._onnx_export import (
+    EXTERNAL_DATA_THRESHOLD,
+    finalize_model,
+    output_specs,
+    save_model,
+)
+from torchport.exporters._outputs import FlatModule, OutputSelection
+from torchport.exporters._progress import Progress
+from torchport.exporters._strategies import Attempt, ExportPlan, run_strategies
+from torchport.runtimes._errors import ExportError, TorchportError, UsageError
+from torchport.runtimes._manifest import DimRange, Manifest, TensorSpec, Variant
+from torchport.runtimes._package import ModelPackage, PackageWriter, write_package
+
+__all__ = ["ExportContext", "ExportResult", "export_model"]
+
+MODEL_FILE = "model.onnx"
+
+
+@dataclass
+class ExportContext:
+    """What the stages share; handed to the ``before_commit`` hook.
+
+    Attributes:
+        loaded: the loaded model (:class:`~torchport.exporters.LoadedModel`).
+        example: the example inputs (:class:`~torchport.exporters.ExampleInputs`) with specs and dims.
+        flat: the wrapper that was exported (flat tensors in, flat tuple of selected outputs out);
+            ``flat(*flat.flat_inputs(*example.make(dims)))`` is the eager reference for validation.
+        writer: the package being written (``writer.path`` holds ``model.onnx`` already).
+        model_path: ``writer.path / "model.onnx"``.
+        manifest: the manifest that will be committed (the hook may change it).
+        progress: the progress display (hooks add their own stage lines).
+    """
+
+    loaded: LoadedModel
+    example: ExampleInputs
+    flat: FlatModule
+    writer: PackageWriter
+    model_path: Path
+    manifest: Manifest
+    progress: Progress
+
+
+#: ``before_commit(ctx) -> parity report or None``; raise a TorchportError to abort the export
+BeforeCommit = Callable[[ExportContext], "dict[str, Any] | None"]
+
+
+@dataclass
+class ExportResult:
+    """The outcome of :func:`export_model`.
+
+    Attributes:
+        package: the committed :class:`~torchport.runtimes.ModelPackage`.
+        path: the package folder.
+        manifest: its manifest (``package.manifest``).
+        strategy: the strategy that produced ``model.onnx`` (``"dynamo-nonstrict"``...).
+        attempts: every strategy tried, in order (:class:`Attempt`).
+        seconds: wall time of the whole export.
+        stages: seconds per stage (``load``, ``inputs``, ``export``, ``save``...).
+
+    Truthy when the package was written.
+
+    Example:
+        >>> result = export_model("torchport.exporters.examples.mlp:make_model", "out/mlp")  # doctest: +SKIP
+        >>> bool(result), result.strategy
+        (True, 'dynamo-nonstrict')
+    """
+
+    package: ModelPackage
+    strategy: str
+    attempts: list[Attempt]
+    seconds: float
+    stages: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def path(self) -> Path:
+        return self.package.path
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.package.manifest
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __str__(self) -> str:
+        m = self.manifest
+
+        def sig(specs: list[TensorSpec]) -> str:
+            return ", ".join(f"{s.name}:{s.dtype}[{','.join(str(d) for d in s.shape)}]" for s in specs)
+
+        dims = ", ".join(f"{k}={r.min}..{r.max}" for k, r in m.dynamic_dims.items()) or "none"
+        return (
+            f"exported {m.name} v{m.version} to {self.path} in {self.seconds:.1f}s "
+            f"(strategy {self.strategy}, opset {m.export.get('opset')})\n"
+            f"  inputs:  {sig(m.inputs)}\n  outputs: {sig(m.outputs)}\n  dynamic dims: {dims}"
+        )
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def _as_specs(inputs: Sequence[str | TensorSpec] | None) -> list[TensorSpec]:
+    return [s if isinstance(s, TensorSpec) else parse_input_spec(s) for s in inputs or []]
+
+
+def _as_dims(dims: Mapping[str, Any] | Sequence[str] | None) -> dict[str, DimRange]:
+    if not dims:
+        return {}
+    if isinstance(dims, Mapping):
+        out = {}
+        for name, value in dims.items():
+            if isinstance(value, DimRange):
+                out[name] = value
+            elif isinstance(value, str):
+                out[name] = parse_dim_spec(f"{name}={value}")[1]
+            else:
+                low, high = value
+                out[name] = DimRange(int(low), int(high))
+        return out
+    out = {}
+    for text in dims:
+        name, rng = parse_dim_spec(text)
+        if name in out:
+            raise UsageError(f"--dim {name} is given twice; give each dim once, e.g. --dim {name}=1..64")
+        out[name] = rng
+    return out
+
+
+def stage_load(source: str, attn_implementation: str | None = None) -> LoadedModel:
+    """Load the model (errors are :class:`~torchport.runtimes.LoadError`)."""
+    return load_model(source, attn_implementation=attn_implementation)
+
+
+def stage_inputs(
+    loaded: LoadedModel,
+    inputs: Sequence[str | TensorSpec] | None,
+    dims: Mapping[str, Any] | Sequence[str] | None,
+    sample: str | None,
+) -> ExampleInputs:
+    """Example inputs, in the order: --input specs, example_inputs(), sample file, HF config."""
+    return resolve_example_inputs(loaded, _as_specs(inputs), _as_dims(dims), sample_file=sample)
+
+
+def _model_of(loaded: LoadedModel) -> torch.nn.Module:
+    if loaded.module is not None:
+        return loaded.module
+    if loaded.exported_program is not None:
+        try:
+            return loaded.exported_program.module()
+        except Exception as e:  # noqa: BLE001
+            raise ExportError(
+                f"load failed: cannot rebuild a module from {loaded.reference}: {e}", stage="load"
+            ) from e
+    raise ExportError(f"load failed: {loaded.reference} gave no module", stage="load")
+
+
+def stage_wrap(
+    loaded: LoadedModel, example: ExampleInputs, outputs: str | Sequence[str] | None
+) -> FlatModule:
+    """Run the model once eagerly on the example inputs and wrap it for export.
+
+    Raises:
+        ExportError: stage ``"eager run"`` when the model raises on its own example inputs.
+    """
+    model = _model_of(loaded)
+    selection = OutputSelection.parse(outputs)
+    try:
+        flat = FlatModule.build(model, example.args, example.kwargs, selection)
+    except TorchportError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        from torchport.exporters._capture import export_error
+
+        err = export_error("capture", e, prefix="the model raised in eager mode on its example inputs")
+        raise err from e
+    if flat.num_inputs != len(example.specs):
+        raise ExportError(
+            f"capture failed: the example inputs have {flat.num_inputs} tensors but {len(example.specs)} specs",
+            stage="capture",
+        )
+    return flat
+
+
+def stage_export(
+    flat: FlatModule,
+    example: ExampleInputs,
+    *,
+    opset: int | None,
+    strategy: str | None,
+    progress: Progress,
+    scripted: bool,
+) -> tuple[Any, str, list[Attempt]]:
+    """Capture and translate to ONNX, trying the strategies in order."""
+    plan = ExportPlan(
+        module=flat,
+        flat_inputs=flat.flat_inputs(example.args, example.kwargs),
+        specs=example.specs,
+        dynamic_dims=example.dynamic_dims,
+        input_names=[s.name for s in example.specs],
+        output_names=list(flat.output_names),
+        opset=opset,
+        scripted=scripted,
+    )
+    return run_strategies(plan, strategy=strategy, on_retry=progress.note)
+
+
+def _producer(opset: int) -> dict[str, Any]:
+    import onnx
+    import onnxscript
+
+    from torchport import __version__
+
+    return {
+        "torchport": __version__,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxscript": onnxscript.__version__,
+        "opset": opset,
+    }
+
+
+def default_name(reference: str) -> str:
+    """A package name from the source: ``examples/mlp.py:make_model`` → ``mlp``, ``out/bert`` → ``bert``."""
+    text = reference.rstrip("/\\")
+    left, _, attr = (
+        text.rpartition(":") if ":" in text and not re.match(r"^[A-Za-z]:[\\/]", text) else (text, "", "")
+    )
+    if left and Path(left).is_dir():  # HF folder[:component]
+        base = Path(left).name + (f"-{attr}" if attr else "")
+    elif left:
+        base = Path(left).stem if left.endswith(".py") else left.rsplit(".", 1)[-1]
+        if attr and attr not in ("make_model", "model", "build", "create", "factory", "get_model", "load"):
+            base = attr if base in ("model", "models", "__init__") else base
+    else:
+        base = Path(text).stem if Path(text).suffix else Path(text).name
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", base).strip("-.") or "model"
+    return name
+
+
+def build_manifest(
+    *,
+    loaded: LoadedModel,
+    example: ExampleInputs,
+    model: Any,
+    name: str,
+    version: str,
+    strategy: str,
+    attempts: list[Attempt],
+    opset: int,
+    seconds: float,
+    data_files: list[str],
+    eager_shapes: list[list[int]],
+    outputs: OutputSelection,
+) -> Manifest:
+    """The manifest of a freshly exported package (``validated=False``; files are hashed on commit)."""
+    return Manifest(
+        name=name,
+        version=version,
+        inputs=list(example.specs),
+        outputs=output_specs(model, example.dynamic_dims, eager_shapes),
+        dynamic_dims=dict(example.dynamic_dims),
+        producer=_producer(opset),
+        source={"kind": loaded.kind, "reference": loaded.reference, "sha256": loaded.sha256},
+        export={
+            "strategy": strategy,
+            "attempts": [a.to_dict() for a in attempts],
+            "opset": opset,
+            "seconds": round(seconds, 3),
+            "outputs": str(outputs),
+        },
+        variants={"fp32": Variant(file=MODEL_FILE, precision="fp32", data_files=list(data_files))},
+        validated=False,
+    )
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+def export_model(
+    source: str,
+    output: str | Path,
+    *,
+    inputs: Sequence[str | TensorSpec] | None = None,
+    dims: Mapping[str, Any] | Sequence[str] | None = None,
+    sample: str | None = None,
+    outputs: str | Sequence[str] | None = None,
+    opset: int | None = None,
+    name: str | None = None,
+    version: str = "1",
+    strategy: str | None = None,
+    overwrite: bool = False,
+    external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
+    attn_implementation: str | None = None,
+    quiet: bool = False,
+    progress: Progress | None = None,
+    before_commit: BeforeCommit | None = None,
+    pdb: bool = False,
+) -> ExportResult:
+    """Export a PyTorch model to an ONNX model package.
+
+    Args:
+        source: ``file.py:factory``, ``package.module:attr``, a TorchScript ``.pt``, an
+            ExportedProgram ``.pt2``, a Hugging Face folder (``folder:encoder`` for its encoder).
+        output: the package folder to create (atomically: nothing is left there on failure).
+        inputs: input specs, ``"input_ids:int64[batch,seq]"`` (or TensorSpecs), overriding the
+            model's own example inputs.
+        dims: dynamic dim ranges: ``["batch=1..64"]`` or ``{"batch": (1, 64)}``.
+        sample: a ``.npz``/``.pt`` sample file of example inputs.
+        outputs: which outputs to export: ``None``/``"default"`` (causal LMs: logits; others: all
+            but caches), ``"all"``, or names (``"logits"``, ``["last_hidden_state"]``).
+        opset: ONNX opset (default: torch.onnx's).
+        name: package name (default: from the source).
+        version: package version string.
+        strategy: force one strategy (``dynamo-nonstrict``, ``dynamo-strict``,
+            ``dynamo-decomp-workaround``, ``torchscript``); default: try them in order.
+        overwrite: replace an existing package at ``output``.
+        external_data_threshold: weights above this many bytes go to ``model.onnx.data``.
+        attn_implementation: Hugging Face attention implementation (``"sdpa"``, ``"eager"``).
+        quiet: print no progress lines.
+        progress: a :class:`Progress` to print to (overrides ``quiet``).
+        before_commit: hook called with an :class:`ExportContext` after ``model.onnx`` and the
+            manifest exist in the temporary folder and before the package is committed; it may
+            modify the manifest and return a parity report (written as ``parity.json``).
+        pdb: on a capture/translation failure, open pdb at the failing frame of the user's code
+            before raising.
+
+    Returns:
+        An :class:`ExportResult`.
+
+    Raises:
+        LoadError: the source could not be loaded.
+        UsageError: bad --input/--dim/--strategy/--outputs, or no example inputs.
+        ExportError: capture, ONNX translation or saving failed (``.stage`` says which; the message
+            has the op, the user's source line and what to try).
+        PackageError: ``output`` exists (without ``overwrite``) or cannot be written.
+
+    Example:
+        >>> result = export_model("torchport.exporters.examples.mlp:make_model", "out/mlp",
+        ...                       dims=["batch=1..64"])                                # doctest: +SKIP
+        >>> result.manifest.inputs[0].shape
+        ['batch', 16]
+    """
+    progress = progress or Progress(quiet=quiet)
+    start = time.perf_counter()
+    try:
+        with write_package(output, overwrite=overwrite) as writer:
+            with progress.stage("load") as st:
+                loaded = stage_load(source, attn_implementation)
+                st.detail = f"{loaded.reference} ({loaded.kind})"
+            with progress.stage("inputs") as st:
+                example = stage_inputs(loaded, inputs, dims, sample)
+                st.detail = str(example)
+            with progress.stage("eager run") as st:
+                flat = stage_wrap(loaded, example, outputs)
+                st.detail = "outputs: " + ", ".join(flat.output_names)
+                eager_shapes = flat.example_output_shapes
+            with progress.stage("export") as st:
+                export_start = time.perf_counter()
+                model, used, attempts = stage_export(
+                    flat,
+                    example,
+                    opset=opset,
+                    strategy=strategy,
+                    progress=progress,
+                    scripted=isinstance(_model_of(loaded), torch.jit.ScriptModule),
+                )
+                used_opset = int(model.opset_imports.get("", opset or 0))
+                st.detail = f"strategy {used}, opset {used_opset}"
+            with progress.stage("save") as st:
+                finalize_model(
+                    model,
+                    example.specs,
+                    example.dynamic_dims,
+                    {
+                        "torchport.source": loaded.reference,
+                        "torchport.strategy": used,
+                        "torch.version": torch.__version__,
+                    },
+                )
+                model_path = writer.path / MODEL_FILE
+                data_files = save_model(model, model_path, external_data_threshold=external_data_threshold)
+                manifest = build_manifest(
+                    loaded=loaded,
+                    example=example,
+                    model=model,
+                    name=name or default_name(loaded.reference),
+                    version=str(version),
+                    strategy=used,
+                    attempts=attempts,
+                    opset=used_opset,
+                    seconds=time.perf_counter() - export_start,
+                    data_files=data_files,
+                    eager_shapes=eager_shapes,
+                    outputs=OutputSelection.parse(outputs),
+                )
+                st.detail = f"{MODEL_FILE}" + (f" + {', '.join(data_files)}" if data_files else "")
+            # ---- the one place for optimization / validation: model.onnx is in writer.path, not committed
+            parity = None
+            if before_commit is not None:
+                ctx = ExportContext(loaded, example, flat, writer, model_path, manifest, progress)
+                parity = before_commit(ctx)
+                manifest = ctx.manifest
+            with progress.stage("commit") as st:
+                package = writer.commit(manifest, parity=parity)
+                st.detail = str(package.path)
+    except ExportError as e:
+        if pdb:
+            debug_post_mortem(e)
+        raise
+    return ExportResult(
+        package=package,
+        strategy=used,
+        attempts=attempts,
+        seconds=time.perf_counter() - start,
+        stages=dict(progress.times),
+    )

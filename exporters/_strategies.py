@@ -1,0 +1,289 @@
+"""Export strategies, tried in order until one produces an ONNX model.
+
+=========================  ==========================================================================
+``dynamo-nonstrict``       torch.export non-strict (runs your Python as is) → torch.onnx (dynamo)
+``dynamo-strict``          torch.export strict (TorchDynamo bytecode tracing) → torch.onnx (dynamo);
+                           tried only when non-strict *capture* failed
+``dynamo-decomp-workaround`` the captured program with every ``aten.contiguous`` rewritten to
+                           ``aten.clone(memory_format=contiguous_format)`` before translation. With
+                           symbolic shapes the decomposition of ``contiguous`` can drop the copy, and a
+                           later ``reshape`` then decomposes to a ``view`` that is impossible
+                           ("Cannot view a tensor with shape ..."; T5's encoder, Swin). A real copy
+                           keeps the strides right.
+``torchscript``            the legacy exporter (``torch.onnx.export(dynamo=False)``) with
+                           ``dynamic_axes`` from the same dims; never used automatically when the
+                           model branches on tensor values (tracing would bake in one branch)
+=========================  ==========================================================================
+
+Every attempt is printed with its reason when it fails, and recorded (``Attempt``) for the manifest's
+``export`` section. ``strategy=NAME`` forces one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import onnx_ir as ir
+import torch
+
+from torchport.exporters._capture import capture, export_error, quiet_torch_logs
+from torchport.exporters._onnx_export import onnx_from_program, onnx_from_torchscript
+from torchport.runtimes._errors import ExportError, UsageError
+from torchport.runtimes._manifest import DimRange, TensorSpec
+
+__all__ = ["STRATEGIES", "Attempt", "ExportPlan", "run_strategies"]
+
+STRATEGIES: dict[str, str] = {
+    "dynamo-nonstrict": "torch.export (non-strict) → torch.onnx dynamo exporter",
+    "dynamo-strict": "torch.export (strict, TorchDynamo) → torch.onnx dynamo exporter",
+    "dynamo-decomp-workaround": "captured program with contiguous() rewritten to a real copy → torch.onnx dynamo",
+    "torchscript": "legacy TorchScript exporter (torch.onnx.export(dynamo=False)) with dynamic_axes",
+}
+
+
+@dataclass
+class Attempt:
+    """One strategy tried: whether it worked, the stage that failed, why, and how long it took."""
+
+    strategy: str
+    ok: bool
+    seconds: float = 0.0
+    stage: str | None = None
+    error: str | None = None
+    skipped: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"strategy": self.strategy, "ok": self.ok, "seconds": round(self.seconds, 3)}
+        if self.skipped:
+            data["skipped"] = True
+        if self.stage:
+            data["stage"] = self.stage
+        if self.error:
+            data["error"] = self.error
+        if self.warnings:
+            data["warnings"] = list(self.warnings)
+        return data
+
+    def __str__(self) -> str:
+        if self.ok:
+            return f"{self.strategy}: ok ({self.seconds:.1f}s)"
+        if self.skipped:
+            return f"{self.strategy}: skipped ({self.error})"
+        return f"{self.strategy}: {self.stage} failed: {self.error}"
+
+
+@dataclass
+class ExportPlan:
+    """Everything a strategy needs: the flat module and inputs, their names, the dims, the opset."""
+
+    module: torch.nn.Module
+    flat_inputs: tuple[torch.Tensor, ...]
+    specs: Sequence[TensorSpec]
+    dynamic_dims: Mapping[str, DimRange]
+    input_names: list[str]
+    output_names: list[str]
+    opset: int | None = None
+    scripted: bool = False  #: the user's model is a TorchScript module (torch.export cannot capture it)
+    program: torch.export.ExportedProgram | None = None  #: a given ExportedProgram to translate as is
+    # runtime state
+    captures: dict[str, Any] = field(default_factory=dict)  #: "non-strict"/"strict" -> program | ExportError
+    failures: list[ExportError] = field(default_factory=list)
+
+    def captured(self, mode: str) -> torch.export.ExportedProgram:
+        if mode not in self.captures:
+            try:
+                self.captures[mode] = capture(
+                    self.module, self.flat_inputs, self.specs, self.dynamic_dims, strict=mode == "strict"
+                )
+            except ExportError as e:
+                self.captures[mode] = e
+        result = self.captures[mode]
+        if isinstance(result, ExportError):
+            raise result
+        return result
+
+    def any_program(self) -> torch.export.ExportedProgram | None:
+        for mode in ("non-strict", "strict"):
+            value = self.captures.get(mode)
+            if value is not None and not isinstance(value, ExportError):
+                return value
+        return None
+
+    def data_dependent(self) -> bool:
+        return any(
+            getattr(getattr(e, "failure", None), "kind", "").startswith("data-dependent")
+            for e in self.failures
+        )
+
+
+def _translate(plan: ExportPlan, program: torch.export.ExportedProgram) -> ir.Model:
+    try:
+        with quiet_torch_logs():
+            return onnx_from_program(
+                program, input_names=plan.input_names, output_names=plan.output_names, opset=plan.opset
+            )
+    except Exception as e:  # noqa: BLE001 - analysed and re-raised
+        raise export_error("ONNX translation", e, prefix="torch.onnx dynamo exporter") from e
+
+
+def _nonstrict(plan: ExportPlan) -> tuple[ir.Model, list[str]]:
+    return _translate(plan, plan.program or plan.captured("non-strict")), []
+
+
+def _strict(plan: ExportPlan) -> tuple[ir.Model, list[str]]:
+    return _translate(plan, plan.captured("strict")), []
+
+
+def rewrite_contiguous(program: torch.export.ExportedProgram) -> int:
+    """Replace ``aten.contiguous`` with ``aten.clone(memory_format=contiguous_format)`` in place.
+
+    Returns the number of nodes rewritten.
+    """
+    count = 0
+    for gm in program.graph_module.modules():
+        if not isinstance(gm, torch.fx.GraphModule):
+            continue
+        for node in gm.graph.nodes:
+            if node.op == "call_function" and node.target is torch.ops.aten.contiguous.default:
+                node.target = torch.ops.aten.clone.default
+                node.args = node.args[:1]
+                node.kwargs = {"memory_format": torch.contiguous_format}
+                count += 1
+        if count:
+            gm.recompile()
+    return count
+
+
+def _decomp_workaround(plan: ExportPlan) -> tuple[ir.Model, list[str]]:
+    program = plan.program or plan.any_program()
+    if program is None:
+        program = plan.captured("non-strict")
+    n = rewrite_contiguous(program)
+    notes = [f"rewrote {n} contiguous() call(s) to clone()"] if n else []
+    return _translate(plan, program), notes
+
+
+def _torchscript(plan: ExportPlan) -> tuple[ir.Model, list[str]]:
+    try:
+        with quiet_torch_logs(False):
+            model, tracer = onnx_from_torchscript(
+                plan.module,
+                plan.flat_inputs,
+                input_names=plan.input_names,
+                output_names=plan.output_names,
+                specs=plan.specs,
+                opset=plan.opset,
+            )
+    except Exception as e:  # noqa: BLE001
+        raise export_error("ONNX translation", e, prefix="TorchScript exporter") from e
+    return model, tracer
+
+
+_RUNNERS: dict[str, Callable[[ExportPlan], tuple[ir.Model, list[str]]]] = {
+    "dynamo-nonstrict": _nonstrict,
+    "dynamo-strict": _strict,
+    "dynamo-decomp-workaround": _decomp_workaround,
+    "torchscript": _torchscript,
+}
+
+
+def _skip_reason(name: str, plan: ExportPlan) -> str | None:
+    """Why an automatic retry would not help (``None``: try it)."""
+    if plan.scripted and name != "torchscript":
+        return "a TorchScript module cannot be captured by torch.export"
+    if plan.program is not None and name in ("dynamo-strict",):
+        return "the source is an ExportedProgram; it is translated as captured"
+    if name == "dynamo-strict":
+        nonstrict = plan.captures.get("non-strict")
+        if nonstrict is not None and not isinstance(nonstrict, ExportError):
+            return "non-strict capture worked; the failure was in ONNX translation, which strict capture does not change"
+    if name == "dynamo-decomp-workaround":
+        if plan.program is None and plan.any_program() is None:
+            return "no capture succeeded, so there is no program to rewrite"
+        if not plan.failures or plan.failures[-1].stage != "ONNX translation":
+            return "the previous failure was not in ONNX translation"
+    if name == "torchscript" and plan.data_dependent():
+        return (
+            "the model branches on tensor values; TorchScript tracing would silently keep one branch "
+            "(force it with --strategy torchscript)"
+        )
+    return None
+
+
+def run_strategies(
+    plan: ExportPlan,
+    *,
+    strategy: str | None = None,
+    on_retry: Callable[[str], None] | None = None,
+) -> tuple[ir.Model, str, list[Attempt]]:
+    """Try the strategies in order (or only ``strategy``) and return the first ONNX model.
+
+    Args:
+        plan: the module, inputs and dims.
+        strategy: force one strategy by name.
+        on_retry: called with one line per failed or skipped attempt (the progress display).
+
+    Returns:
+        ``(model, strategy name, attempts)``.
+
+    Raises:
+        UsageError: unknown strategy name.
+        ExportError: every strategy failed. The error is the most telling failure (the first capture
+            error with a source line, else the first failure), its message lists every attempt.
+    """
+    if strategy is not None and strategy not in STRATEGIES:
+        raise UsageError(f"unknown --strategy {strategy!r}; use one of: {', '.join(STRATEGIES)}")
+    names = [strategy] if strategy else list(STRATEGIES)
+    attempts: list[Attempt] = []
+    note = on_retry or (lambda _line: None)
+    for i, name in enumerate(names):
+        if strategy is None:
+            reason = _skip_reason(name, plan)
+            if reason is not None:
+                attempts.append(Attempt(name, ok=False, skipped=True, error=reason))
+                note(f"skip {name}: {reason}")
+                continue
+        if strategy is not None and plan.scripted and name != "torchscript":
+            raise UsageError(
+                f"--strategy {name} needs torch.export, which cannot capture a TorchScript module; use --strategy torchscript"
+            )
+        start = time.perf_counter()
+        try:
+            model, warns = _RUNNERS[name](plan)
+        except ExportError as e:
+            plan.failures.append(e)
+            failure = getattr(e, "failure", None)
+            summary = failure.summary if failure is not None else str(e).splitlines()[0]
+            attempts.append(
+                Attempt(name, ok=False, seconds=time.perf_counter() - start, stage=e.stage, error=summary)
+            )
+            if i + 1 < len(names):
+                note(f"{name} failed in {e.stage}: {summary}; trying the next strategy")
+            continue
+        attempts.append(Attempt(name, ok=True, seconds=time.perf_counter() - start, warnings=list(warns)))
+        for w in warns:
+            note(f"{name}: {w}")
+        return model, name, attempts
+    raise _final_error(plan, attempts)
+
+
+def _final_error(plan: ExportPlan, attempts: list[Attempt]) -> ExportError:
+    if not plan.failures:
+        return ExportError(
+            "every export strategy was skipped: " + "; ".join(str(a) for a in attempts), stage="capture"
+        )
+    with_location = [
+        e for e in plan.failures if getattr(getattr(e, "failure", None), "location", None) is not None
+    ]
+    captures = [e for e in with_location if e.stage == "capture"]
+    best = (captures or with_location or plan.failures)[0]
+    tried = "\n".join(f"  - {a}" for a in attempts)
+    err = ExportError(f"{best}\nstrategies tried:\n{tried}", stage=best.stage)
+    for attr in ("failure", "user_traceback", "original"):
+        setattr(err, attr, getattr(best, attr, None))
+    err.attempts = attempts  # type: ignore[attr-defined]
+    return err
