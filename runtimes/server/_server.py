@@ -133,7 +133,7 @@ class InferenceServer:
 
     def _make_session(self, entry: ModelEntry) -> Session:
         cfg = self.config
-        return Session.from_package(
+        session = Session.from_package(
             entry.path,
             variant=cfg.variant,
             providers=cfg.providers,
@@ -141,8 +141,26 @@ class InferenceServer:
             intra_op_threads=cfg.intra_op_threads,
             inter_op_threads=1,
             spinning=False,
-            warmup=cfg.warmup,
         )
+        if cfg.warmup:
+            try:
+                seconds = session.warmup(cfg.warmup)
+                log.info(
+                    "model %s version %s: %d warm-up run(s) in %.3f s",
+                    entry.name,
+                    entry.version,
+                    cfg.warmup,
+                    seconds,
+                )
+            except Exception as e:  # random inputs may be illegal for this model: warn, still serve
+                log.warning(
+                    "model %s version %s: warm-up on random inputs failed (%s: %s); serving without warm-up",
+                    entry.name,
+                    entry.version,
+                    type(e).__name__,
+                    str(e).strip().splitlines()[0] if str(e).strip() else "",
+                )
+        return session
 
     def _make_runner(self, entry: ModelEntry, session: Session) -> ModelRunner:
         cfg = self.config

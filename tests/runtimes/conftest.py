@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -167,3 +168,55 @@ def package_factory(tmp_path: Path) -> Callable[..., ModelPackage]:
         return builders[kind](tmp_path / (name or kind), **({"name": name} if name else {}), **kw)
 
     return make
+
+
+def make_reshape_package(dest: Path, name: str = "reshape") -> ModelPackage:
+    """x float32 [batch, n] -> Reshape to [-1, 3]: fails inside ONNX Runtime when batch*n % 3 != 0."""
+    target = numpy_helper.from_array(np.array([-1, 3], np.int64), "target")
+    return save_package(
+        dest,
+        name,
+        [helper.make_node("Reshape", ["x", "target"], ["y"])],
+        [TensorSpec("x", "float32", ["batch", "n"])],
+        [TensorSpec("y", "float32", ["rows", 3])],
+        initializers=[target],
+        dynamic_dims={"batch": DimRange(1, 4), "n": DimRange(1, 12)},
+    )
+
+
+def corrupt(pkg: ModelPackage) -> None:
+    """Change one byte of model.onnx so the package's sha256 no longer matches."""
+    path = pkg.path / "model.onnx"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@contextmanager
+def running_server(path: Path, **config) -> Iterator:
+    """A real InferenceServer on a free port, in a background thread."""
+    from torchport.runtimes.server import InferenceServer, ServerConfig
+
+    config.setdefault("port", 0)
+    config.setdefault("access_log", False)
+    config.setdefault("warmup", 1)
+    server = InferenceServer(path, ServerConfig(**config)).start_in_thread()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def http(
+    server, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """One raw HTTP request (http.client) -> (status, lower-cased headers, body)."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
