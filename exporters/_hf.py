@@ -10,8 +10,8 @@ Example inputs from the config, by what ``forward()`` takes:
   forward takes it and the config has ``type_vocab_size``; encoder-decoder models also get
   ``decoder_input_ids[batch,decoder_seq]``.
 - vision (``pixel_values``): ``[batch, num_channels, image_size, image_size]`` (image dims fixed).
-- audio: ``input_values[batch,samples]`` (wav2vec2-like, ``samples`` from the feature extractor's
-  receptive field to 16000) or ``input_features[batch,num_mel_bins,2*max_source_positions]`` (Whisper;
+- audio: ``input_values[batch,samples]`` (wav2vec2-like, ``samples`` from what the feature extractor
+  turns into 2 frames, up to 16000) or ``input_features[batch,num_mel_bins,2*max_source_positions]`` (Whisper;
   the time dim is fixed at what the encoder requires, 3000 for real Whisper checkpoints).
 
 Default ranges: ``batch=1..32``, ``seq=1..min(max_position_embeddings, 512)``.
@@ -111,7 +111,8 @@ def load_hf_folder(
     Args:
         folder: the folder (must hold ``config.json``).
         source: the source string as the user gave it.
-        component: ``"encoder"`` keeps ``model.get_encoder()``.
+        component: ``"encoder"`` keeps ``model.get_encoder()`` of an encoder-decoder model (Whisper,
+            T5, BART...).
         attn_implementation: ``"sdpa"`` (default; falls back to ``"eager"`` when the model has no
             SDPA support) or ``"eager"``.
     """
@@ -159,7 +160,7 @@ def load_hf_folder(
     module: torch.nn.Module = model
     if component == "encoder":
         get = getattr(model, "get_encoder", None)
-        encoder = get() if callable(get) else None
+        encoder = get() if callable(get) and getattr(config, "is_encoder_decoder", False) else None
         if not isinstance(encoder, torch.nn.Module) or encoder is model:
             raise LoadError(f"{type(model).__name__} in {folder} has no separate encoder; drop ':encoder'")
         module = encoder.eval()
@@ -196,15 +197,18 @@ def _text_config(config: Any) -> Any:
     return config
 
 
-def _receptive_field(config: Any) -> int:
+def _audio_min_samples(config: Any) -> int:
+    """Fewest samples a wav2vec2-like feature extractor turns into 2 frames (1 frame gets specialized)."""
     kernels = list(getattr(config, "conv_kernel", None) or [])
     strides = list(getattr(config, "conv_stride", None) or [])
     if not kernels or len(kernels) != len(strides):
-        return 400
-    rf = 1
+        return 400 + 320
+    rf, hop = 1, 1
     for k, s in zip(reversed(kernels), reversed(strides), strict=True):
         rf = (rf - 1) * int(s) + int(k)
-    return rf
+    for s in strides:
+        hop *= int(s)
+    return rf + hop
 
 
 def _hf_defaults(config: Any, signature: inspect.Signature | None) -> dict[str, Any]:
@@ -230,9 +234,11 @@ def _hf_defaults(config: Any, signature: inspect.Signature | None) -> dict[str, 
     sizes: dict[str, int] = {}
     params = set(signature.parameters) if signature is not None else set()
     if "input_values" in params:
-        rf = _receptive_field(config)
-        dims["samples"] = DimRange(rf, max(rf, 16000))
-        sizes["samples"] = min(max(rf, 16000), rf * 4)
+        low = _audio_min_samples(config)
+        dims["samples"] = DimRange(low, max(low, 16000))
+        sizes["samples"] = min(
+            max(low, 16000), low * 4 + 1
+        )  # not a multiple of the hop: no divisibility guard
     return {"dims": dims, "value_ranges": value_ranges, "sizes": sizes}
 
 

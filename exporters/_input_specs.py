@@ -342,6 +342,8 @@ class ExampleInputs:
     specs: list[TensorSpec]
     dynamic_dims: dict[str, DimRange]
     signature: inspect.Signature | None = field(default=None, repr=False, compare=False)
+    #: names of the positional inputs when there is no signature (``--input`` names); else derived
+    arg_names: list[str] | None = field(default=None, repr=False, compare=False)
 
     # ------------------------------------------------------------------ construction
 
@@ -452,6 +454,7 @@ class ExampleInputs:
             specs=[by_name[n] for n in order],
             dynamic_dims=dyn,
             signature=signature,
+            arg_names=None if signature is not None else names,
         )
 
     # ------------------------------------------------------------------ views
@@ -473,9 +476,17 @@ class ExampleInputs:
 
     def _leaves(self) -> list[tuple[str, torch.Tensor]]:
         leaves: list[tuple[str, torch.Tensor]] = []
-        for top, value in _top_level(self.args, self.kwargs, self.signature):
+        for top, value in self._tops():
             _walk(value, top, leaves)
         return leaves
+
+    def _positional_names(self) -> list[str]:
+        if self.arg_names is not None and len(self.arg_names) == len(self.args):
+            return list(self.arg_names)
+        return _arg_names(self.signature, len(self.args))
+
+    def _tops(self) -> list[tuple[str, Any]]:
+        return list(zip(self._positional_names(), self.args, strict=True)) + list(self.kwargs.items())
 
     def _spec_by_name(self) -> dict[str, TensorSpec]:
         return {s.name: s for s in self.specs}
@@ -511,7 +522,7 @@ class ExampleInputs:
             axes = {i: dim_objs[d] for i, d in enumerate(spec.shape) if isinstance(d, str) and d in dim_objs}
             return axes or None
 
-        tops = _top_level(self.args, self.kwargs, self.signature)
+        tops = self._tops()
         per_top = {top: _map_leaves(value, top, leaf_shape) for top, value in tops}
         if self.signature is None:
             if self.kwargs:
@@ -521,7 +532,7 @@ class ExampleInputs:
         positional, _, _ = _param_names(self.signature)
         out: dict[str, Any] = {}
         n_named = min(len(self.args), len(positional))
-        arg_names = _arg_names(self.signature, len(self.args))
+        arg_names = self._positional_names()
         for name in arg_names[:n_named]:
             out[name] = per_top[name]
         if len(self.args) > n_named and var_pos:
@@ -571,7 +582,7 @@ class ExampleInputs:
 
         args = tuple(
             _map_leaves(v, name, new_leaf)
-            for name, v in zip(_arg_names(self.signature, len(self.args)), self.args, strict=True)
+            for name, v in zip(self._positional_names(), self.args, strict=True)
         )
         kwargs = {k: _map_leaves(v, k, new_leaf) for k, v in self.kwargs.items()}
         return args, kwargs
@@ -591,7 +602,9 @@ class ExampleInputs:
                 f'To declare inputs yourself pass --input "name:dtype[dims]"'
             )
         dims = {**self.dynamic_dims, **overrides}
-        new = ExampleInputs(self.args, dict(self.kwargs), list(self.specs), dims, self.signature)
+        new = ExampleInputs(
+            self.args, dict(self.kwargs), list(self.specs), dims, self.signature, self.arg_names
+        )
         current = self.example_dims()
         bad = {k: v for k, v in current.items() if v not in dims[k] or (v < 2 <= dims[k].max)}
         if bad:
@@ -629,8 +642,8 @@ def _random_torch(spec: TensorSpec, sizes: Mapping[str, int], gen: np.random.Gen
             raise UsageError(f"input {spec.name!r}: no size for dynamic dim {d!r}")
     if spec.dtype == "bfloat16":
         tmp = TensorSpec(spec.name, "float32", spec.shape, spec.value_range)
-        return torch.from_numpy(random_tensor(tmp, shape, gen)).to(torch.bfloat16)
-    return torch.from_numpy(np.ascontiguousarray(random_tensor(spec, shape, gen)))
+        return torch.from_numpy(np.array(random_tensor(tmp, shape, gen), order="C")).to(torch.bfloat16)
+    return torch.from_numpy(np.array(random_tensor(spec, shape, gen), order="C"))
 
 
 def _place_by_name(
