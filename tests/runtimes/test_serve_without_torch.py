@@ -1,0 +1,73 @@
+"""The serving path in a fresh virtualenv without torch: `torchport serve --help`, start, infer once."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import venv
+from pathlib import Path
+
+import pytest
+
+from tests.runtimes.conftest import make_add_package
+from tests.runtimes.test_serve_cli import _request
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_serve_in_a_virtualenv_without_torch(tmp_path):
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
+    py = env_dir / "bin" / "python"
+    pip = [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    subprocess.run(
+        [*pip, "numpy", "onnx", "onnxruntime", "httptools", "typer", "rich"], check=True, timeout=900
+    )
+    subprocess.run([*pip, "--no-deps", "-e", str(REPO_ROOT)], check=True, timeout=600)
+    no_torch = subprocess.run([str(py), "-c", "import torch"], capture_output=True, text=True)
+    assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
+    torchport = env_dir / "bin" / "torchport"
+    help_run = subprocess.run(
+        [str(torchport), "serve", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert help_run.returncode == 0, help_run.stderr
+    assert "--max-batch-size" in help_run.stdout
+
+    make_add_package(tmp_path / "add")
+    proc = subprocess.Popen(
+        [str(torchport), "serve", str(tmp_path / "add"), "--port", "0"],
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        port = None
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if "listening on" in line:
+                port = int(line.split("listening on http://")[1].split(" ")[0].rsplit(":", 1)[1])
+            if "ready: serving" in line or "no model could be loaded" in line:
+                break
+        assert port is not None, "".join(lines)
+        body = json.dumps(
+            {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+        )
+        status, raw = _request(port, "POST", "/v2/models/add/infer", body.encode())
+        assert status == 200, raw
+        assert json.loads(raw)["outputs"][1]["data"] == [2.0, 3.0, 4.0, 5.0]
+        modules = subprocess.run(
+            [
+                str(py),
+                "-c",
+                "import sys, torchport.runtimes.server, torchport.cli; print('torch' in sys.modules)",
+            ],
+            capture_output=True,
+            text=True,
+        )
+        assert modules.stdout.strip() == "False", modules.stderr
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert proc.returncode == 0
