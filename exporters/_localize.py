@@ -153,18 +153,57 @@ def _is_torch_file(path: str) -> bool:
 # ---------------------------------------------------------------- eager side
 
 
-def exported_program_for(module: Any, args: tuple, kwargs: Mapping[str, Any] | None = None) -> Any:
+def exported_program_for(
+    module: Any, args: tuple, kwargs: Mapping[str, Any] | None = None, dynamic_shapes: Any = None
+) -> Any:
     """The ExportedProgram the dynamo ONNX exporter translates (after its decompositions).
 
-    Its FX node names are the names the exporter gives ONNX values. Exported with the concrete
-    shapes of ``args``/``kwargs`` (no dynamic dims needed to compare one input).
+    Its FX node names are the names the exporter gives ONNX values. Pass the ``dynamic_shapes``
+    the model was exported with: FX node names depend on them (symbolic shape arithmetic takes
+    names from the same counters, ``mul`` becomes ``mul_4``).
     """
     import torch
 
     prog = torch.onnx.export(
-        module, tuple(args), kwargs=dict(kwargs or {}), dynamo=True, verbose=False, optimize=False
+        module,
+        tuple(args),
+        kwargs=dict(kwargs or {}),
+        dynamic_shapes=dynamic_shapes,
+        dynamo=True,
+        verbose=False,
+        optimize=False,
     )
     return prog.exported_program
+
+
+def dynamic_shapes_for(manifest: Any, args: tuple, kwargs: Mapping[str, Any]) -> Any:
+    """``dynamic_shapes`` for torch.export from a manifest's named dims (flat tensor inputs only).
+
+    Returns ``None`` when the inputs are not one flat tensor per manifest input.
+    """
+    import torch
+
+    specs = list(manifest.inputs)
+    dims: dict[str, Any] = {}
+
+    def shape_of(spec: Any) -> dict[int, Any] | None:
+        out = {}
+        for axis, d in enumerate(spec.shape):
+            if isinstance(d, str) and d in manifest.dynamic_dims:
+                r = manifest.dynamic_dims[d]
+                if d not in dims:
+                    dims[d] = torch.export.Dim(d, min=max(r.min, 0), max=r.max)
+                out[axis] = dims[d]
+        return out or None
+
+    flat = list(args) + list(kwargs.values())
+    if len(flat) != len(specs) or not all(isinstance(t, torch.Tensor) for t in flat):
+        return None
+    if kwargs and not args:
+        return {name: shape_of(spec) for name, spec in zip(kwargs, specs, strict=True)}
+    if args and not kwargs:
+        return tuple(shape_of(spec) for spec in specs)
+    return None
 
 
 def fx_intermediates(
@@ -259,6 +298,7 @@ def localize(
     args: tuple = (),
     kwargs: Mapping[str, Any] | None = None,
     exported_program: Any = None,
+    dynamic_shapes: Any = None,
     atol: float = 1e-4,
     rtol: float = 1e-3,
     min_cosine: float | None = None,
@@ -273,6 +313,8 @@ def localize(
             ``exported_program`` is given.
         exported_program: the ExportedProgram the ONNX model was translated from (its FX node
             names must be the ONNX value names).
+        dynamic_shapes: the ``dynamic_shapes`` the model was exported with (see
+            :func:`dynamic_shapes_for`), so the re-captured FX graph names nodes the same way.
         atol / rtol: a value diverges when ``max|onnx - eager| > atol + rtol * max|eager|``.
         min_cosine: if given, a value also diverges when its cosine similarity drops below it
             (used for fp16 / int8 variants, where small absolute errors are expected).
@@ -292,7 +334,13 @@ def localize(
     if exported_program is None:
         if module is None:
             raise ValueError("localize needs module (with args/kwargs) or exported_program")
-        exported_program = exported_program_for(module, args, kwargs)
+        try:
+            exported_program = exported_program_for(module, args, kwargs, dynamic_shapes)
+        except Exception:
+            if dynamic_shapes is None:
+                raise
+            # e.g. a dim of size 1 in this input specializes; names may then differ a little
+            exported_program = exported_program_for(module, args, kwargs, None)
     fx_values, fx_nodes = fx_intermediates(exported_program, args, kwargs)
     ort_values = onnx_intermediates(proto, feeds)
     initializers = {i.name: i for i in proto.graph.initializer}

@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from torchport.exporters._localize import Localization, localize
+from torchport.exporters._localize import Localization, dynamic_shapes_for, localize
 from torchport.exporters._onnx_passes import load_samples
 from torchport.runtimes import (
     Manifest,
@@ -480,6 +480,20 @@ def _tolerance(
     return tol
 
 
+def _dynamic_shapes(manifest: Manifest, loaded: Any, case: _Case) -> Any:
+    try:
+        shapes = dynamic_shapes_for(manifest, case.args, case.kwargs)
+    except Exception:
+        shapes = None
+    ex = getattr(loaded, "example_inputs", None)
+    if shapes is None and ex is not None and hasattr(ex, "dynamic_shapes"):
+        try:
+            shapes = ex.dynamic_shapes()
+        except Exception:
+            shapes = None
+    return shapes
+
+
 def check_parity(
     manifest: Manifest,
     model_files: Mapping[str, str | os.PathLike[str]],
@@ -554,7 +568,7 @@ def check_parity(
                     module=module,
                     args=case.args,
                     kwargs=case.kwargs,
-                    exported_program=None,
+                    dynamic_shapes=_dynamic_shapes(manifest, loaded, case),
                     atol=tol.atol if tol.atol is not None else 1e-4,
                     rtol=tol.rtol if tol.rtol is not None else 1e-3,
                     min_cosine=None if tol.atol is not None else tol.min_cosine,

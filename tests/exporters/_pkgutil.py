@@ -67,3 +67,36 @@ def make_package(
             source={"kind": "test", "reference": type(module).__name__},
         )
         return w.commit(manifest)
+
+
+def tiny_bert(layers: int = 2):
+    """A 2-layer BERT with random weights (seed 0) from a small config."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    return BertModel(cfg).eval()
+
+
+BERT_DYNAMIC = {
+    "input_ids": {0: ("batch", 1, 4), 1: ("seq", 2, 32)},
+    "attention_mask": {0: ("batch", 1, 4), 1: ("seq", 2, 32)},
+}
+BERT_RANGES = {"input_ids": (0, 99), "attention_mask": (1, 1)}
+
+
+def make_bert_package(dest: str | Path, layers: int = 2):
+    """A tiny-BERT package (input_ids, attention_mask; batch 1..4, seq 2..32)."""
+    model = tiny_bert(layers)
+    ids = torch.randint(0, 100, (2, 16))
+    mask = torch.ones(2, 16, dtype=torch.int64)
+    return model, make_package(
+        model, (ids, mask), dest, dynamic=BERT_DYNAMIC, value_ranges=BERT_RANGES, name="bert"
+    )

@@ -1,0 +1,188 @@
+"""The pass framework and each ONNX pass, on real ONNX models and a real dynamo-exported tiny BERT."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from tests.exporters._pkgutil import make_bert_package
+from torchport.exporters import FunctionPass, PassPipeline
+from torchport.exporters._onnx_passes import (
+    Fp16Pass,
+    Int8DynamicPass,
+    Int8StaticPass,
+    OnnxscriptOptimizePass,
+    OrtFusionsPass,
+    OrtOfflinePass,
+)
+from torchport.exporters._passes import as_proto, op_counts
+from torchport.runtimes import OptimizationError, UsageError
+
+
+def _run(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
+    sess = ort.InferenceSession(as_proto(model).SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+def _foldable_model() -> onnx.ModelProto:
+    """y = x * (c1 + c2) with a no-op Cast: constant folding and cast removal have work to do."""
+    c1 = numpy_helper.from_array(np.full((4,), 1.5, np.float32), "c1")
+    c2 = numpy_helper.from_array(np.full((4,), 0.5, np.float32), "c2")
+    nodes = [
+        helper.make_node("Add", ["c1", "c2"], ["c"], name="add_consts"),
+        helper.make_node("Cast", ["x"], ["x_same"], to=TensorProto.FLOAT, name="noop_cast"),
+        helper.make_node("Mul", ["x_same", "c"], ["y"], name="mul"),
+        helper.make_node("Relu", ["c"], ["unused"], name="dead"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [c1, c2],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+@pytest.fixture(scope="module")
+def bert_onnx(tmp_path_factory):
+    _, pkg = make_bert_package(tmp_path_factory.mktemp("bert") / "pkg")
+    return onnx.load(str(pkg.model_path()))
+
+
+BERT_FEEDS = {
+    "input_ids": np.random.default_rng(0).integers(0, 100, (2, 12)).astype(np.int64),
+    "attention_mask": np.ones((2, 12), np.int64),
+}
+
+
+def test_pipeline_records_counts_and_fused_ops():
+    def to_sigmoid(model):
+        model = onnx.ModelProto.FromString(model.SerializeToString())
+        for n in model.graph.node:
+            if n.op_type == "Relu":
+                n.op_type = "Sigmoid"
+        return model, True
+
+    result = PassPipeline([FunctionPass("noop", lambda m: (m, False)), FunctionPass("swap", to_sigmoid)])(
+        _foldable_model()
+    )
+    noop, swap = result.records
+    assert (noop.name, noop.modified, noop.nodes_before, noop.nodes_after) == ("noop", False, 4, 4)
+    assert swap.modified and swap.fused == {"Sigmoid": 1} and swap.removed == {"Relu": 1}
+    assert swap.seconds >= 0 and result.modified
+    assert op_counts(result.model)["Sigmoid"] == 1
+    assert "swap" in str(result) and result.to_list()[1]["fused"] == {"Sigmoid": 1}
+
+
+def test_pipeline_disable_skips_and_rejects_unknown_names():
+    def boom(model):
+        raise AssertionError("must not run")
+
+    result = PassPipeline([FunctionPass("boom", boom)], disable=["boom"])(_foldable_model())
+    assert result.records[0].skipped and not result.modified
+    with pytest.raises(UsageError, match=r"unknown pass 'nope'.*this pipeline has: boom"):
+        PassPipeline([FunctionPass("boom", boom)], disable=["nope"])
+
+
+def test_failing_pass_names_itself_and_how_to_skip_it():
+    def broken(model):
+        raise RuntimeError("kaputt")
+
+    with pytest.raises(
+        OptimizationError, match=r"pass 'broken' failed: RuntimeError: kaputt; skip it with --disable broken"
+    ):
+        PassPipeline([FunctionPass("broken", broken)])(_foldable_model())
+
+
+def test_onnxscript_optimizer_folds_constants_and_removes_dead_code_and_noop_cast():
+    model = _foldable_model()
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    out, modified = OnnxscriptOptimizePass()(model)
+    proto = as_proto(out)
+    ops = op_counts(proto)
+    assert modified
+    assert ops == {"Mul": 1}, ops  # Add of constants folded, Cast and dead Relu gone
+    np.testing.assert_allclose(_run(proto, {"x": x})[0], x * 2.0)
+    # a second run has nothing left to do
+    assert OnnxscriptOptimizePass()(proto)[1] is False
+
+
+def test_ort_fusions_fuse_attention_skip_layernorm_and_gelu_in_dynamo_bert(bert_onnx):
+    before = op_counts(bert_onnx)
+    assert not any(k.startswith("com.microsoft") for k in before)
+    fusion = OrtFusionsPass()
+    out, modified = fusion(onnx.ModelProto.FromString(bert_onnx.SerializeToString()))
+    ops = op_counts(out)
+    assert modified
+    assert ops["com.microsoft.Attention"] == 2  # one per layer
+    assert ops["com.microsoft.SkipLayerNormalization"] == 4  # two per layer
+    assert (
+        ops["com.microsoft.BiasGelu"] + ops["com.microsoft.Gelu"] + ops.get("com.microsoft.FastGelu", 0) == 2
+    )
+    assert fusion.details["attention"] == 2
+    assert sum(ops.values()) < sum(before.values()) / 2
+    for a, b in zip(_run(out, BERT_FEEDS), _run(bert_onnx, BERT_FEEDS), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_ort_offline_graph_is_provider_specific_and_recorded(bert_onnx):
+    p = OrtOfflinePass("cpu", "extended")
+    out, _ = p(bert_onnx)
+    assert p.details["provider"] == "CPUExecutionProvider" and p.details["level"] == "extended"
+    for a, b in zip(_run(out, BERT_FEEDS), _run(bert_onnx, BERT_FEEDS), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(
+            OptimizationError, match=r"CUDAExecutionProvider is not available.*--disable ort_offline"
+        ):
+            OrtOfflinePass("cuda")(bert_onnx)
+    with pytest.raises(UsageError, match="unknown provider 'tpu'"):
+        OrtOfflinePass("tpu")
+
+
+def test_fp16_keeps_float32_io_and_sensitive_ops(bert_onnx):
+    out, modified = Fp16Pass()(bert_onnx)
+    assert modified
+    assert [i.type.tensor_type.elem_type for i in out.graph.output] == [TensorProto.FLOAT] * 2
+    big = [i for i in out.graph.initializer if numpy_helper.to_array(i).size > 100]
+    assert big and all(i.data_type == TensorProto.FLOAT16 for i in big if i.data_type in (1, 10))
+    # LayerNormalization stays in float32: its data input comes out of a Cast to float
+    casts_to_float = {
+        n.output[0] for n in out.graph.node if n.op_type == "Cast" and n.attribute[0].i == TensorProto.FLOAT
+    }
+    ln = [n for n in out.graph.node if n.op_type == "LayerNormalization"]
+    assert ln and all(n.input[0] in casts_to_float for n in ln)
+    ref = _run(bert_onnx, BERT_FEEDS)
+    got = _run(out, BERT_FEEDS)
+    for a, b in zip(got, ref, strict=True):
+        assert a.dtype == np.float32
+        cos = float(np.dot(a.ravel(), b.ravel()) / np.linalg.norm(a) / np.linalg.norm(b))
+        assert cos > 0.999
+
+
+def test_int8_dynamic_and_static(bert_onnx):
+    dyn, modified = Int8DynamicPass()(bert_onnx)
+    assert modified and op_counts(dyn)["MatMulInteger"] >= 8
+    rng = np.random.default_rng(1)
+    samples = [
+        {
+            "input_ids": rng.integers(0, 100, (1, 8)).astype(np.int64),
+            "attention_mask": np.ones((1, 8), np.int64),
+        }
+        for _ in range(4)
+    ]
+    p = Int8StaticPass(samples)
+    static, _ = p(bert_onnx)
+    ops = op_counts(static)
+    assert ops["QuantizeLinear"] > 0 and ops["DequantizeLinear"] > 0 and p.details["calibration_samples"] == 4
+    ref = _run(bert_onnx, BERT_FEEDS)
+    for q in (dyn, static):
+        out = _run(q, BERT_FEEDS)[0]
+        cos = float(np.dot(out.ravel(), ref[0].ravel()) / np.linalg.norm(out) / np.linalg.norm(ref[0]))
+        assert cos > 0.98
+    with pytest.raises(UsageError, match="needs calibration samples"):
+        Int8StaticPass([])
