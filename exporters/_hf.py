@@ -19,9 +19,11 @@ Default ranges: ``batch=1..32``, ``seq=1..min(max_position_embeddings, 512)``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +63,23 @@ def hf_folder_sha256(folder: Path) -> str:
                 h.update(chunk)
         h.update(b"\0")
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """Silence transformers' "Loading weights" progress bars (torchport prints its own stages)."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _model_class(config: Any, folder: Path) -> Any:
@@ -141,16 +160,18 @@ def load_hf_folder(
     model = None
     for i, attn in enumerate(attempts):
         try:
-            model = cls.from_pretrained(
-                str(folder),
-                config=config,
-                local_files_only=True,
-                trust_remote_code=False,
-                attn_implementation=attn,
-            )
+            with _no_progress_bars():
+                model = cls.from_pretrained(
+                    str(folder),
+                    config=config,
+                    local_files_only=True,
+                    trust_remote_code=False,
+                    attn_implementation=attn,
+                )
             break
         except Exception as e:  # noqa: BLE001
-            if i + 1 < len(attempts) and "attn" in str(e).lower():
+            text = str(e).lower()
+            if i + 1 < len(attempts) and any(w in text for w in ("attn", "attention", "sdpa")):
                 continue
             raise LoadError(
                 f"cannot load {folder} as {getattr(cls, '__name__', cls)}: {type(e).__name__}: {_first_line(e)}"
@@ -169,9 +190,10 @@ def load_hf_folder(
     except (TypeError, ValueError):
         signature = None
     defaults = _hf_defaults(config, signature)
+    float_dtype = _float_dtype(module)
     examples = None
     try:
-        examples = hf_example_inputs(config, signature, defaults)
+        examples = hf_example_inputs(config, signature, defaults, float_dtype=float_dtype)
     except TorchportError:
         examples = None
     return LoadedModel(
@@ -254,8 +276,22 @@ def _image_size(config: Any) -> tuple[int, int] | None:
     return None
 
 
+def _float_dtype(module: torch.nn.Module) -> str:
+    """The dtype float inputs get: the model's parameter dtype (float32 for a float32 checkpoint)."""
+    for p in module.parameters():
+        if p.is_floating_point():
+            return {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float64: "float64"}.get(
+                p.dtype, "float32"
+            )
+    return "float32"
+
+
 def hf_example_inputs(
-    config: Any, signature: inspect.Signature | None, defaults: dict[str, Any]
+    config: Any,
+    signature: inspect.Signature | None,
+    defaults: dict[str, Any],
+    *,
+    float_dtype: str = "float32",
 ) -> ExampleInputs:
     """Example inputs for a Hugging Face model from its config (see the module docstring)."""
     if signature is None:
@@ -276,15 +312,15 @@ def hf_example_inputs(
         if hw is None:
             raise LoadError("config has no image_size")
         channels = int(getattr(vision, "num_channels", 3) or 3)
-        specs.append(TensorSpec("pixel_values", "float32", ["batch", channels, hw[0], hw[1]]))
+        specs.append(TensorSpec("pixel_values", float_dtype, ["batch", channels, hw[0], hw[1]]))
     if "input_values" in params:
-        specs.append(TensorSpec("input_values", "float32", ["batch", "samples"]))
+        specs.append(TensorSpec("input_values", float_dtype, ["batch", "samples"]))
     elif "input_features" in params:
         mels = getattr(config, "num_mel_bins", None)
         src = getattr(config, "max_source_positions", None)
         if not (isinstance(mels, int) and isinstance(src, int)):
             raise LoadError("config has no num_mel_bins/max_source_positions for input_features")
-        specs.append(TensorSpec("input_features", "float32", ["batch", mels, 2 * src]))
+        specs.append(TensorSpec("input_features", float_dtype, ["batch", mels, 2 * src]))
     if getattr(config, "is_encoder_decoder", False) and "decoder_input_ids" in params:
         specs.append(
             TensorSpec("decoder_input_ids", "int64", ["batch", "decoder_seq"], vr.get("decoder_input_ids"))

@@ -588,27 +588,38 @@ class ExampleInputs:
         return args, kwargs
 
     def with_dims(self, overrides: Mapping[str, DimRange]) -> ExampleInputs:
-        """A copy with the ranges of existing dynamic dims replaced by ``overrides``.
+        """A copy with the ranges of dynamic dims replaced by ``overrides``.
 
-        A name that is no dynamic dim of these inputs is a :class:`UsageError` listing the dims that
-        exist. When an example size falls outside its new range, the inputs are regenerated at a size
-        inside it.
+        ``batch`` may also be new: when no input has a ``batch`` dim yet and every input's axis 0 is
+        fixed at the same size, axis 0 of every input becomes the dynamic dim ``batch``. Any other name
+        that is no dynamic dim of these inputs is a :class:`UsageError` listing the dims that exist.
+        When an example size falls outside its new range (or is 0/1 while the range allows more), the
+        inputs are regenerated at a size inside it.
+
+        Example:
+            >>> ex = ExampleInputs.from_tensors((torch.randn(3, 4),))
+            >>> str(ex.with_dims({"batch": DimRange(1, 8)}))
+            'input:float32[batch,4] (batch=1..8)'
         """
+        specs = [TensorSpec(s.name, s.dtype, list(s.shape), s.value_range) for s in self.specs]
         unknown = [k for k in overrides if k not in self.dynamic_dims]
+        if unknown == ["batch"] and self._can_add_batch():
+            for spec in specs:
+                spec.shape[0] = "batch"
+            unknown = []
         if unknown:
             have = ", ".join(self.dynamic_dims) or "(none: every input is static)"
             raise UsageError(
                 f"--dim {', '.join(unknown)}: no input uses a dim of that name; the dynamic dims are: {have}. "
-                f'To declare inputs yourself pass --input "name:dtype[dims]"'
+                'Name dynamic axes in DYNAMIC_DIMS next to the factory, or pass --input "name:dtype[dims]"'
             )
         dims = {**self.dynamic_dims, **overrides}
-        new = ExampleInputs(
-            self.args, dict(self.kwargs), list(self.specs), dims, self.signature, self.arg_names
-        )
-        current = self.example_dims()
+        dims = {k: dims[k] for k in dict.fromkeys(d for s in specs for d in s.shape if isinstance(d, str))}
+        new = ExampleInputs(self.args, dict(self.kwargs), specs, dims, self.signature, self.arg_names)
+        current = new.example_dims()
         bad = {k: v for k, v in current.items() if v not in dims[k] or (v < 2 <= dims[k].max)}
         if bad:
-            static = {int(d) for s in self.specs for d in s.shape if isinstance(d, int)}
+            static = {int(d) for s in specs for d in s.shape if isinstance(d, int)}
             taken = static | {v for k, v in current.items() if k not in bad}
             fixed = {}
             for k in bad:
@@ -616,6 +627,17 @@ class ExampleInputs:
                 taken.add(fixed[k])
             new.args, new.kwargs = new.make({**current, **fixed}, rng=0)
         return new
+
+    def _can_add_batch(self) -> bool:
+        leaves = self._leaves()
+        if not leaves or "batch" in self.dynamic_dims:
+            return False
+        firsts = set()
+        for spec, (_, tensor) in zip(self.specs, leaves, strict=True):
+            if tensor.dim() == 0 or not isinstance(spec.shape[0], int):
+                return False
+            firsts.add(spec.shape[0])
+        return len(firsts) == 1
 
     # ------------------------------------------------------------------ dunder
 

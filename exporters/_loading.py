@@ -403,7 +403,8 @@ def _load_exported_program(path: Path, source: str) -> LoadedModel:
     signature = _signature(module.forward) if module is not None else None
     examples = None
     if ep.example_inputs is not None:
-        with contextlib.suppress(TorchportError):
+        # best effort: a program whose example inputs cannot be described still loads
+        with contextlib.suppress(Exception):
             examples = _examples_from_program(ep, signature)
     return LoadedModel(
         module=module,
@@ -417,32 +418,65 @@ def _load_exported_program(path: Path, source: str) -> LoadedModel:
     )
 
 
+#: upper bound used for a program's dynamic dim that torch.export left unbounded
+UNBOUNDED_DIM_MAX = 64
+
+
+def _bound(value: Any) -> int | None:
+    """An int bound of a torch ValueRanges end, or None when it is infinite."""
+    if value is None:
+        return None
+    if getattr(value, "is_integer", None) is False or getattr(value, "is_finite", True) is not True:
+        return None
+    try:
+        out = int(value)
+    except Exception:  # noqa: BLE001 - sympy infinities raise various errors
+        return None
+    return out if abs(out) < 2**62 else None
+
+
 def _examples_from_program(ep: Any, signature: inspect.Signature | None) -> ExampleInputs:
-    """ExampleInputs from a program's saved example inputs; symbolic dims keep their ranges (names s0, s1...)."""
+    """ExampleInputs from a program's saved example inputs, with its dynamic dims and their ranges.
+
+    torch.export does not keep the user's dim names; a symbol only ever used as axis 0 is named
+    ``batch``, the others ``dim1``, ``dim2``... An unbounded max becomes :data:`UNBOUNDED_DIM_MAX`
+    and a min of 0 becomes 1.
+    """
     args, kwargs = ep.example_inputs
-    placeholders = [n for n in ep.graph.nodes if n.op == "placeholder"]
+    placeholders = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
     user_names = [s.arg.name for s in ep.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
-    by_name = {n.name: n for n in placeholders}
     ex = ExampleInputs.from_tensors(tuple(args), dict(kwargs), signature=signature)
-    dynamic: dict[str, dict[int, str]] = {}
-    ranges: dict[str, DimRange] = {}
-    leaf_names = ex.input_names
-    tensor_users = [n for n in user_names if n in by_name and hasattr(by_name[n].meta.get("val"), "shape")]
-    if len(tensor_users) != len(leaf_names):
+    tensor_users = [
+        n for n in user_names if n in placeholders and hasattr(placeholders[n].meta.get("val"), "shape")
+    ]
+    if len(tensor_users) != len(ex.input_names):
         return ex
-    for leaf, ph in zip(leaf_names, tensor_users, strict=True):
-        val = by_name[ph].meta.get("val")
-        for axis, size in enumerate(val.shape):
+    uses: dict[Any, list[tuple[str, int]]] = {}
+    for leaf, ph in zip(ex.input_names, tensor_users, strict=True):
+        for axis, size in enumerate(placeholders[ph].meta["val"].shape):
             if isinstance(size, torch.SymInt):
                 expr = size.node.expr
                 if not getattr(expr, "is_Symbol", False):
-                    return ex
-                name = str(expr)
-                vr = ep.range_constraints.get(expr)
-                low = int(vr.lower) if vr is not None and vr.lower.is_finite else 0
-                high = int(vr.upper) if vr is not None and vr.upper.is_finite else 2**31 - 2
-                dynamic.setdefault(leaf, {})[axis] = name
-                ranges[name] = DimRange(low, high)
+                    return ex  # a derived dim (2*s0...): keep the inputs static rather than guess
+                uses.setdefault(expr, []).append((leaf, axis))
+    names: dict[Any, str] = {}
+    batch_taken = False
+    for k, (expr, where) in enumerate(uses.items(), start=1):
+        if not batch_taken and all(axis == 0 for _, axis in where):
+            names[expr], batch_taken = "batch", True
+        else:
+            names[expr] = f"dim{k}"
+    dynamic: dict[str, dict[int, str]] = {}
+    ranges: dict[str, DimRange] = {}
+    for expr, where in uses.items():
+        vr = ep.range_constraints.get(expr)
+        low = _bound(vr.lower if vr is not None else None)
+        low = 1 if low is None else max(low, 1)  # torch's default min is 0; an empty input is rarely meant
+        high = _bound(vr.upper if vr is not None else None)
+        high = max(low, UNBOUNDED_DIM_MAX) if high is None else high
+        ranges[names[expr]] = DimRange(low, high)
+        for leaf, axis in where:
+            dynamic.setdefault(leaf, {})[axis] = names[expr]
     return ExampleInputs.from_tensors(
         tuple(args), dict(kwargs), signature=signature, dynamic=dynamic, dims=ranges
     )
@@ -486,6 +520,7 @@ def load_model(source: str, attn_implementation: str | None = None) -> LoadedMod
         raise LoadError(f"empty model source; use {_SOURCE_FORMS}")
     source_text = source.strip()
     left, attr = _split(source_text)
+    left = os.path.expanduser(left)
     if attr is not None and not left:
         raise LoadError(f"malformed model source {source!r}: nothing before ':'; use {_SOURCE_FORMS}")
 
@@ -493,6 +528,11 @@ def load_model(source: str, attn_implementation: str | None = None) -> LoadedMod
     if attr is None and os.path.isdir(left) or attr is not None and os.path.isdir(left):
         from torchport.exporters._hf import load_hf_folder
 
+        if attr is not None and not os.path.isfile(os.path.join(left, "config.json")):
+            raise LoadError(
+                f"{left} is a folder, not a .py file or a Hugging Face model folder (no config.json); "
+                f"use path/to/file.py:{attr}"
+            )
         if attr is not None and attr not in HF_COMPONENTS:
             raise LoadError(
                 f"unknown part {attr!r} in {source!r}: a Hugging Face folder takes no suffix, or one of: "

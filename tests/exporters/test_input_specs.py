@@ -403,3 +403,22 @@ def test_bad_example_inputs_value(tmp_path: Path) -> None:
         LoadError, match=r"dynamic dims name input\(s\) 'q' that the model does not take; inputs are: x"
     ):
         load_model(f"{path}:make")
+
+
+def test_dim_batch_makes_axis_zero_dynamic(bare_model: Path, tmp_path: Path) -> None:
+    path = tmp_path / "plain.py"
+    path.write_text(
+        MODEL + "\ndef example_inputs():\n    return {'x': torch.ones(1, 4), 'y': torch.ones(1, 3)}\n"
+    )
+    loaded = load_model(f"{path}:make")
+    assert str(loaded.example_inputs) == "x:float32[1,4] y:float32[1,3] (static)"
+    ex = resolve_example_inputs(loaded, [], dict([parse_dim_spec("batch=1..16")]))
+    assert str(ex) == "x:float32[batch,4] y:float32[batch,3] (batch=1..16)"
+    assert ex.args[0].shape == (2, 4) and ex.args[1].shape == (2, 3)  # size 1 would be specialized
+    ep = torch.export.export(loaded.module, ex.args, ex.kwargs, dynamic_shapes=ex.dynamic_shapes())
+    args, kwargs = ex.make({"batch": 16}, rng=0)
+    torch.testing.assert_close(ep.module()(*args, **kwargs), loaded.module(*args, **kwargs))
+    with pytest.raises(
+        UsageError, match=r"--dim seq: no input uses a dim of that name; the dynamic dims are: \(none"
+    ):
+        resolve_example_inputs(loaded, [], dict([parse_dim_spec("seq=1..16")]))

@@ -183,9 +183,32 @@ def test_exported_program(tmp_path: Path) -> None:
     # the saved example inputs come back, with the program's dynamic dim and its range
     ex = loaded.example_inputs
     assert ex is not None and loaded.example_source == "pt2"
-    (dim_name,) = ex.dynamic_dims
-    assert ex.specs[0].name == "x" and ex.specs[0].shape == [dim_name, 4]
-    assert ex.dynamic_dims[dim_name] == DimRange(1, 32)
+    assert [(s.name, s.shape) for s in ex.specs] == [("x", ["batch", 4])]
+    assert ex.dynamic_dims == {"batch": DimRange(1, 32)}
+    torch.testing.assert_close(loaded.module(*ex.make({"batch": 9}, rng=0)[0]).shape, torch.Size([9, 3]))
+
+
+class TwoInputs(torch.nn.Module):
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return x.sum(-1) + y.sum(-1)
+
+
+def test_exported_program_unbounded_and_second_dim(tmp_path: Path) -> None:
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", max=100)
+    ep = torch.export.export(
+        TwoInputs(),
+        (torch.randn(3, 5), torch.randn(3, 6)),
+        dynamic_shapes={"x": {0: batch, 1: seq}, "y": {0: batch}},
+    )
+    path = tmp_path / "two.pt2"
+    torch.export.save(ep, str(path))
+    ex = load_model(str(path)).example_inputs
+    assert [(s.name, s.shape) for s in ex.specs] == [("x", ["batch", "dim2"]), ("y", ["batch", 6])]
+    assert ex.dynamic_dims["batch"] == DimRange(1, 64)  # unbounded -> UNBOUNDED_DIM_MAX, min 0 -> 1
+    assert ex.dynamic_dims["dim2"].max == 100
+    # the user can rename nothing but can narrow a range
+    narrowed = resolve_example_inputs(load_model(str(path)), [], {"dim2": DimRange(2, 10)})
+    assert narrowed.dynamic_dims["dim2"] == DimRange(2, 10)
 
 
 # --------------------------------------------------------------------------- refused pickles
@@ -479,6 +502,8 @@ def test_hf_sha256_covers_weights_and_config(hf_folders: dict[str, Path], tmp_pa
 def test_hf_errors(hf_folders: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(LoadError, match=r"has no config\.json: not a Hugging Face model folder"):
         load_model(str(tmp_path))
+    with pytest.raises(LoadError, match=r"is a folder, not a \.py file or a Hugging Face model folder"):
+        load_model(f"{tmp_path}:make_model")
     with pytest.raises(LoadError, match=r"unknown part 'decoder'.*one of: encoder"):
         load_model(f"{hf_folders['bert']}:decoder")
     with pytest.raises(LoadError, match=r"BertModel .* has no separate encoder; drop ':encoder'"):
@@ -507,3 +532,13 @@ def test_hf_input_spec_gets_vocab_value_range(hf_folders: dict[str, Path]) -> No
     assert ex.specs[0].value_range == (0, 98)
     assert ex.dynamic_dims == {"batch": DimRange(1, 32), "seq": DimRange(1, 64)}
     assert int(ex.args[0].max()) <= 98
+
+
+def test_hf_float_inputs_follow_the_model_dtype(hf_folders: dict[str, Path], tmp_path: Path) -> None:
+    import transformers
+
+    model = transformers.ViTModel.from_pretrained(str(hf_folders["vit"]), dtype=torch.float16)
+    model.save_pretrained(str(tmp_path / "vit16"))
+    loaded = load_model(str(tmp_path / "vit16"))
+    assert loaded.example_inputs.specs[0].dtype == "float16"
+    assert loaded.example_inputs.args[0].dtype == torch.float16
