@@ -162,17 +162,21 @@ def exported_program_for(
     the model was exported with: FX node names depend on them (symbolic shape arithmetic takes
     names from the same counters, ``mul`` becomes ``mul_4``).
     """
+    import warnings
+
     import torch
 
-    prog = torch.onnx.export(
-        module,
-        tuple(args),
-        kwargs=dict(kwargs or {}),
-        dynamic_shapes=dynamic_shapes,
-        dynamo=True,
-        verbose=False,
-        optimize=False,
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # the same two steps as ``export``: torch.export (non-strict), then the ONNX translation
+        ep = torch.export.export(
+            module,
+            tuple(args),
+            kwargs=dict(kwargs or {}) or None,
+            dynamic_shapes=dynamic_shapes,
+            strict=False,
+        )
+        prog = torch.onnx.export(ep, (), dynamo=True, verbose=False, optimize=False, report=False)
     return prog.exported_program
 
 

@@ -36,14 +36,14 @@ import inspect
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from torchport.exporters._localize import Localization, dynamic_shapes_for, localize
+from torchport.exporters._localize import Localization, localize
 from torchport.exporters._onnx_passes import load_samples
 from torchport.runtimes import (
     Manifest,
@@ -259,22 +259,31 @@ def _fmt_tol(t: Tolerance) -> str:
 # ---------------------------------------------------------------- eager side
 
 
-def _resolve_model(model: Any) -> tuple[Any, Any, str]:
-    """(torch module, LoadedModel or None, description)."""
-    import torch
+@dataclass
+class EagerReference:
+    """The eager side of the comparison: a module taking the package's inputs as flat tensors.
 
-    if isinstance(model, (str, os.PathLike)):
-        from torchport.exporters._loading import load_model
+    Attributes:
+        module: ``forward(*tensors)`` with one tensor per manifest input, in order (the same
+            :class:`~torchport.exporters._outputs.FlatModule` ``export`` captured, when available),
+            returning the outputs in manifest order.
+        make: ``make(dims, rng) -> tuple of tensors``: random inputs with the dynamic dims set.
+        description: what the model is, for the report.
+    """
 
-        model = load_model(str(model))
-    if isinstance(model, torch.nn.Module):
-        return model, None, type(model).__name__
-    module = getattr(model, "module", None)
-    if module is None and getattr(model, "exported_program", None) is not None:
-        module = model.exported_program.module()
-    if module is None:
-        raise ValidationError(f"cannot validate against {model!r}: no eager module to run")
-    return module, model, str(getattr(model, "reference", type(module).__name__))
+    module: Any
+    make: Callable[[Mapping[str, int], np.random.Generator], tuple[Any, ...]]
+    description: str
+
+    @classmethod
+    def from_flat(cls, flat: Any, example: Any, description: str) -> EagerReference:
+        """From the wrapper and example inputs ``export`` used (its ``before_commit`` context)."""
+
+        def make(dims: Mapping[str, int], rng: np.random.Generator) -> tuple[Any, ...]:
+            args, kwargs = example.make(dict(dims), rng)
+            return tuple(flat.flat_inputs(args, kwargs))
+
+        return cls(flat, make, description)
 
 
 def _forward_params(module: Any) -> list[str]:
@@ -285,33 +294,92 @@ def _forward_params(module: Any) -> list[str]:
     return [p.name for p in sig.parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
-def _torch_call_from_feeds(
-    module: Any, manifest: Manifest, feeds: Mapping[str, np.ndarray]
-) -> tuple[tuple, dict]:
-    """Positional/keyword torch inputs for ``module`` from ONNX feeds (by parameter name when they match)."""
+def _by_name_module(module: Any, manifest: Manifest) -> Any:
+    """Wrap a plain module as ``forward(*tensors)``: by parameter name when the input names match."""
     import torch
 
     names = [s.name for s in manifest.inputs]
-    tensors = {n: torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in names}
-    params = _forward_params(module)
-    if names and all(n in params for n in names):
-        return (), tensors
-    return tuple(tensors[n] for n in names), {}
+    by_name = bool(names) and all(n in _forward_params(module) for n in names)
+
+    class Flat(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = module
+
+        def forward(self, *tensors: Any) -> Any:
+            if by_name:
+                return self.model(**dict(zip(names, tensors, strict=True)))
+            return self.model(*tensors)
+
+    return Flat().eval()
 
 
-def _leaves(args: tuple, kwargs: Mapping[str, Any]) -> list[Any]:
+def _random_make(manifest: Manifest) -> Callable[[Mapping[str, int], np.random.Generator], tuple[Any, ...]]:
     import torch
-    from torch.utils import _pytree as pytree
 
-    return [x for x in pytree.tree_leaves((tuple(args), dict(kwargs))) if isinstance(x, torch.Tensor)]
+    def make(dims: Mapping[str, int], rng: np.random.Generator) -> tuple[Any, ...]:
+        feeds = random_inputs(manifest.inputs, dims, rng)
+        return tuple(torch.from_numpy(feeds[s.name]) for s in manifest.inputs)
+
+    return make
 
 
-def _eager_outputs(module: Any, args: tuple, kwargs: Mapping[str, Any]) -> list[np.ndarray]:
+def eager_reference(model: Any, manifest: Manifest) -> EagerReference:
+    """The eager reference for a package: from a source string, a ``LoadedModel`` or a module.
+
+    A source is loaded (``load_model``) and wrapped the way ``export`` wrapped it: its own
+    example inputs (or, when their names differ from the package's, the package's input specs)
+    flattened, and the package's outputs selected by name.
+    """
+    import torch
+
+    if isinstance(model, EagerReference):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        from torchport.exporters._loading import load_model
+
+        model = load_model(str(model))
+    if isinstance(model, torch.nn.Module):
+        return EagerReference(_by_name_module(model, manifest), _random_make(manifest), type(model).__name__)
+    module = getattr(model, "module", None)
+    if module is None and getattr(model, "exported_program", None) is not None:
+        module = model.exported_program.module()
+    if module is None:
+        raise ValidationError(f"cannot validate against {model!r}: no eager module to run")
+    description = str(getattr(model, "reference", type(module).__name__))
+    names = [s.name for s in manifest.inputs]
+    try:
+        from torchport.exporters._input_specs import ExampleInputs, resolve_example_inputs
+        from torchport.exporters._outputs import FlatModule
+
+        example = None
+        try:
+            example = resolve_example_inputs(model, None, dict(manifest.dynamic_dims))
+        except Exception:
+            example = None
+        if example is None or [s.name for s in example.specs] != names:
+            example = ExampleInputs.from_specs(
+                list(manifest.inputs),
+                dict(manifest.dynamic_dims),
+                signature=getattr(model, "forward_signature", None),
+            )
+        outputs = [s.name for s in manifest.outputs]
+        try:
+            flat = FlatModule.build(module, example.args, example.kwargs, outputs)
+        except Exception:
+            flat = FlatModule.build(module, example.args, example.kwargs, manifest.export.get("outputs"))
+        return EagerReference.from_flat(flat, example, description)
+    except Exception:  # a model the export wrapper cannot take: call it by input names
+        ref = EagerReference(_by_name_module(module, manifest), _random_make(manifest), description)
+        return ref
+
+
+def _eager_outputs(module: Any, tensors: Sequence[Any]) -> list[np.ndarray]:
     import torch
     from torch.utils import _pytree as pytree
 
     with torch.no_grad():
-        out = module(*args, **kwargs)
+        out = module(*tensors)
     leaves = [x for x in pytree.tree_leaves(out) if isinstance(x, torch.Tensor)]
     return [
         x.detach().cpu().float().numpy() if x.is_floating_point() else x.detach().cpu().numpy()
@@ -323,44 +391,35 @@ def _eager_outputs(module: Any, args: tuple, kwargs: Mapping[str, Any]) -> list[
 class _Case:
     label: str
     feeds: dict[str, np.ndarray]
-    args: tuple
-    kwargs: dict[str, Any]
+    tensors: tuple[Any, ...]
+    dims: dict[str, int] = field(default_factory=dict)
 
 
 def build_cases(
     manifest: Manifest,
-    module: Any,
-    loaded: Any = None,
+    reference: EagerReference,
     *,
     n: int = 20,
     samples: str | os.PathLike[str] | None = None,
     seed: int = 0,
 ) -> list[_Case]:
     """The validation inputs: dim boundaries + random points (``n`` in all), then user samples."""
+    import torch
+
     rng = np.random.default_rng(seed)
     names = [s.name for s in manifest.inputs]
-    ex = getattr(loaded, "example_inputs", None)
-    use_example = False
-    if ex is not None:
-        spec_names = [s.name for s in ex.specs]
-        use_example = spec_names == names and set(manifest.dynamic_dims) <= set(ex.dynamic_dims)
     cases: list[_Case] = []
-    for point in dim_sample_points(manifest.dynamic_dims, n, rng):
+    for point in dim_sample_points(manifest.dynamic_dims, n, rng) if n > 0 else []:
         label = ", ".join(f"{k}={v}" for k, v in point.items()) or "fixed shape"
-        if use_example:
-            args, kwargs = ex.make(point, rng)
-            leaves = _leaves(args, kwargs)
-            feeds = {name: t.detach().cpu().numpy() for name, t in zip(names, leaves, strict=True)}
-        else:
-            feeds = random_inputs(manifest.inputs, point, rng)
-            args, kwargs = _torch_call_from_feeds(module, manifest, feeds)
-        cases.append(_Case(label, feeds, args, kwargs))
+        tensors = tuple(reference.make(point, rng))
+        feeds = {name: t.detach().cpu().numpy() for name, t in zip(names, tensors, strict=True)}
+        cases.append(_Case(label, feeds, tensors, dict(point)))
     if samples is not None:
         ranks = {s.name: s.rank for s in manifest.inputs}
         for i, feeds in enumerate(load_samples(samples, names, ranks)):
-            feeds = {k: np.asarray(v) for k, v in feeds.items()}
-            args, kwargs = _torch_call_from_feeds(module, manifest, feeds)
-            cases.append(_Case(f"sample {i}", feeds, args, kwargs))
+            feeds = {k: np.ascontiguousarray(v) for k, v in feeds.items()}
+            tensors = tuple(torch.from_numpy(feeds[k]) for k in names)
+            cases.append(_Case(f"sample {i}", feeds, tensors))
     return cases
 
 
@@ -480,18 +539,34 @@ def _tolerance(
     return tol
 
 
-def _dynamic_shapes(manifest: Manifest, loaded: Any, case: _Case) -> Any:
+def _dynamic_shapes(manifest: Manifest) -> Any:
+    """``dynamic_shapes`` of ``forward(*tensors)`` as ``export`` captured it (same Dim names and ranges)."""
     try:
-        shapes = dynamic_shapes_for(manifest, case.args, case.kwargs)
+        from torchport.exporters._capture import make_dynamic_shapes
+
+        return make_dynamic_shapes(list(manifest.inputs), dict(manifest.dynamic_dims))
     except Exception:
-        shapes = None
-    ex = getattr(loaded, "example_inputs", None)
-    if shapes is None and ex is not None and hasattr(ex, "dynamic_shapes"):
-        try:
-            shapes = ex.dynamic_shapes()
-        except Exception:
-            shapes = None
-    return shapes
+        return None
+
+
+def _deviation(got: np.ndarray, ref: np.ndarray) -> float:
+    got, ref = np.asarray(got), np.asarray(ref)
+    if got.shape != ref.shape:
+        return float("inf")
+    if got.size == 0:
+        return 0.0
+    d = np.nan_to_num(np.abs(got.astype(np.float64) - ref.astype(np.float64)), nan=np.inf)
+    return float(d.max())
+
+
+def _localization_case(cases: Sequence[_Case], deviations: Sequence[float]) -> int:
+    """The failing case to localize on: the worst one whose dynamic dims are all >= 2 when there is
+    one (a size-1 dim specializes in torch.export and the re-captured graph names nodes differently)."""
+    order = sorted(range(len(cases)), key=lambda i: -deviations[i])
+    for i in order:
+        if deviations[i] > 0 and all(v >= 2 for v in cases[i].dims.values()):
+            return i
+    return order[0]
 
 
 def check_parity(
@@ -522,14 +597,15 @@ def check_parity(
     from torchport.runtimes import Session
 
     start = time.perf_counter()
-    module, loaded, description = _resolve_model(model)
-    cases = build_cases(manifest, module, loaded, n=n, samples=samples, seed=seed)
+    reference = eager_reference(model, manifest)
+    module = reference.module
+    cases = build_cases(manifest, reference, n=n, samples=samples, seed=seed)
     if not cases:
         raise ValidationError("no validation inputs: give --n >= 1 or --samples FILE")
     refs: list[list[np.ndarray]] = []
     for case in cases:
         try:
-            refs.append(_eager_outputs(module, case.args, case.kwargs))
+            refs.append(_eager_outputs(module, case.tensors))
         except Exception as e:
             raise ValidationError(
                 f"eager PyTorch failed on validation input ({case.label}): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; "
@@ -559,16 +635,27 @@ def check_parity(
             logits = _looks_like_logits(spec, n_out)
             vp.outputs.append(compare_output(spec, outs, [r[j] for r in refs], tol, logits))
         if not vp.passed and localize_failures and not any(v.localization for v in variants.values()):
-            worst = max(vp.outputs, key=lambda o: (not o.passed, o.max_abs)).worst_case
-            case = cases[worst]
+            failing = [j for j, o in enumerate(vp.outputs) if not o.passed] or [0]
+            deviations = [
+                max(
+                    _deviation(
+                        got[i][
+                            names[j] if manifest.outputs[j].name not in names else manifest.outputs[j].name
+                        ],
+                        refs[i][j],
+                    )
+                    for j in failing
+                )
+                for i in range(len(cases))
+            ]
+            case = cases[_localization_case(cases, deviations)]
             try:
                 vp.localization = localize(
                     path,
                     case.feeds,
                     module=module,
-                    args=case.args,
-                    kwargs=case.kwargs,
-                    dynamic_shapes=_dynamic_shapes(manifest, loaded, case),
+                    args=case.tensors,
+                    dynamic_shapes=_dynamic_shapes(manifest),
                     atol=tol.atol if tol.atol is not None else 1e-4,
                     rtol=tol.rtol if tol.rtol is not None else 1e-3,
                     min_cosine=None if tol.atol is not None else tol.min_cosine,
@@ -578,7 +665,7 @@ def check_parity(
                     found=False, message=f"localization failed: {type(e).__name__}: {e}"
                 )
     return ParityResult(
-        model=description,
+        model=reference.description,
         cases=[c.label for c in cases],
         variants=variants,
         provider=provider,

@@ -139,3 +139,56 @@ def test_user_frame_skips_torch_frames():
     )
     assert user_frame(trace) == ("/home/me/model.py:12", "y = self.fc(x)")
     assert user_frame(None) is None
+
+
+NET_PY = """
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 12)
+        self.b = nn.Linear(12, 5)
+
+    def forward(self, x):
+        h = self.a(x)
+        h = torch.relu(h) * 0.5  # PLANT
+        return self.b(h)
+
+
+def make_model():
+    torch.manual_seed(0)
+    return Net().eval()
+
+
+def example_inputs():
+    return (torch.randn(3, 6),)
+
+
+DYNAMIC_DIMS = {"x": {0: ("batch", 1, 16)}}
+"""
+
+
+def test_exported_package_planted_divergence_is_localized_through_validate(tmp_path):
+    """The whole path: export_model -> a pass plants a bug -> validate(source) names node and line."""
+    from torchport.exporters import validate
+    from torchport.exporters._export import export_model
+    from torchport.runtimes import update_package
+
+    (tmp_path / "net.py").write_text(NET_PY)
+    source = f"{tmp_path / 'net.py'}:make_model"
+    pkg = export_model(source, tmp_path / "pkg", quiet=True).package
+    with update_package(pkg) as w:
+        bad, changed = FunctionPass("plant", swap_relu_for_sigmoid)(onnx.load(str(w.path / "model.onnx")))
+        assert changed
+        onnx.save(bad, str(w.path / "model.onnx"))
+        w.commit(pkg.manifest)
+    result = validate(tmp_path / "pkg", source, n=5)
+    assert not result
+    loc = result.localization
+    assert loc.op_type == "Sigmoid" and loc.node == "node_relu" and loc.fx_target == "aten.relu.default"
+    line = NET_PY.splitlines().index("        h = torch.relu(h) * 0.5  # PLANT") + 1
+    assert loc.source == f"{tmp_path / 'net.py'}:{line}"
+    assert loc.inputs[0].name == "linear" and loc.inputs[0].shape[1] == 12
