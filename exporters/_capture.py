@@ -155,15 +155,23 @@ def make_dynamic_shapes(
 
 @contextmanager
 def quiet_torch_logs(enabled: bool = True) -> Iterator[None]:
-    """Lower torch's export/dynamo loggers to ERROR (they print graphs and hints on failures we report
-    ourselves) and silence Python warnings raised while tracing."""
+    """Silence torch's export/dynamo loggers (they print graphs, guards and hints on failures that we
+    analyse and report ourselves) and Python warnings raised while tracing."""
     if not enabled:
         yield
         return
-    names = ["torch", "torch.export", "torch._dynamo", "torch.fx", "torch._export", "torch.onnx"]
+    names = [
+        "torch",
+        "torch.export",
+        "torch._dynamo",
+        "torch.fx",
+        "torch._export",
+        "torch.onnx",
+        "torch._guards",
+    ]
     saved = {n: logging.getLogger(n).level for n in names}
     for n in names:
-        logging.getLogger(n).setLevel(logging.ERROR)
+        logging.getLogger(n).setLevel(logging.CRITICAL + 1)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -398,19 +406,37 @@ def analyze_failure(exc: BaseException, stage: str) -> CaptureFailure:
             hint="keep the value as a tensor (torch.where, masking) or add torch._check(...) on it; "
             "for a value that is really constant, compute it outside forward()",
         )
-    if "Constraints violated" in text or "specialized" in text.lower() and "dim" in text.lower():
-        fixes = re.findall(r"^\s*(\w+ = Dim\(.*\)|\w+ = \d+|\w+ = None.*)\s*$", text, re.M)
-        detail = [f"torch.export suggests: {f.strip()}" for f in fixes]
+    if "Constraints violated" in text or ("specialized" in text.lower() and "dim" in text.lower()):
+        fixes = list(
+            dict.fromkeys(f.strip() for f in re.findall(r"^\s*(\w+ = Dim\(.*\)|\w+ = \d+)\s*$", text, re.M))
+        )
+        specialized = list(
+            dict.fromkeys(
+                re.findall(
+                    r"You marked (\w+) as dynamic but your code specialized it to be a constant \((\d+)\)",
+                    text,
+                )
+            )
+        )
+        if specialized:
+            what = ", ".join(f"{d!r} to {v}" for d, v in specialized)
+            summary = f"the model fixes dynamic dim {what} (torch.export had to specialize it)"
+        else:
+            m = re.search(r"Constraints violated \(([^)]*)\)", text)
+            summary = (
+                f"torch.export could not keep dynamic dim(s) {m.group(1) if m else ''} symbolic".replace(
+                    "  ", " "
+                )
+            )
+            detail = [_first_line(line) for line in re.findall(r"^\s*- (.+)$", text, re.M)][:3]
         hint = (
-            "narrow the --dim range or make the dim fixed to what the model allows"
-            + (" (" + "; ".join(f.strip() for f in fixes) + ")" if fixes else "")
-            + "; a dim of size 1 in the example inputs is specialized, so use --dim with a minimum of at least 2 "
-            "or an example size of 2 or more"
+            "make the dim fixed (write its size in --input) or narrow its --dim range to what the model allows"
+            + (" (torch.export suggests: " + "; ".join(fixes) + ")" if fixes else "")
+            + "; torchport also retries with --strategy torchscript, which keeps dims dynamic by tracing"
         )
         return CaptureFailure(
             "dynamic dim specialized",
-            "torch.export could not keep a dynamic dim symbolic: "
-            + _first_line(text.split("Constraints violated")[-1]),
+            summary,
             op=op,
             location=loc,
             hint=hint,

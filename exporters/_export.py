@@ -217,8 +217,10 @@ def stage_export(
     strategy: str | None,
     progress: Progress,
     scripted: bool,
-) -> tuple[Any, str, list[Attempt]]:
-    """Capture and translate to ONNX, trying the strategies in order."""
+) -> tuple[Any, str, list[Attempt], list[list[int | str | None]] | None]:
+    """Capture and translate to ONNX, trying the strategies in order.
+
+    Returns ``(onnx model, strategy, attempts, output dims from the captured program or None)``."""
     plan = ExportPlan(
         module=flat,
         flat_inputs=flat.flat_inputs(example.args, example.kwargs),
@@ -229,7 +231,8 @@ def stage_export(
         opset=opset,
         scripted=scripted,
     )
-    return run_strategies(plan, strategy=strategy, on_retry=progress.note)
+    model, used, attempts = run_strategies(plan, strategy=strategy, on_retry=progress.note)
+    return model, used, attempts, plan.output_dims()
 
 
 def _producer(opset: int) -> dict[str, Any]:
@@ -279,13 +282,14 @@ def build_manifest(
     data_files: list[str],
     eager_shapes: list[list[int]],
     outputs: OutputSelection,
+    program_dims: list[list[int | str | None]] | None = None,
 ) -> Manifest:
     """The manifest of a freshly exported package (``validated=False``; files are hashed on commit)."""
     return Manifest(
         name=name,
         version=version,
         inputs=list(example.specs),
-        outputs=output_specs(model, example.dynamic_dims, eager_shapes),
+        outputs=output_specs(model, example.dynamic_dims, eager_shapes, program_dims),
         dynamic_dims=dict(example.dynamic_dims),
         producer=_producer(opset),
         source={"kind": loaded.kind, "reference": loaded.reference, "sha256": loaded.sha256},
@@ -384,7 +388,7 @@ def export_model(
                 eager_shapes = flat.example_output_shapes
             with progress.stage("export") as st:
                 export_start = time.perf_counter()
-                model, used, attempts = stage_export(
+                model, used, attempts, program_dims = stage_export(
                     flat,
                     example,
                     opset=opset,
@@ -420,6 +424,7 @@ def export_model(
                     data_files=data_files,
                     eager_shapes=eager_shapes,
                     outputs=OutputSelection.parse(outputs),
+                    program_dims=program_dims,
                 )
                 st.detail = f"{MODEL_FILE}" + (f" + {', '.join(data_files)}" if data_files else "")
             # ---- the one place for optimization / validation: model.onnx is in writer.path, not committed

@@ -228,9 +228,15 @@ def output_specs(
     model: ir.Model,
     dynamic_dims: Mapping[str, DimRange],
     eager_shapes: Sequence[Sequence[int]] | None = None,
+    program_dims: Sequence[Sequence[int | str | None]] | None = None,
 ) -> list[TensorSpec]:
     """Output signature from the graph: ints for static dims, the user's dim names where the graph's
-    symbolic dim is one of them, ``None`` for a dim that is an expression or unknown."""
+    symbolic dim is one of them, ``None`` for a dim that is an expression or unknown.
+
+    ``program_dims`` (output shapes from the captured program, see
+    :func:`~torchport.exporters._strategies.program_output_dims`) fill dims the ONNX graph left
+    unknown (ONNX shape inference does not see through every op, LSTM's state outputs for one).
+    """
     specs = []
     for i, value in enumerate(model.graph.outputs):
         shape: list[int | str | None] = []
@@ -244,6 +250,11 @@ def output_specs(
                     shape.append(None)
         elif eager_shapes is not None and i < len(eager_shapes):
             shape = [None] * len(eager_shapes[i])
+        if program_dims is not None and i < len(program_dims) and len(program_dims[i]) == len(shape):
+            shape = [
+                p if s is None and (isinstance(p, int) or p in dynamic_dims) else s
+                for s, p in zip(shape, program_dims[i], strict=True)
+            ]
         specs.append(
             TensorSpec(name=value.name or f"output_{i}", dtype=_dtype_name(value.dtype), shape=shape)
         )

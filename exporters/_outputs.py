@@ -95,9 +95,8 @@ def flatten_outputs(obj: Any, prefix: str = "") -> list[tuple[str, torch.Tensor]
     if obj is None or isinstance(obj, (bool, int, float, str, bytes)):
         return []
     if _is_cache(obj):
-        return _cache_tensors(
-            obj, _join(prefix, "present") if prefix not in ("", "past_key_values") else "present"
-        )
+        # a cache at the top level of the output (``past_key_values``, ``cache``...) is ``present``
+        return _cache_tensors(obj, "present" if "." not in prefix else prefix)
     if isinstance(obj, Mapping):  # includes transformers ModelOutput (an OrderedDict)
         out: list[tuple[str, torch.Tensor]] = []
         for key, value in obj.items():

@@ -34,7 +34,7 @@ from torchport.exporters._onnx_export import onnx_from_program, onnx_from_torchs
 from torchport.runtimes._errors import ExportError, UsageError
 from torchport.runtimes._manifest import DimRange, TensorSpec
 
-__all__ = ["STRATEGIES", "Attempt", "ExportPlan", "run_strategies"]
+__all__ = ["STRATEGIES", "Attempt", "ExportPlan", "program_output_dims", "run_strategies"]
 
 STRATEGIES: dict[str, str] = {
     "dynamo-nonstrict": "torch.export (non-strict) → torch.onnx dynamo exporter",
@@ -92,6 +92,16 @@ class ExportPlan:
     # runtime state
     captures: dict[str, Any] = field(default_factory=dict)  #: "non-strict"/"strict" -> program | ExportError
     failures: list[ExportError] = field(default_factory=list)
+    used_program: torch.export.ExportedProgram | None = None  #: the program that was translated
+
+    def output_dims(self) -> list[list[int | str | None]] | None:
+        """Output shapes of the translated program with the user's dim names (``None`` if unknown)."""
+        if self.used_program is None:
+            return None
+        try:
+            return program_output_dims(self.used_program, self.specs)
+        except Exception:  # noqa: BLE001 - best effort: names only
+            return None
 
     def captured(self, mode: str) -> torch.export.ExportedProgram:
         if mode not in self.captures:
@@ -120,12 +130,43 @@ class ExportPlan:
         )
 
 
+def program_output_dims(
+    program: torch.export.ExportedProgram, specs: Sequence[TensorSpec]
+) -> list[list[int | str | None]]:
+    """Each user output's shape, symbols mapped to the user's dim names through the input specs."""
+    names = {}
+    nodes = {n.name: n for n in program.graph.nodes}
+    for input_name, spec in zip(program.graph_signature.user_inputs, specs, strict=False):
+        val = nodes[input_name].meta.get("val") if input_name in nodes else None
+        if val is None:
+            continue
+        for d, want in zip(val.shape, spec.shape, strict=False):
+            if isinstance(d, torch.SymInt) and isinstance(want, str):
+                names.setdefault(str(d.node.expr), want)
+    out_node = program.graph.output_node()
+    user_outputs = set(program.graph_signature.user_outputs)
+    dims: list[list[int | str | None]] = []
+    for arg in out_node.args[0]:
+        if not isinstance(arg, torch.fx.Node) or arg.name not in user_outputs and user_outputs:
+            continue
+        val = arg.meta.get("val")
+        if val is None or not hasattr(val, "shape"):
+            dims.append([])
+            continue
+        dims.append(
+            [int(d) if not isinstance(d, torch.SymInt) else names.get(str(d.node.expr)) for d in val.shape]
+        )
+    return dims
+
+
 def _translate(plan: ExportPlan, program: torch.export.ExportedProgram) -> ir.Model:
     try:
         with quiet_torch_logs():
-            return onnx_from_program(
+            model = onnx_from_program(
                 program, input_names=plan.input_names, output_names=plan.output_names, opset=plan.opset
             )
+            plan.used_program = program
+            return model
     except Exception as e:  # noqa: BLE001 - analysed and re-raised
         raise export_error("ONNX translation", e, prefix="torch.onnx dynamo exporter") from e
 
