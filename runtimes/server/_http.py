@@ -16,9 +16,14 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Protocol
 
-import httptools
-
 from torchport.runtimes._errors import ServingError
+
+try:
+    import httptools
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ServingError(
+        "the server needs httptools: pip install 'torchport[serve]' (or pip install httptools)"
+    ) from e
 
 log = logging.getLogger("torchport.server")
 

@@ -248,12 +248,14 @@ class InferenceServer:
 
     def run(self) -> None:
         """Serve until SIGTERM/SIGINT (blocking)."""
-        try:
-            import uvloop  # type: ignore[import-not-found]
+        runner = asyncio.run
+        if not os.environ.get("TORCHPORT_NO_UVLOOP"):
+            try:
+                import uvloop  # type: ignore[import-not-found]
 
-            runner = uvloop.run
-        except ImportError:
-            runner = asyncio.run
+                runner = uvloop.run
+            except ImportError:
+                pass
         runner(self.serve())
 
     def start_in_thread(self, *, wait_ready: bool = True, timeout: float = 60.0) -> InferenceServer:

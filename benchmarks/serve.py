@@ -1,0 +1,514 @@
+"""Serving benchmark: torchport's v2 server vs in-process ONNX Runtime vs a naive FastAPI + eager PyTorch server.
+
+Prints one table:
+  (1) p50/p99 latency of a tiny model through the server (JSON and binary tensors) vs session.run in-process;
+  (2) throughput of the example CNN (3x32x32) at concurrency 1, 8, 32, JSON and binary, with and without
+      dynamic batching;
+  (3) the same CNN behind a naive FastAPI + uvicorn server that parses the JSON and runs the eager PyTorch
+      model per request, same load. Ratios are against (3) at the same concurrency.
+
+Load comes from wrk (Debian package `wrk`) on loopback for a fixed duration; without wrk, a Python asyncio
+generator sends a fixed number of requests (slower: it competes for the same cores).
+
+    python benchmarks/serve.py                  # ~2 minutes
+    python benchmarks/serve.py --duration 3 --concurrency 1 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+LUA = """
+wrk.method = "POST"
+local f = io.open(os.getenv("BODY_FILE"), "rb"); wrk.body = f:read("*a"); f:close()
+wrk.headers["Content-Type"] = "application/json"
+local hl = os.getenv("HEADER_LEN")
+if hl and hl ~= "" then wrk.headers["Inference-Header-Content-Length"] = hl end
+"""
+
+NAIVE_APP = """
+import torch
+from fastapi import FastAPI, Request
+from torchport.exporters.examples import cnn
+
+torch.set_grad_enabled(False)
+model = cnn.make_model()
+app = FastAPI()
+
+
+@app.post("/v2/models/cnn/infer")
+async def infer(request: Request):
+    req = await request.json()
+    inp = req["inputs"][0]
+    x = torch.tensor(inp["data"], dtype=torch.float32).reshape(inp["shape"])
+    y = model(x)
+    return {
+        "model_name": "cnn",
+        "outputs": [{"name": "logits", "datatype": "FP32", "shape": list(y.shape), "data": y.flatten().tolist()}],
+    }
+
+
+@app.get("/v2/health/ready")
+def ready():
+    return {"ready": True}
+"""
+
+
+# -- model packages ------------------------------------------------------------------------------
+
+
+def make_tiny_package(dest: Path) -> Path:
+    """y = relu(x @ W + b), x float32 [batch, 4] (built with onnx.helper)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from torchport.runtimes import DimRange, Manifest, TensorSpec, write_package
+
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["mm"]),
+        helper.make_node("Add", ["mm", "B"], ["pre"]),
+        helper.make_node("Relu", ["pre"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 3])],
+        initializer=[
+            numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "W"),
+            numpy_helper.from_array(rng.standard_normal(3).astype(np.float32), "B"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    with write_package(dest) as w:
+        onnx.save(model, w.path / "model.onnx")
+        w.commit(
+            Manifest(
+                name="tiny",
+                inputs=[TensorSpec("x", "float32", ["batch", 4])],
+                outputs=[TensorSpec("y", "float32", ["batch", 3])],
+                dynamic_dims={"batch": DimRange(1, 64)},
+            )
+        )
+    return dest
+
+
+def make_cnn_package(dest: Path) -> Path:
+    """The example CNN exported with torch.onnx.export(dynamo=True), batch dim dynamic."""
+    import torch
+
+    from torchport.exporters.examples import cnn
+    from torchport.runtimes import DimRange, Manifest, TensorSpec, write_package
+
+    model = cnn.make_model()
+    program = torch.onnx.export(
+        model,
+        cnn.example_inputs(),
+        dynamo=True,
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_shapes={"image": {0: torch.export.Dim("batch", min=1, max=64)}},
+        verbose=False,
+    )
+    with write_package(dest) as w:
+        program.save(str(w.path / "model.onnx"))
+        w.commit(
+            Manifest(
+                name="cnn",
+                inputs=[TensorSpec("image", "float32", ["batch", 3, 32, 32])],
+                outputs=[TensorSpec("logits", "float32", ["batch", 10])],
+                dynamic_dims={"batch": DimRange(1, 64)},
+            )
+        )
+    return dest
+
+
+# -- request bodies ------------------------------------------------------------------------------
+
+
+def json_body(name: str, x: np.ndarray) -> tuple[bytes, str]:
+    body = {
+        "inputs": [{"name": name, "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]
+    }
+    return json.dumps(body).encode(), ""
+
+
+def binary_body(name: str, x: np.ndarray) -> tuple[bytes, str]:
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": name,
+                    "shape": list(x.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
+    return header + x.tobytes(), str(len(header))
+
+
+# -- servers -------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    def __init__(self, argv: list[str], port: int, ready_path: str, env: dict | None = None) -> None:
+        self.port = port
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})}
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}: {' '.join(argv)}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{ready_path}", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"server did not become ready: {' '.join(argv)}")
+
+    def post(self, path: str, body: bytes, header_len: str = "") -> bytes:
+        """POST and return the JSON part of the response."""
+        headers = {"Content-Type": "application/json"}
+        if header_len:
+            headers["Inference-Header-Content-Length"] = header_len
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=body, headers=headers)
+        with urllib.request.urlopen(req, timeout=30) as r:
+            data = r.read()
+            hlen = r.headers.get("Inference-Header-Content-Length")
+            return data[: int(hlen)] if hlen else data  # the JSON part
+
+    def metric(self, name: str) -> float:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        return sum(float(v) for v in re.findall(rf"^{name}(?:\{{[^}}]*\}})? (\S+)$", text, re.M))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def torchport_server(package: Path, *, batching: bool, threads: int | None = None) -> ServerProcess:
+    port = free_port()
+    argv = [sys.executable, "-m", "torchport.cli", "serve", str(package), "--port", str(port)]
+    argv += ["--max-batch-size", "32" if batching else "1", "--max-queue-delay-ms", "0"]
+    if threads:
+        argv += ["--threads", str(threads)]
+    return ServerProcess(argv, port, "/v2/health/ready")
+
+
+def naive_server(workdir: Path) -> ServerProcess:
+    (workdir / "naive_app.py").write_text(textwrap.dedent(NAIVE_APP))
+    port = free_port()
+    argv = [sys.executable, "-m", "uvicorn", "naive_app:app", "--port", str(port), "--log-level", "warning"]
+    argv += ["--app-dir", str(workdir), "--no-access-log"]
+    return ServerProcess(argv, port, "/v2/health/ready", env={"PYTHONPATH": str(REPO_ROOT)})
+
+
+# -- load generation -----------------------------------------------------------------------------
+
+
+def _seconds(value: str) -> float:
+    m = re.match(r"([\d.]+)(us|ms|s|m)", value)
+    assert m, value
+    return float(m.group(1)) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[m.group(2)]
+
+
+def run_wrk(url: str, body: bytes, header_len: str, concurrency: int, duration: float, workdir: Path) -> dict:
+    body_file = workdir / f"body-{abs(hash(body))}.bin"
+    body_file.write_bytes(body)
+    script = workdir / "post.lua"
+    script.write_text(LUA)
+    proc = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{concurrency}",
+            f"-d{max(1, round(duration))}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "BODY_FILE": str(body_file), "HEADER_LEN": header_len},
+        timeout=duration + 60,
+    )
+    out = proc.stdout
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if m is None:
+        raise RuntimeError(f"wrk failed ({proc.returncode}): {out}{proc.stderr}")
+    rps = float(m.group(1))
+    p50 = _seconds(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
+    p99 = _seconds(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    if bad or errors:
+        raise RuntimeError(f"load run had failures:\n{out}")
+    return {"rps": rps, "p50": p50, "p99": p99}
+
+
+async def _py_load(port: int, path: str, body: bytes, header_len: str, concurrency: int, total: int) -> dict:
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    if header_len:
+        head += f"Inference-Header-Content-Length: {header_len}\r\n"
+    request = head.encode() + b"\r\n" + body
+    latencies: list[float] = []
+    remaining = [total]
+
+    async def worker() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while remaining[0] > 0:
+            remaining[0] -= 1
+            t0 = time.perf_counter()
+            writer.write(request)
+            status = await reader.readline()
+            length = 0
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            await reader.readexactly(length)
+            if b" 200 " not in status:
+                raise RuntimeError(f"status {status!r}")
+            latencies.append(time.perf_counter() - t0)
+        writer.close()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - start
+    latencies.sort()
+    return {
+        "rps": len(latencies) / elapsed,
+        "p50": latencies[len(latencies) // 2],
+        "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+    }
+
+
+def load(
+    server: ServerProcess, path: str, body: bytes, header_len: str, concurrency: int, args, workdir: Path
+) -> dict:
+    if args.generator == "wrk":
+        return run_wrk(
+            f"http://127.0.0.1:{server.port}{path}", body, header_len, concurrency, args.duration, workdir
+        )
+    total = max(concurrency * 20, int(args.requests))
+    return asyncio.run(_py_load(server.port, path, body, header_len, concurrency, total))
+
+
+# -- in-process reference ------------------------------------------------------------------------
+
+
+def in_process_latency(package: Path, feeds: dict, n: int = 2000) -> dict:
+    from torchport.runtimes import Session
+
+    sess = Session.from_package(package, intra_op_threads=1, spinning=False, warmup=5)
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        sess.run(feeds)
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return {"p50": statistics.median(times), "p99": times[int(n * 0.99)]}
+
+
+def in_process_throughput(package: Path, batch: int, seconds: float = 1.0) -> float:
+    from torchport.runtimes import Session
+
+    sess = Session.from_package(package, intra_op_threads=1, spinning=False, warmup=3)
+    x = np.random.default_rng(0).standard_normal((batch, 3, 32, 32)).astype(np.float32)
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        sess.run({"image": x}, validate=False)
+        n += 1
+    return n * batch / (time.perf_counter() - start)
+
+
+# -- main ----------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
+    parser.add_argument(
+        "--requests", type=int, default=2000, help="requests per run with the Python generator"
+    )
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument(
+        "--generator", choices=["wrk", "python"], default="wrk" if shutil.which("wrk") else "python"
+    )
+    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="torchport-bench-"))
+    rows: list[tuple[str, ...]] = []
+    results: dict = {"generator": args.generator, "cpus": os.cpu_count()}
+    try:
+        tiny = make_tiny_package(workdir / "tiny")
+        cnn_pkg = make_cnn_package(workdir / "cnn")
+        rng = np.random.default_rng(0)
+
+        # (1) tiny model latency
+        xt = rng.standard_normal((1, 4)).astype(np.float32)
+        ref = in_process_latency(tiny, {"x": xt})
+        results["tiny_in_process"] = ref
+        rows.append(
+            (
+                "1 tiny latency",
+                "in-process session.run",
+                "1",
+                "",
+                f"{ref['p50'] * 1e3:.3f}",
+                f"{ref['p99'] * 1e3:.3f}",
+                "",
+                "",
+            )
+        )
+        srv = torchport_server(tiny, batching=True)
+        try:
+            for enc, make in (("JSON", json_body), ("binary", binary_body)):
+                body, hl = make("x", xt)
+                out = json.loads(srv.post("/v2/models/tiny/infer", body, hl))
+                assert out["model_name"] == "tiny"
+                r = load(srv, "/v2/models/tiny/infer", body, hl, 1, args, workdir)
+                results[f"tiny_server_{enc}"] = r
+                over = (r["p50"] - ref["p50"]) * 1e3
+                rows.append(
+                    (
+                        "1 tiny latency",
+                        f"server {enc}",
+                        "1",
+                        f"{r['rps']:.0f}",
+                        f"{r['p50'] * 1e3:.3f}",
+                        f"{r['p99'] * 1e3:.3f}",
+                        f"+{over:.3f} ms p50",
+                        "",
+                    )
+                )
+        finally:
+            srv.stop()
+
+        # (3) naive baseline first: its numbers are the denominators
+        x = rng.standard_normal((1, 3, 32, 32)).astype(np.float32)
+        jbody, _ = json_body("image", x)
+        bbody, bhl = binary_body("image", x)
+        naive: dict[int, dict] = {}
+        nsrv = naive_server(workdir)
+        try:
+            naive_out = np.array(json.loads(nsrv.post("/v2/models/cnn/infer", jbody))["outputs"][0]["data"])
+            for c in args.concurrency:
+                naive[c] = load(nsrv, "/v2/models/cnn/infer", jbody, "", c, args, workdir)
+        finally:
+            nsrv.stop()
+        results["naive"] = naive
+
+        # (2) CNN throughput through torchport serve
+        results["cnn"] = {}
+        cnn_rows = []
+        for batching in (False, True):
+            srv = torchport_server(cnn_pkg, batching=batching)
+            try:
+                got = np.array(json.loads(srv.post("/v2/models/cnn/infer", jbody))["outputs"][0]["data"])
+                np.testing.assert_allclose(got, naive_out, rtol=1e-4, atol=1e-5)  # same model, same answer
+                for enc, body, hl in (("JSON", jbody, ""), ("binary", bbody, bhl)):
+                    for c in args.concurrency:
+                        runs0, rows0 = (
+                            srv.metric("torchport_batch_size_count"),
+                            srv.metric("torchport_batch_size_sum"),
+                        )
+                        r = load(srv, "/v2/models/cnn/infer", body, hl, c, args, workdir)
+                        runs = srv.metric("torchport_batch_size_count") - runs0
+                        r["mean_batch"] = (srv.metric("torchport_batch_size_sum") - rows0) / max(runs, 1)
+                        key = f"{'batched' if batching else 'unbatched'}_{enc}_c{c}"
+                        results["cnn"][key] = r
+                        cnn_rows.append(
+                            (
+                                "2 cnn throughput",
+                                f"torchport {enc}, batching {'on (32, 0 ms)' if batching else 'off'}",
+                                str(c),
+                                f"{r['rps']:.0f}",
+                                f"{r['p50'] * 1e3:.2f}",
+                                f"{r['p99'] * 1e3:.2f}",
+                                f"{r['rps'] / naive[c]['rps']:.1f}x naive",
+                                f"{r['mean_batch']:.1f}",
+                            )
+                        )
+            finally:
+                srv.stop()
+        rows.extend(cnn_rows)
+        for c in args.concurrency:
+            r = naive[c]
+            rows.append(
+                (
+                    "3 naive baseline",
+                    "FastAPI + eager PyTorch, JSON",
+                    str(c),
+                    f"{r['rps']:.0f}",
+                    f"{r['p50'] * 1e3:.2f}",
+                    f"{r['p99'] * 1e3:.2f}",
+                    "1.0x",
+                    "",
+                )
+            )
+        for b in (1, 32):
+            sps = in_process_throughput(cnn_pkg, b)
+            results[f"cnn_in_process_b{b}"] = sps
+            rows.append(
+                ("ref", f"in-process ORT, batch {b} (samples/s)", "-", f"{sps:.0f}", "", "", "", str(b))
+            )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    header = ("section", "server / path", "conc", "req/s", "p50 ms", "p99 ms", "vs baseline", "mean batch")
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    print(
+        f"\nload generator: {args.generator}, {args.duration:g} s per run, {os.cpu_count()} CPUs, loopback\n"
+    )
+    for r in [header, tuple("-" * w for w in widths), *rows]:
+        print("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
