@@ -59,6 +59,7 @@ class Localization:
         max_abs / max_rel / cosine: the divergence of that value.
         inputs: the node's inputs and their ranges in the ONNX run.
         source: ``file:line`` of the user's code; ``code``: that line.
+        module: the submodule that ran the op, ``path (type)``, e.g. ``encoder.layer.0.output (BertOutput)``.
         compared: how many intermediate values were compared before stopping.
         message: why nothing was found, when ``found`` is False.
     """
@@ -76,6 +77,7 @@ class Localization:
     inputs: list[InputRange] = field(default_factory=list)
     source: str | None = None
     code: str | None = None
+    module: str | None = None
     compared: int = 0
     message: str = ""
 
@@ -97,6 +99,7 @@ class Localization:
             "inputs": [vars(i) | {"shape": list(i.shape) if i.shape else None} for i in self.inputs],
             "source": self.source,
             "code": self.code,
+            "module": self.module,
             "compared": self.compared,
             "message": self.message,
         }
@@ -111,6 +114,8 @@ class Localization:
             f"  max abs error {self.max_abs:.3g}, max rel error {self.max_rel:.3g}, cosine {self.cosine:.6f} "
             f"(after {self.compared} matching values)",
         ]
+        if self.module:
+            lines.append(f"  module: {self.module}")
         for inp in self.inputs:
             lines.append(f"  input {inp}")
         if self.source:
@@ -448,6 +453,22 @@ def _report(
         )
         trace = trace or fx_node.meta.get("stack_trace")
     where = user_frame(trace)
+    module = None
+    stack = getattr(fx_node, "meta", {}).get("nn_module_stack") if fx_node is not None else None
+    if stack:
+        path, kind = list(stack.values())[-1]
+        kind_name = getattr(kind, "__name__", None) or str(kind).rsplit(".", 1)[-1].strip("'>")
+        module = f"{path or '<root>'} ({kind_name})"
+    elif "pkg.torch.onnx.class_hierarchy" in meta and "pkg.torch.onnx.name_scopes" in meta:
+        try:
+            import ast
+
+            scopes = ast.literal_eval(meta["pkg.torch.onnx.name_scopes"])
+            classes = ast.literal_eval(meta["pkg.torch.onnx.class_hierarchy"])
+            if len(scopes) >= 2 and len(classes) >= 2:
+                module = f"{scopes[-2] or '<root>'} ({classes[-2].rsplit('.', 1)[-1]})"
+        except (ValueError, SyntaxError):
+            module = None
     return Localization(
         found=True,
         node=node.name or f"<{node.op_type} producing {value}>",
@@ -462,5 +483,6 @@ def _report(
         inputs=inputs,
         source=where[0] if where else None,
         code=where[1] if where else None,
+        module=module,
         compared=compared,
     )

@@ -660,6 +660,9 @@ def check_parity(
                     rtol=tol.rtol if tol.rtol is not None else 1e-3,
                     min_cosine=None if tol.atol is not None else tol.min_cosine,
                 )
+                loc = vp.localization
+                if loc.module and loc.module.startswith("model."):  # the flat wrapper's attribute
+                    loc.module = loc.module[len("model.") :]
             except Exception as e:  # localization is a diagnosis aid; never hide the parity failure
                 vp.localization = Localization(
                     found=False, message=f"localization failed: {type(e).__name__}: {e}"
