@@ -43,6 +43,7 @@ class Request:
     started: float
     #: filled in by the application for the access log
     model: str | None = None
+    endpoint: str | None = None
     request_id: str | None = None
 
 
@@ -237,7 +238,8 @@ class HttpProtocol(asyncio.Protocol):
         keep_alive = req.keep_alive and not resp.close and not self.server.closing_connections
         if self.transport is not None and not self.closing:
             body = resp.body
-            self.transport.write(_head(resp.status, resp, len(body), keep_alive) + body)
+            head = _head(resp.status, resp, len(body), keep_alive)
+            self.transport.write(head if req.method == "HEAD" else head + body)
             if not keep_alive:
                 self.closing = True
                 self.transport.close()

@@ -56,6 +56,7 @@ class InferenceApp:
         self.max_request_bytes = max_request_bytes
         self.loaded = False  # every model's load was attempted
         self.draining = False
+        self._known_models = frozenset(repository.names())
         self._metadata = json_dumps(
             {
                 "name": server_name,
@@ -71,8 +72,9 @@ class InferenceApp:
 
     def on_response(self, req: Request, resp: Response, nbytes: int) -> None:
         duration = time.perf_counter() - req.started
-        model = req.model or ""
-        endpoint = req.path.rsplit("/", 1)[-1] if model else req.path
+        # label values are bounded: unknown model names and paths are not echoed into metrics
+        model = req.model if req.model in self._known_models else ""
+        endpoint = req.endpoint or "unknown"
         status = str(resp.status)
         m = self.metrics
         m.requests.inc(model, endpoint, status)
@@ -109,6 +111,7 @@ class InferenceApp:
     def _route(self, req: Request) -> Response | Deferred:
         path = req.path
         if path in OPEN_PATHS:
+            req.endpoint = path.rsplit("/", 1)[-1]
             self._method(req, "GET", "HEAD")
             if path.endswith("/live"):
                 return _json(200, {"live": True})
@@ -123,14 +126,17 @@ class InferenceApp:
         if path.startswith(_MODELS):
             return self._model_route(req, path[len(_MODELS) :])
         if path in ("/v2", "/v2/"):
+            req.endpoint = "server_metadata"
             self._method(req, "GET", "HEAD")
             return Response(200, self._metadata)
         if path == "/metrics":
+            req.endpoint = "metrics"
             self._method(req, "GET", "HEAD")
             return Response(
                 200, self.metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8"
             )
         if path == "/v2/repository/index":
+            req.endpoint = "repository_index"
             self._method(req, "POST", "GET")
             return _json(200, self.repository.index())
         raise HTTPError(404, f"no such endpoint: {req.method} {path}")
@@ -153,6 +159,7 @@ class InferenceApp:
             version = unquote(tail[1])
             tail = tail[2:]
         req.model = name
+        req.endpoint = tail[0] if tail and tail[0] in ("ready", "infer") else "metadata"
         if not tail or tail == [""]:
             self._method(req, "GET", "HEAD")
             entry = self._entry(name, version, need_ready=True)

@@ -381,6 +381,8 @@ def test_malformed_bodies(server):
 def test_other_http_errors(server):
     assert http(server, "GET", "/v2/models/add/infer")[0] == 405
     assert http(server, "GET", "/nope")[0] == 404
+    status, hdrs, raw = http(server, "HEAD", "/v2/health/ready")
+    assert status == 200 and raw == b"" and hdrs["content-length"] == "14"
     status, _, raw = http(server, "GET", "/v2/models/broken")
     assert status == 503 and b"failed to load" in raw
     assert http(server, "GET", "/v2/models/broken/ready")[0] == 503
@@ -460,7 +462,11 @@ def test_concurrent_requests_are_batched(repo):
 def test_metrics_count_errors(server):
     post_json(server, "/v2/models/nope/infer", {"inputs": [_x()]})
     text = http(server, "GET", "/metrics")[2].decode()
-    assert re.search(r'^torchport_request_errors_total\{model="nope",status="404"\} [1-9]', text, re.M)
+    assert re.search(r'^torchport_request_errors_total\{model="",status="404"\} [1-9]', text, re.M)
+    assert 'model="nope"' not in text  # unknown names never become label values
+    assert re.search(
+        r'^torchport_requests_total\{model="add",endpoint="metadata",status="200"\} [1-9]', text, re.M
+    )
     assert re.search(r'^torchport_request_duration_seconds_count\{model="add"\} [1-9]', text, re.M)
 
 
