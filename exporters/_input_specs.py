@@ -442,19 +442,27 @@ class ExampleInputs:
                 sizes[k] = int(v)
         gen = np.random.default_rng(rng)
         tensors = {s.name: _random_torch(s, sizes, gen) for s in specs}
+        _, var_pos, _ = _param_names(signature)
+        by_name = {s.name: s for s in specs}
+        if signature is None or (var_pos and not any(n in signature.parameters for n in names)):
+            # no signature, or forward(*args): the inputs go positionally, in the order given
+            return cls(
+                args=tuple(tensors.values()),
+                kwargs={},
+                specs=[by_name[n] for n in names],
+                dynamic_dims=dyn,
+                signature=signature,
+                arg_names=names,
+            )
         args, kwargs = _place_by_name(tensors, signature, what="--input")
         ordered = _order_kwargs(kwargs, signature)
         order = list(_arg_names(signature, len(args))) + list(ordered)
-        by_name = {s.name: s for s in specs}
-        if signature is None:
-            order = names
         return cls(
             args=tuple(args),
             kwargs=ordered,
             specs=[by_name[n] for n in order],
             dynamic_dims=dyn,
             signature=signature,
-            arg_names=None if signature is not None else names,
         )
 
     # ------------------------------------------------------------------ views
@@ -528,13 +536,12 @@ class ExampleInputs:
             if self.kwargs:
                 return per_top  # best effort: keyed by name
             return tuple(per_top[name] for name, _ in tops)
-        _, var_pos, var_kw = _param_names(self.signature)
-        positional, _, _ = _param_names(self.signature)
+        positional, var_pos, var_kw = _param_names(self.signature)
         out: dict[str, Any] = {}
         n_named = min(len(self.args), len(positional))
         arg_names = self._positional_names()
-        for name in arg_names[:n_named]:
-            out[name] = per_top[name]
+        for param, name in zip(positional[:n_named], arg_names[:n_named], strict=True):
+            out[param] = per_top[name]
         if len(self.args) > n_named and var_pos:
             out[var_pos] = tuple(per_top[n] for n in arg_names[n_named:])
         params = self.signature.parameters
@@ -847,16 +854,21 @@ def resolve_example_inputs(
        with ``DYNAMIC_DIMS`` when the model file defines one.
     4. For a Hugging Face folder, inputs derived from its config (already in ``loaded.example_inputs``).
 
-    With 2–4, ``dims`` may change the range of a dim those inputs already name; naming another dim
-    is an error listing the dims that exist.
+    With 2–4, ``dims`` may change the range of a dim those inputs already name, or add ``batch`` as
+    axis 0 of every input (see :meth:`ExampleInputs.with_dims`); naming another dim is an error
+    listing the dims that exist.
 
     Raises:
         UsageError: when no source gives inputs, with an example of ``--input``/``--dim``.
 
     Example:
-        >>> ex = resolve_example_inputs(load_model("torchport.exporters.examples.mlp:make_model"), [], {})
-        >>> str(ex)
+        >>> from torchport.exporters import load_model
+        >>> loaded = load_model("torchport.exporters.examples.mlp:make_model")
+        >>> str(resolve_example_inputs(loaded, [], {}))
         'input:float32[batch,16] (batch=1..64)'
+        >>> ex = resolve_example_inputs(loaded, [parse_input_spec("input:float32[n,16]")], {"n": DimRange(1, 8)})
+        >>> str(ex), tuple(ex.args[0].shape)
+        ('input:float32[n,16] (n=1..8)', (8, 16))
     """
     dims = dict(dims or {})
     input_specs = list(input_specs or [])

@@ -422,3 +422,42 @@ def test_dim_batch_makes_axis_zero_dynamic(bare_model: Path, tmp_path: Path) -> 
         UsageError, match=r"--dim seq: no input uses a dim of that name; the dynamic dims are: \(none"
     ):
         resolve_example_inputs(loaded, [], dict([parse_dim_spec("seq=1..16")]))
+
+
+class VarArgs(torch.nn.Module):
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        return tensors[0] * tensors[1]
+
+
+def test_input_specs_for_var_positional_forward() -> None:
+    import inspect
+
+    model = VarArgs()
+    ex = ExampleInputs.from_specs(
+        [parse_input_spec("a:float32[n,2]"), parse_input_spec("b:float32[n,2]")],
+        dict([parse_dim_spec("n=1..5")]),
+        signature=inspect.signature(model.forward),
+    )
+    assert ex.input_names == ["a", "b"]  # the user's names, not tensors_0/tensors_1
+    ds = ex.dynamic_shapes()
+    assert list(ds) == ["tensors"] and ds["tensors"][0][0] is ds["tensors"][1][0]
+    ep = torch.export.export(model, ex.args, ex.kwargs, dynamic_shapes=ds)
+    args, kwargs = ex.make({"n": 5}, rng=0)
+    torch.testing.assert_close(ep.module()(*args, **kwargs), model(*args, **kwargs))
+
+
+def test_torchscript_with_input_specs(tmp_path: Path) -> None:
+    model = torch.jit.script(torch.nn.Sequential(torch.nn.Linear(4, 2)).eval())
+    path = tmp_path / "seq.pt"
+    torch.jit.save(model, str(path))
+    loaded = load_model(str(path))
+    ex = resolve_example_inputs(
+        loaded, [parse_input_spec("input:float32[batch,4]")], dict([parse_dim_spec("batch=1..8")])
+    )
+    assert str(ex) == "input:float32[batch,4] (batch=1..8)"
+    args, kwargs = ex.make({"batch": 8}, rng=0)
+    assert loaded.module(*args, **kwargs).shape == (8, 2)
+    with pytest.raises(
+        UsageError, match=r"--input names 'x' that forward\(\) does not take; its parameters are: input"
+    ):
+        resolve_example_inputs(loaded, [parse_input_spec("x:float32[2,4]")], {})

@@ -542,3 +542,11 @@ def test_hf_float_inputs_follow_the_model_dtype(hf_folders: dict[str, Path], tmp
     loaded = load_model(str(tmp_path / "vit16"))
     assert loaded.example_inputs.specs[0].dtype == "float16"
     assert loaded.example_inputs.args[0].dtype == torch.float16
+
+
+def test_module_without_attr_lists_candidates() -> None:
+    with pytest.raises(
+        LoadError,
+        match=r"add :<factory or class>; candidates in module torchport\.exporters\.examples\.cnn: SmallCNN, make_model",
+    ):
+        load_model("torchport.exporters.examples.cnn")
