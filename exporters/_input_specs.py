@@ -366,7 +366,8 @@ class ExampleInputs:
             dynamic: ``{leaf name or parameter name: {axis: dim name}}``; a parameter name applies to
                 every leaf under it.
             dims: range of each dim name used in ``dynamic``.
-            value_ranges: optional ``{leaf name: (low, high)}`` for integer inputs.
+            value_ranges: optional ``{leaf name: (low, high)}`` for integer inputs; an integer
+                input without one gets the min..max of its example values.
         """
         args = tuple(args)
         kwargs = _order_kwargs(kwargs or {}, signature)
@@ -399,6 +400,10 @@ class ExampleInputs:
                     shape[ax] = dim_name
                     used[dim_name] = dims[dim_name]
                 vr = value_ranges.get(leaf)
+                if vr is None and _is_integer(tensor) and tensor.numel() > 0:
+                    # the example's own values are legal ones (token ids < vocab size...): keep
+                    # generated inputs inside what was seen
+                    vr = (int(tensor.min()), int(tensor.max()))
                 specs.append(TensorSpec(leaf, dtype_name(tensor.dtype), shape, vr))
         unknown = [k for k in dynamic if k not in matched and dynamic[k]]
         if unknown:
@@ -658,6 +663,10 @@ class ExampleInputs:
             parts.append(f"{s.name}:{s.dtype}[{shape}]")
         dims = ", ".join(f"{k}={r.min}..{r.max}" for k, r in self.dynamic_dims.items())
         return " ".join(parts) + (f" ({dims})" if dims else " (static)")
+
+
+def _is_integer(tensor: torch.Tensor) -> bool:
+    return not tensor.is_floating_point() and not tensor.is_complex() and tensor.dtype != torch.bool
 
 
 def _random_torch(spec: TensorSpec, sizes: Mapping[str, int], gen: np.random.Generator) -> torch.Tensor:

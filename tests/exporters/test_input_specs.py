@@ -461,3 +461,19 @@ def test_torchscript_with_input_specs(tmp_path: Path) -> None:
         UsageError, match=r"--input names 'x' that forward\(\) does not take; its parameters are: input"
     ):
         resolve_example_inputs(loaded, [parse_input_spec("x:float32[2,4]")], {})
+
+
+def test_integer_example_inputs_bound_generated_values(tmp_path: Path) -> None:
+    path = tmp_path / "emb.py"
+    path.write_text(
+        "import torch\n"
+        "def make():\n    return torch.nn.Embedding(5, 3)\n"
+        "def example_inputs():\n    return (torch.tensor([[0, 4, 2]]),)\n"
+        "DYNAMIC_DIMS = {'input': {1: ('seq', 1, 50)}}\n"
+    )
+    loaded = load_model(f"{path}:make")
+    spec = loaded.example_inputs.specs[0]
+    assert (spec.dtype, spec.shape, spec.value_range) == ("int64", [1, "seq"], (0, 4))
+    (ids,), _ = loaded.example_inputs.make({"seq": 50}, rng=0)
+    assert ids.shape == (1, 50) and int(ids.max()) <= 4
+    assert loaded.module(ids).shape == (1, 50, 3)  # an id >= 5 would raise IndexError
