@@ -104,6 +104,8 @@ class HttpProtocol(asyncio.Protocol):
         "client",
         "started",
         "paused",
+        "pending_error",
+        "last_active",
     )
 
     def __init__(self, app: Application, server: HttpServer) -> None:
@@ -122,6 +124,8 @@ class HttpProtocol(asyncio.Protocol):
         self.paused = False
         self.client = ""
         self.started = 0.0
+        self.pending_error: tuple[Request, Response] | None = None
+        self.last_active = time.monotonic()
 
     # -- asyncio.Protocol -------------------------------------------------------------------------
 
@@ -139,6 +143,7 @@ class HttpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
+        self.last_active = time.monotonic()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -231,6 +236,9 @@ class HttpProtocol(asyncio.Protocol):
             log.exception("unhandled error finishing %s %s", req.method, req.path)
             resp = self.app.error_response(500, "internal server error (see the server log)")
         self._send(req, resp)
+        if self.pending_error is not None:
+            self._send(*self.pending_error)
+            self.pending_error = None
         self._next()
         self.server.maybe_drained()
 
@@ -264,15 +272,18 @@ class HttpProtocol(asyncio.Protocol):
             started=self.started or time.perf_counter(),
         )
         self.queue.clear()
-        if self.busy:  # let the in-flight response go first, then close
-            self.closing = True
-            if self.transport is not None:
-                self.transport.write(_head(status, resp, len(resp.body), False) + resp.body)
+        if self.busy:  # the in-flight response goes first, then this one, then close
+            self.pending_error = (req, resp)
             return
         self._send(req, resp)
 
-    def close_if_idle(self) -> None:
-        if not self.busy and not self.queue and self.transport is not None:
+    def close_if_idle(self, idle_for: float = 0.0) -> None:
+        if (
+            not self.busy
+            and not self.queue
+            and self.transport is not None
+            and time.monotonic() - self.last_active >= idle_for
+        ):
             self.closing = True
             self.transport.close()
 
@@ -280,9 +291,13 @@ class HttpProtocol(asyncio.Protocol):
 class HttpServer:
     """Holds the listening socket and the open connections."""
 
-    def __init__(self, app: Application, *, max_request_bytes: int | None = None) -> None:
+    def __init__(
+        self, app: Application, *, max_request_bytes: int | None = None, idle_timeout: float = 75.0
+    ) -> None:
         self.app = app
         self.max_request_bytes = max_request_bytes
+        self.idle_timeout = idle_timeout
+        self._sweeper: asyncio.TimerHandle | None = None
         self.connections: set[HttpProtocol] = set()
         self.inflight = 0
         self.closing_connections = False
@@ -299,8 +314,16 @@ class HttpServer:
             raise ServingError(
                 f"cannot listen on {host}:{port}: {e.strerror or e}; choose another --port or --host"
             ) from e
+        self._sweeper = loop.call_later(min(5.0, self.idle_timeout), self._sweep)
         sock = self._server.sockets[0]
         return sock.getsockname()[1]
+
+    def _sweep(self) -> None:
+        """Close connections idle for longer than ``idle_timeout`` (keep-alive or stalled mid-request)."""
+        for conn in list(self.connections):
+            conn.close_if_idle(self.idle_timeout)
+        loop = asyncio.get_running_loop()
+        self._sweeper = loop.call_later(min(5.0, self.idle_timeout), self._sweep)
 
     def maybe_drained(self) -> None:
         if self._drained is not None and self.inflight == 0:
@@ -318,6 +341,8 @@ class HttpServer:
 
     async def close(self) -> None:
         self.closing_connections = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self._server is not None:
             self._server.close()
         for conn in list(self.connections):

@@ -78,6 +78,9 @@ class ModelEntry:
 def discover(path: str | Path) -> list[tuple[str | None, str | None, Path]]:
     """Find packages under ``path``: ``[(name or None, version or None, folder)]``.
 
+    ``path`` is one package (has ``torchport.json``), one model's numeric versions (``path/1/``,
+    ``path/2/``), or a repository of ``name/`` and ``name/<version>/`` folders.
+
     ``None`` name/version means "take it from the manifest" (``path`` is itself one package).
 
     Raises:
@@ -89,6 +92,11 @@ def discover(path: str | Path) -> list[tuple[str | None, str | None, Path]]:
     if (root / MANIFEST_NAME).is_file():
         return [(None, None, root)]
     found: list[tuple[str | None, str | None, Path]] = []
+    children = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    packages = [c for c in children if (c / MANIFEST_NAME).is_file()]
+    if packages and all(c.name.isdigit() for c in packages):
+        # PATH is one model's folder of numeric versions: PATH/1/, PATH/2/ ...
+        return [(root.resolve().name, c.name, c) for c in sorted(packages, key=lambda c: int(c.name))]
     for child in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if (child / MANIFEST_NAME).is_file():
             found.append((child.name, None, child))

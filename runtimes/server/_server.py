@@ -43,6 +43,7 @@ class ServerConfig:
         max_request_bytes: request body limit (413 above it).
         drain_timeout: seconds SIGTERM waits for in-flight requests.
         access_log: write one JSON line per request.
+        idle_timeout: close connections idle (keep-alive, or stalled mid-request) for this many seconds.
     """
 
     host: str = "127.0.0.1"
@@ -60,6 +61,7 @@ class ServerConfig:
     max_request_bytes: int = 64 * 1024 * 1024
     drain_timeout: float = 30.0
     access_log: bool = True
+    idle_timeout: float = 75.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -74,6 +76,8 @@ class ServerConfig:
             raise UsageError(f"--threads must be >= 1, got {self.threads}")
         if self.max_request_bytes < 1024:
             raise UsageError(f"--max-request-bytes must be at least 1024, got {self.max_request_bytes}")
+        if self.idle_timeout <= 0:
+            raise UsageError(f"idle_timeout must be > 0 seconds, got {self.idle_timeout}")
         if self.warmup < 0:
             raise UsageError(f"--warmup must be >= 0, got {self.warmup}")
 
@@ -114,7 +118,9 @@ class InferenceServer:
             max_request_bytes=self.config.max_request_bytes,
             server_version=__version__,
         )
-        self.http = HttpServer(self.app, max_request_bytes=self.config.max_request_bytes)
+        self.http = HttpServer(
+            self.app, max_request_bytes=self.config.max_request_bytes, idle_timeout=self.config.idle_timeout
+        )
         self.executor = ThreadPoolExecutor(self.config.worker_threads, thread_name_prefix="torchport-infer")
         self.port: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

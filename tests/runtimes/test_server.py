@@ -537,6 +537,12 @@ def test_single_package_path_serves_under_its_manifest_name(repo):
         assert status == 200 and json.loads(md)["name"] == "seq"
 
 
+def test_a_folder_of_numeric_versions_is_one_model(repo):
+    with running_server(repo / "add") as srv:
+        status, _, md = http(srv, "GET", "/v2/models/add")
+        assert status == 200 and json.loads(md)["versions"] == ["1", "2"]
+
+
 def test_binary_bytes_wire_format(server):
     elems = [b"hi", b"", "é".encode()]
     blob = b"".join(struct.pack("<I", len(e)) + e for e in elems) + struct.pack("<I", 1) + b"z" * 1
@@ -563,3 +569,29 @@ def test_binary_bytes_wire_format(server):
     )
     assert status == 200, raw
     assert json.loads(raw)["outputs"][0]["data"] == ["hi", "", "é", "z", "", ""]
+
+
+def test_idle_connections_are_closed(repo):
+    with running_server(repo / "fixed", idle_timeout=0.3) as srv:
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as s:
+            s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert b"200 OK" in s.recv(4096)
+            s.sendall(b"GET /v2/health/live HTTP/1.1\r\n")  # stalls mid-request
+            assert s.recv(4096) == b""  # closed by the server, not by the 5 s client timeout
+
+
+def test_oversized_pipelined_request_waits_for_the_in_flight_response(repo):
+    with running_server(repo / "add", max_request_bytes=4096, max_queue_delay_ms=300) as srv:
+        body = json.dumps({"inputs": [_x(data=[1, 1, 1, 1])]}).encode()
+        first = (
+            f"POST /v2/models/add/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        second = b"POST /v2/models/add/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 99999\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+            s.sendall(first + second)
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        assert data.index(b"HTTP/1.1 200") < data.index(b"HTTP/1.1 413")
+        assert b"exceeds the limit of 4096 bytes" in data
