@@ -244,18 +244,26 @@ def _quant_preprocess(proto: onnx.ModelProto) -> onnx.ModelProto:
         return proto
 
 
+#: ops ``int8_dynamic`` quantizes by default: ORT's dynamic int8 kernels pay off for matrix products
+#: (MatMulInteger / DynamicQuantizeMatMul, QAttention) but ConvInteger is slower than float Conv,
+#: so convolutions are left in float (use ``int8_static`` for CNNs)
+INT8_DYNAMIC_OPS: tuple[str, ...] = ("MatMul", "Gemm", "Attention", "LSTM", "GRU", "EmbedLayerNormalization")
+
+
 class Int8DynamicPass:
     """int8 weights, activations quantized at run time (``onnxruntime.quantization.quantize_dynamic``).
 
-    Quantizes MatMul / Gemm / Attention / Conv-free graphs best (transformers, MLPs); on CNNs prefer
-    ``int8_static``. Weights are signed int8 (``QInt8``), per tensor.
+    Quantizes the ops in :data:`INT8_DYNAMIC_OPS` (matrix products, fused attention, RNNs);
+    convolutions stay in float32 because ONNX Runtime's dynamic ConvInteger is slower than its
+    float Conv: quantize CNNs with ``int8_static``. Weights are signed int8 (``QInt8``), per tensor.
     """
 
     name = "int8_dynamic"
 
-    def __init__(self, per_channel: bool = False, op_types: Sequence[str] | None = None) -> None:
+    def __init__(self, per_channel: bool = False, op_types: Sequence[str] | None = INT8_DYNAMIC_OPS) -> None:
         self.per_channel = per_channel
         self.op_types = list(op_types) if op_types else None
+        self.details: dict[str, Any] = {}
 
     def __call__(self, model: AnyModel) -> tuple[onnx.ModelProto, bool]:
         from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -273,6 +281,7 @@ class Int8DynamicPass:
                 use_external_data_format=proto.ByteSize() > 1_800_000_000,
             )
             out = onnx.load(str(dst))
+        self.details = {"op_types": self.op_types or "all"}
         return out, _fingerprint(out) != _fingerprint(proto)
 
 
