@@ -82,6 +82,20 @@ def _no_progress_bars() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def _is_refused_pickle(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is torch.load refusing a pickle under weights_only=True."""
+    import pickle
+
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, pickle.UnpicklingError) or "weights only load failed" in str(e).lower():
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
 def _model_class(config: Any, folder: Path) -> Any:
     import transformers
 
@@ -171,6 +185,12 @@ def load_hf_folder(
             break
         except Exception as e:  # noqa: BLE001
             text = str(e).lower()
+            if _is_refused_pickle(e):
+                raise LoadError(
+                    f"{folder} has weights that are pickled Python objects beyond tensors; torchport loads "
+                    "weights with weights_only=True and refuses untrusted pickles: re-save the model with "
+                    "save_pretrained() (model.safetensors)"
+                ) from e
             if i + 1 < len(attempts) and any(w in text for w in ("attn", "attention", "sdpa")):
                 continue
             raise LoadError(

@@ -550,3 +550,33 @@ def test_module_without_attr_lists_candidates() -> None:
         match=r"add :<factory or class>; candidates in module torchport\.exporters\.examples\.cnn: SmallCNN, make_model",
     ):
         load_model("torchport.exporters.examples.cnn")
+
+
+class _Touch:
+    """Pickles to a call that creates a file: what a malicious checkpoint would do."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def test_hf_pickled_bin_is_refused_and_not_run(hf_folders: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    folder = Path(shutil.copytree(hf_folders["vit"], tmp_path / "vit_bin"))
+    (folder / "model.safetensors").unlink()
+    marker = tmp_path / "pwned"
+    torch.save({"evil": _Touch(marker)}, str(folder / "pytorch_model.bin"))
+    with pytest.raises(
+        LoadError, match=r"pickled Python objects beyond tensors; .*weights_only=True.*safetensors"
+    ) as info:
+        load_model(str(folder))
+    assert not marker.exists()
+    assert "\n" not in str(info.value)
+    # a plain state dict in pytorch_model.bin loads (weights_only=True accepts tensors)
+    state = load_model(str(hf_folders["vit"])).module.state_dict()
+    torch.save(state, str(folder / "pytorch_model.bin"))
+    loaded = load_model(str(folder))
+    torch.testing.assert_close(loaded.module.state_dict()["classifier.weight"], state["classifier.weight"])
