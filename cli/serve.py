@@ -46,6 +46,12 @@ def serve(
         "--intra-op-threads",
         help="ONNX Runtime threads inside one run (raise for large models, few workers).",
     ),
+    inline_below_us: float = typer.Option(
+        30.0,
+        "--inline-below-us",
+        help="Run a model on the event loop, not the worker pool, while its runs average under this many "
+        "microseconds (tiny models: a thread hand-off costs more than the run). 0: always use the pool.",
+    ),
     warmup: int = typer.Option(2, "--warmup", help="Warm-up runs per model before it reports ready."),
     api_key_env: str = typer.Option(
         None,
@@ -90,6 +96,7 @@ def serve(
         max_request_bytes=max_request_bytes,
         drain_timeout=drain_timeout,
         access_log=access_log,
+        inline_below_us=inline_below_us,
     )
     InferenceServer(path, config).run()
 

@@ -19,9 +19,8 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -55,6 +54,7 @@ class ModelRunner:
         max_queue_delay: float = 0.0,
         workers: int = 1,
         on_batch: Callable[[int, int, float], None] | None = None,
+        inline_below: float = 0.0,
     ) -> None:
         self.session = session
         self.executor = executor
@@ -71,6 +71,11 @@ class ModelRunner:
         self._rows: dict[tuple, int] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._dispatch_pending = False
+        #: runs whose average compute time is below this many seconds happen on the event loop
+        #: (a thread hand-off costs more than such a run); 0 always uses the thread pool
+        self.inline_below = inline_below
+        self._compute_avg: float | None = None
 
     @property
     def pending(self) -> int:
@@ -94,7 +99,10 @@ class ModelRunner:
             self._rows[key] = 0
         queue.append(item)
         self._rows[key] += rows
-        self._dispatch()
+        if not self._dispatch_pending:
+            # dispatch once per loop iteration, so requests read in the same iteration share a run
+            self._dispatch_pending = True
+            loop.call_soon(self._dispatch)
         return fut
 
     def _due_key(self, now: float) -> tuple | None:
@@ -109,6 +117,7 @@ class ModelRunner:
         return best
 
     def _dispatch(self) -> None:
+        self._dispatch_pending = False
         now = time.perf_counter()
         while self.busy < self.workers:
             key = self._due_key(now)
@@ -127,6 +136,14 @@ class ModelRunner:
                 del self._rows[key]
             self.busy += 1
             started = time.perf_counter()
+            if self._compute_avg is not None and self._compute_avg < self.inline_below:
+                cf: Future = Future()
+                try:
+                    cf.set_result(self._run(batch))
+                except BaseException as e:
+                    cf.set_exception(e)
+                self._done(cf, batch, rows, started, redispatch=False)
+                continue
             cf = self.executor.submit(self._run, batch)
             cf.add_done_callback(
                 lambda f, batch=batch, rows=rows, started=started: self._loop.call_soon_threadsafe(
@@ -165,7 +182,9 @@ class ModelRunner:
                 start = stop
         return outputs, time.perf_counter() - t0
 
-    def _done(self, cf: Any, batch: list[_Item], rows: int, started: float) -> None:
+    def _done(
+        self, cf: Future, batch: list[_Item], rows: int, started: float, redispatch: bool = True
+    ) -> None:
         self.busy -= 1
         try:
             outputs, compute = cf.result()
@@ -177,9 +196,12 @@ class ModelRunner:
             for it, out in zip(batch, outputs, strict=True):
                 if not it.future.done():
                     it.future.set_result((out, started - it.enqueued))
+            avg = self._compute_avg
+            self._compute_avg = compute if avg is None else 0.9 * avg + 0.1 * compute
             if self.on_batch is not None:
                 try:
                     self.on_batch(rows, len(batch), compute)
                 except Exception:  # pragma: no cover - metrics must never break serving
                     log.exception("metrics callback failed")
-        self._dispatch()
+        if redispatch:
+            self._dispatch()

@@ -43,6 +43,8 @@ class ServerConfig:
         max_request_bytes: request body limit (413 above it).
         drain_timeout: seconds SIGTERM waits for in-flight requests.
         access_log: write one JSON line per request.
+        inline_below_us: run a model on the event loop thread instead of the pool when its runs
+            average less than this many microseconds (a thread hand-off costs more); 0 disables.
         idle_timeout: close connections idle (keep-alive, or stalled mid-request) for this many seconds.
     """
 
@@ -62,6 +64,7 @@ class ServerConfig:
     drain_timeout: float = 30.0
     access_log: bool = True
     idle_timeout: float = 75.0
+    inline_below_us: float = 30.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -177,6 +180,7 @@ class InferenceServer:
             max_queue_delay=cfg.max_queue_delay_ms / 1000.0,
             workers=cfg.worker_threads,
             on_batch=on_batch_metrics(self.metrics, entry.name),
+            inline_below=cfg.inline_below_us / 1e6,
         )
 
     def _load_all(self) -> None:
