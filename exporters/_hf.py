@@ -82,20 +82,6 @@ def _no_progress_bars() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _is_refused_pickle(exc: BaseException) -> bool:
-    """Whether ``exc`` (or what caused it) is torch.load refusing a pickle under weights_only=True."""
-    import pickle
-
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, pickle.UnpicklingError) or "weights only load failed" in str(e).lower():
-            return True
-        e = e.__cause__ or e.__context__
-    return False
-
-
 def _model_class(config: Any, folder: Path) -> Any:
     import transformers
 
@@ -149,7 +135,7 @@ def load_hf_folder(
         attn_implementation: ``"sdpa"`` (default; falls back to ``"eager"`` when the model has no
             SDPA support) or ``"eager"``.
     """
-    from torchport.exporters._loading import LoadedModel
+    from torchport.exporters._loading import LoadedModel, _is_refused_pickle
 
     if not (folder / "config.json").is_file():
         raise LoadError(

@@ -388,12 +388,50 @@ def _load_torchscript(path: Path, source: str) -> LoadedModel:
     )
 
 
+@contextlib.contextmanager
+def _weights_only_torch_load() -> Iterator[None]:
+    """Force ``weights_only=True`` on every ``torch.load`` made inside (torch.export.load falls back to
+    ``weights_only=False`` for pickled weights, constants and sample inputs; we refuse those)."""
+    original = torch.load
+
+    def load(*args: Any, **kwargs: Any) -> Any:
+        kwargs["weights_only"] = True
+        return original(*args, **kwargs)
+
+    torch.load = load
+    try:
+        yield
+    finally:
+        torch.load = original
+
+
+def _is_refused_pickle(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is torch.load refusing a pickle under weights_only=True."""
+    import pickle
+
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, pickle.UnpicklingError) or "weights only load failed" in str(e).lower():
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
 def _load_exported_program(path: Path, source: str) -> LoadedModel:
     if not path.is_file():
         raise LoadError(f"model file not found: {source}")
     try:
-        ep = torch.export.load(str(path))
+        with _weights_only_torch_load():
+            ep = torch.export.load(str(path))
     except Exception as e:  # noqa: BLE001
+        if _is_refused_pickle(e):
+            raise LoadError(
+                f"{source} holds pickled Python objects beyond tensors; torchport loads with "
+                "weights_only=True and refuses untrusted pickles: re-save it with torch.export.save from "
+                "a program whose inputs, weights and constants are plain tensors"
+            ) from e
         raise LoadError(
             f"cannot load {source} as an ExportedProgram (torch.export.save output): {_describe(e)}"
         ) from e

@@ -580,3 +580,30 @@ def test_hf_pickled_bin_is_refused_and_not_run(hf_folders: dict[str, Path], tmp_
     torch.save(state, str(folder / "pytorch_model.bin"))
     loaded = load_model(str(folder))
     torch.testing.assert_close(loaded.module.state_dict()["classifier.weight"], state["classifier.weight"])
+
+
+def test_pt2_with_pickled_objects_is_refused_and_not_run(tmp_path: Path) -> None:
+    """torch.export.load falls back to weights_only=False for some payloads; torchport does not."""
+    import io
+    import zipfile
+
+    ep = torch.export.export(Small().eval(), (torch.randn(3, 4),))
+    good = tmp_path / "good.pt2"
+    torch.export.save(ep, str(good))
+    marker = tmp_path / "pwned"
+    evil_payload = io.BytesIO()
+    torch.save(((_Touch(marker),), {}), evil_payload)
+    bad = tmp_path / "bad.pt2"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(bad, "w", zipfile.ZIP_STORED) as dst:
+        names = [i.filename for i in src.infolist()]
+        sample = [n for n in names if "sample_inputs" in n]
+        assert sample, names
+        for info in src.infolist():
+            data = evil_payload.getvalue() if info.filename in sample else src.read(info.filename)
+            dst.writestr(info, data)
+    with pytest.raises(
+        LoadError, match=r"bad\.pt2 holds pickled Python objects beyond tensors; .*weights_only=True"
+    ):
+        load_model(str(bad))
+    assert not marker.exists()
+    assert torch.load is not None and load_model(str(good)).exported_program is not None
