@@ -245,6 +245,7 @@ def _hf_defaults(config: Any, signature: inspect.Signature | None) -> dict[str, 
     max_pos = getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None)
     seq_max = min(int(max_pos), MAX_SEQ) if isinstance(max_pos, int) and max_pos > 0 else MAX_SEQ
     dims: dict[str, DimRange] = {"batch": DEFAULT_BATCH, "seq": DimRange(1, seq_max)}
+    dec_max = None
     if getattr(config, "is_encoder_decoder", False):
         dec_max = getattr(config, "max_target_positions", None) or max_pos
         dims["decoder_seq"] = DimRange(1, min(int(dec_max), MAX_SEQ) if isinstance(dec_max, int) else MAX_SEQ)
@@ -259,6 +260,11 @@ def _hf_defaults(config: Any, signature: inspect.Signature | None) -> dict[str, 
     tvs = getattr(text, "type_vocab_size", None)
     if isinstance(tvs, int) and tvs > 0:
         value_ranges["token_type_ids"] = (0, tvs - 1)
+    limits: dict[str, int] = {}
+    if isinstance(max_pos, int) and max_pos > 0:
+        limits["seq"] = max_pos
+    if "decoder_seq" in dims and isinstance(dec_max, int) and dec_max > 0:
+        limits["decoder_seq"] = dec_max
     sizes: dict[str, int] = {}
     params = set(signature.parameters) if signature is not None else set()
     if "input_values" in params:
@@ -267,7 +273,7 @@ def _hf_defaults(config: Any, signature: inspect.Signature | None) -> dict[str, 
         sizes["samples"] = min(
             max(low, 16000), low * 4 + 1
         )  # not a multiple of the hop: no divisibility guard
-    return {"dims": dims, "value_ranges": value_ranges, "sizes": sizes}
+    return {"dims": dims, "value_ranges": value_ranges, "sizes": sizes, "limits": limits}
 
 
 def _image_size(config: Any) -> tuple[int, int] | None:

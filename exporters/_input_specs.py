@@ -882,6 +882,13 @@ def resolve_example_inputs(
     dims = dict(dims or {})
     input_specs = list(input_specs or [])
     signature = loaded.forward_signature
+    for name, limit in loaded.hf_defaults.get("limits", {}).items():
+        rng = dims.get(name)
+        if rng is not None and rng.max > limit:
+            raise UsageError(
+                f"--dim {name}={rng.min}..{rng.max}: the model has {limit} positions "
+                f"(max_position_embeddings in config.json); use --dim {name}={rng.min}..{limit}"
+            )
     if input_specs:
         known = dict(loaded.default_dims())
         merged = {**known, **dims}

@@ -607,3 +607,17 @@ def test_pt2_with_pickled_objects_is_refused_and_not_run(tmp_path: Path) -> None
         load_model(str(bad))
     assert not marker.exists()
     assert torch.load is not None and load_model(str(good)).exported_program is not None
+
+
+def test_hf_dim_beyond_positions_is_refused(hf_folders: dict[str, Path]) -> None:
+    from torchport.exporters import parse_dim_spec
+    from torchport.runtimes import UsageError
+
+    loaded = load_model(str(hf_folders["gpt2"]))
+    with pytest.raises(
+        UsageError, match=r"--dim seq=1\.\.128: the model has 40 positions .*use --dim seq=1\.\.40"
+    ):
+        resolve_example_inputs(loaded, [], dict([parse_dim_spec("seq=1..128")]))
+    ex = resolve_example_inputs(loaded, [], dict([parse_dim_spec("seq=4..40"), parse_dim_spec("batch=1..4")]))
+    assert ex.dynamic_dims == {"batch": DimRange(1, 4), "seq": DimRange(4, 40)}
+    assert ex.example_dims()["seq"] in DimRange(4, 40)
