@@ -220,6 +220,8 @@ def _instantiate(obj: Any, attr: str, where: str) -> torch.nn.Module:
         result = obj()
     except TorchportError:
         raise
+    except SystemExit as e:
+        raise LoadError(f"{what} {attr} in {where} called sys.exit({e.code!r})") from e
     except Exception as e:  # noqa: BLE001 - the user's code may raise anything
         raise LoadError(f"{what} {attr} in {where} raised {_describe(e)}") from e
     if not isinstance(result, torch.nn.Module):
@@ -272,6 +274,11 @@ def _import_file(path: Path, source: str) -> types.ModuleType:
     try:
         with _on_sys_path(str(path.resolve().parent)):
             spec.loader.exec_module(module)
+    except SystemExit as e:
+        sys.modules.pop(mod_name, None)
+        raise LoadError(
+            f"importing {path} called sys.exit({e.code!r}); put script code under if __name__ == '__main__':"
+        ) from e
     except Exception as e:  # noqa: BLE001 - the user's file may raise anything
         sys.modules.pop(mod_name, None)
         raise LoadError(f"importing {path} failed: {_describe(e)}") from e
@@ -324,6 +331,11 @@ def _load_python_module(mod_name: str, attr: str, source: str) -> LoadedModel:
         raise LoadError(
             f"cannot import module {mod_name!r}: no module named {missing!r}; is it installed or on "
             f"PYTHONPATH? (for a file, write path/to/file.py:{attr or 'factory'})"
+        ) from e
+    except SystemExit as e:
+        raise LoadError(
+            f"importing module {mod_name!r} called sys.exit({e.code!r}); put script code under "
+            "if __name__ == '__main__':"
         ) from e
     except Exception as e:  # noqa: BLE001
         raise LoadError(f"importing module {mod_name!r} failed: {_describe(e)}") from e

@@ -621,3 +621,12 @@ def test_hf_dim_beyond_positions_is_refused(hf_folders: dict[str, Path]) -> None
     ex = resolve_example_inputs(loaded, [], dict([parse_dim_spec("seq=4..40"), parse_dim_spec("batch=1..4")]))
     assert ex.dynamic_dims == {"batch": DimRange(1, 4), "seq": DimRange(4, 40)}
     assert ex.example_dims()["seq"] in DimRange(4, 40)
+
+
+def test_script_that_exits_on_import(tmp_path: Path) -> None:
+    path = tmp_path / "script.py"
+    path.write_text("import argparse\nargparse.ArgumentParser().parse_args(['--nope'])\n")
+    with pytest.raises(
+        LoadError, match=r"importing .*script\.py called sys\.exit\(2\); put script code under if __name__"
+    ):
+        load_model(f"{path}:make")
