@@ -36,8 +36,8 @@ def export(
         "--input",
         "-i",
         help=(
-            "An input as name:dtype[dims]; repeat for each input. Named dims are dynamic, numbers fixed, "
-            'e.g. --input "input_ids:int64[batch,seq]" --input "attention_mask:int64[batch,seq]". '
+            "An input as name:dtype\\[dims]; repeat for each input. Named dims are dynamic, numbers fixed, "
+            'e.g. --input "input_ids:int64\\[batch,seq]" --input "attention_mask:int64\\[batch,seq]". '
             "Default: the model's example_inputs(), a --sample file, or the Hugging Face config."
         ),
     ),

@@ -16,6 +16,7 @@ analysis (``.failure``) and the traceback to open ``--pdb`` at (``.user_tracebac
 
 from __future__ import annotations
 
+import io
 import linecache
 import logging
 import os
@@ -25,7 +26,7 @@ import sysconfig
 import types
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,25 +161,15 @@ def quiet_torch_logs(enabled: bool = True) -> Iterator[None]:
     if not enabled:
         yield
         return
-    names = [
-        "torch",
-        "torch.export",
-        "torch._dynamo",
-        "torch.fx",
-        "torch._export",
-        "torch.onnx",
-        "torch._guards",
-    ]
-    saved = {n: logging.getLogger(n).level for n in names}
-    for n in names:
-        logging.getLogger(n).setLevel(logging.CRITICAL + 1)
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    sink = io.StringIO()  # torch prints partial graphs on some failures; the analysis reports them
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), redirect_stdout(sink), redirect_stderr(sink):
             warnings.simplefilter("ignore")
             yield
     finally:
-        for n, level in saved.items():
-            logging.getLogger(n).setLevel(level)
+        logging.disable(previous)
 
 
 def capture(
@@ -451,14 +442,21 @@ def analyze_failure(exc: BaseException, stage: str) -> CaptureFailure:
             hint="torchport retries with --strategy dynamo-decomp-workaround (contiguous() → clone), then "
             "--strategy torchscript",
         )
-    m = re.search(r"No decompositions? registered for (?:the )?(?:op )?(?P<op>[\w.:]+)", text) or re.search(
-        r"(?:Unsupported|unsupported) (?:FX nodes|operator)[^\n]*?(?P<op>(?:aten|torch\.ops)[\w.:]+)", text
+    m = re.search(
+        r"No ONNX function found for <OpOverload\(op='(?P<op>[\w.]+)', overload='(?P<ov>\w+)'\)>", text
     )
-    if m:
+    unsupported = f"{m.group('op')}.{m.group('ov')}" if m else None
+    if unsupported is None:
+        m = re.search(
+            r"(?:Unsupported|unsupported) (?:FX nodes|operator)[^\n]*?(?P<op>(?:aten|torch\.ops)[\w.:]+)",
+            text,
+        )
+        unsupported = m.group("op") if m else None
+    if unsupported is not None:
         return CaptureFailure(
             "unsupported op",
-            f"no ONNX translation for {m.group('op')}",
-            op=m.group("op"),
+            f"no ONNX translation for {unsupported}",
+            op=unsupported,
             location=loc,
             hint="try --strategy torchscript, replace the op in the model, or register a translation with "
             "torch.onnx.export(custom_translation_table=...)",
@@ -499,15 +497,43 @@ def format_failure(failure: CaptureFailure, stage: str, prefix: str | None = Non
     return "\n".join(lines)
 
 
-def export_error(stage: str, exc: BaseException, *, prefix: str | None = None) -> ExportError:
+def _location_in_program(program: Any, op: str) -> SourceLocation | None:
+    """The user's line that produced the first graph node calling ``op`` (from the node's stack trace)."""
+    short = op.replace("torch.ops.", "")
+    for node in program.graph.nodes:
+        if node.op == "call_function" and str(node.target).replace("torch.ops.", "") in (
+            short,
+            short + ".default",
+        ):
+            trace = node.meta.get("stack_trace")
+            if trace:
+                return _location_from_text(trace)
+    return None
+
+
+def export_error(
+    stage: str, exc: BaseException, *, prefix: str | None = None, program: Any = None
+) -> ExportError:
     """An :class:`ExportError` for ``exc`` with the analysis and the user traceback attached.
+
+    Args:
+        stage: ``"capture"``, ``"ONNX translation"``...
+        exc: the exception.
+        prefix: what was running (``"torch.export (non-strict) failed"``).
+        program: the ExportedProgram being translated, to find the user's line of a failing op.
 
     Attributes set on the error: ``failure`` (:class:`CaptureFailure`), ``user_traceback`` (a traceback
     ending in the user's frame, or ``None``), ``original`` (``exc``).
     """
     if isinstance(exc, ExportError) and getattr(exc, "failure", None) is not None:
         return exc
-    failure = analyze_failure(exc, stage)
+    with quiet_torch_logs():  # reading some torch errors prints their partial graph
+        failure = analyze_failure(exc, stage)
+    if failure.location is None and failure.op and program is not None:
+        try:
+            failure.location = _location_in_program(program, failure.op)
+        except Exception:  # noqa: BLE001 - best effort
+            failure.location = None
     err = ExportError(format_failure(failure, stage, prefix), stage=stage)
     err.failure = failure  # type: ignore[attr-defined]
     err.user_traceback = user_traceback(exc)  # type: ignore[attr-defined]

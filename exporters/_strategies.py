@@ -168,7 +168,7 @@ def _translate(plan: ExportPlan, program: torch.export.ExportedProgram) -> ir.Mo
             plan.used_program = program
             return model
     except Exception as e:  # noqa: BLE001 - analysed and re-raised
-        raise export_error("ONNX translation", e, prefix="torch.onnx dynamo exporter") from e
+        raise export_error("ONNX translation", e, prefix="torch.onnx dynamo exporter", program=program) from e
 
 
 def _nonstrict(plan: ExportPlan) -> tuple[ir.Model, list[str]]:
@@ -210,7 +210,7 @@ def _decomp_workaround(plan: ExportPlan) -> tuple[ir.Model, list[str]]:
 
 def _torchscript(plan: ExportPlan) -> tuple[ir.Model, list[str]]:
     try:
-        with quiet_torch_logs(False):
+        with quiet_torch_logs():
             model, tracer = onnx_from_torchscript(
                 plan.module,
                 plan.flat_inputs,
@@ -221,7 +221,18 @@ def _torchscript(plan: ExportPlan) -> tuple[ir.Model, list[str]]:
             )
     except Exception as e:  # noqa: BLE001
         raise export_error("ONNX translation", e, prefix="TorchScript exporter") from e
-    return model, tracer
+    notes = list(tracer)
+    specialized = [
+        f.failure.summary
+        for f in plan.failures
+        if getattr(getattr(f, "failure", None), "kind", "") == "dynamic dim specialized"
+    ]
+    if specialized:
+        notes.append(
+            f"torch.export reported: {specialized[0]}; the traced model may be right only at the example "
+            "sizes: check it with `torchport validate`"
+        )
+    return model, notes
 
 
 _RUNNERS: dict[str, Callable[[ExportPlan], tuple[ir.Model, list[str]]]] = {
@@ -247,6 +258,9 @@ def _skip_reason(name: str, plan: ExportPlan) -> str | None:
             return "no capture succeeded, so there is no program to rewrite"
         if not plan.failures or plan.failures[-1].stage != "ONNX translation":
             return "the previous failure was not in ONNX translation"
+        kind = getattr(getattr(plan.failures[-1], "failure", None), "kind", "")
+        if kind == "unsupported op":
+            return "the failure is an op without ONNX translation, which the rewrite does not change"
     if name == "torchscript" and plan.data_dependent():
         return (
             "the model branches on tensor values; TorchScript tracing would silently keep one branch "
