@@ -387,6 +387,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per load point; the median is reported")
     parser.add_argument(
         "--requests", type=int, default=2000, help="requests per run with the Python generator"
     )
