@@ -210,6 +210,12 @@ def decode_infer_request(
             body carries binary tensor data after the JSON.
         expected: ``{input name: protocol datatype}`` of the model, to reject a wrong datatype early.
 
+    Example:
+        >>> body = b'{"id": "7", "inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}'
+        >>> req = decode_infer_request(body)
+        >>> req.id, req.inputs["x"].dtype, req.inputs["x"].shape
+        ('7', dtype('float32'), (1, 2))
+
     Raises:
         HTTPError: 400 with a message naming the input and the problem.
     """
@@ -328,6 +334,13 @@ def encode_infer_response(
     ``results`` holds the outputs to send, in the order to send them. An output goes as binary when
     its request entry says ``binary_data: true``, or when it has no such entry and the request's
     ``parameters.binary_data_output`` is true.
+
+    Example:
+        >>> body, hlen = encode_infer_response(
+        ...     "m", "1", None, {"y": np.zeros((1, 2), np.float32)}, {"y": "FP32"}, None, binary_default=True
+        ... )
+        >>> hlen, len(body) - hlen       # JSON header length, then 8 bytes of float32 data
+        (131, 8)
     """
     binary_of = {o.name: o.binary for o in requested} if requested is not None else {}
     outputs = []

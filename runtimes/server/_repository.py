@@ -125,7 +125,13 @@ class ModelRepository:
 
     @classmethod
     def scan(cls, path: str | Path) -> ModelRepository:
-        """Index the packages under ``path`` (nothing is loaded yet)."""
+        """Index the packages under ``path`` (nothing is loaded yet).
+
+        Example:
+            >>> repo = ModelRepository.scan("models/")        # doctest: +SKIP
+            >>> [(e.name, e.version, e.state) for e in repo.entries]
+            [('cnn', '1', 'LOADING'), ('mlp', '3', 'LOADING')]
+        """
         import json
 
         entries = []
