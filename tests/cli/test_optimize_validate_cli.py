@@ -107,3 +107,19 @@ def test_static_int8_with_calibration_file(mlp_pkg, tmp_path):
     assert passes[-1]["name"] == "int8_static" and passes[-1]["details"]["calibration_samples"] == 8
     r = runner.invoke(app, ["validate", str(mlp_pkg), "--model", MLP, "--n", "4", "--variant", "int8"])
     assert r.exit_code == 0, r.output
+
+
+def test_export_cli_validates_and_takes_optimization_options(tmp_path, capsys):
+    r = runner.invoke(
+        app, ["export", MLP, "-o", str(tmp_path / "m"), "--level", "basic", "--int8", "dynamic", "-q"]
+    )
+    assert r.exit_code == 0, r.output
+    m = ModelPackage.load(tmp_path / "m").manifest
+    assert m.validated and set(m.variants) == {"fp32", "int8"} and m.passes[0]["name"] == "optimize"
+    r = runner.invoke(app, ["export", MLP, "-o", str(tmp_path / "n"), "--no-validate", "-q"])
+    assert r.exit_code == 0, r.output
+    assert ModelPackage.load(tmp_path / "n").manifest.validated is False
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", MLP, "-o", str(tmp_path / "o"), "--disable", "nope", "-q"])
+    assert exit_info.value.code == 1 and "unknown pass 'nope'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
