@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from torchport.exporters._capture import analyze_failure, debug_post_mortem, format_failure, user_traceback
+from torchport.exporters._capture import debug_post_mortem
 from torchport.exporters._input_specs import (
     ExampleInputs,
     parse_dim_spec,
@@ -166,8 +166,6 @@ def stage_inputs(
     sample: str | None,
 ) -> ExampleInputs:
     """Example inputs, in the order: --input specs, example_inputs(), sample file, HF config."""
-    if sample is not None and not Path(sample).is_file():
-        raise UsageError(f"sample file not found: {sample} (give a .npz or .pt file of example inputs)")
     return resolve_example_inputs(loaded, _as_specs(inputs), _as_dims(dims), sample_file=sample)
 
 
@@ -199,19 +197,9 @@ def stage_wrap(
     except TorchportError:
         raise
     except Exception as e:  # noqa: BLE001
-        failure = analyze_failure(e, "capture")
-        failure.summary = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-        failure.hint = (
-            "the model fails in eager PyTorch on its example inputs: fix the model, or give inputs it "
-            'accepts (--input "name:dtype[dims]", example_inputs(), --sample)'
-        )
-        err = ExportError(
-            format_failure(failure, "capture", "the model raised in eager mode on its example inputs"),
-            stage="capture",
-        )
-        err.failure = failure  # type: ignore[attr-defined]
-        err.user_traceback = user_traceback(e)  # type: ignore[attr-defined]
-        err.original = e  # type: ignore[attr-defined]
+        from torchport.exporters._capture import export_error
+
+        err = export_error("capture", e, prefix="the model raised in eager mode on its example inputs")
         raise err from e
     if flat.num_inputs != len(example.specs):
         raise ExportError(
@@ -339,6 +327,14 @@ def export_model(
     progress: Progress | None = None,
     before_commit: BeforeCommit | None = None,
     pdb: bool = False,
+    validate: bool = True,
+    level: str = "none",
+    fp16: bool = False,
+    int8: str | None = None,
+    calibration: str | Path | None = None,
+    disable: Sequence[str] = (),
+    atol: float | None = None,
+    rtol: float | None = None,
 ) -> ExportResult:
     """Export a PyTorch model to an ONNX model package.
 
@@ -367,6 +363,12 @@ def export_model(
             modify the manifest and return a parity report (written as ``parity.json``).
         pdb: on a capture/translation failure, open pdb at the failing frame of the user's code
             before raising.
+        validate: check the package against eager PyTorch before writing it and refuse to write a
+            package that fails (``ValidationError`` with the parity table); ``False`` writes it
+            unvalidated (``validated: false`` in the manifest).
+        level / fp16 / int8 / calibration / disable: optimization, as ``torchport optimize``
+            (:func:`~torchport.exporters.optimize_package`); default: no optimization passes.
+        atol / rtol: override the fp32 parity tolerance (see ``DEFAULT_TOLERANCES``).
 
     Returns:
         An :class:`ExportResult`.
@@ -384,6 +386,19 @@ def export_model(
         >>> result.manifest.inputs[0].shape
         ['batch', 16]
     """
+    from torchport.exporters._export_gate import GateOptions, chain_hooks, export_gate
+
+    gate = GateOptions(
+        level=level,
+        fp16=fp16,
+        int8=int8,
+        calibration=calibration,
+        disable=tuple(disable),
+        validate=validate,
+        atol=atol,
+        rtol=rtol,
+    )
+    before_commit = chain_hooks(export_gate(gate), before_commit)  # options checked before exporting
     progress = progress or Progress(quiet=quiet)
     start = time.perf_counter()
     try:
