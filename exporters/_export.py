@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from torchport.exporters._capture import debug_post_mortem
+from torchport.exporters._capture import analyze_failure, debug_post_mortem, format_failure, user_traceback
 from torchport.exporters._input_specs import (
     ExampleInputs,
     parse_dim_spec,
@@ -166,6 +166,8 @@ def stage_inputs(
     sample: str | None,
 ) -> ExampleInputs:
     """Example inputs, in the order: --input specs, example_inputs(), sample file, HF config."""
+    if sample is not None and not Path(sample).is_file():
+        raise UsageError(f"sample file not found: {sample} (give a .npz or .pt file of example inputs)")
     return resolve_example_inputs(loaded, _as_specs(inputs), _as_dims(dims), sample_file=sample)
 
 
@@ -197,9 +199,19 @@ def stage_wrap(
     except TorchportError:
         raise
     except Exception as e:  # noqa: BLE001
-        from torchport.exporters._capture import export_error
-
-        err = export_error("capture", e, prefix="the model raised in eager mode on its example inputs")
+        failure = analyze_failure(e, "capture")
+        failure.summary = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        failure.hint = (
+            "the model fails in eager PyTorch on its example inputs: fix the model, or give inputs it "
+            'accepts (--input "name:dtype[dims]", example_inputs(), --sample)'
+        )
+        err = ExportError(
+            format_failure(failure, "capture", "the model raised in eager mode on its example inputs"),
+            stage="capture",
+        )
+        err.failure = failure  # type: ignore[attr-defined]
+        err.user_traceback = user_traceback(e)  # type: ignore[attr-defined]
+        err.original = e  # type: ignore[attr-defined]
         raise err from e
     if flat.num_inputs != len(example.specs):
         raise ExportError(
