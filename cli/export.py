@@ -88,6 +88,32 @@ def export(
     quiet: bool = typer.Option(
         False, "--quiet", "-q", help="Print no progress lines, only the result, e.g. -q."
     ),
+    no_validate: bool = typer.Option(
+        False,
+        "--no-validate",
+        help="Skip the parity check against eager PyTorch (the manifest records validated: false). "
+        "By default a package that does not match is not written.",
+    ),
+    level: str = typer.Option(
+        "none",
+        "--level",
+        help="Optimization: none (default), basic (onnxscript optimizer), or all (+ ONNX Runtime fusions and "
+        "an offline-optimized CPU graph), as `torchport optimize`, e.g. --level all.",
+    ),
+    fp16: bool = typer.Option(False, "--fp16", help="Also write model.fp16.onnx (float32 I/O)."),
+    int8: Optional[str] = typer.Option(
+        None,
+        "--int8",
+        help="Also write model.int8.onnx: dynamic or static (QDQ, calibrated), e.g. --int8 dynamic.",
+    ),
+    calibration: Optional[Path] = typer.Option(
+        None, "--calibration", help="Calibration inputs (.npz keyed by input name) for --int8 static."
+    ),
+    disable: Optional[list[str]] = typer.Option(
+        None, "--disable", help="Skip an optimization pass by name, e.g. --disable ort_offline (repeatable)."
+    ),
+    atol: Optional[float] = typer.Option(None, "--atol", help="Parity: absolute tolerance (default 1e-4)."),
+    rtol: Optional[float] = typer.Option(None, "--rtol", help="Parity: relative tolerance (default 1e-3)."),
 ) -> None:
     """Export a PyTorch model to a validated-ready ONNX model package.
 
@@ -110,6 +136,14 @@ def export(
             overwrite=force,
             quiet=quiet,
             pdb=pdb,
+            validate=not no_validate,
+            level=level,
+            fp16=fp16,
+            int8=int8,
+            calibration=str(calibration) if calibration is not None else None,
+            disable=disable or (),
+            atol=atol,
+            rtol=rtol,
         )
     except TorchportError as e:
         # one place for user errors: a message, no traceback, exit code 1 (also under CliRunner)

@@ -371,7 +371,7 @@ def test_manifest_and_metadata(out_dir: Path) -> None:
     )
     pkg = ModelPackage.load(exp.package.path)
     m = pkg.manifest
-    assert (m.name, m.version, m.validated) == ("tiny", "7", False)
+    assert (m.name, m.version, m.validated) == ("tiny", "7", True)  # export validates by default
     assert set(m.producer) >= {"torchport", "torch", "onnx", "onnxscript", "opset"}
     assert m.producer["torch"] == torch.__version__
     assert m.export["strategy"] == "dynamo-nonstrict" and m.export["attempts"][0]["ok"] is True
