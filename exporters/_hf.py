@@ -200,8 +200,9 @@ def load_hf_folder(
     examples = None
     try:
         examples = hf_example_inputs(config, signature, defaults, float_dtype=float_dtype)
-    except TorchportError:
+    except TorchportError as e:
         examples = None
+        defaults["no_examples_reason"] = f"the Hugging Face config gives no inputs: {e}"
     return LoadedModel(
         module=module,
         kind="huggingface",
@@ -338,7 +339,7 @@ def hf_example_inputs(
             TensorSpec("decoder_input_ids", "int64", ["batch", "decoder_seq"], vr.get("decoder_input_ids"))
         )
     if not specs:
-        raise LoadError("no known input in forward()")
+        raise LoadError("forward() takes none of input_ids, pixel_values, input_values, input_features")
     del text
     used = {d for s in specs for d in s.shape if isinstance(d, str)}
     dims = {k: v for k, v in defaults["dims"].items() if k in used}

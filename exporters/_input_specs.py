@@ -913,10 +913,11 @@ def resolve_example_inputs(
         return ex.with_dims(dims) if dims else ex
     if loaded.example_inputs is not None:
         return loaded.example_inputs.with_dims(dims) if dims else loaded.example_inputs
+    reason = loaded.hf_defaults.get("no_examples_reason")
     raise UsageError(
-        f'no example inputs for {loaded.reference}: pass --input "name:dtype[dims]" and --dim for each '
-        'dynamic dim, e.g. --input "x:float32[batch,16]" --dim batch=1..64 (or define example_inputs() '
-        "next to the factory, or pass a .npz/.pt sample file)"
+        f"no example inputs for {loaded.reference}{f' ({reason})' if reason else ''}: pass "
+        '--input "name:dtype[dims]" and --dim for each dynamic dim, e.g. --input "x:float32[batch,16]" '
+        "--dim batch=1..64 (or define example_inputs() next to the factory, or pass a .npz/.pt sample file)"
     )
 
 

@@ -630,3 +630,27 @@ def test_script_that_exits_on_import(tmp_path: Path) -> None:
         LoadError, match=r"importing .*script\.py called sys\.exit\(2\); put script code under if __name__"
     ):
         load_model(f"{path}:make")
+
+
+def test_hf_folder_without_config_inputs_says_why(tmp_path: Path) -> None:
+    import transformers
+
+    from torchport.exporters import parse_dim_spec, parse_input_spec
+    from torchport.runtimes import UsageError
+
+    config = transformers.DecisionTransformerConfig(
+        state_dim=3, act_dim=2, hidden_size=32, n_layer=1, n_head=2, max_ep_len=16, n_positions=32
+    )
+    transformers.DecisionTransformerModel(config).save_pretrained(str(tmp_path / "dt"))
+    loaded = load_model(str(tmp_path / "dt"))
+    assert loaded.example_inputs is None
+    with pytest.raises(
+        UsageError,
+        match=r"no example inputs for .*dt \(the Hugging Face config gives no inputs: forward\(\) takes none of "
+        r"input_ids, pixel_values, input_values, input_features\): pass --input",
+    ):
+        resolve_example_inputs(loaded, [], {})
+    ex = resolve_example_inputs(
+        loaded, [parse_input_spec("states:float32[batch,seq,3]")], dict([parse_dim_spec("seq=1..8")])
+    )
+    assert ex.dynamic_dims == {"batch": DimRange(1, 32), "seq": DimRange(1, 8)}  # batch: the HF default
