@@ -165,21 +165,33 @@ class ModelRunner:
         self._timer = None
         self._dispatch()
 
-    def _run(self, batch: list[_Item]) -> tuple[list[dict[str, np.ndarray]], float]:
-        """Worker thread: merge, run, split."""
+    def _run(self, batch: list[_Item]) -> tuple[list[dict[str, np.ndarray] | BaseException], float]:
+        """Worker thread: merge, run, split. A failing merged run is retried request by request,
+        so that one bad request does not fail the others of its batch."""
         t0 = time.perf_counter()
         if len(batch) == 1:
-            outputs = [self.session.run(batch[0].inputs, validate=False)]
-        else:
-            names = list(batch[0].inputs)
-            merged = {n: np.concatenate([it.inputs[n] for it in batch], axis=0) for n in names}
+            outputs: list[dict[str, np.ndarray] | BaseException] = [
+                self.session.run(batch[0].inputs, validate=False)
+            ]
+            return outputs, time.perf_counter() - t0
+        names = list(batch[0].inputs)
+        merged = {n: np.concatenate([it.inputs[n] for it in batch], axis=0) for n in names}
+        try:
             result = self.session.run(merged, validate=False)
+        except Exception:
             outputs = []
-            start = 0
             for it in batch:
-                stop = start + it.rows
-                outputs.append({k: v[start:stop] for k, v in result.items()})
-                start = stop
+                try:
+                    outputs.append(self.session.run(it.inputs, validate=False))
+                except Exception as e:
+                    outputs.append(e)
+            return outputs, time.perf_counter() - t0
+        outputs = []
+        start = 0
+        for it in batch:
+            stop = start + it.rows
+            outputs.append({k: v[start:stop] for k, v in result.items()})
+            start = stop
         return outputs, time.perf_counter() - t0
 
     def _done(
@@ -194,7 +206,11 @@ class ModelRunner:
                     it.future.set_exception(e)
         else:
             for it, out in zip(batch, outputs, strict=True):
-                if not it.future.done():
+                if it.future.done():
+                    continue
+                if isinstance(out, BaseException):
+                    it.future.set_exception(out)
+                else:
                     it.future.set_result((out, started - it.enqueued))
             avg = self._compute_avg
             self._compute_avg = compute if avg is None else 0.9 * avg + 0.1 * compute

@@ -595,3 +595,91 @@ def test_oversized_pipelined_request_waits_for_the_in_flight_response(repo):
                 data += chunk
         assert data.index(b"HTTP/1.1 200") < data.index(b"HTTP/1.1 413")
         assert b"exceeds the limit of 4096 bytes" in data
+
+
+def test_not_ready_until_warm_up_is_done(tmp_path):
+    from onnx import helper, numpy_helper
+
+    from tests.runtimes.conftest import save_package
+    from torchport.runtimes import DimRange, TensorSpec
+    from torchport.runtimes.server import InferenceServer, ServerConfig
+
+    w = numpy_helper.from_array(np.eye(256, dtype=np.float32), "W")
+    nodes = [helper.make_node("MatMul", ["x" if i == 0 else f"h{i}", "W"], [f"h{i + 1}"]) for i in range(40)]
+    nodes.append(helper.make_node("Identity", ["h40"], ["y"]))
+    save_package(
+        tmp_path / "slow",
+        "slow",
+        nodes,
+        [TensorSpec("x", "float32", ["batch", 256])],
+        [TensorSpec("y", "float32", ["batch", 256])],
+        initializers=[w],
+        dynamic_dims={"batch": DimRange(1, 256)},
+    )
+    srv = InferenceServer(tmp_path / "slow", ServerConfig(port=0, warmup=30, access_log=False))
+    srv.start_in_thread(wait_ready=False)
+    try:
+        assert http(srv, "GET", "/v2/health/live")[0] == 200
+        assert http(srv, "GET", "/v2/health/ready")[0] == 503
+        status, _, raw = http(srv, "GET", "/v2/models/slow")
+        assert status == 503 and b"model 'slow' is loading" in raw
+        assert srv._loaded.wait(60)
+        assert http(srv, "GET", "/v2/health/ready")[0] == 200
+        assert http(srv, "GET", "/v2/models/slow/ready")[0] == 200
+    finally:
+        srv.stop()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    "CUDAExecutionProvider" not in ort.get_available_providers(),
+    reason="needs onnxruntime-gpu and a CUDA device (CUDAExecutionProvider)",
+)
+def test_serving_on_cuda(repo):
+    with running_server(repo / "add", providers=["cuda"]) as srv:
+        c = th.InferenceServerClient(srv.url.removeprefix("http://"))
+        assert c.get_model_metadata("add")["parameters"]["provider"] == "CUDAExecutionProvider"
+        x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+        inp = th.InferInput("x", [3, 4], "FP32")
+        inp.set_data_from_numpy(x, binary_data=True)
+        np.testing.assert_allclose(c.infer("add", [inp]).as_numpy("z"), x + 1, rtol=1e-6)
+        c.close()
+
+
+def test_one_bad_request_does_not_fail_its_batch(tmp_path):
+    from onnx import helper
+
+    from tests.runtimes.conftest import save_package
+    from torchport.runtimes import DimRange, TensorSpec
+
+    save_package(
+        tmp_path / "gather",
+        "gather",
+        [helper.make_node("GatherElements", ["x", "idx"], ["y"], axis=1)],
+        [
+            TensorSpec("x", "float32", ["batch", 4]),
+            TensorSpec("idx", "int64", ["batch", 1], value_range=(0, 3)),
+        ],
+        [TensorSpec("y", "float32", ["batch", 1])],
+        dynamic_dims={"batch": DimRange(1, 16)},
+    )
+    with running_server(tmp_path / "gather", max_queue_delay_ms=300) as srv:
+        c = th.InferenceServerClient(srv.url.removeprefix("http://"), concurrency=4)
+        handles = []
+        for index in (2, 99, 1):  # 99 is out of range: fails inside ONNX Runtime
+            x = th.InferInput("x", [1, 4], "FP32")
+            x.set_data_from_numpy(np.array([[10, 11, 12, 13]], np.float32))
+            idx = th.InferInput("idx", [1, 1], "INT64")
+            idx.set_data_from_numpy(np.array([[index]], np.int64))
+            handles.append(c.async_infer("gather", [x, idx]))
+        assert handles[0].get_result().as_numpy("y").tolist() == [[12.0]]
+        with pytest.raises(
+            InferenceServerException, match="model 'gather' failed while running this request"
+        ):
+            handles[1].get_result()
+        assert handles[2].get_result().as_numpy("y").tolist() == [[11.0]]
+        text = http(srv, "GET", "/metrics")[2].decode()
+        c.close()
+    assert 'torchport_requests_total{model="gather",endpoint="infer",status="500"} 1' in text
+    assert _metric(text, "torchport_requests_per_batch_count", "gather") == 1  # the three shared one batch
+    assert _metric(text, "torchport_requests_per_batch_sum", "gather") == 3
