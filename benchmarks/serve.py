@@ -11,6 +11,7 @@ Load comes from wrk (Debian package `wrk`) on loopback for a fixed duration; wit
 generator sends a fixed number of requests (slower: it competes for the same cores).
 
     python benchmarks/serve.py                  # ~2 minutes
+    python benchmarks/serve.py --repeat 3 --delays 0 2   # median of 3, batching also with a 2 ms queue delay
     python benchmarks/serve.py --duration 3 --concurrency 1 32
 """
 
@@ -230,10 +231,12 @@ class ServerProcess:
                 self.proc.wait()
 
 
-def torchport_server(package: Path, *, batching: bool, threads: int | None = None) -> ServerProcess:
+def torchport_server(
+    package: Path, *, batching: bool, delay_ms: float = 0.0, threads: int | None = None
+) -> ServerProcess:
     port = free_port()
     argv = [sys.executable, "-m", "torchport.cli", "serve", str(package), "--port", str(port)]
-    argv += ["--max-batch-size", "32" if batching else "1", "--max-queue-delay-ms", "0"]
+    argv += ["--max-batch-size", "32" if batching else "1", "--max-queue-delay-ms", f"{delay_ms:g}"]
     if threads:
         argv += ["--threads", str(threads)]
     return ServerProcess(argv, port, "/v2/health/ready")
@@ -387,6 +390,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
+    parser.add_argument(
+        "--delays", type=float, nargs="+", default=[0.0], help="max queue delays (ms) to run with batching on"
+    )
     parser.add_argument("--repeat", type=int, default=1, help="runs per load point; the median is reported")
     parser.add_argument(
         "--requests", type=int, default=2000, help="requests per run with the Python generator"
@@ -473,8 +479,8 @@ def main() -> None:
         # (2) CNN throughput through torchport serve
         results["cnn"] = {}
         cnn_rows = []
-        for batching in (False, True):
-            srv = torchport_server(cnn_pkg, batching=batching)
+        for batching, delay in [(False, 0.0)] + [(True, d) for d in args.delays]:
+            srv = torchport_server(cnn_pkg, batching=batching, delay_ms=delay)
             try:
                 got = np.array(json.loads(srv.post("/v2/models/cnn/infer", jbody))["outputs"][0]["data"])
                 np.testing.assert_allclose(got, naive_out, rtol=1e-4, atol=1e-5)  # same model, same answer
@@ -487,12 +493,12 @@ def main() -> None:
                         r = load(srv, "/v2/models/cnn/infer", body, hl, c, args, workdir)
                         runs = srv.metric("torchport_batch_size_count") - runs0
                         r["mean_batch"] = (srv.metric("torchport_batch_size_sum") - rows0) / max(runs, 1)
-                        key = f"{'batched' if batching else 'unbatched'}_{enc}_c{c}"
+                        key = f"{f'batched{delay:g}ms' if batching else 'unbatched'}_{enc}_c{c}"
                         results["cnn"][key] = r
                         cnn_rows.append(
                             (
                                 "2 cnn throughput",
-                                f"torchport {enc}, batching {'on (32, 0 ms)' if batching else 'off'}",
+                                f"torchport {enc}, batching {f'on (32, {delay:g} ms)' if batching else 'off'}",
                                 str(c),
                                 f"{r['rps']:.0f}",
                                 f"{r['p50'] * 1e3:.2f}",

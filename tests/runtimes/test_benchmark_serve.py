@@ -35,5 +35,5 @@ def test_serve_benchmark_runs(tmp_path):
     import json
 
     results = json.loads(out.read_text())
-    assert results["cnn"]["batched_binary_c4"]["rps"] > 0
+    assert results["cnn"]["batched0ms_binary_c4"]["rps"] > 0
     assert results["tiny_server_JSON"]["p50"] > results["tiny_in_process"]["p50"]
