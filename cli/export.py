@@ -91,8 +91,8 @@ def export(
     no_validate: bool = typer.Option(
         False,
         "--no-validate",
-        help="Skip the parity check against eager PyTorch (the manifest records validated: false). "
-        "By default a package that does not match is not written.",
+        help="Skip the parity check against eager PyTorch (the manifest records validated: false), e.g. "
+        "--no-validate. By default a package that does not match is not written.",
     ),
     level: str = typer.Option(
         "none",
@@ -100,22 +100,28 @@ def export(
         help="Optimization: none (default), basic (onnxscript optimizer), or all (+ ONNX Runtime fusions and "
         "an offline-optimized CPU graph), as `torchport optimize`, e.g. --level all.",
     ),
-    fp16: bool = typer.Option(False, "--fp16", help="Also write model.fp16.onnx (float32 I/O)."),
+    fp16: bool = typer.Option(False, "--fp16", help="Also write model.fp16.onnx (float32 I/O), e.g. --fp16."),
     int8: Optional[str] = typer.Option(
         None,
         "--int8",
         help="Also write model.int8.onnx: dynamic or static (QDQ, calibrated), e.g. --int8 dynamic.",
     ),
     calibration: Optional[Path] = typer.Option(
-        None, "--calibration", help="Calibration inputs (.npz keyed by input name) for --int8 static."
+        None,
+        "--calibration",
+        help="Calibration inputs (.npz keyed by input name) for --int8 static, e.g. --calibration calib.npz.",
     ),
     disable: Optional[list[str]] = typer.Option(
         None, "--disable", help="Skip an optimization pass by name, e.g. --disable ort_offline (repeatable)."
     ),
-    atol: Optional[float] = typer.Option(None, "--atol", help="Parity: absolute tolerance (default 1e-4)."),
-    rtol: Optional[float] = typer.Option(None, "--rtol", help="Parity: relative tolerance (default 1e-3)."),
+    atol: Optional[float] = typer.Option(
+        None, "--atol", help="Parity: absolute tolerance (default 1e-4), e.g. --atol 1e-3."
+    ),
+    rtol: Optional[float] = typer.Option(
+        None, "--rtol", help="Parity: relative tolerance (default 1e-3), e.g. --rtol 1e-2."
+    ),
 ) -> None:
-    """Export a PyTorch model to a validated-ready ONNX model package.
+    """Export a PyTorch model to an ONNX model package, checked against eager PyTorch.
 
     Example: torchport export torchport.exporters.examples.cnn:make_model -o out/cnn --dim batch=1..64
     """
