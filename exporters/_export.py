@@ -233,8 +233,17 @@ def stage_export(
     """Capture and translate to ONNX, trying the strategies in order.
 
     Returns ``(onnx model, strategy, attempts, output dims from the captured program or None)``."""
+    module: torch.nn.Module = flat
+    if (
+        scripted
+        and not example.kwargs
+        and all(isinstance(a, torch.Tensor) for a in example.args)
+        and flat.selects_all
+    ):
+        # the TorchScript exporter takes a ScriptModule as is (tracing a wrapper around one fails)
+        module = flat.model
     plan = ExportPlan(
-        module=flat,
+        module=module,
         flat_inputs=flat.flat_inputs(example.args, example.kwargs),
         specs=example.specs,
         dynamic_dims=example.dynamic_dims,
@@ -263,21 +272,32 @@ def _producer(opset: int) -> dict[str, Any]:
 
 
 def default_name(reference: str) -> str:
-    """A package name from the source: ``examples/mlp.py:make_model`` → ``mlp``, ``out/bert`` → ``bert``."""
+    """A package name from the source.
+
+    Example:
+        >>> default_name("models/mlp.py:make_model"), default_name("pkg.vision.resnet:build")
+        ('mlp', 'resnet')
+        >>> default_name("exports/model.pt2"), default_name("models/models.py:TinyNet")
+        ('model', 'TinyNet')
+    """
     text = reference.rstrip("/\\")
-    left, _, attr = (
-        text.rpartition(":") if ":" in text and not re.match(r"^[A-Za-z]:[\\/]", text) else (text, "", "")
-    )
-    if left and Path(left).is_dir():  # HF folder[:component]
-        base = Path(left).name + (f"-{attr}" if attr else "")
-    elif left:
-        base = Path(left).stem if left.endswith(".py") else left.rsplit(".", 1)[-1]
-        if attr and attr not in ("make_model", "model", "build", "create", "factory", "get_model", "load"):
-            base = attr if base in ("model", "models", "__init__") else base
-    else:
-        base = Path(text).stem if Path(text).suffix else Path(text).name
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", base).strip("-.") or "model"
-    return name
+    left, attr = text, ""
+    if ":" in text and not re.match(r"^[A-Za-z]:[\\/]", text):
+        left, _, attr = text.rpartition(":")
+    path = Path(left)
+    if left and path.is_dir():  # HF folder[:component]
+        base = path.name + (f"-{attr}" if attr else "")
+    elif (
+        path.suffix.lower() in (".py", ".pt", ".pt2", ".ts", ".pth", ".jit", ".ptl")
+        or "/" in left
+        or "\\" in left
+    ):
+        base = path.stem
+    else:  # package.module
+        base = left.rsplit(".", 1)[-1]
+    if attr and base in ("model", "models", "__init__", "main") and attr[:1].isupper():
+        base = attr
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", base).strip("-.") or "model"
 
 
 def build_manifest(

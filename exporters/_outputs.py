@@ -44,15 +44,19 @@ def _is_cache(obj: Any) -> bool:
     return False
 
 
-def _cache_tensors(cache: Any, prefix: str) -> list[tuple[str, torch.Tensor]]:
+#: one step from an output object to a part of it: ("item", key), ("attr", name), ("index", i), ("leaf", i)
+Step = tuple[str, Any]
+Flat = list[tuple[str, torch.Tensor, tuple[Step, ...]]]
+
+
+def _cache_tensors(cache: Any, prefix: str, path: tuple[Step, ...]) -> Flat:
     """``present.<i>.key/value`` tensors of a transformers cache (both 4.x and 5.x layouts)."""
-    out: list[tuple[str, torch.Tensor]] = []
-    inner = [
-        getattr(cache, a) for a in ("self_attention_cache", "cross_attention_cache") if hasattr(cache, a)
-    ]
+    out: Flat = []
+    inner = [a for a in ("self_attention_cache", "cross_attention_cache") if hasattr(cache, a)]
     if inner:  # EncoderDecoderCache
-        for sub, name in zip(inner, ("present", "present_cross"), strict=False):
-            out += _cache_tensors(sub, name if prefix == "present" else f"{prefix}.{name}")
+        for attr, name in zip(inner, ("present", "present_cross"), strict=False):
+            sub_prefix = name if prefix == "present" else f"{prefix}.{name}"
+            out += _cache_tensors(getattr(cache, attr), sub_prefix, (*path, ("attr", attr)))
         return out
     layers = getattr(cache, "layers", None)
     if layers is not None:
@@ -60,17 +64,70 @@ def _cache_tensors(cache: Any, prefix: str) -> list[tuple[str, torch.Tensor]]:
             for attr, label in (("keys", "key"), ("values", "value")):
                 t = getattr(layer, attr, None)
                 if isinstance(t, torch.Tensor):
-                    out.append((f"{prefix}.{i}.{label}", t))
+                    out.append(
+                        (
+                            f"{prefix}.{i}.{label}",
+                            t,
+                            (*path, ("attr", "layers"), ("index", i), ("attr", attr)),
+                        )
+                    )
         return out
-    keys, values = getattr(cache, "key_cache", None), getattr(cache, "value_cache", None)
-    if keys is not None and values is not None:
-        for i, (k, v) in enumerate(zip(keys, values, strict=False)):
-            out += [(f"{prefix}.{i}.key", k), (f"{prefix}.{i}.value", v)]
+    if getattr(cache, "key_cache", None) is None or getattr(cache, "value_cache", None) is None:
+        return []
+    for i in range(len(cache.key_cache)):
+        for attr, label in (("key_cache", "key"), ("value_cache", "value")):
+            out.append(
+                (f"{prefix}.{i}.{label}", getattr(cache, attr)[i], (*path, ("attr", attr), ("index", i)))
+            )
     return out
 
 
 def _join(prefix: str, key: Any) -> str:
     return f"{prefix}.{key}" if prefix else str(key)
+
+
+def _flatten(obj: Any, prefix: str, path: tuple[Step, ...]) -> Flat:
+    if isinstance(obj, torch.Tensor):
+        return [(prefix or "output", obj, path)]
+    if obj is None or isinstance(obj, (bool, int, float, str, bytes)):
+        return []
+    if _is_cache(obj):
+        # a cache at the top level of the output (``past_key_values``, ``cache``...) is ``present``
+        return _cache_tensors(obj, "present" if "." not in prefix else prefix, path)
+    out: Flat = []
+    if isinstance(obj, Mapping):  # includes transformers ModelOutput (an OrderedDict)
+        for key, value in obj.items():
+            sub = "past_key_values" if key == "past_key_values" and not prefix else _join(prefix, key)
+            out += _flatten(value, sub, (*path, ("item", key)))
+        return out
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            out += _flatten(getattr(obj, f.name), _join(prefix, f.name), (*path, ("attr", f.name)))
+        return out
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
+        for key in obj._fields:
+            out += _flatten(getattr(obj, key), _join(prefix, key), (*path, ("attr", key)))
+        return out
+    if isinstance(obj, (list, tuple)):
+        if prefix == "past_key_values":  # legacy cache: ((k, v), (k, v), ...)
+            for i, layer in enumerate(obj):
+                if isinstance(layer, (list, tuple)) and len(layer) == 2:
+                    out += [
+                        (f"present.{i}.key", layer[0], (*path, ("index", i), ("index", 0))),
+                        (f"present.{i}.value", layer[1], (*path, ("index", i), ("index", 1))),
+                    ]
+                else:
+                    out += _flatten(layer, f"present.{i}", (*path, ("index", i)))
+            return out
+        for i, value in enumerate(obj):
+            out += _flatten(value, f"{prefix}.{i}" if prefix else f"output_{i}", (*path, ("index", i)))
+        return out
+    leaves, _ = pytree.tree_flatten(obj)  # registered pytree types
+    if len(leaves) == 1 and leaves[0] is obj:
+        return []
+    for i, leaf in enumerate(leaves):
+        out += _flatten(leaf, f"{prefix}.{i}" if prefix else f"output_{i}", (*path, ("leaf", i)))
+    return out
 
 
 def flatten_outputs(obj: Any, prefix: str = "") -> list[tuple[str, torch.Tensor]]:
@@ -90,51 +147,21 @@ def flatten_outputs(obj: Any, prefix: str = "") -> list[tuple[str, torch.Tensor]
         >>> [n for n, _ in flatten_outputs((torch.ones(1), torch.ones(1)))]
         ['output_0', 'output_1']
     """
-    if isinstance(obj, torch.Tensor):
-        return [(prefix or "output", obj)]
-    if obj is None or isinstance(obj, (bool, int, float, str, bytes)):
-        return []
-    if _is_cache(obj):
-        # a cache at the top level of the output (``past_key_values``, ``cache``...) is ``present``
-        return _cache_tensors(obj, "present" if "." not in prefix else prefix)
-    if isinstance(obj, Mapping):  # includes transformers ModelOutput (an OrderedDict)
-        out: list[tuple[str, torch.Tensor]] = []
-        for key, value in obj.items():
-            if key == "past_key_values" and not prefix:
-                out += flatten_outputs(value, "past_key_values")
-            else:
-                out += flatten_outputs(value, _join(prefix, key))
-        return out
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        out = []
-        for f in dataclasses.fields(obj):
-            out += flatten_outputs(getattr(obj, f.name), _join(prefix, f.name))
-        return out
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
-        out = []
-        for key in obj._fields:
-            out += flatten_outputs(getattr(obj, key), _join(prefix, key))
-        return out
-    if isinstance(obj, (list, tuple)):
-        if prefix == "past_key_values":  # legacy cache: ((k, v), (k, v), ...)
-            out = []
-            for i, layer in enumerate(obj):
-                if isinstance(layer, (list, tuple)) and len(layer) == 2:
-                    out += [(f"present.{i}.key", layer[0]), (f"present.{i}.value", layer[1])]
-                else:
-                    out += flatten_outputs(layer, f"present.{i}")
-            return out
-        out = []
-        for i, value in enumerate(obj):
-            out += flatten_outputs(value, f"{prefix}.{i}" if prefix else f"output_{i}")
-        return out
-    leaves, _ = pytree.tree_flatten(obj)  # registered pytree types
-    if len(leaves) == 1 and leaves[0] is obj:
-        return []
-    out = []
-    for i, leaf in enumerate(leaves):
-        out += flatten_outputs(leaf, f"{prefix}.{i}" if prefix else f"output_{i}")
-    return out
+    return [(name, t) for name, t, _ in _flatten(obj, prefix, ())]
+
+
+def _follow(obj: Any, path: tuple[Step, ...]) -> Any:
+    """The part of ``obj`` at ``path`` (see :data:`Step`); plain indexing, so TorchDynamo traces it."""
+    for kind, key in path:
+        if kind == "item":
+            obj = obj[key]
+        elif kind == "attr":
+            obj = getattr(obj, key)
+        elif kind == "index":
+            obj = obj[key]
+        else:
+            obj = pytree.tree_leaves(obj)[key]
+    return obj
 
 
 def is_causal_lm(model: nn.Module) -> bool:
@@ -251,7 +278,7 @@ class FlatModule(nn.Module):
         leaves: list[Any],
         tensor_positions: list[int],
         output_names: list[str],
-        output_indexes: list[int],
+        output_paths: list[tuple[Step, ...]],
         extra_kwargs: dict[str, Any],
     ) -> None:
         super().__init__()
@@ -260,10 +287,12 @@ class FlatModule(nn.Module):
         self._const_leaves = [None if i in set(tensor_positions) else v for i, v in enumerate(leaves)]
         self._tensor_positions = list(tensor_positions)
         self.output_names = list(output_names)
-        self._output_indexes = list(output_indexes)
+        self._output_paths = [tuple(p) for p in output_paths]
         self._extra_kwargs = dict(extra_kwargs)
         #: shapes of the selected outputs on the example inputs (set by :meth:`build`)
         self.example_output_shapes: list[list[int]] = []
+        #: every flattened output is exported, in order (set by :meth:`build`)
+        self.selects_all = False
 
     @classmethod
     def build(
@@ -282,13 +311,15 @@ class FlatModule(nn.Module):
         extra = {k: v for k, v in call_kwargs(model, selection).items() if k not in kwargs}
         with torch.no_grad():
             out = model(*args, **kwargs, **extra)
-        named = flatten_outputs(out)
+        flat_out = _flatten(out, "", ())
+        named = [(n, t) for n, t, _ in flat_out]
         if not named:
             raise UsageError(f"the model returned no tensors (it returned a {type(out).__name__})")
         indexes = selection.select(named, model)
         names = [named[i][0] for i in indexes]
-        flat = cls(model, treespec, leaves, positions, names, indexes, extra)
+        flat = cls(model, treespec, leaves, positions, names, [flat_out[i][2] for i in indexes], extra)
         flat.example_output_shapes = [list(named[i][1].shape) for i in indexes]
+        flat.selects_all = indexes == list(range(len(named)))
         return flat
 
     @property
@@ -306,5 +337,4 @@ class FlatModule(nn.Module):
             leaves[pos] = tensors[k]
         args, kwargs = pytree.tree_unflatten(leaves, self._treespec)
         out = self.model(*args, **kwargs, **self._extra_kwargs)
-        named = flatten_outputs(out)
-        return tuple(named[i][1] for i in self._output_indexes)
+        return tuple(_follow(out, path) for path in self._output_paths)

@@ -195,7 +195,18 @@ class Exported:
         self.package = result.package
 
 
+_EXPORTED: dict[str, Exported] = {}
+
+
 def _export(source: str, out: Path, **kwargs: Any) -> Exported:
+    """Export once per (source, options) in this module: tests that look at the same package share it."""
+    key = repr((source, sorted(kwargs.items())))
+    if key not in _EXPORTED:
+        _EXPORTED[key] = _export_now(source, out, **kwargs)
+    return _EXPORTED[key]
+
+
+def _export_now(source: str, out: Path, **kwargs: Any) -> Exported:
     seen: dict[str, ExportContext] = {}
 
     def grab(ctx: ExportContext) -> None:
@@ -385,3 +396,39 @@ def test_manifest_and_metadata(out_dir: Path) -> None:
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     assert str(exp.result).startswith("exported tiny v7")
     assert bool(exp.result)
+
+
+def test_torchscript_and_exported_program_sources(tmp_path: Path) -> None:
+    """A TorchScript file goes through the TorchScript exporter (torch.export cannot capture it, and
+    says so); an ExportedProgram (.pt2) is re-captured from its module with the same dims."""
+    from torchport.exporters.examples import mlp
+
+    model = mlp.make_model()
+    torch.jit.script(model).save(str(tmp_path / "mlp_ts.pt"))
+    program = torch.export.export(
+        model, mlp.example_inputs(), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=64)},)
+    )
+    torch.export.save(program, str(tmp_path / "mlp.pt2"))
+
+    ts = _export(
+        str(tmp_path / "mlp_ts.pt"), tmp_path / "ts", inputs=["input:float32[batch,16]"], dims=["batch=1..32"]
+    )
+    assert ts.result.strategy == "torchscript" and ts.package.manifest.name == "mlp_ts"
+    skipped = [a for a in ts.package.manifest.export["attempts"] if a.get("skipped")]
+    assert len(skipped) == 3 and "TorchScript module cannot be captured" in skipped[0]["error"]
+    _check_parity(ts)
+
+    pt2 = _export(str(tmp_path / "mlp.pt2"), tmp_path / "pt2")
+    assert (
+        pt2.result.strategy == "dynamo-nonstrict"
+        and pt2.package.manifest.source["kind"] == "exported_program"
+    )
+    assert pt2.package.manifest.inputs[0].shape == ["batch", 16]
+    _check_parity(pt2)
+
+
+@pytest.mark.parametrize("name", ["dict_io", "kwonly"])
+def test_strict_capture_of_structured_io(name: str, model_dir: Path, out_dir: Path) -> None:
+    exp = _export(f"{model_dir / name}.py:make_model", out_dir / f"{name}-strict", strategy="dynamo-strict")
+    assert exp.result.strategy == "dynamo-strict"
+    _check_parity(exp)
