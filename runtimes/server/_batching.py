@@ -8,8 +8,13 @@ Rules:
   such signature);
 - a batch is dispatched when it holds ``max_batch_size`` rows, or when its oldest request has
   waited ``max_queue_delay``; while every worker is busy, requests keep accumulating and the next
-  free worker takes up to ``max_batch_size`` rows at once;
-- a model without a batch dim (or ``max_batch_size <= 1``) is never batched: one request per run.
+  free worker takes up to ``max_batch_size`` rows at once. With ``max_queue_delay == 0`` nothing
+  waits on purpose: a request runs as soon as a worker is free, together with whatever queued up
+  (dispatch happens once per event-loop iteration, so requests read in the same iteration merge);
+- a model without a batch dim (or ``max_batch_size <= 1``) is never batched: one request per run;
+- a model whose runs average under ``inline_below`` seconds runs on the event loop thread itself
+  (a thread hand-off would cost more than the run);
+- when a merged run fails, its requests are re-run one by one so only the bad one gets the error.
 """
 
 from __future__ import annotations
@@ -76,6 +81,9 @@ class ModelRunner:
         #: (a thread hand-off costs more than such a run); 0 always uses the thread pool
         self.inline_below = inline_below
         self._compute_avg: float | None = None
+        #: libuv (uvloop) timers tick in whole milliseconds and may fire up to 1 ms late: aim 1 ms
+        #: early there, so no request waits longer than max_queue_delay
+        self._slack = 0.0
 
     @property
     def pending(self) -> int:
@@ -83,7 +91,9 @@ class ModelRunner:
 
     def submit(self, inputs: dict[str, np.ndarray]) -> asyncio.Future:
         loop = self._loop or asyncio.get_running_loop()
-        self._loop = loop
+        if self._loop is None:
+            self._loop = loop
+            self._slack = 0.001 if type(loop).__module__.startswith("uvloop") else 0.0
         now = time.perf_counter()
         fut = loop.create_future()
         if self.batching:
@@ -111,7 +121,7 @@ class ModelRunner:
             if not queue:
                 continue
             head = queue[0]
-            if self._rows[key] >= self.max_batch_size or head.deadline <= now:
+            if self._rows[key] >= self.max_batch_size or head.deadline - self._slack <= now:
                 if best_deadline is None or head.deadline < best_deadline:
                     best, best_deadline = key, head.deadline
         return best
@@ -158,7 +168,7 @@ class ModelRunner:
             self._timer = None
         if self.busy >= self.workers or not self._queues:
             return
-        deadline = min(q[0].deadline for q in self._queues.values() if q)
+        deadline = min(q[0].deadline for q in self._queues.values() if q) - self._slack
         self._timer = self._loop.call_at(self._loop.time() + max(0.0, deadline - now), self._on_timer)
 
     def _on_timer(self) -> None:

@@ -216,9 +216,6 @@ class InferenceServer:
         self._listening.set()
         try:
             await loop.run_in_executor(self.executor, self._load_all)
-            for e in self.repository.entries:  # runners were built off-loop: bind them to this loop
-                if e.runner is not None:
-                    e.runner._loop = loop
             self._publish_model_metrics()
             self.app.loaded = True
             ready = [f"{e.name}:{e.version}" for e in self.repository.entries if e.ready]
