@@ -29,8 +29,6 @@ from torchport.runtimes._manifest import (
     Variant,
     manifest_from_dict,
 )
-from torchport.runtimes._providers import available_providers, resolve_providers
-from torchport.runtimes._session import Session
 from torchport.runtimes._package import (
     ModelPackage,
     PackageWriter,
@@ -38,6 +36,8 @@ from torchport.runtimes._package import (
     update_package,
     write_package,
 )
+from torchport.runtimes._providers import available_providers, resolve_providers
+from torchport.runtimes._session import Session
 
 __all__ = [
     "MANIFEST_NAME",
