@@ -166,3 +166,47 @@ def test_tensorrt(add_package):
     assert sess.provider == "TensorrtExecutionProvider"
     x = np.ones((2, 4), np.float32)
     np.testing.assert_allclose(sess.run({"x": x})["z"], x + 1)
+
+
+def test_variant_signature_comes_from_its_onnx_file(tmp_path):
+    """An fp16 variant with float16 I/O: the session reports and validates float16 for it."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from torchport.runtimes import DimRange, Manifest, TensorSpec, Variant, write_package
+
+    def model(elem):
+        g = helper.make_graph(
+            [helper.make_node("Relu", ["x"], ["y"])],
+            "g",
+            [helper.make_tensor_value_info("x", elem, ["batch", 2])],
+            [helper.make_tensor_value_info("y", elem, ["batch", 2])],
+        )
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+        m.ir_version = 9
+        return m
+
+    with write_package(tmp_path / "pkg") as w:
+        onnx.save(model(TensorProto.FLOAT), w.path / "model.onnx")
+        onnx.save(model(TensorProto.FLOAT16), w.path / "model.fp16.onnx")
+        pkg = w.commit(
+            Manifest(
+                name="relu",
+                inputs=[TensorSpec("x", "float32", ["batch", 2])],
+                outputs=[TensorSpec("y", "float32", ["batch", 2])],
+                dynamic_dims={"batch": DimRange(1, 4)},
+                variants={
+                    "fp32": Variant("model.onnx"),
+                    "fp16": Variant("model.fp16.onnx", precision="fp16"),
+                },
+            )
+        )
+    half = Session.from_package(pkg, variant="fp16")
+    assert [s.dtype for s in half.input_specs] == ["float16"] and half.input_specs[0].shape == ["batch", 2]
+    out = half.run({"x": np.array([[-1.0, 2.0]], np.float16)})["y"]
+    assert out.dtype == np.float16 and out.tolist() == [[0.0, 2.0]]
+    with pytest.raises(
+        InferenceInputError, match="input 'x' dim 0 \\('batch'\\) is 5, outside its range 1..4"
+    ):
+        half.run({"x": np.zeros((5, 2), np.float16)})
+    assert Session.from_package(pkg).input_specs[0].dtype == "float32"
