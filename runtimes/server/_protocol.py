@@ -32,6 +32,7 @@ _WIRE: dict[str, np.dtype] = {
 _WIRE_LE = {k: v.newbyteorder("<") for k, v in _WIRE.items()}
 
 HEADER_LENGTH = "inference-header-content-length"
+_FLOATS = frozenset({"FP16", "FP32", "FP64"})
 
 
 class HTTPError(Exception):
@@ -164,6 +165,8 @@ def _decode_json_tensor(name: str, datatype: str, shape: tuple[int, ...], data: 
             arr = np.array(flat, dtype=object)
         elif datatype == "BF16":
             arr = float_to_bf16_bits(np.asarray(data, dtype=np.float32).reshape(-1))
+        elif datatype in _FLOATS and data and not isinstance(data[0], list):
+            arr = np.fromiter(data, _WIRE[datatype], len(data))  # flat float list: the fast path
         else:
             arr = np.asarray(data, dtype=_WIRE[datatype])
             if datatype == "BOOL" and arr.size and np.asarray(data).dtype.kind not in "b":
