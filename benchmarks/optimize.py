@@ -181,7 +181,7 @@ def _size(path: Path) -> int:
 def bench_model(
     name: str, workdir: Path, runs: int, warmup: int
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    from torchport.exporters import optimize_package
+    from torchport.exporters import optimize_package, validate
     from torchport.exporters._export import export_model
 
     spec = _spec(name)
@@ -237,6 +237,7 @@ def bench_model(
         dims=spec["dims"],
         quiet=True,
         overwrite=True,
+        validate=False,  # validated below, timed on its own
     )
     info["torchport_export_s"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -244,6 +245,10 @@ def bench_model(
     info["optimize_s"] = time.perf_counter() - t
     info["fp32_passes_s"] = sum(r["seconds"] for r in result.records if r["variant"] == "fp32")
     info["fusions"] = next((r["fused"] for r in result.records if r["name"] == "ort_fusions"), {})
+    t = time.perf_counter()
+    parity = validate(pkg_dir, model, n=5)
+    info["validate_s"] = time.perf_counter() - t
+    info["parity"] = "passed" if parity else "FAILED"
     manifest = result.package.manifest
     for variant in ("fp32", "fp16", "int8"):
         path = result.package.model_path(variant)
@@ -330,8 +335,9 @@ def main(argv: list[str] | None = None) -> int:
         ]
         print()
         print(
-            f"{info['title']}: export {info['torchport_export_s']:.1f} s (plain {info['plain_export_s']:.1f} s); "
+            f"{info['title']}: torchport export {info['torchport_export_s']:.1f} s (plain {info['plain_export_s']:.1f} s); "
             f"optimize_package {info['optimize_s']:.1f} s (fp32 passes {info['fp32_passes_s']:.1f} s); "
+            f"validate (5 inputs, 3 variants) {info['validate_s']:.1f} s: {info['parity']}; "
             f"fused: {', '.join(f'{k}x{v}' for k, v in sorted(info['fusions'].items()) if k.startswith('com.')) or '-'}"
         )
         if "BERT" in info["title"]:

@@ -197,7 +197,7 @@ class OrtOfflinePass:
             so.graph_optimization_level = level
             so.optimized_model_filepath = str(dst)
             so.log_severity_level = 3
-            if proto.ByteSize() > 1_800_000_000:
+            if _is_large(proto):
                 so.add_session_config_entry(
                     "session.optimized_model_external_initializers_file_name", "out.onnx.data"
                 )
@@ -232,16 +232,9 @@ class Fp16Pass:
             proto,
             keep_io_types=self.keep_io_types,
             op_block_list=self.keep_float32_ops,
-            disable_shape_infer=proto.ByteSize() > 1_800_000_000,
+            disable_shape_infer=_is_large(proto),
         )
         return out, True
-
-
-def _quant_preprocess(proto: onnx.ModelProto) -> onnx.ModelProto:
-    try:
-        return onnx.shape_inference.infer_shapes(proto)
-    except Exception:  # shape inference is a help, not a requirement
-        return proto
 
 
 #: ops ``int8_dynamic`` quantizes by default: ORT's dynamic int8 kernels pay off for matrix products
@@ -268,7 +261,7 @@ class Int8DynamicPass:
     def __call__(self, model: AnyModel) -> tuple[onnx.ModelProto, bool]:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        proto = _quant_preprocess(as_proto(model))
+        proto = as_proto(model)  # quantize_dynamic runs shape inference itself
         with tempfile.TemporaryDirectory(prefix="torchport-q-") as tmp:
             src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
             _save(proto, src)
@@ -278,7 +271,7 @@ class Int8DynamicPass:
                 weight_type=QuantType.QInt8,
                 per_channel=self.per_channel,
                 op_types_to_quantize=self.op_types,
-                use_external_data_format=proto.ByteSize() > 1_800_000_000,
+                use_external_data_format=_is_large(proto),
             )
             out = onnx.load(str(dst))
         self.details = {"op_types": self.op_types or "all"}
@@ -369,7 +362,7 @@ class Int8StaticPass:
     def __call__(self, model: AnyModel) -> tuple[onnx.ModelProto, bool]:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-        proto = _quant_preprocess(as_proto(model))
+        proto = as_proto(model)  # quantize_static runs shape inference itself
         with tempfile.TemporaryDirectory(prefix="torchport-q-") as tmp:
             src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
             _save(proto, src)
@@ -383,15 +376,33 @@ class Int8StaticPass:
                 weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
                 extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
-                use_external_data_format=proto.ByteSize() > 1_800_000_000,
+                use_external_data_format=_is_large(proto),
             )
             out = onnx.load(str(dst))
         self.details = {"calibration_samples": len(self.samples)}
         return out, True
 
 
+def approx_size(proto: onnx.ModelProto) -> int:
+    """Bytes of the initializers, cheaply (``ByteSize()`` serializes the whole model: ~1 s per 400 MB)."""
+    total = 0
+    for t in proto.graph.initializer:
+        if t.raw_data:
+            total += len(t.raw_data)
+        else:
+            total += 4 * (len(t.float_data) + len(t.int32_data)) + 8 * (
+                len(t.int64_data) + len(t.double_data)
+            )
+    return total
+
+
+def _is_large(proto: onnx.ModelProto) -> bool:
+    """Above ~1.8 GB: save with external data (protobuf's limit is 2 GB)."""
+    return approx_size(proto) > 1_800_000_000
+
+
 def _save(proto: onnx.ModelProto, path: Path) -> None:
-    if proto.ByteSize() > 1_800_000_000:
+    if _is_large(proto):
         onnx.save(proto, str(path), save_as_external_data=True, location=path.name + ".data")
     else:
         onnx.save(proto, str(path))

@@ -19,6 +19,7 @@ from torchport.exporters._onnx_passes import (
     OnnxscriptOptimizePass,
     OrtFusionsPass,
     OrtOfflinePass,
+    approx_size,
     load_samples,
 )
 from torchport.exporters._passes import PassPipeline, PassRecord, as_proto
@@ -135,7 +136,7 @@ def _save_variant(proto: onnx.ModelProto, folder: Path, file: str) -> list[str]:
     for stale in (path, folder / f"{file}.data"):
         if stale.exists():
             stale.unlink()
-    if proto.ByteSize() > _EXTERNAL_LIMIT:
+    if approx_size(proto) > _EXTERNAL_LIMIT:
         onnx.save(proto, str(path), save_as_external_data=True, location=f"{file}.data")
         return [f"{file}.data"]
     onnx.save(proto, str(path))
