@@ -73,10 +73,9 @@ def onnx_from_program(
         report=False,
         **kwargs,
     )
-    assert onnx_program is not None
-    model = onnx_program.model
-    # Materialize lazily-held torch tensors now: the program may be freed before saving.
-    return model
+    if onnx_program is None:  # pragma: no cover - dynamo=True always returns a program
+        raise RuntimeError("torch.onnx.export returned no program")
+    return onnx_program.model
 
 
 def onnx_from_torchscript(

@@ -88,7 +88,6 @@ class ExportPlan:
     output_names: list[str]
     opset: int | None = None
     scripted: bool = False  #: the user's model is a TorchScript module (torch.export cannot capture it)
-    program: torch.export.ExportedProgram | None = None  #: a given ExportedProgram to translate as is
     # runtime state
     captures: dict[str, Any] = field(default_factory=dict)  #: "non-strict"/"strict" -> program | ExportError
     failures: list[ExportError] = field(default_factory=list)
@@ -172,7 +171,7 @@ def _translate(plan: ExportPlan, program: torch.export.ExportedProgram) -> ir.Mo
 
 
 def _nonstrict(plan: ExportPlan) -> tuple[ir.Model, list[str]]:
-    return _translate(plan, plan.program or plan.captured("non-strict")), []
+    return _translate(plan, plan.captured("non-strict")), []
 
 
 def _strict(plan: ExportPlan) -> tuple[ir.Model, list[str]]:
@@ -200,7 +199,7 @@ def rewrite_contiguous(program: torch.export.ExportedProgram) -> int:
 
 
 def _decomp_workaround(plan: ExportPlan) -> tuple[ir.Model, list[str]]:
-    program = plan.program or plan.any_program()
+    program = plan.any_program()
     if program is None:
         program = plan.captured("non-strict")
     n = rewrite_contiguous(program)
@@ -247,14 +246,12 @@ def _skip_reason(name: str, plan: ExportPlan) -> str | None:
     """Why an automatic retry would not help (``None``: try it)."""
     if plan.scripted and name != "torchscript":
         return "a TorchScript module cannot be captured by torch.export"
-    if plan.program is not None and name in ("dynamo-strict",):
-        return "the source is an ExportedProgram; it is translated as captured"
     if name == "dynamo-strict":
         nonstrict = plan.captures.get("non-strict")
         if nonstrict is not None and not isinstance(nonstrict, ExportError):
             return "non-strict capture worked; the failure was in ONNX translation, which strict capture does not change"
     if name == "dynamo-decomp-workaround":
-        if plan.program is None and plan.any_program() is None:
+        if plan.any_program() is None:
             return "no capture succeeded, so there is no program to rewrite"
         if not plan.failures or plan.failures[-1].stage != "ONNX translation":
             return "the previous failure was not in ONNX translation"
