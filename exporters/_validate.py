@@ -48,6 +48,7 @@ from torchport.exporters._onnx_passes import load_samples
 from torchport.runtimes import (
     Manifest,
     ModelPackage,
+    ProviderError,
     UsageError,
     ValidationError,
     dim_sample_points,
@@ -626,6 +627,8 @@ def check_parity(
             sess = Session(path, manifest, providers=provider)
             names = sess.output_names
             got = [sess.run(c.feeds) for c in cases]
+        except ProviderError:
+            raise  # the requested execution provider is missing: the user's setup, not parity
         except Exception as e:
             vp.error = f"ONNX Runtime failed: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
             continue
