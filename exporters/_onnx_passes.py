@@ -138,19 +138,32 @@ class OrtFusionsPass:
 
     Fuses attention (``com.microsoft.Attention`` / ``MultiHeadAttention``), skip + layer norm,
     GELU / bias-GELU, rotary embeddings and RMS norm. ``details`` holds the count of each fusion.
+
+    Args:
+        pack_qkv: pack the Q, K and V projections into one ``Attention`` op (fastest in float).
+            ``False`` stops at ``MultiHeadAttention`` with separate Q/K/V MatMuls, which int8
+            dynamic quantization can quantize (ONNX Runtime's quantizer skips an ``Attention`` with
+            ``qkv_hidden_sizes`` or an attention bias): the graph the int8 variant starts from.
     """
 
     name = "ort_fusions"
 
-    def __init__(self) -> None:
+    def __init__(self, pack_qkv: bool = True) -> None:
+        self.pack_qkv = pack_qkv
         self.details: dict[str, int] = {}
 
     def __call__(self, model: AnyModel) -> tuple[ir.Model, bool]:
-        from onnxscript.rewriter.ort_fusions import optimize_for_ort
+        import onnxscript.rewriter.ort_fusions._core as core
 
         model = as_ir(model)
         before = _fingerprint(model)
-        model, counts = optimize_for_ort(model)
+        original = core.fuse_attention
+        if not self.pack_qkv:  # optimize_for_ort has no switch for the last (QKV-packing) step
+            core.fuse_attention = lambda model, debug=False: 0
+        try:
+            model, counts = core.optimize_for_ort(model)
+        finally:
+            core.fuse_attention = original
         self.details = {k: int(v) for k, v in counts.items() if v}
         return model, _fingerprint(model) != before
 

@@ -160,9 +160,10 @@ def optimize_model(
     """Optimize one ONNX model in memory; return ``({variant: model}, pass records)``.
 
     The fp32 variant goes through ``optimize`` (level basic and all), ``ort_fusions`` and
-    ``ort_offline`` (level all). fp16 and int8 dynamic start from the graph after the onnxscript
-    passes (before ``ort_offline``, whose ops are provider-specific); int8 static starts from the
-    graph after ``optimize`` (QDQ quantization works on standard ONNX ops).
+    ``ort_offline`` (level all). fp16 starts from the graph after the onnxscript passes (before
+    ``ort_offline``, whose ops are provider-specific); int8 dynamic from the graph after
+    ``optimize``, fused again without packing Q/K/V (level all) so the attention projections are
+    quantized too; int8 static from the graph after ``optimize`` (QDQ works on standard ONNX ops).
     """
     disable = _check_options(level, int8, disable)
     if int8 == "static" and not calibration_samples:
@@ -179,7 +180,7 @@ def optimize_model(
     if level in ("basic", "all"):
         graph_passes.append(OnnxscriptOptimizePass())
     m = run(_filter(graph_passes, disable), model, "fp32")
-    pre_fusion = as_proto(m) if int8 == "static" else None
+    pre_fusion = as_proto(m) if int8 is not None else None
     if level == "all":
         m = run(_filter([OrtFusionsPass()], disable), m, "fp32")
     graph = as_proto(m)
@@ -197,7 +198,12 @@ def optimize_model(
             raise UsageError(
                 "--int8 dynamic asks for a pass that --disable int8_dynamic switches off; drop one"
             )
-        variants["int8"] = as_proto(run(PassPipeline([Int8DynamicPass()]), graph, "int8"))
+        int8_passes: list[Any] = [Int8DynamicPass()]
+        if level == "all" and "ort_fusions" not in disable:
+            # Q/K/V kept as separate MatMuls (MultiHeadAttention) so they are quantized too
+            int8_passes.insert(0, OrtFusionsPass(pack_qkv=False))
+        assert pre_fusion is not None
+        variants["int8"] = as_proto(run(PassPipeline(int8_passes), pre_fusion, "int8"))
     elif int8 == "static":
         if "int8_static" in disable:
             raise UsageError(

@@ -69,7 +69,14 @@ def test_export_with_optimization_options_writes_validated_variants(tmp_path):
     m = result.package.manifest
     assert set(m.variants) == {"fp32", "fp16", "int8"} and m.validated
     assert all(v.parity["passed"] for v in m.variants.values())
-    assert [r["name"] for r in m.passes] == ["optimize", "ort_fusions", "ort_offline", "fp16", "int8_dynamic"]
+    assert [r["name"] for r in m.passes] == [
+        "optimize",
+        "ort_fusions",
+        "ort_offline",
+        "fp16",
+        "ort_fusions",
+        "int8_dynamic",
+    ]
     assert (
         m.extra["optimization"]["level"] == "all"
         and m.extra["ort_offline"]["provider"] == "CPUExecutionProvider"

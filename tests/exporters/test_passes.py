@@ -124,6 +124,11 @@ def test_ort_fusions_fuse_attention_skip_layernorm_and_gelu_in_dynamo_bert(bert_
         ops["com.microsoft.BiasGelu"] + ops["com.microsoft.Gelu"] + ops.get("com.microsoft.FastGelu", 0) == 2
     )
     assert fusion.details["attention"] == 2
+    unpacked, _ = OrtFusionsPass(pack_qkv=False)(onnx.ModelProto.FromString(bert_onnx.SerializeToString()))
+    un_ops = op_counts(unpacked)
+    assert un_ops["com.microsoft.MultiHeadAttention"] == 2 and "com.microsoft.Attention" not in un_ops
+    for a, b in zip(_run(unpacked, BERT_FEEDS), _run(bert_onnx, BERT_FEEDS), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
     assert sum(ops.values()) < sum(before.values()) / 2
     for a, b in zip(_run(out, BERT_FEEDS), _run(bert_onnx, BERT_FEEDS), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
