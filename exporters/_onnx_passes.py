@@ -356,6 +356,9 @@ def load_samples(
 class Int8StaticPass:
     """int8 QDQ static quantization with activation ranges calibrated on sample inputs.
 
+    uint8 activations (asymmetric, MinMax-calibrated) and int8 weights, per channel: the U8S8
+    format ONNX Runtime's x86 kernels run fastest.
+
     Args:
         samples: calibration inputs, one ``{input name: array}`` dict per sample.
         per_channel: per-channel weight scales (better accuracy for convolutions; default True).
@@ -385,7 +388,9 @@ class Int8StaticPass:
                 NpzCalibrationReader(self.samples),
                 quant_format=QuantFormat.QDQ,
                 per_channel=self.per_channel,
-                activation_type=QuantType.QInt8,
+                # U8S8: uint8 activations, int8 weights: ONNX Runtime's fast x86 format (S8S8 QDQ ran
+                # ~3x slower on a ResNet-18-style CNN on AVX-512 VNNI)
+                activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
                 extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},

@@ -103,6 +103,10 @@ def test_static_int8_from_npz_and_generated(tmp_path):
     assert m.passes[-1]["name"] == "int8_static" and m.passes[-1]["details"]["calibration_samples"] == 6
     ops = op_counts(onnx.load(str(path / "model.int8.onnx")))
     assert ops["QuantizeLinear"] > 0 and ops["Conv"] >= 2
+    int8 = onnx.load(str(path / "model.int8.onnx"))
+    inits = {i.name: i for i in int8.graph.initializer}
+    q = next(n for n in int8.graph.node if n.op_type == "QuantizeLinear")
+    assert inits[q.input[2]].data_type == onnx.TensorProto.UINT8  # U8S8: uint8 activations
 
 
 def test_bad_options_are_usage_errors(bert_pkg, tmp_path):
