@@ -289,8 +289,9 @@ def _meta(node: onnx.NodeProto) -> dict[str, str]:
     return {p.key: p.value for p in node.metadata_props}
 
 
-def _cos(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.ravel(), b.ravel()
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two arrays, in float64; 1.0 when both are all zeros."""
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
     na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
     if na == 0.0 and nb == 0.0:
         return 1.0
@@ -376,7 +377,7 @@ def localize(
             else:
                 diff = float(np.max(np.abs(got64 - ref64))) if ref64.size else 0.0
             scale = float(np.max(np.abs(ref64))) if ref64.size else 0.0
-            cos = _cos(got64, ref64) if ref64.size else 1.0
+            cos = cosine(got64, ref64) if ref64.size else 1.0
             diverged = diff > atol + rtol * scale
             if min_cosine is not None:
                 diverged = cos < min_cosine and diff > atol

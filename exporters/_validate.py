@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from torchport.exporters._localize import Localization, localize
+from torchport.exporters._localize import Localization, cosine, localize
 from torchport.exporters._onnx_passes import load_samples
 from torchport.runtimes import (
     Manifest,
@@ -436,16 +436,6 @@ def _looks_like_logits(spec: Any, n_outputs: int) -> bool:
     return bool(_LOGIT_NAMES.search(spec.name)) or n_outputs == 1
 
 
-def _cos(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
-    if na == 0.0 and nb == 0.0:
-        return 1.0
-    if na == 0.0 or nb == 0.0:
-        return 0.0
-    return float(np.dot(a, b) / (na * nb))
-
-
 def compare_output(
     spec: Any, got: Sequence[np.ndarray], ref: Sequence[np.ndarray], tol: Tolerance, logits: bool
 ) -> OutputParity:
@@ -485,7 +475,7 @@ def compare_output(
         res.max_rel = max(res.max_rel, rel)
         if tol.atol is not None:
             res.mismatched += int(np.sum(diff > tol.atol + (tol.rtol or 0.0) * np.abs(r64)))
-        c = _cos(g64, r64)
+        c = cosine(g64, r64)
         cosines.append(c)
         if tol.atol is None and -c > worst:
             worst, res.worst_case = -c, i
