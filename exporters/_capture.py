@@ -130,7 +130,8 @@ def make_dynamic_shapes(
 ) -> tuple[tuple[dict[int, Any] | None, ...]]:
     """``dynamic_shapes`` for a :class:`FlatModule` (``forward(*tensors)``) from the input specs.
 
-    Each named dim becomes one :class:`torch.export.Dim` shared by every input that uses it.
+    Each named dim becomes one :class:`torch.export.Dim` shared by every input that uses it; a dim whose
+    range holds one size (``--dim n=5..5``) stays static.
 
     Example:
         >>> specs = [TensorSpec("x", "float32", ["batch", 16])]
@@ -143,6 +144,9 @@ def make_dynamic_shapes(
         axes: dict[int, Any] = {}
         for axis, d in enumerate(spec.shape):
             if isinstance(d, str):
+                rng = dynamic_dims.get(d)
+                if rng is not None and rng.min == rng.max:
+                    continue
                 if d not in dims:
                     rng = dynamic_dims.get(d)
                     low, high = (rng.min, rng.max) if rng is not None else (1, None)

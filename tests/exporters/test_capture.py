@@ -293,3 +293,10 @@ def test_dim_names_metadata_and_external_data(tmp_path) -> None:
     x5 = np.random.default_rng(0).standard_normal((5, 8)).astype(np.float32)
     (got,) = ort.InferenceSession(str(big)).run(None, {"x": x5})
     np.testing.assert_allclose(got, model(torch.from_numpy(x5)).detach().numpy(), atol=1e-5)
+
+
+def test_single_size_range_stays_static() -> None:
+    """--dim n=5..5 means a fixed size: torch.export.Dim refuses min == max, so the axis stays static."""
+    specs = [TensorSpec("x", "float32", ["batch", "seq"])]
+    (shapes,) = make_dynamic_shapes(specs, {"batch": DimRange(5, 5), "seq": DimRange(1, 8)})
+    assert list(shapes[0]) == [1] and shapes[0][1].__name__ == "seq"
