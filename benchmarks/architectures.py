@@ -277,8 +277,8 @@ def _torchport(source: str, out: Path) -> tuple[str, str, str, float]:
     start = time.perf_counter()
     try:
         result = export_model(source, out, quiet=True)
-    except ValidationError:
-        return "FAIL (parity)", "-", "FAIL", time.perf_counter() - start
+    except ValidationError as e:  # the gate refused the package: a mismatch, or eager itself failed
+        return "FAIL: validate: " + _first_line(e, 90), "-", "FAIL", time.perf_counter() - start
     except Exception as e:  # noqa: BLE001
         stage = getattr(e, "stage", None)
         return f"FAIL: {stage or ''} {_first_line(e)}".strip(), "-", "-", time.perf_counter() - start
