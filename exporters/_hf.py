@@ -240,10 +240,32 @@ def _audio_min_samples(config: Any) -> int:
     return rf + hop
 
 
+#: model types whose position ids start at pad_token_id + 1 (so the longest sequence is shorter)
+_PADDING_OFFSET_POSITIONS = frozenset(
+    {
+        "roberta",
+        "camembert",
+        "xlm-roberta",
+        "xlm-roberta-xl",
+        "data2vec-text",
+        "ibert",
+        "longformer",
+        "markuplm",
+    }
+)
+
+
 def _hf_defaults(config: Any, signature: inspect.Signature | None) -> dict[str, Any]:
     """Default dim ranges, example sizes and value ranges for a Hugging Face config."""
     text = _text_config(config)
     max_pos = getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None)
+    pad = getattr(text, "pad_token_id", None)
+    if (
+        getattr(text, "model_type", None) in _PADDING_OFFSET_POSITIONS
+        and isinstance(max_pos, int)
+        and isinstance(pad, int)
+    ):
+        max_pos -= pad + 1  # RoBERTa-style position ids start after the padding index
     seq_max = min(int(max_pos), MAX_SEQ) if isinstance(max_pos, int) and max_pos > 0 else MAX_SEQ
     dims: dict[str, DimRange] = {"batch": DEFAULT_BATCH, "seq": DimRange(1, seq_max)}
     dec_max = None

@@ -654,3 +654,18 @@ def test_hf_folder_without_config_inputs_says_why(tmp_path: Path) -> None:
         loaded, [parse_input_spec("states:float32[batch,seq,3]")], dict([parse_dim_spec("seq=1..8")])
     )
     assert ex.dynamic_dims == {"batch": DimRange(1, 32), "seq": DimRange(1, 8)}  # batch: the HF default
+
+
+def test_hf_roberta_seq_range_stops_before_the_padding_offset(tmp_path: Path) -> None:
+    """RoBERTa's position ids start at pad_token_id + 1: the longest sequence is max_pos - pad - 1,
+    and eager PyTorch must run at the top of the default range."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.RobertaConfig(
+        vocab_size=99, max_position_embeddings=40, pad_token_id=1, num_hidden_layers=1, hidden_size=16,
+        num_attention_heads=2, intermediate_size=20,
+    )  # fmt: skip
+    loaded = load_model(str(_save(transformers.RobertaModel(config), tmp_path / "roberta")))
+    ex = loaded.example_inputs
+    assert ex.dynamic_dims["seq"] == DimRange(1, 38)
+    args, kwargs = ex.make({"batch": 1, "seq": 38}, rng=0)
+    assert loaded.module(*args, **kwargs).last_hidden_state.shape == (1, 38, 16)
