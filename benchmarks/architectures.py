@@ -84,16 +84,22 @@ def _gpt2(T):
     )
 
 
+#: shared tiny size of the Llama-style decoders (Llama, Qwen2, Mistral)
+_TINY_DECODER = dict(
+    vocab_size=500,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+)
+
+
 def _llama(T):
     return T.LlamaForCausalLM(
         T.LlamaConfig(
-            vocab_size=500,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=128,
+            **_TINY_DECODER,
         )
     )
 
@@ -101,13 +107,7 @@ def _llama(T):
 def _qwen2(T):
     return T.Qwen2ForCausalLM(
         T.Qwen2Config(
-            vocab_size=500,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=128,
+            **_TINY_DECODER,
         )
     )
 
@@ -115,13 +115,7 @@ def _qwen2(T):
 def _mistral(T):
     return T.MistralForCausalLM(
         T.MistralConfig(
-            vocab_size=500,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=128,
+            **_TINY_DECODER,
             sliding_window=None,
         )
     )
