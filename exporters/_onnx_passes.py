@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import collections
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -275,18 +275,17 @@ class Int8DynamicPass:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         proto = as_proto(model)  # quantize_dynamic runs shape inference itself
-        with tempfile.TemporaryDirectory(prefix="torchport-q-") as tmp:
-            src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
-            _save(proto, src)
-            quantize_dynamic(
+        out = _quantize_via_files(
+            proto,
+            lambda src, dst: quantize_dynamic(
                 src,
                 dst,
                 weight_type=QuantType.QInt8,
                 per_channel=self.per_channel,
                 op_types_to_quantize=self.op_types,
                 use_external_data_format=_is_large(proto),
-            )
-            out = onnx.load(str(dst))
+            ),
+        )
         self.details = {"op_types": self.op_types or "all"}
         return out, _fingerprint(out) != _fingerprint(proto)
 
@@ -379,10 +378,9 @@ class Int8StaticPass:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
         proto = as_proto(model)  # quantize_static runs shape inference itself
-        with tempfile.TemporaryDirectory(prefix="torchport-q-") as tmp:
-            src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
-            _save(proto, src)
-            quantize_static(
+        out = _quantize_via_files(
+            proto,
+            lambda src, dst: quantize_static(
                 src,
                 dst,
                 NpzCalibrationReader(self.samples),
@@ -395,8 +393,8 @@ class Int8StaticPass:
                 calibrate_method=CalibrationMethod.MinMax,
                 extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
                 use_external_data_format=_is_large(proto),
-            )
-            out = onnx.load(str(dst))
+            ),
+        )
         self.details = {"calibration_samples": len(self.samples)}
         return out, True
 
@@ -417,6 +415,15 @@ def approx_size(proto: onnx.ModelProto) -> int:
 def _is_large(proto: onnx.ModelProto) -> bool:
     """Above ~1.8 GB: save with external data (protobuf's limit is 2 GB)."""
     return approx_size(proto) > 1_800_000_000
+
+
+def _quantize_via_files(proto: onnx.ModelProto, quantize: Callable[[Path, Path], None]) -> onnx.ModelProto:
+    """Run an ONNX Runtime quantizer (which works on files) on ``proto``; return the quantized model."""
+    with tempfile.TemporaryDirectory(prefix="torchport-q-") as tmp:
+        src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
+        _save(proto, src)
+        quantize(src, dst)
+        return onnx.load(str(dst))
 
 
 def _save(proto: onnx.ModelProto, path: Path) -> None:
