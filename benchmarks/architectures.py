@@ -40,6 +40,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import torch  # noqa: E402
 
 from torchport.exporters import export_model, load_model  # noqa: E402
+from torchport.runtimes._table import format_table  # noqa: E402
 
 
 def _bert(T):
@@ -324,15 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         f"\ntorch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads\n"
     )
     cols = ("model", "bare torch.onnx.export", "torchport", "strategy", "parity", "seconds")
-    width = [
-        max(len(cols[i]), *(len(str(r[i])) for r in rows)) if i < 5 else len(cols[i])
-        for i in range(len(cols))
-    ]
-    print(" | ".join(c.ljust(w) for c, w in zip(cols, width, strict=True)))
-    print("-+-".join("-" * w for w in width))
-    for r in rows:
-        cells = [str(c) for c in r[:5]] + [f"{r[5]:.1f}"]
-        print(" | ".join(c.ljust(w) for c, w in zip(cells, width, strict=True)))
+    print(format_table(cols, [(*r[:5], round(r[5], 1)) for r in rows]))
     n_ours = sum(r[2] == "OK" for r in rows)
     n_bare = sum(r[1] == "OK" for r in rows)
     print(f"\ntorchport exported {n_ours}/{len(rows)}, bare torch.onnx.export {n_bare}/{len(rows)}")

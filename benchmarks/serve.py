@@ -39,6 +39,8 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from torchport.runtimes._table import format_table  # noqa: E402
+
 LUA = """
 wrk.method = "POST"
 local f = io.open(os.getenv("BODY_FILE"), "rb"); wrk.body = f:read("*a"); f:close()
@@ -534,14 +536,12 @@ def main() -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
     header = ("section", "server / path", "conc", "req/s", "p50 ms", "p99 ms", "vs baseline", "mean batch")
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     print(
         f"\nload generator: {args.generator}, {args.duration:g} s per run (median of {max(1, args.repeat)}), "
         f"{os.cpu_count()} CPUs, loopback"
     )
     print("ratios ('x naive') are against the faster of the two naive servers at the same concurrency\n")
-    for r in [header, tuple("-" * w for w in widths), *rows]:
-        print("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)))
+    print(format_table(header, rows))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 
