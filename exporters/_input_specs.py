@@ -25,7 +25,7 @@ import torch
 
 from torchport.runtimes._dtypes import SUPPORTED_DTYPES, check_dtype
 from torchport.runtimes._errors import UsageError
-from torchport.runtimes._inputs import random_tensor
+from torchport.runtimes._inputs import concrete_shape, random_tensor
 from torchport.runtimes._manifest import DimRange, TensorSpec
 
 if TYPE_CHECKING:
@@ -670,14 +670,7 @@ def _is_integer(tensor: torch.Tensor) -> bool:
 
 
 def _random_torch(spec: TensorSpec, sizes: Mapping[str, int], gen: np.random.Generator) -> torch.Tensor:
-    shape = []
-    for d in spec.shape:
-        if isinstance(d, int):
-            shape.append(d)
-        elif d in sizes:
-            shape.append(int(sizes[d]))
-        else:
-            raise UsageError(f"input {spec.name!r}: no size for dynamic dim {d!r}")
+    shape = concrete_shape(spec, sizes)
     if spec.dtype == "bfloat16":
         tmp = TensorSpec(spec.name, "float32", spec.shape, spec.value_range)
         return torch.from_numpy(np.array(random_tensor(tmp, shape, gen), order="C")).to(torch.bfloat16)

@@ -40,6 +40,7 @@ import torch
 from torchport.exporters._input_specs import ExampleInputs, example_from_object
 from torchport.runtimes._errors import LoadError, TorchportError
 from torchport.runtimes._manifest import DimRange
+from torchport.runtimes._package import sha256_file
 
 __all__ = ["LoadedModel", "load_model"]
 
@@ -137,15 +138,6 @@ def _first_line(e: BaseException) -> str:
 def _describe(e: BaseException) -> str:
     msg = _first_line(e)
     return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
-
-
-def sha256_of_file(path: Path) -> str:
-    """sha256 hex digest of one file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _signature(fn: Any) -> inspect.Signature | None:
@@ -315,7 +307,7 @@ def _load_python_file(path_text: str, attr: str, source: str) -> LoadedModel:
     if not path.is_file():
         raise LoadError(f"model file not found: {path_text}")
     module = _import_file(path, source)
-    return _from_python(module, attr, path_text, "python_file", source, sha256_of_file(path))
+    return _from_python(module, attr, path_text, "python_file", source, sha256_file(path))
 
 
 def _load_python_module(mod_name: str, attr: str, source: str) -> LoadedModel:
@@ -342,7 +334,7 @@ def _load_python_module(mod_name: str, attr: str, source: str) -> LoadedModel:
     sha = None
     file = getattr(module, "__file__", None)
     if file and os.path.isfile(file):
-        sha = sha256_of_file(Path(file))
+        sha = sha256_file(Path(file))
     return _from_python(module, attr, f"module {mod_name}", "python_module", source, sha)
 
 
@@ -395,7 +387,7 @@ def _load_torchscript(path: Path, source: str) -> LoadedModel:
         module=module,
         kind="torchscript",
         reference=source,
-        sha256=sha256_of_file(path),
+        sha256=sha256_file(path),
         forward_signature=_torchscript_signature(module),
     )
 
@@ -460,7 +452,7 @@ def _load_exported_program(path: Path, source: str) -> LoadedModel:
         module=module,
         kind="exported_program",
         reference=source,
-        sha256=sha256_of_file(path),
+        sha256=sha256_file(path),
         exported_program=ep,
         forward_signature=signature,
         example_inputs=examples,
