@@ -1,4 +1,4 @@
-"""A broader set of real architectures measured outside the test suite (issue 2).
+"""A broader set of real architectures measured outside the test suite.
 
 Each architecture is a Hugging Face transformers model built from a tiny config (2 layers, hidden
 32-64, small vocab) with random weights and ``save_pretrained`` into a temporary folder. Two paths

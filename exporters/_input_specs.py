@@ -847,7 +847,7 @@ def resolve_example_inputs(
     dims: Mapping[str, DimRange] | None = None,
     sample_file: str | None = None,
 ) -> ExampleInputs:
-    """Decide the example inputs for capture, in the order issue 2 gives.
+    """Decide the example inputs for capture, in the documented order.
 
     1. ``--input`` specs (``input_specs``): random tensors of those specs, ranges from ``dims``
        (a dim without ``--dim`` falls back to the model's own default range of that name, if any).

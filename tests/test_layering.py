@@ -1,4 +1,4 @@
-"""DESIGN.md's layering: torch only in exporters/; runtimes/ and deploy/ never import the layers above."""
+"""docs/design.md's layering: torch only in exporters/; runtimes/ and deploy/ never import the layers above."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Test helper (issue 3 tests): build a model package with plain torch.onnx.export + write_package.
+"""Test helper for optimize/validate tests: build a model package with plain torch.onnx.export + write_package.
 
 Used until/independently of export_model, so the optimize/validate tests exercise a real
 dynamo export of a tiny model.

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli.test_serve_cli import _request
 from tests.runtimes.conftest import make_add_package
-from tests.runtimes.test_serve_cli import _request
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
