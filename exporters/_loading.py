@@ -9,7 +9,8 @@ Sources (``load_model(source)``):
   the attribute as above. ``attr`` may be dotted (``Class.build``).
 - ``model.pt`` / ``model.ts`` / ``model.pth`` — a TorchScript archive (:func:`torch.jit.load`).
   A pickled whole module (``torch.save(model)``) is refused: it can run arbitrary code.
-- ``model.pt2`` — an ExportedProgram (:func:`torch.export.load`).
+- ``model.pt2`` — an ExportedProgram (:func:`torch.export.load`). An archive whose loading would
+  run code (pickled constants, compiled code, shape expressions that are not arithmetic) is refused.
 - ``path/to/folder`` — a local Hugging Face model folder (``save_pretrained`` output, with
   ``config.json``); the class comes from ``config.architectures``; never the hub.
   ``path/to/folder:encoder`` loads the model and keeps ``model.get_encoder()`` (Whisper's or T5's
@@ -38,6 +39,7 @@ from typing import Any
 import torch
 
 from torchport.exporters._input_specs import ExampleInputs, example_from_object
+from torchport.exporters._untrusted import check_pt2_archive, untrusted_pt2_load
 from torchport.runtimes._errors import LoadError, TorchportError
 from torchport.runtimes._manifest import DimRange
 from torchport.runtimes._package import sha256_file
@@ -392,23 +394,6 @@ def _load_torchscript(path: Path, source: str) -> LoadedModel:
     )
 
 
-@contextlib.contextmanager
-def _weights_only_torch_load() -> Iterator[None]:
-    """Force ``weights_only=True`` on every ``torch.load`` made inside (torch.export.load falls back to
-    ``weights_only=False`` for pickled weights, constants and sample inputs; we refuse those)."""
-    original = torch.load
-
-    def load(*args: Any, **kwargs: Any) -> Any:
-        kwargs["weights_only"] = True
-        return original(*args, **kwargs)
-
-    torch.load = load
-    try:
-        yield
-    finally:
-        torch.load = original
-
-
 def _is_refused_pickle(exc: BaseException) -> bool:
     """Whether ``exc`` (or what caused it) is torch.load refusing a pickle under weights_only=True."""
     import pickle
@@ -426,8 +411,9 @@ def _is_refused_pickle(exc: BaseException) -> bool:
 def _load_exported_program(path: Path, source: str) -> LoadedModel:
     if not path.is_file():
         raise LoadError(f"model file not found: {source}")
+    check_pt2_archive(path, source)
     try:
-        with _weights_only_torch_load():
+        with untrusted_pt2_load():
             ep = torch.export.load(str(path))
     except Exception as e:  # noqa: BLE001
         if _is_refused_pickle(e):

@@ -1,0 +1,185 @@
+"""Model files crafted to run code when read are refused, and the code never runs.
+
+Each crafted file carries a real payload: unpickling it (or evaluating the expression) creates a
+marker file. Every test asserts the marker is never created and the error names the entry.
+"""
+
+from __future__ import annotations
+
+import builtins
+import io
+import json
+import pickle
+import re
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from torchport.cli import app
+from torchport.exporters import load_model
+from torchport.exporters._untrusted import untrusted_pt2_load
+from torchport.runtimes import LoadError
+
+
+class _Payload:
+    """Unpickling this opens (creates) ``marker`` for writing: proof that code from the file ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (builtins.open, (str(self.marker), "w"))
+
+
+class _Small(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x)
+
+
+@pytest.fixture(scope="module")
+def good_pt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    batch = torch.export.Dim("batch", min=1, max=8)
+    ep = torch.export.export(_Small().eval(), (torch.randn(2, 4),), dynamic_shapes={"x": {0: batch}})
+    path = tmp_path_factory.mktemp("pt2") / "good.pt2"
+    torch.export.save(ep, str(path))
+    return path
+
+
+def _rewrite(src: Path, dst: Path, edit) -> Path:
+    """Copy the archive ``src`` to ``dst``; ``edit(inner_name, data, add)`` returns the new data."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zout:
+        prefix = zin.namelist()[0].split("/", 1)[0] + "/"
+        added: dict[str, bytes] = {}
+        for info in zin.infolist():
+            inner = info.filename[len(prefix) :]
+            zout.writestr(info.filename, edit(inner, zin.read(info.filename), added))
+        for inner, data in added.items():
+            zout.writestr(prefix + inner, data)
+    return dst
+
+
+def _with_constant(src: Path, dst: Path, path_name: str, payload: bytes) -> Path:
+    """An archive with one extra constant ``evil`` stored as ``data/constants/<path_name>``, pickled."""
+
+    def edit(inner: str, data: bytes, added: dict[str, bytes]) -> bytes:
+        if inner == "data/constants/model_constants_config.json":
+            meta = {"path_name": path_name, "is_param": False, "use_pickle": True, "tensor_meta": None}
+            added[f"data/constants/{path_name}"] = payload
+            return json.dumps({"config": {"evil": meta}}).encode()
+        return data
+
+    return _rewrite(src, dst, edit)
+
+
+def _torch_saved(obj: object) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def _crafted(kind: str, good: Path, folder: Path, marker: Path) -> tuple[Path, str]:
+    """A crafted archive of ``kind`` and the entry the error must name."""
+    if kind == "opaque_obj":
+        path = _with_constant(good, folder / "opaque.pt2", "opaque_obj_0", pickle.dumps(_Payload(marker)))
+        return path, r"entry good/data/constants/opaque_obj_0 is a pickled Python object"
+    if kind == "use_pickle":
+        path = _with_constant(
+            good, folder / "usepickle.pt2", "tensor_constant_0", _torch_saved(_Payload(marker))
+        )
+        return (
+            path,
+            r"entry good/data/constants/tensor_constant_0 \('evil' in model_constants_config\.json\) is marked use_pickle",
+        )
+    if kind == "sympy":
+
+        def edit(inner: str, data: bytes, added: dict[str, bytes]) -> bytes:
+            if inner == "models/model.json":
+                text = data.decode()
+                start = text.index('"expr_str": "') + len('"expr_str": "')
+                end = text.index('"', start)
+                expr = f"open({str(marker)!r}, 'w') and {text[start:end]}"
+                return (text[:start] + expr.replace("'", "\\u0027") + text[end:]).encode()
+            return data
+
+        return _rewrite(good, folder / "sympy.pt2", edit), (
+            r"entry good/models/model\.json has a shape expression torch would evaluate as Python "
+            r"\(call of 'open' is not an allowed sympy function\)"
+        )
+    raise AssertionError(kind)
+
+
+KINDS = ["opaque_obj", "use_pickle", "sympy"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_crafted_pt2_is_refused_and_its_payload_never_runs(kind: str, good_pt2: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    crafted, entry = _crafted(kind, good_pt2, tmp_path, marker)
+    with pytest.raises(LoadError, match=rf"^refusing {crafted}: {entry}.*does not run code from model files"):
+        load_model(str(crafted))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_cli_export_of_crafted_pt2_is_one_line_exit_1(kind: str, good_pt2: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    crafted, entry = _crafted(kind, good_pt2, tmp_path, marker)
+    out = tmp_path / "pkg"
+    result = CliRunner().invoke(app, ["export", str(crafted), "-o", str(out), "-q"])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: refusing"), result.stderr
+
+    assert re.search(entry, lines[0]), lines[0]
+    assert not marker.exists() and not out.exists()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_second_wall_blocks_the_payload_even_without_the_archive_check(
+    kind: str, good_pt2: Path, tmp_path: Path
+) -> None:
+    """untrusted_pt2_load alone (torch reading the archive itself) never runs the payload."""
+    marker = tmp_path / "pwned"
+    crafted, _ = _crafted(kind, good_pt2, tmp_path, marker)
+    with pytest.raises(Exception, match=r"refused|[Ww]eights only load failed"), untrusted_pt2_load():
+        torch.export.load(str(crafted))
+    assert not marker.exists()
+    assert torch.load.__name__ == "load"  # everything swapped is put back
+
+
+def test_without_torchport_the_crafted_archive_does_run_code(good_pt2: Path, tmp_path: Path) -> None:
+    """The threat is real: plain torch.export.load runs the opaque_obj_ payload."""
+    marker = tmp_path / "pwned"
+    crafted, _ = _crafted("opaque_obj", good_pt2, tmp_path, marker)
+    torch.export.load(str(crafted))
+    assert marker.exists()
+
+
+def test_aoti_entry_is_refused(good_pt2: Path, tmp_path: Path) -> None:
+    def edit(inner: str, data: bytes, added: dict[str, bytes]) -> bytes:
+        added["data/aotinductor/model/model.so"] = b"\x7fELF not really"
+        return data
+
+    crafted = _rewrite(good_pt2, tmp_path / "aoti.pt2", edit)
+    with pytest.raises(
+        LoadError, match=r"entry good/data/aotinductor/model/model\.so is compiled AOTInductor code"
+    ):
+        load_model(str(crafted))
+
+
+def test_normal_pt2_still_exports(good_pt2: Path, tmp_path: Path) -> None:
+    out = tmp_path / "pkg"
+    result = CliRunner().invoke(app, ["export", str(good_pt2), "-o", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "torchport.json").read_text())
+    assert manifest["source"]["kind"] == "exported_program"
+    assert manifest["dynamic_dims"]["batch"] == {"min": 1, "max": 8}
