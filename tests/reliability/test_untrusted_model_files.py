@@ -14,6 +14,7 @@ import re
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -183,3 +184,100 @@ def test_normal_pt2_still_exports(good_pt2: Path, tmp_path: Path) -> None:
     manifest = json.loads((out / "torchport.json").read_text())
     assert manifest["source"]["kind"] == "exported_program"
     assert manifest["dynamic_dims"]["batch"] == {"min": 1, "max": 8}
+
+
+# --------------------------------------------------------------------------- every other path that could unpickle
+
+
+def _hf_folder_with_pickled_bin(folder: Path, marker: Path) -> str:
+    import transformers
+
+    config = transformers.BertConfig(
+        vocab_size=32,
+        hidden_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=8,
+        max_position_embeddings=16,
+        architectures=["BertModel"],
+    )
+    config.save_pretrained(folder)
+    torch.save({"embeddings.word_embeddings.weight": _Payload(marker)}, folder / "pytorch_model.bin")
+    return str(folder)
+
+
+def _torchscript_with_pickled_data(folder: Path, marker: Path) -> str:
+    good, bad = folder / "good.pt", folder / "scripted.pt"
+    torch.jit.save(torch.jit.script(_Small().eval()), str(good))
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(bad, "w", zipfile.ZIP_STORED) as zout:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            zout.writestr(
+                info,
+                pickle.dumps(_Payload(marker), protocol=2) if info.filename.endswith("/data.pkl") else data,
+            )
+    return str(bad)
+
+
+def _whole_module_pickle(folder: Path, marker: Path) -> str:
+    torch.save(_Payload(marker), folder / "model.pt")
+    return str(folder / "model.pt")
+
+
+@pytest.mark.parametrize(
+    ("build", "error"),
+    [
+        (
+            _hf_folder_with_pickled_bin,
+            r"hf has weights that are pickled Python objects beyond tensors; .*weights_only=True",
+        ),
+        (
+            _torchscript_with_pickled_data,
+            r"scripted\.pt is a pickled Python object .*refuses untrusted pickles",
+        ),
+        (_whole_module_pickle, r"model\.pt is a pickled Python object .*refuses untrusted pickles"),
+    ],
+    ids=["hf-pytorch_model.bin", "torchscript-data.pkl", "torch.save-whole-model"],
+)
+def test_model_sources_that_would_unpickle_are_refused(build, error: str, tmp_path: Path) -> None:
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    marker = tmp_path / "pwned"
+    source = build(folder, marker)
+    with pytest.raises(LoadError, match=error):
+        load_model(source)
+    assert not marker.exists()
+
+
+def test_torchscript_extra_files_are_never_unpickled(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "extra.pt"
+    torch.jit.save(
+        torch.jit.script(_Small().eval()),
+        str(path),
+        _extra_files={"evil.pkl": pickle.dumps(_Payload(marker))},
+    )
+    assert load_model(str(path)).kind == "torchscript"
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".npz"])
+def test_sample_files_that_would_unpickle_are_refused(suffix: str, tmp_path: Path) -> None:
+    from torchport.exporters._input_specs import load_sample_file
+    from torchport.exporters._onnx_passes import load_samples
+    from torchport.runtimes import UsageError
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / f"samples{suffix}"
+    if suffix == ".pt":
+        torch.save({"x": _Payload(marker)}, path)
+        error = r"cannot read sample file .*samples\.pt with weights_only=True \(UnpicklingError\)"
+    else:
+        np.savez(path, x=np.array([_Payload(marker)], dtype=object))
+        error = r"cannot read sample file .*samples\.npz: ValueError: Object arrays cannot be loaded"
+    with pytest.raises(UsageError, match=error):
+        load_sample_file(str(path), signature=None)
+    if suffix == ".npz":  # --calibration and --samples files
+        with pytest.raises(UsageError, match=r"cannot read samples from .*Object arrays cannot be loaded"):
+            load_samples(path, ["x"], {"x": 1})
+    assert not marker.exists()
