@@ -1,13 +1,10 @@
 """torchport.exporters — the torch side: load, capture, passes, ONNX export, parity validation."""
 
+from torchport.exporters._example_inputs import ExampleInputs
+from torchport.exporters._example_resolution import resolve_example_inputs
 from torchport.exporters._export import ExportContext, ExportResult, export_model
-from torchport.exporters._input_specs import (
-    ExampleInputs,
-    parse_dim_spec,
-    parse_input_spec,
-    resolve_example_inputs,
-)
-from torchport.exporters._loading import LoadedModel, load_model
+from torchport.exporters._loaded_model import LoadedModel
+from torchport.exporters._loading import load_model
 from torchport.exporters._localize import Localization, localize
 from torchport.exporters._optimize import OptimizeResult, optimize_package
 from torchport.exporters._outputs import OutputSelection, flatten_outputs
@@ -20,6 +17,7 @@ from torchport.exporters._validate import (
     check_parity,
     validate,
 )
+from torchport.runtimes._spec_syntax import parse_dim_spec, parse_input_spec
 
 __all__ = [
     "Attempt",

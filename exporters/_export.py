@@ -18,14 +18,13 @@ from typing import Any
 
 import torch
 
-from torchport.exporters._capture import analyze_failure, debug_post_mortem, format_failure, user_traceback
-from torchport.exporters._input_specs import (
-    ExampleInputs,
-    parse_dim_spec,
-    parse_input_spec,
-    resolve_example_inputs,
-)
-from torchport.exporters._loading import LoadedModel, load_model
+from torchport.exporters._capture_failures import analyze_failure, format_failure
+from torchport.exporters._debugger import debug_post_mortem
+from torchport.exporters._example_inputs import ExampleInputs
+from torchport.exporters._example_resolution import resolve_example_inputs
+from torchport.exporters._export_gate import GateOptions, chain_hooks, export_gate
+from torchport.exporters._loaded_model import LoadedModel
+from torchport.exporters._loading import load_model
 from torchport.exporters._onnx_export import (
     EXTERNAL_DATA_THRESHOLD,
     finalize_model,
@@ -34,10 +33,12 @@ from torchport.exporters._onnx_export import (
 )
 from torchport.exporters._outputs import FlatModule, OutputSelection
 from torchport.exporters._progress import Progress
+from torchport.exporters._source_lines import user_traceback
 from torchport.exporters._strategies import Attempt, ExportPlan, run_strategies
-from torchport.runtimes._errors import ExportError, TorchportError, UsageError
+from torchport.runtimes._errors import ExportError, LoadError, TorchportError, UsageError, describe_error
 from torchport.runtimes._manifest import DimRange, Manifest, TensorSpec, Variant
 from torchport.runtimes._package import ModelPackage, PackageWriter, write_package
+from torchport.runtimes._spec_syntax import parse_dim_spec, parse_input_spec
 
 __all__ = ["ExportContext", "ExportResult", "export_model"]
 
@@ -178,10 +179,8 @@ def _model_of(loaded: LoadedModel) -> torch.nn.Module:
         try:
             return loaded.exported_program.module()
         except Exception as e:  # noqa: BLE001
-            raise ExportError(
-                f"load failed: cannot rebuild a module from {loaded.reference}: {e}", stage="load"
-            ) from e
-    raise ExportError(f"load failed: {loaded.reference} gave no module", stage="load")
+            raise LoadError(f"cannot rebuild a module from {loaded.reference}: {describe_error(e)}") from e
+    raise LoadError(f"{loaded.reference} gave no module")
 
 
 def stage_wrap(
@@ -200,19 +199,18 @@ def stage_wrap(
         raise
     except Exception as e:  # noqa: BLE001
         failure = analyze_failure(e, "capture")
-        failure.summary = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        failure.summary = describe_error(e)
         failure.hint = (
             "the model fails in eager PyTorch on its example inputs: fix the model, or give inputs it "
             'accepts (--input "name:dtype[dims]", example_inputs(), --sample)'
         )
-        err = ExportError(
+        raise ExportError(
             format_failure(failure, "capture", "the model raised in eager mode on its example inputs"),
             stage="capture",
-        )
-        err.failure = failure  # type: ignore[attr-defined]
-        err.user_traceback = user_traceback(e)  # type: ignore[attr-defined]
-        err.original = e  # type: ignore[attr-defined]
-        raise err from e
+            failure=failure,
+            user_traceback=user_traceback(e),
+            original=e,
+        ) from e
     if flat.num_inputs != len(example.specs):
         raise ExportError(
             f"capture failed: the example inputs have {flat.num_inputs} tensors but {len(example.specs)} specs",
@@ -418,8 +416,6 @@ def export_model(
         >>> result.manifest.inputs[0].shape
         ['batch', 16]
     """
-    from torchport.exporters._export_gate import GateOptions, chain_hooks, export_gate
-
     gate = GateOptions(
         level=level,
         fp16=fp16,

@@ -29,8 +29,10 @@ from typing import Any
 
 import torch
 
-from torchport.exporters._input_specs import ExampleInputs
-from torchport.runtimes._errors import LoadError, TorchportError
+from torchport.exporters._example_inputs import ExampleInputs
+from torchport.exporters._loaded_model import LoadedModel
+from torchport.exporters._untrusted import is_refused_pickle
+from torchport.runtimes._errors import LoadError, TorchportError, describe_error
 from torchport.runtimes._manifest import DimRange, TensorSpec
 
 __all__ = ["load_hf_folder", "hf_folder_sha256", "hf_example_inputs"]
@@ -40,11 +42,6 @@ MAX_SEQ = 512
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5")
 _CONFIG_FILES = ("config.json", "generation_config.json")
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0].strip() if text else ""
 
 
 def hf_folder_sha256(folder: Path) -> str:
@@ -135,8 +132,6 @@ def load_hf_folder(
         attn_implementation: ``"sdpa"`` (default; falls back to ``"eager"`` when the model has no
             SDPA support) or ``"eager"``.
     """
-    from torchport.exporters._loading import LoadedModel, _is_refused_pickle
-
     if not (folder / "config.json").is_file():
         raise LoadError(
             f"{folder} has no config.json: not a Hugging Face model folder (save one with model.save_pretrained)"
@@ -149,7 +144,7 @@ def load_hf_folder(
     try:
         config = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
     except Exception as e:  # noqa: BLE001
-        raise LoadError(f"cannot read {folder}/config.json: {type(e).__name__}: {_first_line(e)}") from e
+        raise LoadError(f"cannot read {folder}/config.json: {describe_error(e)}") from e
     cls = _model_class(config, folder)
     has_weights = any(p.name.endswith(_WEIGHT_SUFFIXES) for p in folder.iterdir() if p.is_file())
     if not has_weights:
@@ -171,7 +166,7 @@ def load_hf_folder(
             break
         except Exception as e:  # noqa: BLE001
             text = str(e).lower()
-            if _is_refused_pickle(e):
+            if is_refused_pickle(e):
                 raise LoadError(
                     f"{folder} has weights that are pickled Python objects beyond tensors; torchport loads "
                     "weights with weights_only=True and refuses untrusted pickles: re-save the model with "
@@ -180,7 +175,7 @@ def load_hf_folder(
             if i + 1 < len(attempts) and any(w in text for w in ("attn", "attention", "sdpa")):
                 continue
             raise LoadError(
-                f"cannot load {folder} as {getattr(cls, '__name__', cls)}: {type(e).__name__}: {_first_line(e)}"
+                f"cannot load {folder} as {getattr(cls, '__name__', cls)}: {describe_error(e)}"
             ) from e
     assert model is not None
     model.eval()

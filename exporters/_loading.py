@@ -32,15 +32,17 @@ import os
 import sys
 import types
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from torchport.exporters._input_specs import ExampleInputs, example_from_object
-from torchport.exporters._untrusted import check_pt2_archive, untrusted_pt2_load
-from torchport.runtimes._errors import LoadError, TorchportError
+from torchport.exporters._example_inputs import ExampleInputs
+from torchport.exporters._hf import load_hf_folder
+from torchport.exporters._loaded_model import LoadedModel
+from torchport.exporters._untrusted import check_pt2_archive, is_refused_pickle, untrusted_pt2_load
+from torchport.exporters._user_examples import example_from_object
+from torchport.runtimes._errors import LoadError, TorchportError, describe_error
 from torchport.runtimes._manifest import DimRange
 from torchport.runtimes._package import sha256_file
 
@@ -56,90 +58,7 @@ _SOURCE_FORMS = (
 )
 
 
-@dataclass
-class LoadedModel:
-    """A loaded model and what was found next to it.
-
-    Attributes:
-        module: the model in eval mode; for an ExportedProgram its ``.module()`` (not put in eval
-            mode: the program was captured in whichever mode it was), or ``None`` if that fails.
-        kind: ``"python_file"``, ``"python_module"``, ``"torchscript"``, ``"exported_program"`` or
-            ``"huggingface"``.
-        reference: the source string as the user gave it.
-        sha256: sha256 of the source file (python file, ``.pt``, ``.pt2``), or of a Hugging Face
-            folder's config and weight files (sorted by name, hashed together); ``None`` for an
-            importable module.
-        example_inputs: from ``example_inputs()`` next to the factory, from a ``.pt2``'s saved example
-            inputs, or from the Hugging Face config; ``None`` if the source offers none.
-        exported_program: the ExportedProgram of a ``.pt2``.
-        hf_config: the transformers config of a Hugging Face folder.
-        forward_signature: the signature of ``module.forward`` (without ``self``), for input names.
-        dynamic_dims_decl: the model file's ``DYNAMIC_DIMS`` (``{param: {axis: (name, min, max)}}``).
-        example_source: where ``example_inputs`` came from: ``"example_inputs()"``, ``"pt2"``,
-            ``"huggingface"`` or ``None``.
-        hf_defaults: default dim ranges and value ranges derived from the HF config.
-
-    Example:
-        >>> loaded = load_model("torchport.exporters.examples.cnn:make_model")
-        >>> loaded.kind, str(loaded.example_inputs)
-        ('python_module', 'image:float32[batch,3,32,32] (batch=1..64)')
-    """
-
-    module: torch.nn.Module | None
-    kind: str
-    reference: str
-    sha256: str | None = None
-    example_inputs: ExampleInputs | None = None
-    exported_program: Any | None = None
-    hf_config: Any | None = None
-    forward_signature: inspect.Signature | None = None
-    dynamic_dims_decl: dict[str, dict[int, Any]] | None = field(default=None, repr=False)
-    example_source: str | None = None
-    hf_defaults: dict[str, Any] = field(default_factory=dict, repr=False)
-
-    def default_dims(self) -> dict[str, DimRange]:
-        """Ranges of dim names the model itself declares (``DYNAMIC_DIMS`` or the HF config)."""
-        out: dict[str, DimRange] = dict(self.hf_defaults.get("dims", {}))
-        for axes in (self.dynamic_dims_decl or {}).values():
-            for entry in axes.values():
-                with contextlib.suppress(TypeError, ValueError):
-                    name, low, high = entry
-                    out[str(name)] = DimRange(int(low), int(high))
-        if self.example_inputs is not None:
-            out.update(self.example_inputs.dynamic_dims)
-        return out
-
-    def default_value_ranges(self) -> dict[str, tuple[float, float]]:
-        """Known value ranges of integer inputs by name (``input_ids``: ``[0, vocab_size-1]``...)."""
-        out = dict(self.hf_defaults.get("value_ranges", {}))
-        if self.example_inputs is not None:
-            for s in self.example_inputs.specs:
-                if s.value_range is not None:
-                    out.setdefault(s.name, s.value_range)
-        return out
-
-    def __bool__(self) -> bool:
-        return self.module is not None or self.exported_program is not None
-
-    def __str__(self) -> str:
-        what = type(self.module).__name__ if self.module is not None else "ExportedProgram"
-        text = f"{self.kind} {self.reference} ({what})"
-        if self.example_inputs is not None:
-            text += f"; example inputs: {self.example_inputs}"
-        return text
-
-
 # --------------------------------------------------------------------------- helpers
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0].strip() if text else ""
-
-
-def _describe(e: BaseException) -> str:
-    msg = _first_line(e)
-    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
 
 
 def _signature(fn: Any) -> inspect.Signature | None:
@@ -217,7 +136,7 @@ def _instantiate(obj: Any, attr: str, where: str) -> torch.nn.Module:
     except SystemExit as e:
         raise LoadError(f"{what} {attr} in {where} called sys.exit({e.code!r})") from e
     except Exception as e:  # noqa: BLE001 - the user's code may raise anything
-        raise LoadError(f"{what} {attr} in {where} raised {_describe(e)}") from e
+        raise LoadError(f"{what} {attr} in {where} raised {describe_error(e)}") from e
     if not isinstance(result, torch.nn.Module):
         raise LoadError(
             f"{what} {attr} in {where} returned a {type(result).__module__}.{type(result).__qualname__}, "
@@ -244,7 +163,7 @@ def _examples_next_to(
     try:
         value = fn() if callable(fn) else fn
     except Exception as e:  # noqa: BLE001
-        raise LoadError(f"example_inputs() in {where} raised {_describe(e)}") from e
+        raise LoadError(f"example_inputs() in {where} raised {describe_error(e)}") from e
     try:
         ex = example_from_object(
             value, signature=signature, dynamic=decl, origin=f"example_inputs() in {where}"
@@ -275,7 +194,7 @@ def _import_file(path: Path, source: str) -> types.ModuleType:
         ) from e
     except Exception as e:  # noqa: BLE001 - the user's file may raise anything
         sys.modules.pop(mod_name, None)
-        raise LoadError(f"importing {path} failed: {_describe(e)}") from e
+        raise LoadError(f"importing {path} failed: {describe_error(e)}") from e
     return module
 
 
@@ -332,7 +251,7 @@ def _load_python_module(mod_name: str, attr: str, source: str) -> LoadedModel:
             "if __name__ == '__main__':"
         ) from e
     except Exception as e:  # noqa: BLE001
-        raise LoadError(f"importing module {mod_name!r} failed: {_describe(e)}") from e
+        raise LoadError(f"importing module {mod_name!r} failed: {describe_error(e)}") from e
     sha = None
     file = getattr(module, "__file__", None)
     if file and os.path.isfile(file):
@@ -356,13 +275,15 @@ def _refuse_pickle(path: Path, reason: BaseException) -> LoadError:
                 "torch.jit.save(torch.jit.script(model)) or torch.export.save, or point at the code that builds "
                 "it (file.py:factory)"
             )
-        return LoadError(f"cannot load {path} as TorchScript: {_describe(reason)}")
+        return LoadError(f"cannot load {path} as TorchScript: {describe_error(reason)}")
     if isinstance(obj, dict):
         return LoadError(
             f"{path} holds only weights (a state dict), not a model; load them in a factory "
             "(model.load_state_dict(torch.load(path, weights_only=True))) and pass file.py:factory"
         )
-    return LoadError(f"{path} holds a {type(obj).__name__}, not a TorchScript model: {_describe(reason)}")
+    return LoadError(
+        f"{path} holds a {type(obj).__name__}, not a TorchScript model: {describe_error(reason)}"
+    )
 
 
 def _torchscript_signature(module: Any) -> inspect.Signature | None:
@@ -394,20 +315,6 @@ def _load_torchscript(path: Path, source: str) -> LoadedModel:
     )
 
 
-def _is_refused_pickle(exc: BaseException) -> bool:
-    """Whether ``exc`` (or what caused it) is torch.load refusing a pickle under weights_only=True."""
-    import pickle
-
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, pickle.UnpicklingError) or "weights only load failed" in str(e).lower():
-            return True
-        e = e.__cause__ or e.__context__
-    return False
-
-
 def _load_exported_program(path: Path, source: str) -> LoadedModel:
     if not path.is_file():
         raise LoadError(f"model file not found: {source}")
@@ -416,14 +323,14 @@ def _load_exported_program(path: Path, source: str) -> LoadedModel:
         with untrusted_pt2_load():
             ep = torch.export.load(str(path))
     except Exception as e:  # noqa: BLE001
-        if _is_refused_pickle(e):
+        if is_refused_pickle(e):
             raise LoadError(
                 f"{source} holds pickled Python objects beyond tensors; torchport loads with "
                 "weights_only=True and refuses untrusted pickles: re-save it with torch.export.save from "
                 "a program whose inputs, weights and constants are plain tensors"
             ) from e
         raise LoadError(
-            f"cannot load {source} as an ExportedProgram (torch.export.save output): {_describe(e)}"
+            f"cannot load {source} as an ExportedProgram (torch.export.save output): {describe_error(e)}"
         ) from e
     module = None
     with contextlib.suppress(Exception):
@@ -554,8 +461,6 @@ def load_model(source: str, attn_implementation: str | None = None) -> LoadedMod
 
     # Hugging Face folder (optionally folder:component)
     if attr is None and os.path.isdir(left) or attr is not None and os.path.isdir(left):
-        from torchport.exporters._hf import load_hf_folder
-
         if attr is not None and not os.path.isfile(os.path.join(left, "config.json")):
             raise LoadError(
                 f"{left} is a folder, not a .py file or a Hugging Face model folder (no config.json); "

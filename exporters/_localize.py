@@ -27,8 +27,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from torchport.exporters._source_lines import location_in_text
+
 _FX_NAME = re.compile(r"^%([A-Za-z0-9_]+)\s*:")
-_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)\n?\s*(.*)')
 
 
 @dataclass
@@ -125,36 +126,6 @@ class Localization:
         return "\n".join(lines)
 
 
-# ---------------------------------------------------------------- source lines
-
-
-def user_frame(stack_trace: str | None) -> tuple[str, str] | None:
-    """``("file:line", code)`` of the user's frame in a torch stack trace (skips torch's own frames).
-
-    The trace lists frames outermost first; the innermost frame outside the ``torch`` package is
-    the user's line (for ``self.fc(x)`` that is the line in the user's ``forward``, not
-    ``torch/nn/modules/linear.py``).
-    """
-    if not stack_trace:
-        return None
-    frames = [
-        (m.group(1), int(m.group(2)), m.group(4).strip())
-        for m in _FRAME.finditer(stack_trace.replace("\r", ""))
-    ]
-    if not frames:
-        return None
-    ours = [f for f in frames if not _is_torch_file(f[0])] or frames
-    file, line, code = ours[-1]
-    return f"{file}:{line}", code
-
-
-def _is_torch_file(path: str) -> bool:
-    p = path.replace("\\", "/")
-    return (
-        "/site-packages/torch/" in p or "/dist-packages/torch/" in p or "/torch/fx/" in p or "/torch/nn/" in p
-    )
-
-
 # ---------------------------------------------------------------- eager side
 
 
@@ -183,36 +154,6 @@ def exported_program_for(
         )
         prog = torch.onnx.export(ep, (), dynamo=True, verbose=False, optimize=False, report=False)
     return prog.exported_program
-
-
-def dynamic_shapes_for(manifest: Any, args: tuple, kwargs: Mapping[str, Any]) -> Any:
-    """``dynamic_shapes`` for torch.export from a manifest's named dims (flat tensor inputs only).
-
-    Returns ``None`` when the inputs are not one flat tensor per manifest input.
-    """
-    import torch
-
-    specs = list(manifest.inputs)
-    dims: dict[str, Any] = {}
-
-    def shape_of(spec: Any) -> dict[int, Any] | None:
-        out = {}
-        for axis, d in enumerate(spec.shape):
-            if isinstance(d, str) and d in manifest.dynamic_dims:
-                r = manifest.dynamic_dims[d]
-                if d not in dims:
-                    dims[d] = torch.export.Dim(d, min=max(r.min, 0), max=r.max)
-                out[axis] = dims[d]
-        return out or None
-
-    flat = list(args) + list(kwargs.values())
-    if len(flat) != len(specs) or not all(isinstance(t, torch.Tensor) for t in flat):
-        return None
-    if kwargs and not args:
-        return {name: shape_of(spec) for name, spec in zip(kwargs, specs, strict=True)}
-    if args and not kwargs:
-        return tuple(shape_of(spec) for spec in specs)
-    return None
 
 
 def fx_intermediates(
@@ -324,7 +265,8 @@ def localize(
         exported_program: the ExportedProgram the ONNX model was translated from (its FX node
             names must be the ONNX value names).
         dynamic_shapes: the ``dynamic_shapes`` the model was exported with (see
-            :func:`dynamic_shapes_for`), so the re-captured FX graph names nodes the same way.
+            :func:`~torchport.exporters._dynamic_shapes.flat_dynamic_shapes`), so the re-captured FX
+            graph names nodes the same way.
         atol / rtol: a value diverges when ``max|onnx - eager| > atol + rtol * max|eager|``.
         min_cosine: if given, a value also diverges when its cosine similarity drops below it
             (used for fp16 / int8 variants, where small absolute errors are expected).
@@ -453,7 +395,7 @@ def _report(
             "torch.ops.", ""
         )
         trace = trace or fx_node.meta.get("stack_trace")
-    where = user_frame(trace)
+    where = location_in_text(trace)
     module = None
     stack = getattr(fx_node, "meta", {}).get("nn_module_stack") if fx_node is not None else None
     if stack:
@@ -482,8 +424,8 @@ def _report(
         max_rel=max_rel,
         cosine=cosine,
         inputs=inputs,
-        source=where[0] if where else None,
-        code=where[1] if where else None,
+        source=f"{where.filename}:{where.lineno}" if where else None,
+        code=where.line if where else None,
         module=module,
         compared=compared,
     )

@@ -29,9 +29,11 @@ from typing import Any
 import onnx_ir as ir
 import torch
 
-from torchport.exporters._capture import capture, export_error, quiet_torch_logs
+from torchport.exporters._capture import capture
+from torchport.exporters._capture_failures import export_error
 from torchport.exporters._onnx_export import onnx_from_program, onnx_from_torchscript
-from torchport.runtimes._errors import ExportError, UsageError
+from torchport.exporters._torch_logs import quiet_torch_logs
+from torchport.runtimes._errors import ExportError, UsageError, first_line
 from torchport.runtimes._manifest import DimRange, TensorSpec
 
 __all__ = ["STRATEGIES", "Attempt", "ExportPlan", "program_output_dims", "run_strategies"]
@@ -123,10 +125,7 @@ class ExportPlan:
         return None
 
     def data_dependent(self) -> bool:
-        return any(
-            getattr(getattr(e, "failure", None), "kind", "").startswith("data-dependent")
-            for e in self.failures
-        )
+        return any(getattr(e.failure, "kind", "").startswith("data-dependent") for e in self.failures)
 
 
 def program_output_dims(
@@ -224,7 +223,7 @@ def _torchscript(plan: ExportPlan) -> tuple[ir.Model, list[str]]:
     specialized = [
         f.failure.summary
         for f in plan.failures
-        if getattr(getattr(f, "failure", None), "kind", "") == "dynamic dim specialized"
+        if getattr(f.failure, "kind", "") == "dynamic dim specialized"
     ]
     if specialized:
         notes.append(
@@ -255,7 +254,7 @@ def _skip_reason(name: str, plan: ExportPlan) -> str | None:
             return "no capture succeeded, so there is no program to rewrite"
         if not plan.failures or plan.failures[-1].stage != "ONNX translation":
             return "the previous failure was not in ONNX translation"
-        kind = getattr(getattr(plan.failures[-1], "failure", None), "kind", "")
+        kind = getattr(plan.failures[-1].failure, "kind", "")
         if kind == "unsupported op":
             return "the failure is an op without ONNX translation, which the rewrite does not change"
     if name == "torchscript" and plan.data_dependent():
@@ -308,8 +307,7 @@ def run_strategies(
             model, warns = _RUNNERS[name](plan)
         except ExportError as e:
             plan.failures.append(e)
-            failure = getattr(e, "failure", None)
-            summary = failure.summary if failure is not None else str(e).splitlines()[0]
+            summary = e.failure.summary if e.failure is not None else first_line(e)
             attempts.append(
                 Attempt(name, ok=False, seconds=time.perf_counter() - start, stage=e.stage, error=summary)
             )
@@ -328,14 +326,15 @@ def _final_error(plan: ExportPlan, attempts: list[Attempt]) -> ExportError:
         return ExportError(
             "every export strategy was skipped: " + "; ".join(str(a) for a in attempts), stage="capture"
         )
-    with_location = [
-        e for e in plan.failures if getattr(getattr(e, "failure", None), "location", None) is not None
-    ]
+    with_location = [e for e in plan.failures if getattr(e.failure, "location", None) is not None]
     captures = [e for e in with_location if e.stage == "capture"]
     best = (captures or with_location or plan.failures)[0]
     tried = "\n".join(f"  - {a}" for a in attempts)
-    err = ExportError(f"{best}\nstrategies tried:\n{tried}", stage=best.stage)
-    for attr in ("failure", "user_traceback", "original"):
-        setattr(err, attr, getattr(best, attr, None))
-    err.attempts = attempts  # type: ignore[attr-defined]
-    return err
+    return ExportError(
+        f"{best}\nstrategies tried:\n{tried}",
+        stage=best.stage,
+        failure=best.failure,
+        user_traceback=best.user_traceback,
+        original=best.original,
+        attempts=attempts,
+    )

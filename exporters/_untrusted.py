@@ -27,7 +27,13 @@ from typing import Any
 
 from torchport.runtimes._errors import LoadError
 
-__all__ = ["UnsafeContentError", "check_pt2_archive", "check_sympy_expression", "untrusted_pt2_load"]
+__all__ = [
+    "UnsafeContentError",
+    "check_pt2_archive",
+    "check_sympy_expression",
+    "is_refused_pickle",
+    "untrusted_pt2_load",
+]
 
 _PICKLED_PREFIXES = ("opaque_obj_", "custom_obj_")
 _AOTI_DIR = "data/aotinductor/"
@@ -335,3 +341,15 @@ def untrusted_pt2_load() -> Iterator[None]:
     finally:
         for owner, attr, value in saved:
             setattr(owner, attr, value)
+
+
+def is_refused_pickle(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is torch.load refusing a pickle under weights_only=True."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, pickle.UnpicklingError) or "weights only load failed" in str(e).lower():
+            return True
+        e = e.__cause__ or e.__context__
+    return False

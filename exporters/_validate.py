@@ -55,6 +55,7 @@ from torchport.runtimes import (
     random_inputs,
     update_package,
 )
+from torchport.runtimes._errors import describe_error
 
 
 @dataclass(frozen=True)
@@ -350,7 +351,8 @@ def eager_reference(model: Any, manifest: Manifest) -> EagerReference:
     description = str(getattr(model, "reference", type(module).__name__))
     names = [s.name for s in manifest.inputs]
     try:
-        from torchport.exporters._input_specs import ExampleInputs, resolve_example_inputs
+        from torchport.exporters._example_inputs import ExampleInputs
+        from torchport.exporters._example_resolution import resolve_example_inputs
         from torchport.exporters._outputs import FlatModule
 
         example = None
@@ -532,12 +534,9 @@ def _tolerance(
 
 def _dynamic_shapes(manifest: Manifest) -> Any:
     """``dynamic_shapes`` of ``forward(*tensors)`` as ``export`` captured it (same Dim names and ranges)."""
-    try:
-        from torchport.exporters._capture import make_dynamic_shapes
+    from torchport.exporters._dynamic_shapes import flat_dynamic_shapes
 
-        return make_dynamic_shapes(list(manifest.inputs), dict(manifest.dynamic_dims))
-    except Exception:
-        return None
+    return flat_dynamic_shapes(list(manifest.inputs), dict(manifest.dynamic_dims))
 
 
 def _deviation(got: np.ndarray, ref: np.ndarray) -> float:
@@ -599,7 +598,7 @@ def check_parity(
             refs.append(_eager_outputs(module, case.tensors))
         except Exception as e:
             raise ValidationError(
-                f"eager PyTorch failed on validation input ({case.label}): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; "
+                f"eager PyTorch failed on validation input ({case.label}): {describe_error(e)}; "
                 "check the dynamic dim ranges and value ranges of the package's inputs"
             ) from e
     n_out = len(manifest.outputs)
@@ -620,7 +619,7 @@ def check_parity(
         except ProviderError:
             raise  # the requested execution provider is missing: the user's setup, not parity
         except Exception as e:
-            vp.error = f"ONNX Runtime failed: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            vp.error = f"ONNX Runtime failed: {describe_error(e)}"
             continue
         for j, spec in enumerate(manifest.outputs):
             name = spec.name if spec.name in names else names[j]

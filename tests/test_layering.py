@@ -56,3 +56,85 @@ def test_cli_and_serving_start_without_torch() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "serve" in proc.stdout and "inspect" in proc.stdout
+
+
+_PACKAGE_DIRS = {
+    "torchport": "torchport",
+    "torchport.exporters": "exporters",
+    "torchport.runtimes": "runtimes",
+    "torchport.deploy": "deploy",
+    "torchport.cli": "cli",
+}
+
+
+def _module_files() -> dict[str, Path]:
+    """Every torchport module name → its file (packages as their ``__init__.py``)."""
+    modules: dict[str, Path] = {}
+    for package, folder in _PACKAGE_DIRS.items():
+        for path in _sources(folder):
+            rel = path.relative_to(ROOT / folder).with_suffix("")
+            parts = [p for p in rel.parts if p != "__init__"]
+            modules[".".join([package, *parts])] = path
+    return modules
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Who imports whom among torchport's modules: every import statement, lazy ones (inside
+    functions) and ``TYPE_CHECKING`` ones included, since a cycle hidden behind them is still a cycle."""
+    import ast
+
+    modules = _module_files()
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        is_package = path.name == "__init__.py"
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                base = node.module
+                if node.level:
+                    anchor = name.split(".") if is_package else name.split(".")[:-1]
+                    base = ".".join(anchor[: len(anchor) - node.level + 1] + [node.module])
+                targets = [base] + [f"{base}.{a.name}" for a in node.names]
+            for target in targets:
+                if target in modules and target != name:
+                    graph[name].add(target)
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as ``[a, b, ..., a]``, or ``None``."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt) :] + [nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def test_the_import_graph_has_no_cycle() -> None:
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_cycle_finder_finds_a_cycle() -> None:
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None

@@ -13,14 +13,12 @@ import pytest
 import torch
 from torch import nn
 
-from torchport.exporters._capture import (
-    analyze_failure,
-    capture,
-    make_dynamic_shapes,
-    user_traceback,
-)
+from torchport.exporters._capture import capture
+from torchport.exporters._capture_failures import analyze_failure
+from torchport.exporters._dynamic_shapes import flat_dynamic_shapes
 from torchport.exporters._onnx_export import finalize_model, onnx_from_program, output_specs, save_model
 from torchport.exporters._outputs import FlatModule, OutputSelection, flatten_outputs, is_causal_lm
+from torchport.exporters._source_lines import user_traceback
 from torchport.exporters._strategies import rewrite_contiguous
 from torchport.runtimes import DimRange, ExportError, TensorSpec, UsageError
 
@@ -145,7 +143,7 @@ def test_make_dynamic_shapes_shares_dims() -> None:
         TensorSpec("b", "float32", ["batch", "n"]),
         TensorSpec("c", "int64", [3]),
     ]
-    (shapes,) = make_dynamic_shapes(specs, {"batch": DimRange(1, 8), "n": DimRange(2, 9)})
+    (shapes,) = flat_dynamic_shapes(specs, {"batch": DimRange(1, 8), "n": DimRange(2, 9)})
     assert shapes[0][0] is shapes[1][0]
     assert shapes[0][0].__name__ == "batch" and shapes[1][1].min == 2 and shapes[1][1].max == 9
     assert shapes[2] is None
@@ -298,5 +296,5 @@ def test_dim_names_metadata_and_external_data(tmp_path) -> None:
 def test_single_size_range_stays_static() -> None:
     """--dim n=5..5 means a fixed size: torch.export.Dim refuses min == max, so the axis stays static."""
     specs = [TensorSpec("x", "float32", ["batch", "seq"])]
-    (shapes,) = make_dynamic_shapes(specs, {"batch": DimRange(5, 5), "seq": DimRange(1, 8)})
+    (shapes,) = flat_dynamic_shapes(specs, {"batch": DimRange(5, 5), "seq": DimRange(1, 8)})
     assert list(shapes[0]) == [1] and shapes[0][1].__name__ == "seq"

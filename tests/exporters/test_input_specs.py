@@ -16,7 +16,8 @@ from torchport.exporters import (
     parse_input_spec,
     resolve_example_inputs,
 )
-from torchport.exporters._input_specs import example_from_object, example_size
+from torchport.exporters._example_sizes import example_size
+from torchport.exporters._user_examples import example_from_object
 from torchport.runtimes import DimRange, LoadError, TensorSpec, UsageError
 
 # --------------------------------------------------------------------------- parse_input_spec

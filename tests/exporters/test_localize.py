@@ -9,7 +9,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from torchport.exporters import FunctionPass, Localization, localize
-from torchport.exporters._localize import user_frame
+from torchport.exporters._source_lines import location_in_text
 
 
 class Planted(nn.Module):
@@ -111,13 +111,13 @@ def test_perturbed_mul_constant_is_named(exported):
 
 def test_dynamic_shapes_from_manifest_match_the_exported_names(exported):
     model, x, proto = exported
-    from torchport.exporters._localize import dynamic_shapes_for
+    from torchport.exporters._dynamic_shapes import flat_dynamic_shapes
     from torchport.runtimes import DimRange, Manifest, TensorSpec
 
     manifest = Manifest(
         "m", inputs=[TensorSpec("x", "float32", ["batch", 8])], dynamic_dims={"batch": DimRange(1, 16)}
     )
-    (shapes,) = dynamic_shapes_for(manifest, (x,), {})
+    ((shapes,),) = flat_dynamic_shapes(manifest.inputs, manifest.dynamic_dims)
     assert list(shapes) == [0] and shapes[0].__name__ == "batch"
     bad, _ = perturb_mul_constant(proto)
     loc = localize(bad, {"x": x.numpy()}, module=model, args=(x,), dynamic_shapes=(shapes,))
@@ -131,14 +131,15 @@ def test_unperturbed_model_has_no_diverging_node(exported):
     assert loc.compared >= 4 and "diverges beyond tolerance" in loc.message
 
 
-def test_user_frame_skips_torch_frames():
+def test_source_line_of_a_stack_trace_skips_torch_frames():
     trace = (
         'File "/home/me/model.py", line 12, in forward\n    y = self.fc(x)\n'
         '  File "/venv/lib/python3.11/site-packages/torch/nn/modules/linear.py", line 134, in forward\n'
         "    return F.linear(input, self.weight, self.bias)"
     )
-    assert user_frame(trace) == ("/home/me/model.py:12", "y = self.fc(x)")
-    assert user_frame(None) is None
+    loc = location_in_text(trace)
+    assert (f"{loc.filename}:{loc.lineno}", loc.line) == ("/home/me/model.py:12", "y = self.fc(x)")
+    assert location_in_text(None) is None
 
 
 NET_PY = """
