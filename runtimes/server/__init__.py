@@ -7,6 +7,7 @@ Example:
 
 from torchport.runtimes.server._auth import ApiKeyAuth
 from torchport.runtimes.server._batching import ModelRunner
+from torchport.runtimes.server._config import ModelSettings, ServerConfig, VersionPolicy
 from torchport.runtimes.server._metrics import ServerMetrics
 from torchport.runtimes.server._protocol import (
     HTTPError,
@@ -15,7 +16,7 @@ from torchport.runtimes.server._protocol import (
     encode_infer_response,
 )
 from torchport.runtimes.server._repository import ModelEntry, ModelRepository, discover
-from torchport.runtimes.server._server import InferenceServer, ServerConfig, serve
+from torchport.runtimes.server._server import InferenceServer, serve
 
 __all__ = [
     "ApiKeyAuth",
@@ -25,8 +26,10 @@ __all__ = [
     "ModelEntry",
     "ModelRepository",
     "ModelRunner",
+    "ModelSettings",
     "ServerConfig",
     "ServerMetrics",
+    "VersionPolicy",
     "decode_infer_request",
     "discover",
     "encode_infer_response",

@@ -1,12 +1,19 @@
 """The model repository: one package, or a folder of packages (``name/`` or ``name/<version>/``).
 
-Each model loads on its own: a package that fails (bad hash, missing provider, broken ONNX) is
-logged and kept in the index as UNAVAILABLE with its reason, while the others serve.
+Models are served under their folder's name (overridable per model in ``serve.toml``). Each
+version loads on its own: a package that fails (bad hash, missing provider, broken ONNX) is logged
+and kept in the index as UNAVAILABLE with its reason, while the others serve. Which versions load
+is the model's version policy (default: the latest).
+
+A loaded version is swapped, never edited: :meth:`ModelRepository.publish` replaces the entry
+objects, and requests already running keep the entry (session and runner) they started with.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,14 +22,13 @@ from torchport.runtimes._errors import ServingError, TorchportError
 from torchport.runtimes._manifest import MANIFEST_NAME
 from torchport.runtimes._session import Session
 from torchport.runtimes.server._batching import ModelRunner
+from torchport.runtimes.server._config import ModelSettings, _version_key
+from torchport.runtimes.server._stats import ModelStats
 
 log = logging.getLogger("torchport.server")
 
 LOADING, READY, UNAVAILABLE = "LOADING", "READY", "UNAVAILABLE"
-
-
-def _version_key(v: str) -> tuple[int, int | str]:
-    return (0, int(v)) if v.isdigit() else (1, v)
+UNLOADED = "unloaded"
 
 
 @dataclass
@@ -38,6 +44,10 @@ class ModelEntry:
     runner: ModelRunner | None = None
     input_datatypes: dict[str, str] = field(default_factory=dict)
     output_datatypes: dict[str, str] = field(default_factory=dict)
+    settings: ModelSettings = field(default_factory=ModelSettings)
+    stats: ModelStats = field(default_factory=ModelStats)
+    #: what the package folder looked like when this entry was loaded (see :func:`fingerprint`)
+    fingerprint: tuple = ()
 
     @property
     def ready(self) -> bool:
@@ -65,6 +75,8 @@ class ModelEntry:
             "inputs": tensors(sess.input_specs),
             "outputs": tensors(sess.output_specs),
             "parameters": {
+                "version": self.version,
+                "variant": sess.variant,
                 "provider": sess.provider,
                 "batch_dim": sess.batch_dim,
                 "max_batch_size": runner.max_batch_size if runner else 1,
@@ -75,13 +87,42 @@ class ModelEntry:
         }
 
 
-def discover(path: str | Path) -> list[tuple[str | None, str | None, Path]]:
-    """Find packages under ``path``: ``[(name or None, version or None, folder)]``.
+@dataclass
+class ModelSource:
+    """One model of the repository: its folder, the versions found there and how to serve it."""
 
-    ``path`` is one package (has ``torchport.json``), one model's numeric versions (``path/1/``,
-    ``path/2/``), or a repository of ``name/`` and ``name/<version>/`` folders.
+    name: str
+    folder: str
+    versions: dict[str, Path]
+    settings: ModelSettings
 
-    ``None`` name/version means "take it from the manifest" (``path`` is itself one package).
+
+def fingerprint(folder: Path) -> tuple:
+    """Names, sizes and modification times of a package folder's files (cheap change detection)."""
+    out = []
+    try:
+        for p in sorted(folder.iterdir()):
+            if p.is_file():
+                st = p.stat()
+                out.append((p.name, st.st_size, st.st_mtime_ns))
+    except OSError:
+        return ()
+    return tuple(out)
+
+
+def _manifest_version(folder: Path) -> str:
+    try:
+        return str(json.loads((folder / MANIFEST_NAME).read_text()).get("version", "1"))
+    except (OSError, ValueError, AttributeError):
+        return "1"
+
+
+def discover(path: str | Path) -> list[tuple[str, str, Path]]:
+    """Find packages under ``path``: ``[(folder name, version, package folder)]``.
+
+    ``path`` is one package (has ``torchport.json``; its folder name is the model's, its manifest
+    gives the version), one model's numeric versions (``path/1/``, ``path/2/``), or a repository of
+    ``name/`` and ``name/<version>/`` folders.
 
     Raises:
         ServingError: ``path`` does not exist or holds no package.
@@ -90,18 +131,25 @@ def discover(path: str | Path) -> list[tuple[str | None, str | None, Path]]:
     if not root.is_dir():
         raise ServingError(f"model repository {str(root)!r} does not exist or is not a folder")
     if (root / MANIFEST_NAME).is_file():
-        return [(None, None, root)]
-    found: list[tuple[str | None, str | None, Path]] = []
+        resolved = root.resolve()
+        if resolved.name.isdigit():  # one version folder of a model: models/cnn/3 is cnn version 3
+            return [(resolved.parent.name, resolved.name, root)]
+        return [(resolved.name, _manifest_version(root), root)]
+    found: list[tuple[str, str, Path]] = []
     children = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
     packages = [c for c in children if (c / MANIFEST_NAME).is_file()]
     if packages and all(c.name.isdigit() for c in packages):
         # PATH is one model's folder of numeric versions: PATH/1/, PATH/2/ ...
         return [(root.resolve().name, c.name, c) for c in sorted(packages, key=lambda c: int(c.name))]
-    for child in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for child in sorted(children):
         if (child / MANIFEST_NAME).is_file():
-            found.append((child.name, None, child))
+            found.append((child.name, _manifest_version(child), child))
             continue
-        versions = [v for v in sorted(child.iterdir()) if v.is_dir() and (v / MANIFEST_NAME).is_file()]
+        versions = [
+            v
+            for v in sorted(child.iterdir())
+            if v.is_dir() and not v.name.startswith(".") and (v / MANIFEST_NAME).is_file()
+        ]
         for v in versions:
             found.append((child.name, v.name, v))
         if not versions and any(child.iterdir()):
@@ -114,38 +162,64 @@ def discover(path: str | Path) -> list[tuple[str | None, str | None, Path]]:
     return found
 
 
-class ModelRepository:
-    """All served models, by name and version."""
+def scan_sources(path: str | Path, settings_for: Callable[[str], ModelSettings]) -> dict[str, ModelSource]:
+    """The models under ``path`` by served name; ``settings_for(folder)`` gives each one's settings.
 
-    def __init__(self, entries: list[ModelEntry]) -> None:
-        self.entries = entries
+    Raises:
+        ServingError: two folders would be served under the same name, or ``path`` holds no package.
+    """
+    sources: dict[str, ModelSource] = {}
+    for folder, version, pkg in discover(path):
+        settings = settings_for(folder)
+        name = settings.name or folder
+        src = sources.get(name)
+        if src is None:
+            src = sources[name] = ModelSource(name, folder, {}, settings)
+        elif src.folder != folder:
+            raise ServingError(
+                f"folders {src.folder!r} and {folder!r} would both be served as {name!r}; "
+                "give one a different name in serve.toml ([models.FOLDER] name = ...)"
+            )
+        src.versions[version] = pkg
+    return sources
+
+
+class ModelRepository:
+    """All served models, by name and version.
+
+    Mutated only on the event loop thread (lookups there need no lock); loading happens elsewhere
+    and is published with :meth:`publish`.
+    """
+
+    def __init__(self, sources: dict[str, ModelSource], root: Path | None = None) -> None:
+        self.root = root
+        self.sources = sources
         self._by_name: dict[str, dict[str, ModelEntry]] = {}
-        for e in entries:
-            self._by_name.setdefault(e.name, {})[e.version] = e
+        #: names the server knows about, loaded or not (metrics label values stay bounded)
+        self.known: set[str] = set(sources)
 
     @classmethod
-    def scan(cls, path: str | Path) -> ModelRepository:
+    def scan(
+        cls, path: str | Path, settings_for: Callable[[str], ModelSettings] | None = None
+    ) -> ModelRepository:
         """Index the packages under ``path`` (nothing is loaded yet).
 
         Example:
             >>> repo = ModelRepository.scan("models/")        # doctest: +SKIP
-            >>> [(e.name, e.version, e.state) for e in repo.entries]
-            [('cnn', '1', 'LOADING'), ('mlp', '3', 'LOADING')]
+            >>> sorted(repo.sources)
+            ['cnn', 'mlp']
         """
-        import json
+        return cls(scan_sources(path, settings_for or (lambda folder: ModelSettings())), Path(path))
 
-        entries = []
-        for name, version, folder in discover(path):
-            if name is None or version is None:
-                try:
-                    data = json.loads((folder / MANIFEST_NAME).read_text())
-                    name = name or str(data["name"])
-                    version = version or str(data.get("version", "1"))
-                except (OSError, ValueError, KeyError, TypeError):
-                    name = name or folder.name
-                    version = version or "1"
-            entries.append(ModelEntry(name=name, version=version, path=folder))
-        return cls(entries)
+    def planned(self, name: str) -> list[ModelEntry]:
+        """Fresh (not yet loaded) entries for the versions ``name``'s version policy selects."""
+        src = self.sources[name]
+        chosen = src.settings.version_policy.select(list(src.versions))
+        return [ModelEntry(name, v, src.versions[v], settings=src.settings) for v in chosen]
+
+    @property
+    def entries(self) -> list[ModelEntry]:
+        return [e for versions in self._by_name.values() for e in versions.values()]
 
     def names(self) -> list[str]:
         return sorted(self._by_name)
@@ -154,7 +228,7 @@ class ModelRepository:
         return sorted(self._by_name.get(name, {}), key=_version_key)
 
     def get(self, name: str, version: str | None = None) -> ModelEntry | None:
-        """The entry for ``name`` (``version`` or the highest one); ``None`` if unknown."""
+        """The entry for ``name`` (``version`` or the highest ready one); ``None`` if unknown."""
         versions = self._by_name.get(name)
         if not versions:
             return None
@@ -163,8 +237,38 @@ class ModelRepository:
             version = max(ready or versions, key=_version_key)
         return versions.get(version)
 
-    def load_entry(self, entry: ModelEntry, make_session, make_runner) -> None:
+    def publish(self, name: str, entries: list[ModelEntry], *, keep_failed_old: bool = True) -> None:
+        """Make ``entries`` the served versions of ``name`` (event loop thread).
+
+        A new entry that failed to load does not replace a ready old one of the same version
+        (``keep_failed_old``): the old one keeps serving and the failure stays in the log and index.
+        Versions no longer listed are dropped; requests already running on them finish normally.
+        """
+        old = self._by_name.get(name, {})
+        new: dict[str, ModelEntry] = {}
+        for e in entries:
+            prev = old.get(e.version)
+            if keep_failed_old and not e.ready and prev is not None and prev.ready:
+                prev.reason = e.reason
+                new[e.version] = prev
+            else:
+                if prev is not None and prev.ready and e.ready:
+                    e.stats = prev.stats
+                new[e.version] = e
+        self.known.add(name)
+        if new:
+            self._by_name[name] = new
+        else:
+            self._by_name.pop(name, None)
+
+    def unload(self, name: str) -> list[ModelEntry]:
+        """Stop serving ``name``; returns the entries that were served."""
+        return list(self._by_name.pop(name, {}).values())
+
+    @staticmethod
+    def load_entry(entry: ModelEntry, make_session, make_runner) -> None:
         """Load one entry; a TorchportError marks it UNAVAILABLE with the reason (logged)."""
+        entry.fingerprint = fingerprint(entry.path)
         try:
             session = make_session(entry)
             entry.session = session
@@ -174,9 +278,10 @@ class ModelRepository:
             entry.state = READY
             entry.reason = ""
             log.info(
-                "model %s version %s ready on %s (batching: %s)",
+                "model %s version %s ready: variant %s on %s (batching: %s)",
                 entry.name,
                 entry.version,
+                session.variant,
                 session.provider,
                 f"up to {entry.runner.max_batch_size}" if entry.runner.batching else "off",
             )
@@ -192,11 +297,18 @@ class ModelRepository:
             log.exception("%s", entry.reason)
 
     def index(self) -> list[dict[str, str]]:
-        """The repository index (Triton's model repository extension)."""
+        """The repository index (Triton's model repository extension): every model found on disk,
+        each served version with its state, models not loaded as UNAVAILABLE / unloaded."""
         out = []
-        for e in sorted(self.entries, key=lambda e: (e.name, _version_key(e.version))):
-            item = {"name": e.name, "version": e.version, "state": e.state}
-            if e.reason:
-                item["reason"] = e.reason
-            out.append(item)
+        for name in sorted(set(self.sources) | set(self._by_name)):
+            served = self._by_name.get(name)
+            if not served:
+                out.append({"name": name, "state": UNAVAILABLE, "reason": UNLOADED})
+                continue
+            for v in sorted(served, key=_version_key):
+                e = served[v]
+                item = {"name": name, "version": v, "state": e.state}
+                if e.reason:
+                    item["reason"] = e.reason
+                out.append(item)
         return out

@@ -16,6 +16,12 @@ from urllib.parse import unquote
 from torchport.runtimes._errors import InferenceInputError
 from torchport.runtimes.server._accesslog import log_access
 from torchport.runtimes.server._auth import OPEN_PATHS, ApiKeyAuth
+from torchport.runtimes.server._extensions import (
+    EXTENSIONS,
+    config_response,
+    repository_action,
+    stats_response,
+)
 from torchport.runtimes.server._http import Deferred, Request, Response
 from torchport.runtimes.server._metrics import ServerMetrics
 from torchport.runtimes.server._protocol import (
@@ -31,6 +37,7 @@ log = logging.getLogger("torchport.server")
 
 _JSON = "application/json"
 _MODELS = "/v2/models/"
+_REPOSITORY_MODELS = "/v2/repository/models/"
 
 
 def _json(status: int, obj: Any) -> Response:
@@ -56,13 +63,16 @@ class InferenceApp:
         self.max_request_bytes = max_request_bytes
         self.loaded = False  # every model's load was attempted
         self.draining = False
-        self._known_models = frozenset(repository.names())
+        #: readiness needs every (model, version) of ``expected`` ready, not just one
+        self.strict_readiness = False
+        self.expected: set[tuple[str, str]] = set()
+        #: /metrics answers without the API key
+        self.metrics_public = False
+        #: loads and unloads models (None: --model-control none)
+        self.control = None
+        self.model_control = "none"
         self._metadata = json_dumps(
-            {
-                "name": server_name,
-                "version": server_version,
-                "extensions": ["binary_tensor_data", "model_repository"],
-            }
+            {"name": server_name, "version": server_version, "extensions": EXTENSIONS}
         )
 
     # -- plumbing ---------------------------------------------------------------------------------
@@ -73,7 +83,7 @@ class InferenceApp:
     def on_response(self, req: Request, resp: Response, nbytes: int) -> None:
         duration = time.perf_counter() - req.started
         # label values are bounded: unknown model names and paths are not echoed into metrics
-        model = req.model if req.model in self._known_models else ""
+        model = req.model if req.model in self.repository.known else ""
         endpoint = req.endpoint or "unknown"
         status = str(resp.status)
         m = self.metrics
@@ -96,7 +106,12 @@ class InferenceApp:
 
     @property
     def ready(self) -> bool:
-        return self.loaded and not self.draining and any(e.ready for e in self.repository.entries)
+        if not self.loaded or self.draining:
+            return False
+        if self.strict_readiness:
+            served = {(e.name, e.version) for e in self.repository.entries if e.ready}
+            return bool(served) and self.expected <= served
+        return any(e.ready for e in self.repository.entries)
 
     # -- routing ----------------------------------------------------------------------------------
 
@@ -117,12 +132,18 @@ class InferenceApp:
                 return _json(200, {"live": True})
             ready = self.ready
             return _json(200 if ready else 503, {"ready": ready})
+        if path == "/metrics" and self.metrics_public:
+            return self._metrics(req)
         if self.auth is not None and not self.auth.allowed(req.headers.get("authorization")):
             raise HTTPError(
                 401,
                 "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
                 [("www-authenticate", 'Bearer realm="torchport"')],
             )
+        if path == "/v2/models/stats":
+            req.endpoint = "stats"
+            self._method(req, "GET")
+            return stats_response(self, None, None)
         if path.startswith(_MODELS):
             return self._model_route(req, path[len(_MODELS) :])
         if path in ("/v2", "/v2/"):
@@ -130,16 +151,24 @@ class InferenceApp:
             self._method(req, "GET", "HEAD")
             return Response(200, self._metadata)
         if path == "/metrics":
-            req.endpoint = "metrics"
-            self._method(req, "GET", "HEAD")
-            return Response(
-                200, self.metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8"
-            )
+            return self._metrics(req)
         if path == "/v2/repository/index":
             req.endpoint = "repository_index"
             self._method(req, "POST", "GET")
             return _json(200, self.repository.index())
+        if path.startswith(_REPOSITORY_MODELS):
+            name, _, action = path[len(_REPOSITORY_MODELS) :].partition("/")
+            if action in ("load", "unload") and name:
+                req.endpoint = f"repository_{action}"
+                req.model = unquote(name)
+                self._method(req, "POST")
+                return repository_action(self, req.model, action)
         raise HTTPError(404, f"no such endpoint: {req.method} {path}")
+
+    def _metrics(self, req: Request) -> Response:
+        req.endpoint = "metrics"
+        self._method(req, "GET", "HEAD")
+        return Response(200, self.metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")
 
     @staticmethod
     def _method(req: Request, *allowed: str) -> None:
@@ -159,7 +188,7 @@ class InferenceApp:
             version = unquote(tail[1])
             tail = tail[2:]
         req.model = name
-        req.endpoint = tail[0] if tail and tail[0] in ("ready", "infer") else "metadata"
+        req.endpoint = tail[0] if tail and tail[0] in ("ready", "infer", "config", "stats") else "metadata"
         if not tail or tail == [""]:
             self._method(req, "GET", "HEAD")
             entry = self._entry(name, version, need_ready=True)
@@ -172,7 +201,17 @@ class InferenceApp:
         if tail == ["infer"]:
             self._method(req, "POST")
             return self._infer(req, name, version)
+        if tail == ["config"]:
+            self._method(req, "GET")
+            return config_response(self, name, version)
+        if tail == ["stats"]:
+            self._method(req, "GET")
+            return stats_response(self, name, version)
         raise HTTPError(404, f"no such endpoint: {req.method} {req.path}")
+
+    def model_entry(self, name: str, version: str | None, *, need_ready: bool) -> ModelEntry:
+        """The served entry, or the HTTPError (404 unknown, 503 not ready) to answer with."""
+        return self._entry(name, version, need_ready=need_ready)
 
     def _entry(self, name: str, version: str | None, *, need_ready: bool) -> ModelEntry:
         entry = self.repository.get(name, version)
@@ -181,6 +220,10 @@ class InferenceApp:
                 raise HTTPError(
                     404,
                     f"model {name!r} has no version {version!r}; versions: {', '.join(self.repository.versions(name))}",
+                )
+            if name in self.repository.known:
+                raise HTTPError(
+                    503, f"model {name!r} is not loaded (load it with POST /v2/repository/models/{name}/load)"
                 )
             known = ", ".join(self.repository.names()) or "none"
             raise HTTPError(404, f"unknown model {name!r}; this server serves: {known}")
@@ -222,10 +265,12 @@ class InferenceApp:
         except InferenceInputError as e:
             raise HTTPError(400, str(e)) from None
         future = runner.submit(ireq.inputs)
+        rows = next(iter(ireq.inputs.values())).shape[0] if runner.batching and ireq.inputs else 1
 
         def finish(fut: asyncio.Future) -> Response:
             exc = fut.exception()
             if exc is not None:
+                entry.stats.request_failed(time.perf_counter() - req.started)
                 if isinstance(exc, InferenceInputError):
                     return self.error_response(400, str(exc))
                 log.error(
@@ -241,6 +286,7 @@ class InferenceApp:
                 )
             outputs, queued = fut.result()
             self.metrics.queue_time.observe(queued, name)
+            entry.stats.request_done(time.perf_counter() - req.started, queued, rows)
             if ireq.outputs is not None:
                 results = {o.name: outputs[o.name] for o in ireq.outputs}
             else:

@@ -7,86 +7,23 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
-from torchport.runtimes._errors import ServingError, UsageError
-from torchport.runtimes._providers import resolve_providers
+from torchport.runtimes._errors import ServingError, TorchportError
+from torchport.runtimes._manifest import MANIFEST_NAME
 from torchport.runtimes._session import Session
 from torchport.runtimes.server._auth import ApiKeyAuth
 from torchport.runtimes.server._batching import ModelRunner
+from torchport.runtimes.server._config import ServerConfig
+from torchport.runtimes.server._control import ModelControl
 from torchport.runtimes.server._http import HttpServer
+from torchport.runtimes.server._loading import MetricsApp, check_models, warm_up
 from torchport.runtimes.server._metrics import ServerMetrics
 from torchport.runtimes.server._repository import READY, ModelEntry, ModelRepository
 from torchport.runtimes.server._routes import InferenceApp, on_batch_metrics
 
 log = logging.getLogger("torchport.server")
-
-
-@dataclass
-class ServerConfig:
-    """Everything ``torchport serve`` can set.
-
-    Attributes:
-        host / port: where to listen (port 0 picks a free port).
-        providers: execution providers in priority order (``"cpu"``, ``"cuda"``, ``"tensorrt"``...).
-        allow_fallback: serve on the next available provider when a requested one is missing.
-        variant: package variant to serve (``fp32``, ``fp16``, ``int8``).
-        max_batch_size: dynamic batching limit in rows; 1 turns batching off.
-        max_queue_delay_ms: longest a request waits for others to join its batch.
-        threads: inference worker threads (= batches in flight per model); default: CPU count.
-        intra_op_threads: ONNX Runtime threads per run (default 1: parallelism comes from workers).
-        warmup: warm-up runs per model before it reports ready.
-        api_key_env / api_key_file: where to read the API key (auth is off without one).
-        max_request_bytes: request body limit (413 above it).
-        drain_timeout: seconds SIGTERM waits for in-flight requests.
-        access_log: write one JSON line per request.
-        inline_below_us: run a model on the event loop thread instead of the pool when its runs
-            average less than this many microseconds (a thread hand-off costs more); 0 disables.
-        idle_timeout: close connections idle (keep-alive, or stalled mid-request) for this many seconds.
-    """
-
-    host: str = "127.0.0.1"
-    port: int = 8000
-    providers: str | Sequence[str] = "cpu"
-    allow_fallback: bool = False
-    variant: str = "fp32"
-    max_batch_size: int = 32
-    max_queue_delay_ms: float = 0.0
-    threads: int | None = None
-    intra_op_threads: int | None = 1
-    warmup: int = 2
-    api_key_env: str | None = None
-    api_key_file: str | None = None
-    max_request_bytes: int = 64 * 1024 * 1024
-    drain_timeout: float = 30.0
-    access_log: bool = True
-    idle_timeout: float = 75.0
-    inline_below_us: float = 30.0
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise UsageError(f"--port {self.port} is not a TCP port; use 0..65535 (0 picks a free one)")
-        if self.max_batch_size < 1:
-            raise UsageError(
-                f"--max-batch-size must be >= 1 (1 turns batching off), got {self.max_batch_size}"
-            )
-        if self.max_queue_delay_ms < 0:
-            raise UsageError(f"--max-queue-delay-ms must be >= 0, got {self.max_queue_delay_ms}")
-        if self.threads is not None and self.threads < 1:
-            raise UsageError(f"--threads must be >= 1, got {self.threads}")
-        if self.max_request_bytes < 1024:
-            raise UsageError(f"--max-request-bytes must be at least 1024, got {self.max_request_bytes}")
-        if self.idle_timeout <= 0:
-            raise UsageError(f"idle_timeout must be > 0 seconds, got {self.idle_timeout}")
-        if self.warmup < 0:
-            raise UsageError(f"--warmup must be >= 0, got {self.warmup}")
-
-    @property
-    def worker_threads(self) -> int:
-        return self.threads or max(1, min(8, os.cpu_count() or 1))
 
 
 class InferenceServer:
@@ -107,10 +44,13 @@ class InferenceServer:
     def __init__(self, path: str | os.PathLike[str], config: ServerConfig | None = None) -> None:
         self.config = config or ServerConfig()
         self.path = Path(path)
+        cfg = self.config
+        self.auth = ApiKeyAuth.from_sources(cfg.api_key_env, cfg.api_key_file)
+        self.repository = ModelRepository.scan(self.path, cfg.model_settings)
         # fail fast on configuration mistakes, before binding a socket
-        resolve_providers(self.config.providers, allow_fallback=self.config.allow_fallback)
-        self.auth = ApiKeyAuth.from_sources(self.config.api_key_env, self.config.api_key_file)
-        self.repository = ModelRepository.scan(self.path)
+        check_models(self.repository, cfg)
+        self.single_package = (self.path / MANIFEST_NAME).is_file()
+        self.exit_on_error = cfg.exit_on_error if cfg.exit_on_error is not None else self.single_package
         self.metrics = ServerMetrics()
         from torchport import __version__
 
@@ -118,14 +58,37 @@ class InferenceServer:
             self.repository,
             metrics=self.metrics,
             auth=self.auth,
-            max_request_bytes=self.config.max_request_bytes,
+            max_request_bytes=cfg.max_request_bytes,
             server_version=__version__,
         )
+        self.app.strict_readiness = cfg.strict_readiness
+        self.app.metrics_public = cfg.metrics_public or cfg.metrics_port is not None
         self.http = HttpServer(
-            self.app, max_request_bytes=self.config.max_request_bytes, idle_timeout=self.config.idle_timeout
+            self.app, max_request_bytes=cfg.max_request_bytes, idle_timeout=cfg.idle_timeout
         )
-        self.executor = ThreadPoolExecutor(self.config.worker_threads, thread_name_prefix="torchport-infer")
+        self.metrics_http: HttpServer | None = None
+        instances = [
+            s.instances or cfg.worker_threads
+            for s in (src.settings for src in self.repository.sources.values())
+        ]
+        self.executor = ThreadPoolExecutor(
+            max([cfg.worker_threads, *instances]), thread_name_prefix="torchport-infer"
+        )
+        self.control = ModelControl(
+            self.repository,
+            self._load_entry,
+            self.executor,
+            cfg.model_settings,
+            on_change=self._models_changed,
+        )
+        self.app.control = self.control if cfg.model_control != "none" else None
+        self.app.model_control = cfg.model_control
+        self.grpc = None
+        #: command-line values that win over the config file when SIGHUP re-reads it
+        self.flag_overrides: dict = {}
         self.port: int | None = None
+        self.grpc_port: int | None = None
+        self.metrics_port: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._listening = threading.Event()
@@ -135,59 +98,74 @@ class InferenceServer:
 
     @property
     def url(self) -> str:
-        host = self.config.host if self.config.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
-        return f"http://{host}:{self.port}"
+        return f"http://{self._host}:{self.port}"
+
+    @property
+    def grpc_url(self) -> str | None:
+        return f"{self._host}:{self.grpc_port}" if self.grpc_port is not None else None
+
+    @property
+    def _host(self) -> str:
+        return self.config.host if self.config.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
 
     # -- model loading ----------------------------------------------------------------------------
 
     def _make_session(self, entry: ModelEntry) -> Session:
-        cfg = self.config
+        st = entry.settings
         session = Session.from_package(
             entry.path,
-            variant=cfg.variant,
-            providers=cfg.providers,
-            allow_fallback=cfg.allow_fallback,
-            intra_op_threads=cfg.intra_op_threads,
+            variant=st.variant,
+            providers=st.providers,
+            allow_fallback=st.allow_fallback,
+            intra_op_threads=st.intra_op_threads,
             inter_op_threads=1,
             spinning=False,
         )
-        if cfg.warmup:
-            try:
-                seconds = session.warmup(cfg.warmup)
-                log.info(
-                    "model %s version %s: %d warm-up run(s) in %.3f s",
-                    entry.name,
-                    entry.version,
-                    cfg.warmup,
-                    seconds,
-                )
-            except Exception as e:  # random inputs may be illegal for this model: warn, still serve
-                log.warning(
-                    "model %s version %s: warm-up on random inputs failed (%s: %s); serving without warm-up",
-                    entry.name,
-                    entry.version,
-                    type(e).__name__,
-                    str(e).strip().splitlines()[0] if str(e).strip() else "",
-                )
+        if st.warmup:
+            warm_up(session, entry, st.warmup, st.warmup_inputs)
         return session
 
     def _make_runner(self, entry: ModelEntry, session: Session) -> ModelRunner:
-        cfg = self.config
+        st = entry.settings
+        metrics = on_batch_metrics(self.metrics, entry.name)
+
+        def on_batch(rows: int, requests: int, compute: float) -> None:
+            metrics(rows, requests, compute)
+            entry.stats.batch_done(rows, requests, compute)
+
         return ModelRunner(
             session,
             self.executor,
-            max_batch_size=cfg.max_batch_size,
-            max_queue_delay=cfg.max_queue_delay_ms / 1000.0,
-            workers=cfg.worker_threads,
-            on_batch=on_batch_metrics(self.metrics, entry.name),
-            inline_below=cfg.inline_below_us / 1e6,
+            max_batch_size=st.max_batch_size,
+            max_queue_delay=st.max_queue_delay_ms / 1000.0,
+            workers=st.instances or self.config.worker_threads,
+            on_batch=on_batch,
+            inline_below=self.config.inline_below_us / 1e6,
         )
 
-    def _load_all(self) -> None:
-        for entry in self.repository.entries:
-            self.repository.load_entry(entry, self._make_session, self._make_runner)
+    def _load_entry(self, entry: ModelEntry) -> None:
+        self.repository.load_entry(entry, self._make_session, self._make_runner)
+
+    def _initial_models(self) -> list[str]:
+        cfg = self.config
+        if cfg.model_control != "explicit":
+            return sorted(self.repository.sources)
+        by_folder = {src.folder: name for name, src in self.repository.sources.items()}
+        return sorted(set(cfg.load) | {by_folder[f] for f in cfg.models if f in by_folder})
+
+    def _load_initial(self, entries: list[ModelEntry]) -> None:
+        """Load the models served from the start (in the executor; they are already published as LOADING)."""
+        for entry in entries:
+            self._load_entry(entry)
+
+    def _models_changed(self) -> None:
+        """After a load/unload/poll: strict readiness follows what is meant to be served now."""
+        self.app.expected = {(e.name, e.version) for e in self.repository.entries}
+        self._publish_model_metrics()
 
     def _publish_model_metrics(self) -> None:
+        self.metrics.model_ready.values.clear()
+        self.metrics.model_info.values.clear()
         for e in self.repository.entries:
             self.metrics.model_ready.set(e.name, e.version, value=1 if e.state == READY else 0)
             if e.session is not None:
@@ -196,52 +174,122 @@ class InferenceServer:
     # -- lifecycle --------------------------------------------------------------------------------
 
     async def serve(self, *, install_signal_handlers: bool = True) -> None:
-        """Listen, load every model (warm-up included), serve until stopped, then drain."""
+        """Listen, load the models (warm-up included), serve until stopped, then drain.
+
+        Raises:
+            ServingError: a model failed to load and ``exit_on_error`` is on (after closing).
+        """
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._stop = asyncio.Event()
-        self.port = await self.http.start(self.config.host, self.config.port)
-        log.info(
-            "listening on %s (models load in the background; /v2/health/ready turns 200 when done)", self.url
-        )
-        if install_signal_handlers:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                try:
-                    loop.add_signal_handler(sig, self._begin_shutdown, sig)
-                except (
-                    NotImplementedError,
-                    RuntimeError,
-                ):  # pragma: no cover - not the main thread / Windows
-                    pass
-        self._listening.set()
+        cfg = self.config
+        self.port = await self.http.start(cfg.host, cfg.port)
+        failure: ServingError | None = None
         try:
-            await loop.run_in_executor(self.executor, self._load_all)
+            if cfg.metrics_port is not None:
+                self.metrics_http = HttpServer(MetricsApp(self.metrics), max_request_bytes=1024)
+                self.metrics_port = await self.metrics_http.start(cfg.host, cfg.metrics_port)
+                log.info("metrics on http://%s:%d/metrics", self._host, self.metrics_port)
+            if cfg.grpc_port is not None:
+                from torchport.runtimes.server._grpc import GrpcServer
+
+                self.grpc = GrpcServer(self.app)
+                self.grpc_port = await self.grpc.start(cfg.host, cfg.grpc_port, cfg.max_request_bytes)
+                log.info("gRPC on %s", self.grpc_url)
+            log.info(
+                "listening on %s (models load in the background; /v2/health/ready turns 200 when done)",
+                self.url,
+            )
+            if install_signal_handlers:
+                self._install_signal_handlers(loop)
+            self._listening.set()
+            attempted = []
+            for name in self._initial_models():
+                entries = self.repository.planned(name)
+                self.repository.publish(name, entries)
+                attempted.extend(entries)
+            self.app.expected = {(e.name, e.version) for e in attempted}
+            await loop.run_in_executor(self.executor, self._load_initial, attempted)
             self._publish_model_metrics()
             self.app.loaded = True
-            ready = [f"{e.name}:{e.version}" for e in self.repository.entries if e.ready]
-            failed = [e for e in self.repository.entries if not e.ready]
+            ready = [f"{e.name}:{e.version}" for e in attempted if e.ready]
+            failed = [e for e in attempted if not e.ready]
             if ready:
                 log.info("ready: serving %s on %s", ", ".join(ready), self.url)
             for e in failed:
                 log.error("not serving %s", e.reason)
-            if not ready:
+            if failed and self.exit_on_error:
+                failure = ServingError(
+                    "; ".join(e.reason for e in failed)
+                    + " (exiting: --exit-on-error; pass --no-exit-on-error to serve the others)"
+                )
+                self._error = failure
+                self._stop.set()
+            elif not ready:
                 log.error("no model could be loaded; /v2/health/ready stays 503")
             self._loaded.set()
+            poller = loop.create_task(self._poll_loop()) if cfg.model_control == "poll" else None
             await self._stop.wait()
+            if poller is not None:
+                poller.cancel()
             self.app.draining = True
-            inflight = self.http.inflight
+            inflight = self.http.inflight + (self.grpc.inflight if self.grpc else 0)
             if inflight:
-                log.info(
-                    "draining %d in-flight request(s) (up to %.0f s)", inflight, self.config.drain_timeout
-                )
-            drained = await self.http.drain(self.config.drain_timeout)
+                log.info("draining %d in-flight request(s) (up to %.0f s)", inflight, cfg.drain_timeout)
+            drained = await self.http.drain(cfg.drain_timeout)
+            if self.grpc is not None:
+                drained = await self.grpc.drain(cfg.drain_timeout) and drained
             if not drained:
-                log.warning("drain timeout: %d request(s) still in flight are dropped", self.http.inflight)
+                log.warning("drain timeout: requests still in flight are dropped")
         finally:
             await self.http.close()
+            if self.metrics_http is not None:
+                await self.metrics_http.close()
+            if self.grpc is not None:
+                await self.grpc.close()
             self.executor.shutdown(wait=False, cancel_futures=True)
             self._loaded.set()
             log.info("stopped")
+        if failure is not None:
+            raise failure
+
+    def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self._begin_shutdown, sig)
+            except (NotImplementedError, RuntimeError):  # pragma: no cover - not the main thread
+                pass
+        try:
+            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        except (NotImplementedError, RuntimeError, AttributeError):  # pragma: no cover
+            pass
+
+    async def _poll_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.poll_interval)
+            try:
+                await self.control.poll()
+            except Exception:  # pragma: no cover - a poll must never stop the server
+                log.exception("poll of %s failed", self.path)
+
+    def request_reload(self) -> None:
+        """Re-read the config file and reload every loaded model with it (what SIGHUP does; thread-safe)."""
+        if self._loop is None:
+            return
+        self._loop.call_soon_threadsafe(lambda: self._loop.create_task(self._reload()))
+
+    async def _reload(self) -> None:
+        path = self.config.config_path
+        log.info("SIGHUP: reloading %s", path or "the models (no --config file)")
+        try:
+            new = ServerConfig.from_toml(path, **self.flag_overrides) if path else self.config
+            check_models(ModelRepository.scan(self.path, new.model_settings), new)
+        except TorchportError as e:
+            log.error("SIGHUP: config not reloaded, keeping the running one: %s", e)
+            return
+        self.config.models = new.models
+        await self.control.reload_config(new.model_settings)
+        log.info("SIGHUP: reload done")
 
     def _begin_shutdown(self, sig: int | None = None) -> None:
         if self._stop is not None and not self._stop.is_set():
@@ -284,6 +332,11 @@ class InferenceServer:
             raise ServingError(f"the server failed to start: {self._error}") from self._error
         if wait_ready and not self._loaded.wait(timeout):
             raise ServingError(f"models did not load within {timeout:.0f} s")
+        if self._error is not None:
+            self._thread.join(timeout)
+            if isinstance(self._error, ServingError):
+                raise self._error
+            raise ServingError(f"the server failed: {self._error}") from self._error
         return self
 
     def stop(self, timeout: float = 30.0) -> None:

@@ -61,7 +61,7 @@ def repo(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(repo):
-    with running_server(repo) as srv:
+    with running_server(repo, version_policy="all") as srv:
         yield srv
 
 
@@ -424,7 +424,7 @@ def test_concurrent_requests_are_batched(repo):
         for x in xs:
             inp = th.InferInput("x", [1, 4], "FP32")
             inp.set_data_from_numpy(x, binary_data=True)
-            handles.append(c.async_infer("add", [inp], model_version="1"))
+            handles.append(c.async_infer("add", [inp], model_version="2"))
         results = [h.get_result() for h in handles]
         for x, r in zip(xs, results, strict=True):
             np.testing.assert_array_equal(r.as_numpy("z"), x + 1)
@@ -455,7 +455,7 @@ def test_concurrent_requests_are_batched(repo):
     assert _metric(text, "torchport_batch_size_count", "fixed") == 4
     assert _metric(text, "torchport_queue_duration_seconds_count", "add") == 6
     assert 'torchport_requests_total{model="add",endpoint="infer",status="200"} 6' in text
-    assert 'torchport_model_info{model="add",version="1",provider="CPUExecutionProvider"} 1' in text
+    assert 'torchport_model_info{model="add",version="2",provider="CPUExecutionProvider"} 1' in text
     assert 'torchport_model_ready{model="broken",version="1"} 0' in text
 
 
@@ -538,7 +538,7 @@ def test_single_package_path_serves_under_its_manifest_name(repo):
 
 
 def test_a_folder_of_numeric_versions_is_one_model(repo):
-    with running_server(repo / "add") as srv:
+    with running_server(repo / "add", version_policy="all") as srv:
         status, _, md = http(srv, "GET", "/v2/models/add")
         assert status == 200 and json.loads(md)["versions"] == ["1", "2"]
 
