@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli.test_serve_cli import _request, _start
 from tests.runtimes.conftest import corrupt
 from tests.runtimes.server._models import make_scale_package
-from tests.runtimes.test_serve_cli import _request, _start
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
