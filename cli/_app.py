@@ -32,6 +32,8 @@ COMMAND_MODULES = (
     "torchport.cli.validate",
     "torchport.cli.inspect_package",
     "torchport.cli.serve",
+    "torchport.cli.package",
+    "torchport.cli.deploy",
 )
 
 for _module in COMMAND_MODULES:

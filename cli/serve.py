@@ -6,14 +6,21 @@ No torch: this command runs in the serving image.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
 
 def serve(
-    path: Path = typer.Argument(
-        ...,
+    path: Optional[Path] = typer.Argument(
+        None,
         help="A model package folder (out/cnn), or a folder of packages: <name>/ or <name>/<version>/.",
+    ),
+    installed: list[str] = typer.Option(
+        [],
+        "--installed",
+        help="Serve an installed model wheel (`torchport package`, then pip install) instead of PATH; "
+        "repeat for several, '*' for all, e.g. --installed cnn.",
     ),
     config: Path = typer.Option(
         None,
@@ -138,8 +145,10 @@ def serve(
 
     Example: torchport serve models/ --config serve.toml --model-control poll
     """
+    from torchport.runtimes import UsageError
     from torchport.runtimes.server import InferenceServer, ServerConfig
     from torchport.runtimes.server._accesslog import configure_logging
+    from torchport.runtimes.server._installed import installed_repository
 
     flags = {
         "host": host,
@@ -172,9 +181,17 @@ def serve(
     given = {k: v for k, v in flags.items() if v is not None}
     cfg = ServerConfig.from_toml(config, **given) if config else ServerConfig(**given)
     configure_logging(cfg.access_log)
-    server = InferenceServer(path, cfg)
-    server.flag_overrides = given
-    server.run()
+    if (path is None) == (not installed):
+        raise UsageError("give either PATH or --installed NAME (e.g. torchport serve out/cnn)")
+    if path is not None:
+        server = InferenceServer(path, cfg)
+        server.flag_overrides = given
+        server.run()
+        return
+    with installed_repository(installed) as repo:
+        server = InferenceServer(repo, cfg)
+        server.flag_overrides = given
+        server.run()
 
 
 def register(app: typer.Typer) -> None:

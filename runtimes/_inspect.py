@@ -5,14 +5,15 @@ from __future__ import annotations
 import collections
 import os
 from dataclasses import dataclass
-from typing import Any
-
-import onnx
+from typing import TYPE_CHECKING, Any
 
 from torchport.runtimes._errors import PackageError
 from torchport.runtimes._manifest import TensorSpec
 from torchport.runtimes._package import ModelPackage
 from torchport.runtimes._table import format_table, human_size
+
+if TYPE_CHECKING:
+    import onnx
 
 
 @dataclass
@@ -123,6 +124,8 @@ def _parity_line(parity: dict[str, Any]) -> str:
 
 
 def _summarize_variant(package: ModelPackage, name: str) -> VariantSummary:
+    import onnx  # here, not at module level: the serving image has no onnx
+
     variant = package.manifest.variants[name]
     path = package.path / variant.file
     try:

@@ -1,0 +1,105 @@
+"""The wheelhouse of a container build context: every wheel the image installs, so it builds offline.
+
+Only what serving needs goes in: torchport's own wheel (installed without its dependencies: the
+``onnx`` package is for export and inspection, not serving), the model wheel, ONNX Runtime (CPU or
+GPU build, without the packages only its offline tools use: sympy, coloredlogs, flatbuffers...),
+numpy, ml_dtypes (bfloat16), the CLI's typer/rich and the server extras (httptools, orjson, uvloop), each at the version
+installed here when there is one. Never torch. pip honours ``PIP_INDEX_URL``/``PIP_FIND_LINKS``/
+``PIP_NO_INDEX`` for mirrors and offline wheel folders.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from torchport import __version__ as TORCHPORT_VERSION
+from torchport.runtimes import UsageError
+
+#: resolved with their dependencies
+SERVE_REQUIREMENTS = ("numpy", "ml_dtypes", "typer", "rich", "httptools", "orjson", "uvloop")
+#: installed without their dependencies (ONNX Runtime needs only numpy to run a model)
+NO_DEPS_REQUIREMENTS = {"cpu": ("onnxruntime",), "gpu": ("onnxruntime-gpu",)}
+#: manylinux tags up to glibc 2.36 (Debian bookworm), newest first: pip does not widen --platform itself
+PLATFORMS = [f"manylinux_2_{minor}_x86_64" for minor in range(36, 16, -1)] + [
+    "manylinux2014_x86_64",
+    "manylinux2010_x86_64",
+    "manylinux1_x86_64",
+    "linux_x86_64",
+]
+
+
+def _pinned(requirement: str) -> str:
+    """``name==version`` when ``name`` is installed here (the versions torchport was tested with)."""
+    lookup = "onnxruntime" if requirement == "onnxruntime-gpu" else requirement
+    for name in (requirement, lookup):
+        try:
+            return f"{requirement}=={metadata.version(name)}"
+        except metadata.PackageNotFoundError:
+            continue
+    return requirement
+
+
+def _pip(args: list[str], what: str) -> None:
+    cmd = [sys.executable, "-m", "pip", "--disable-pip-version-check", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.startswith("ERROR")]
+        last = lines[-1] if lines else f"exit code {proc.returncode}"
+        raise UsageError(f"cannot {what}: pip failed: {last}")
+
+
+def _download(requirements: list[str], dest: Path, python_version: str, *, deps: bool) -> None:
+    target = [
+        "--only-binary=:all:",
+        *(arg for tag in PLATFORMS for arg in ("--platform", tag)),
+        "--python-version",
+        python_version,
+        "--implementation",
+        "cp",
+    ]
+    _pip(
+        ["download", "-q", "-d", str(dest), *target, *([] if deps else ["--no-deps"]), *requirements],
+        f"download {' '.join(requirements)} for Python {python_version}",
+    )
+
+
+def source_root() -> Path | None:
+    """The torchport source checkout this torchport runs from (an editable install), if any."""
+    root = Path(__file__).resolve().parents[1]
+    pyproject = root / "pyproject.toml"
+    if pyproject.is_file() and 'name = "torchport"' in pyproject.read_text():
+        return root
+    return None
+
+
+def torchport_wheel(dest: Path) -> None:
+    """Put torchport's own wheel (pure Python; torch is only an extra) into ``dest``."""
+    root = source_root()
+    if root is not None:
+        _pip(
+            ["wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(dest), str(root)],
+            f"build torchport's wheel from {root}",
+        )
+    else:
+        _pip(
+            ["download", "-q", "--no-deps", "-d", str(dest), f"torchport=={TORCHPORT_VERSION}"],
+            "download torchport's wheel",
+        )
+
+
+def build_wheelhouse(dest: Path, *, gpu: bool = False, python_version: str = "3.11") -> list[str]:
+    """Fill ``dest`` with every wheel the serving image installs; returns the file names.
+
+    Raises:
+        UsageError: pip could not get a wheel (no network and no ``PIP_FIND_LINKS``, say).
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    _download([_pinned(r) for r in SERVE_REQUIREMENTS], dest, python_version, deps=True)
+    _download(
+        [_pinned(r) for r in NO_DEPS_REQUIREMENTS["gpu" if gpu else "cpu"]], dest, python_version, deps=False
+    )
+    torchport_wheel(dest)
+    return sorted(p.name for p in dest.glob("*.whl"))

@@ -1,0 +1,179 @@
+"""`torchport package`: reproducible model wheels that install without torch and predict like ONNX Runtime."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import venv
+import zipfile
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from tests.deploy.conftest import make_external_data_package, make_two_variant_package, torchport
+from tests.runtimes.conftest import corrupt, make_add_package
+from torchport.deploy import Model, build_wheel
+from torchport.runtimes import InferenceInputError, PackageError, UsageError
+
+
+def test_wheel_layout_metadata_and_entry_points(add_pkg, tmp_path):
+    result = build_wheel(add_pkg.path, tmp_path / "dist", version="1.2.0")
+    assert result.path.name == "add-1.2.0-py3-none-any.whl"
+    with zipfile.ZipFile(result.path) as zf:
+        names = zf.namelist()
+        meta = zf.read("add-1.2.0.dist-info/METADATA").decode()
+        entry_points = zf.read("add-1.2.0.dist-info/entry_points.txt").decode()
+        record = zf.read("add-1.2.0.dist-info/RECORD").decode()
+        manifest = json.loads(zf.read("add/model/torchport.json"))
+    assert names[-1] == "add-1.2.0.dist-info/RECORD"
+    assert {"add/__init__.py", "add/model/model.onnx", "add/model/torchport.json"} <= set(names)
+    assert (
+        "Requires-Dist: torchport[serve]>=" in meta and 'extra == "cpu"' in meta and 'extra == "gpu"' in meta
+    )
+    assert "torch " not in meta and "torch>" not in meta and "Requires-Dist: torch\n" not in meta
+    assert "add-serve = add:serve" in entry_points
+    assert "[torchport.models]\nadd = add:package_path" in entry_points
+    assert all(line.count(",") == 2 for line in record.strip().splitlines())
+    assert manifest["files"]["model.onnx"]["sha256"] == add_pkg.manifest.files["model.onnx"].sha256
+
+
+def test_same_package_gives_byte_identical_wheel_and_source_date_epoch_is_honoured(
+    add_pkg, tmp_path, monkeypatch
+):
+    first = build_wheel(add_pkg.path, tmp_path / "a").path.read_bytes()
+    second = build_wheel(add_pkg.path, tmp_path / "b").path.read_bytes()
+    assert first == second
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    later = build_wheel(add_pkg.path, tmp_path / "c").path
+    assert later.read_bytes() != first
+    with zipfile.ZipFile(later) as zf:
+        assert {info.date_time for info in zf.infolist()} == {(2023, 11, 14, 22, 13, 20)}
+
+
+def test_external_data_is_packaged_and_loads(tmp_path):
+    pkg = make_external_data_package(tmp_path / "big")
+    wheel = build_wheel(pkg.path, tmp_path / "dist").path
+    extracted = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(extracted)
+    assert (extracted / "big/model/model.onnx.data").read_bytes() == (
+        pkg.path / "model.onnx.data"
+    ).read_bytes()
+    model = Model.load(extracted / "big" / "model")
+    x = np.ones((2, 16), np.float32)
+    expected = ort.InferenceSession(str(pkg.path / "model.onnx")).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(model.predict(x=x)["y"], expected)
+
+
+def test_variant_selection(tmp_path):
+    pkg = make_two_variant_package(tmp_path / "duo")
+    only_int8 = build_wheel(pkg.path, tmp_path / "d1", variant="int8").path
+    names = zipfile.ZipFile(only_int8).namelist()
+    assert "duo/model/model.int8.onnx" in names and "duo/model/model.onnx" not in names
+    manifest = json.loads(zipfile.ZipFile(only_int8).read("duo/model/torchport.json"))
+    assert list(manifest["variants"]) == ["int8"] and "model.onnx" not in manifest["files"]
+    both = zipfile.ZipFile(build_wheel(pkg.path, tmp_path / "d2", variant="all").path).namelist()
+    assert {"duo/model/model.int8.onnx", "duo/model/model.onnx"} <= set(both)
+    with pytest.raises(UsageError, match="no 'fp16' variant; it has: fp32, int8"):
+        build_wheel(pkg.path, tmp_path / "d3", variant="fp16")
+
+
+def test_model_predict_validates_like_the_server(add_pkg):
+    model = Model.load(add_pkg.path)
+    assert [s.name for s in model.signature.inputs] == ["x"]
+    assert model.signature.dynamic_dims == {"batch": (1, 64)}
+    with pytest.raises(InferenceInputError, match="input 'x' has dtype float64, expected float32"):
+        model.predict(x=np.zeros((1, 4)))
+    with pytest.raises(InferenceInputError, match="missing input 'x'"):
+        model.predict()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--name", "my-model"], "--name 'my-model' is not a valid Python module / distribution name"),
+        (["--name", "class"], "--name 'class' is not a valid Python module"),
+        (["--version", "1.0-beta"], "--version '1.0-beta' is not a PEP 440 version"),
+        (["--variant", "fp8"], "--variant 'fp8' is not one of fp32, fp16, int8, all"),
+    ],
+)
+def test_bad_input_is_one_line_exit_1_nothing_written(add_pkg, tmp_path, args, message):
+    out = tmp_path / "dist"
+    proc = torchport("package", str(add_pkg.path), "-o", str(out), *args)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: ") and message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_tampered_or_missing_package_is_refused_and_nothing_written(tmp_path):
+    pkg = make_add_package(tmp_path / "add")
+    corrupt(pkg)
+    proc = torchport("package", str(pkg.path), "-o", str(tmp_path / "dist"))
+    assert proc.returncode == 1 and "does not match its sha256" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "dist").exists()
+    with pytest.raises(PackageError, match="does not exist"):
+        build_wheel(tmp_path / "nope", tmp_path / "dist")
+    assert not (tmp_path / "dist").exists()
+
+
+def test_existing_wheel_needs_force(add_pkg, tmp_path):
+    build_wheel(add_pkg.path, tmp_path)
+    with pytest.raises(UsageError, match="already exists; pass --force"):
+        build_wheel(add_pkg.path, tmp_path)
+    assert build_wheel(add_pkg.path, tmp_path, force=True).path.is_file()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".whl") == ["add-1-py3-none-any.whl"]
+
+
+@pytest.mark.slow
+def test_wheel_installs_without_torch_predicts_and_serves(add_pkg, tmp_path, wheelhouse):
+    wheel = build_wheel(add_pkg.path, tmp_path / "dist", name="adder", version="2.0.0").path
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
+    py = str(env_dir / "bin" / "python")
+    install = subprocess.run(
+        [py, "-m", "pip", "install", "-q", "--no-index", "--find-links", str(wheelhouse), "--no-deps",
+         *[str(w) for w in sorted(wheelhouse.glob("*.whl")) if not w.name.startswith("onnxruntime_gpu")], str(wheel)],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert install.returncode == 0, install.stderr[-2000:]
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    script = (
+        "import sys, numpy as np, adder\n"
+        f"m = adder.load(provider='cpu')\nout = m.predict(x=np.load({str(tmp_path / 'x.npy')!r}))\n"
+        f"np.savez({str(tmp_path / 'out.npz')!r}, **out)\n"
+        "print(m.signature, 'torch' in sys.modules)\n"
+    )
+    run = subprocess.run([py, "-c", script], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().endswith("False")  # no torch imported (and none installed)
+    assert subprocess.run([py, "-c", "import torch"], capture_output=True).returncode != 0
+    got = np.load(tmp_path / "out.npz")
+    expected = ort.InferenceSession(str(add_pkg.path / "model.onnx")).run(None, {"x": x})
+    np.testing.assert_array_equal(got["y"], expected[0])
+    np.testing.assert_array_equal(got["z"], expected[1])
+    # the entry point: `torchport serve --installed adder` and the console script both serve it
+    from tests.deploy.test_serve_installed import serve_and_infer
+
+    for cmd in (
+        [str(env_dir / "bin" / "torchport"), "serve", "--installed", "adder"],
+        [str(env_dir / "bin" / "adder-serve")],
+    ):
+        status, body = serve_and_infer(cmd, "add", x, cwd=tmp_path)
+        assert status == 200, body
+        np.testing.assert_allclose(np.array(body["outputs"][0]["data"]).reshape(3, 3), expected[0], rtol=1e-6)
+    missing = subprocess.run(
+        [str(env_dir / "bin" / "torchport"), "serve", "--installed", "nosuch"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (
+        missing.returncode == 1 and "no installed model wheel 'nosuch' (installed: adder)" in missing.stderr
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__]))
