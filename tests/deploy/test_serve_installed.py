@@ -81,10 +81,13 @@ def test_one_or_several_installed_models_make_a_servable_repository(site):
         assert path == site / "adder" / "model"
     with installed_repository(["adder", "fixed"]) as path:
         repo = ModelRepository.scan(path)
-        assert sorted((e.name, e.version) for e in repo.entries) == [("add", "1"), ("fixed", "1")]
+        assert {name: sorted(src.versions) for name, src in repo.sources.items()} == {
+            "add": ["1"],
+            "fixed": ["1"],
+        }
     assert not path.exists()  # the temporary repository folder is removed
     with installed_repository(["*"]) as path:
-        assert {"add", "fixed"} <= {e.name for e in ModelRepository.scan(path).entries}
+        assert {"add", "fixed"} <= set(ModelRepository.scan(path).sources)
 
 
 def test_unknown_installed_model_names_the_installed_ones(site):
