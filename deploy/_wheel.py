@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 import time
 import zipfile
 from dataclasses import dataclass
@@ -24,8 +25,9 @@ from torchport.runtimes import MANIFEST_NAME, ModelPackage, UsageError, sha256_f
 from torchport.runtimes._manifest import Manifest
 from torchport.runtimes.server._installed import ENTRY_POINT_GROUP
 
-#: folder of the package files inside the module
-PACKAGE_FOLDER = "model"
+#: the package files go to NAME/models/<model name>/: the server serves a package under its folder's name
+PACKAGES_FOLDER = "models"
+_FOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 VARIANT_CHOICES = ("fp32", "fp16", "int8", "all")
 _ZIP_EPOCH = 315532800  # 1980-01-01, the earliest time a zip entry can hold
 _STORE_ABOVE = 256 * 1024 * 1024  # larger files (external weights) are stored, not deflated
@@ -46,7 +48,7 @@ from pathlib import Path
 
 __version__ = {version!r}
 #: the model package folder (torchport.json, model.onnx, ...): `torchport serve` takes it as is
-PACKAGE_DIR = Path(__file__).resolve().parent / {folder!r}
+PACKAGE_DIR = Path(__file__).resolve().parent.joinpath(*{folder!r}.split("/"))
 VARIANTS = {variants!r}
 DEFAULT_VARIANT = {default_variant!r}
 
@@ -254,6 +256,11 @@ def build_wheel(
     epoch = _source_date_epoch()
     dest = Path(out_dir) / wheel_filename(name, version)
     refuse_existing(dest, force, "wheel")
+    if not _FOLDER_NAME.match(manifest.name):
+        raise UsageError(
+            f"the model name {manifest.name!r} cannot name a folder; re-export with a simpler name (letters, digits, _ . -)"
+        )
+    folder = f"{PACKAGES_FOLDER}/{manifest.name}"
     subset = _subset_manifest(manifest, keep)
     subset_json = _manifest_bytes(subset)
     files = sorted(rel for rel in subset.files if rel != MANIFEST_NAME)
@@ -261,7 +268,7 @@ def build_wheel(
         name=name,
         version=version,
         model=manifest.name,
-        folder=PACKAGE_FOLDER,
+        folder=folder,
         variants=keep,
         default_variant="fp32" if "fp32" in keep else keep[0],
         signature=_signature_line(subset),
@@ -270,8 +277,8 @@ def build_wheel(
     with atomic_file(dest) as tmp:
         zf = _DeterministicZip(tmp, epoch)
         entries: list[tuple[str, bytes | Path]] = [(f"{name}/__init__.py", init)]
-        entries += [(f"{name}/{PACKAGE_FOLDER}/{rel}", pkg.path / rel) for rel in files]
-        entries.append((f"{name}/{PACKAGE_FOLDER}/{MANIFEST_NAME}", subset_json))
+        entries += [(f"{name}/{folder}/{rel}", pkg.path / rel) for rel in files]
+        entries.append((f"{name}/{folder}/{MANIFEST_NAME}", subset_json))
         for arcname, content in sorted(entries):
             if isinstance(content, bytes):
                 zf.add_bytes(arcname, content)

@@ -60,8 +60,8 @@ def _model_name(folder: Path) -> str:
 def installed_repository(names: Sequence[str]) -> Iterator[Path]:
     """A path ``torchport serve`` takes for the installed models ``names`` (``"*"``: every one).
 
-    One model: its package folder. Several: a temporary repository folder of links ``NAME/`` to
-    each package folder, removed on exit.
+    One model: its package folder (``NAME/models/<model>/``, served under the model's name).
+    Several: a temporary repository folder of links ``<model>/`` to each package folder, removed on exit.
     """
     wanted = sorted(installed_models()) if list(names) == ["*"] else list(dict.fromkeys(names))
     if not wanted:

@@ -70,15 +70,15 @@ def site(tmp_path, monkeypatch):
 
 def test_installed_models_are_found_by_entry_point(site):
     found = installed_models()
-    assert found["adder"] == site / "adder" / "model"
-    assert found["fixed"] == site / "fixed" / "model"
+    assert found["adder"] == site / "adder" / "models" / "add"
+    assert found["fixed"] == site / "fixed" / "models" / "fixed"
 
 
 def test_one_or_several_installed_models_make_a_servable_repository(site):
     from torchport.runtimes.server import ModelRepository
 
     with installed_repository(["adder"]) as path:
-        assert path == site / "adder" / "model"
+        assert path == site / "adder" / "models" / "add"
     with installed_repository(["adder", "fixed"]) as path:
         repo = ModelRepository.scan(path)
         assert {name: sorted(src.versions) for name, src in repo.sources.items()} == {

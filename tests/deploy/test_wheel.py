@@ -26,9 +26,9 @@ def test_wheel_layout_metadata_and_entry_points(add_pkg, tmp_path):
         meta = zf.read("add-1.2.0.dist-info/METADATA").decode()
         entry_points = zf.read("add-1.2.0.dist-info/entry_points.txt").decode()
         record = zf.read("add-1.2.0.dist-info/RECORD").decode()
-        manifest = json.loads(zf.read("add/model/torchport.json"))
+        manifest = json.loads(zf.read("add/models/add/torchport.json"))
     assert names[-1] == "add-1.2.0.dist-info/RECORD"
-    assert {"add/__init__.py", "add/model/model.onnx", "add/model/torchport.json"} <= set(names)
+    assert {"add/__init__.py", "add/models/add/model.onnx", "add/models/add/torchport.json"} <= set(names)
     assert (
         "Requires-Dist: torchport[serve]>=" in meta and 'extra == "cpu"' in meta and 'extra == "gpu"' in meta
     )
@@ -57,10 +57,10 @@ def test_external_data_is_packaged_and_loads(tmp_path):
     wheel = build_wheel(pkg.path, tmp_path / "dist").path
     extracted = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(extracted)
-    assert (extracted / "big/model/model.onnx.data").read_bytes() == (
+    assert (extracted / "big/models/big/model.onnx.data").read_bytes() == (
         pkg.path / "model.onnx.data"
     ).read_bytes()
-    model = Model.load(extracted / "big" / "model")
+    model = Model.load(extracted / "big" / "models" / "big")
     x = np.ones((2, 16), np.float32)
     expected = ort.InferenceSession(str(pkg.path / "model.onnx")).run(None, {"x": x})[0]
     np.testing.assert_array_equal(model.predict(x=x)["y"], expected)
@@ -70,11 +70,11 @@ def test_variant_selection(tmp_path):
     pkg = make_two_variant_package(tmp_path / "duo")
     only_int8 = build_wheel(pkg.path, tmp_path / "d1", variant="int8").path
     names = zipfile.ZipFile(only_int8).namelist()
-    assert "duo/model/model.int8.onnx" in names and "duo/model/model.onnx" not in names
-    manifest = json.loads(zipfile.ZipFile(only_int8).read("duo/model/torchport.json"))
+    assert "duo/models/duo/model.int8.onnx" in names and "duo/models/duo/model.onnx" not in names
+    manifest = json.loads(zipfile.ZipFile(only_int8).read("duo/models/duo/torchport.json"))
     assert list(manifest["variants"]) == ["int8"] and "model.onnx" not in manifest["files"]
     both = zipfile.ZipFile(build_wheel(pkg.path, tmp_path / "d2", variant="all").path).namelist()
-    assert {"duo/model/model.int8.onnx", "duo/model/model.onnx"} <= set(both)
+    assert {"duo/models/duo/model.int8.onnx", "duo/models/duo/model.onnx"} <= set(both)
     with pytest.raises(UsageError, match="no 'fp16' variant; it has: fp32, int8"):
         build_wheel(pkg.path, tmp_path / "d3", variant="fp16")
 
