@@ -8,7 +8,7 @@ Response or a Deferred; deliberate errors are :class:`HTTPError`.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torchport.runtimes._errors import TorchportError
 from torchport.runtimes._providers import GPU_PROVIDERS
@@ -16,8 +16,8 @@ from torchport.runtimes.server._http import Deferred, Response
 from torchport.runtimes.server._protocol import HTTPError, json_dumps
 from torchport.runtimes.server._repository import ModelEntry
 
-if TYPE_CHECKING:
-    from torchport.runtimes.server._routes import InferenceApp
+#: the InferenceApp of _routes (not imported: _routes imports this module)
+InferenceApp = Any
 
 EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration", "statistics"]
 

@@ -76,3 +76,28 @@ def test_sighup_reloads_the_config_and_keeps_serving(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+
+
+def test_grpc_port_serves_from_the_cli_process(tmp_path):
+    """The CLI runs on uvloop; gRPC shares its loop."""
+    tg = pytest.importorskip("tritonclient.grpc")
+    import re
+    import socket
+
+    import numpy as np
+
+    make_scale_package(tmp_path / "scale", 2.0)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        grpc_port = s.getsockname()[1]
+    proc, port, lines = _start([str(tmp_path / "scale"), "--grpc-port", str(grpc_port), "--no-access-log"])
+    try:
+        assert any(re.search(rf"gRPC on 127.0.0.1:{grpc_port}", line) for line in lines), "".join(lines)
+        c = tg.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        inp = tg.InferInput("x", [2, 4], "FP32")
+        inp.set_data_from_numpy(np.ones((2, 4), np.float32))
+        assert c.infer("scale", [inp]).as_numpy("y").tolist() == [[2.0] * 4] * 2
+        c.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0

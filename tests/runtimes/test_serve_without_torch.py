@@ -22,7 +22,9 @@ def test_serve_in_a_virtualenv_without_torch(tmp_path):
     py = env_dir / "bin" / "python"
     pip = [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     subprocess.run(
-        [*pip, "numpy", "onnx", "onnxruntime", "httptools", "typer", "rich"], check=True, timeout=900
+        [*pip, "numpy", "onnx", "onnxruntime", "httptools", "typer", "rich", "grpcio", "protobuf"],
+        check=True,
+        timeout=900,
     )
     subprocess.run([*pip, "--no-deps", "-e", str(REPO_ROOT)], check=True, timeout=600)
     no_torch = subprocess.run([str(py), "-c", "import torch"], capture_output=True, text=True)
@@ -61,7 +63,8 @@ def test_serve_in_a_virtualenv_without_torch(tmp_path):
             [
                 str(py),
                 "-c",
-                "import sys, torchport.runtimes.server, torchport.cli; print('torch' in sys.modules)",
+                "import sys, torchport.runtimes.server, torchport.runtimes.server._grpc, torchport.cli; "
+                "print('torch' in sys.modules)",
             ],
             capture_output=True,
             text=True,
