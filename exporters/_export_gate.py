@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import onnx
 
-from torchport.exporters._onnx_passes import load_samples
 from torchport.exporters._optimize import (
     DEFAULT_CALIBRATION_SAMPLES,
     VARIANT_FILES,
@@ -41,6 +40,7 @@ from torchport.runtimes import (
     dim_sample_points,
     random_inputs,
 )
+from torchport.runtimes._samples import load_samples
 
 
 @dataclass

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,102 +27,9 @@ import onnx
 from onnx import numpy_helper
 
 from torchport.exporters._source_lines import location_in_text
+from torchport.runtimes._parity import InputRange, Localization, cosine
 
 _FX_NAME = re.compile(r"^%([A-Za-z0-9_]+)\s*:")
-
-
-@dataclass
-class InputRange:
-    """Name, shape and value range of one input of the diverging node."""
-
-    name: str
-    shape: tuple[int, ...] | None
-    dtype: str | None
-    min: float | None
-    max: float | None
-
-    def __str__(self) -> str:
-        if self.min is None:
-            return f"{self.name}: (value not available)"
-        return f"{self.name}: {self.dtype}{list(self.shape or ())} in [{self.min:.4g}, {self.max:.4g}]"
-
-
-@dataclass
-class Localization:
-    """The first ONNX node whose output diverges from eager PyTorch.
-
-    Attributes:
-        found: whether a diverging node was found (falsy when none was).
-        node: ONNX node name; ``op_type`` / ``domain`` its op.
-        value: the ONNX value compared (named after the FX node).
-        fx_node: the matching FX node name; ``fx_target`` its aten op.
-        max_abs / max_rel / cosine: the divergence of that value.
-        inputs: the node's inputs and their ranges in the ONNX run.
-        source: ``file:line`` of the user's code; ``code``: that line.
-        module: the submodule that ran the op, ``path (type)``, e.g. ``encoder.layer.0.output (BertOutput)``.
-        compared: how many intermediate values were compared before stopping.
-        message: why nothing was found, when ``found`` is False.
-    """
-
-    found: bool
-    node: str | None = None
-    op_type: str | None = None
-    domain: str = ""
-    value: str | None = None
-    fx_node: str | None = None
-    fx_target: str | None = None
-    max_abs: float | None = None
-    max_rel: float | None = None
-    cosine: float | None = None
-    inputs: list[InputRange] = field(default_factory=list)
-    source: str | None = None
-    code: str | None = None
-    module: str | None = None
-    compared: int = 0
-    message: str = ""
-
-    def __bool__(self) -> bool:
-        return self.found
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "found": self.found,
-            "node": self.node,
-            "op_type": self.op_type,
-            "domain": self.domain,
-            "value": self.value,
-            "fx_node": self.fx_node,
-            "fx_target": self.fx_target,
-            "max_abs": self.max_abs,
-            "max_rel": self.max_rel,
-            "cosine": self.cosine,
-            "inputs": [vars(i) | {"shape": list(i.shape) if i.shape else None} for i in self.inputs],
-            "source": self.source,
-            "code": self.code,
-            "module": self.module,
-            "compared": self.compared,
-            "message": self.message,
-        }
-
-    def __str__(self) -> str:
-        if not self.found:
-            return f"first diverging node: not found ({self.message})"
-        op = f"{self.domain}.{self.op_type}" if self.domain else self.op_type
-        lines = [
-            f"first diverging node: {self.node} ({op}) -> value {self.value!r} "
-            f"(FX node {self.fx_node}{f' = {self.fx_target}' if self.fx_target else ''})",
-            f"  max abs error {self.max_abs:.3g}, max rel error {self.max_rel:.3g}, cosine {self.cosine:.6f} "
-            f"(after {self.compared} matching values)",
-        ]
-        if self.module:
-            lines.append(f"  module: {self.module}")
-        for inp in self.inputs:
-            lines.append(f"  input {inp}")
-        if self.source:
-            lines.append(f"  source: {self.source}" + (f"\n    {self.code}" if self.code else ""))
-        else:
-            lines.append("  source: unknown (no stack trace recorded for this node)")
-        return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- eager side
@@ -228,17 +134,6 @@ def onnx_intermediates(
 
 def _meta(node: onnx.NodeProto) -> dict[str, str]:
     return {p.key: p.value for p in node.metadata_props}
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """Cosine similarity of two arrays, in float64; 1.0 when both are all zeros."""
-    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
-    if na == 0.0 and nb == 0.0:
-        return 1.0
-    if na == 0.0 or nb == 0.0:
-        return 0.0
-    return float(np.dot(a, b) / (na * nb))
 
 
 def localize(

@@ -20,7 +20,6 @@ from torchport.exporters._onnx_passes import (
     OrtFusionsPass,
     OrtOfflinePass,
     approx_size,
-    load_samples,
 )
 from torchport.exporters._passes import PassPipeline, PassRecord, as_proto
 from torchport.runtimes import (
@@ -33,6 +32,7 @@ from torchport.runtimes import (
     random_inputs,
     update_package,
 )
+from torchport.runtimes._samples import load_samples
 
 LEVELS = ("none", "basic", "all")
 INT8_MODES = ("dynamic", "static")

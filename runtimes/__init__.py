@@ -29,6 +29,7 @@ from torchport.runtimes._manifest import (
     Variant,
     manifest_from_dict,
 )
+from torchport.runtimes._onnx_parity import check_variants
 from torchport.runtimes._package import (
     ModelPackage,
     PackageWriter,
@@ -36,10 +37,33 @@ from torchport.runtimes._package import (
     update_package,
     write_package,
 )
+from torchport.runtimes._parity import (
+    DEFAULT_TOLERANCES,
+    Localization,
+    OutputParity,
+    ParityResult,
+    Tolerance,
+    VariantParity,
+    record_parity,
+)
 from torchport.runtimes._providers import available_providers, resolve_providers
+from torchport.runtimes._samples import load_samples
 from torchport.runtimes._session import Session
+from torchport.runtimes._spec_syntax import format_spec, parse_dim_spec, parse_input_spec
 
 __all__ = [
+    "DEFAULT_TOLERANCES",
+    "Localization",
+    "OutputParity",
+    "ParityResult",
+    "Tolerance",
+    "VariantParity",
+    "check_variants",
+    "format_spec",
+    "load_samples",
+    "parse_dim_spec",
+    "parse_input_spec",
+    "record_parity",
     "MANIFEST_NAME",
     "PARITY_NAME",
     "PROTOCOL_DATATYPES",

@@ -13,9 +13,9 @@ from torch import nn
 from tests.exporters._pkgutil import make_package
 from tests.exporters.test_localize import swap_relu_for_sigmoid
 from torchport.exporters import DEFAULT_TOLERANCES, ParityResult, Tolerance, optimize_package, validate
-from torchport.exporters._validate import compare_output
 from torchport.exporters.examples import cnn
 from torchport.runtimes import ModelPackage, TensorSpec, UsageError, ValidationError, update_package
+from torchport.runtimes._parity import compare_output
 
 CNN_SOURCE = "torchport.exporters.examples.cnn:make_model"
 

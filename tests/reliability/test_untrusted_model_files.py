@@ -263,9 +263,9 @@ def test_torchscript_extra_files_are_never_unpickled(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("suffix", [".pt", ".npz"])
 def test_sample_files_that_would_unpickle_are_refused(suffix: str, tmp_path: Path) -> None:
-    from torchport.exporters._onnx_passes import load_samples
     from torchport.exporters._user_examples import load_sample_file
     from torchport.runtimes import UsageError
+    from torchport.runtimes._samples import load_samples
 
     marker = tmp_path / "pwned"
     path = tmp_path / f"samples{suffix}"
