@@ -127,7 +127,7 @@ def _summarize_variant(package: ModelPackage, name: str) -> VariantSummary:
     import onnx  # here, not at module level: the serving image has no onnx
 
     variant = package.manifest.variants[name]
-    path = package.path / variant.file
+    path = package.file(variant.file)
     try:
         model = onnx.load(os.fspath(path), load_external_data=False)
     except Exception as e:  # onnx raises DecodeError and friends

@@ -19,9 +19,9 @@ from typing import Any
 
 from torchport.runtimes._dtypes import check_dtype
 from torchport.runtimes._errors import PackageError
+from torchport.runtimes._manifest_schema import MANIFEST_NAME, validate_manifest
 
 SCHEMA_VERSION = 1
-MANIFEST_NAME = "torchport.json"
 PARITY_NAME = "parity.json"
 
 Dim = int | str
@@ -191,21 +191,22 @@ class Manifest:
 
 
 def _upgrade(data: dict[str, Any]) -> dict[str, Any]:
-    """Bring an older manifest dict up to :data:`SCHEMA_VERSION` (schema 1 is the first)."""
-    version = data.get("schema_version")
-    if not isinstance(version, int):
-        raise PackageError(f"{MANIFEST_NAME} has no integer schema_version; is this a torchport package?")
-    if version > SCHEMA_VERSION:
-        raise PackageError(
-            f"{MANIFEST_NAME} has schema_version {version}, newer than this torchport reads "
-            f"({SCHEMA_VERSION}); upgrade torchport"
-        )
+    """Bring an older manifest dict up to :data:`SCHEMA_VERSION` (schema 1 is the first).
+
+    ``data`` has passed :func:`validate_manifest`, so its ``schema_version`` is a known one.
+    """
     # Future schema upgrades go here, one step at a time: if version == 1: ...; version = 2
     return data
 
 
 def manifest_from_dict(data: dict[str, Any]) -> Manifest:
-    """Parse a manifest dict (any schema version this torchport knows) into a :class:`Manifest`."""
+    """Parse a manifest dict (any schema version this torchport knows) into a :class:`Manifest`.
+
+    Raises:
+        PackageError: one line naming the first field that is missing or of the wrong type
+            (``inputs[0].dtype``, ``validated``...), or a file name outside the package.
+    """
+    validate_manifest(data, newest=SCHEMA_VERSION)
     data = _upgrade(dict(data))
     try:
         return Manifest(

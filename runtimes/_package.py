@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +21,7 @@ from torchport.runtimes._manifest import (
     Manifest,
     manifest_from_dict,
 )
+from torchport.runtimes._manifest_schema import read_manifest
 
 _CHUNK = 1 << 20
 
@@ -33,6 +33,10 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _inside(root: str, path: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def _record_files(folder: Path) -> dict[str, FileRecord]:
@@ -76,19 +80,45 @@ class ModelPackage:
                 "(create one with `torchport export`)"
             )
         try:
-            data = json.loads(manifest_path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise PackageError(f"{manifest_path}: cannot read manifest: {e}") from e
-        manifest = manifest_from_dict(data)
+            manifest = manifest_from_dict(read_manifest(manifest_path))
+        except PackageError as e:
+            raise PackageError(f"package {folder}: {e}") from None
         pkg = cls(path=folder, manifest=manifest)
+        pkg.check_contained()
         if verify:
             pkg.verify()
         return pkg
 
+    def check_contained(self) -> None:
+        """Refuse a package holding a file or folder that resolves outside it (a symlink out).
+
+        Raises:
+            PackageError: naming the entry by its package-relative name only.
+        """
+        root = os.path.realpath(self.path)
+        for folder, dirs, files in os.walk(root):
+            for name in (*dirs, *files):
+                entry = os.path.join(folder, name)
+                if not _inside(root, os.path.realpath(entry)):
+                    rel = Path(os.path.relpath(entry, root)).as_posix()
+                    raise PackageError(
+                        f"package {self.path}: {rel!r} resolves outside the package (a symlink?); "
+                        "refusing to read it"
+                    )
+
+    def file(self, rel: str) -> Path:
+        """The path of the package file ``rel``, refused if it resolves outside the package."""
+        path = self.path / rel
+        if not _inside(os.path.realpath(self.path), os.path.realpath(path)):
+            raise PackageError(
+                f"package {self.path}: {rel!r} resolves outside the package; refusing to read it"
+            )
+        return path
+
     def verify(self) -> None:
         """Check every file listed in the manifest against its recorded size and sha256."""
         for rel, record in self.manifest.files.items():
-            file = self.path / rel
+            file = self.file(rel)
             if not file.is_file():
                 raise PackageError(f"package {self.path}: file {rel!r} listed in {MANIFEST_NAME} is missing")
             size = file.stat().st_size
@@ -111,7 +141,7 @@ class ModelPackage:
     def model_path(self, variant: str = "fp32") -> Path:
         """Path of the ONNX file of ``variant`` (``fp32``, ``fp16``, ``int8``)."""
         try:
-            return self.path / self.manifest.variants[variant].file
+            return self.file(self.manifest.variants[variant].file)
         except KeyError:
             available = ", ".join(self.manifest.variants) or "none"
             raise PackageError(
@@ -120,8 +150,15 @@ class ModelPackage:
 
     def parity_report(self) -> dict[str, Any] | None:
         """The parsed ``parity.json``, or ``None`` when the package has none."""
-        file = self.path / PARITY_NAME
-        return json.loads(file.read_text()) if file.is_file() else None
+        file = self.file(PARITY_NAME)
+        if not file.is_file():
+            return None
+        try:
+            return json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as e:
+            raise PackageError(
+                f"package {self.path}: cannot read {PARITY_NAME}: {type(e).__name__}"
+            ) from None
 
 
 class PackageWriter:
@@ -143,10 +180,13 @@ class PackageWriter:
             raise PackageError(f"{str(dest)!r} exists and is not a folder")
         try:
             self.dest.parent.mkdir(parents=True, exist_ok=True)
-            self.path = Path(tempfile.mkdtemp(prefix=f".{self.dest.name}.tmp-", dir=self.dest.parent))
+            # a fresh name made like mkdtemp's, but created with mode 0o777 so the umask decides
+            # the package folder's permissions (mkdtemp's 0o700 would survive the rename)
+            self.path = self.dest.parent / f".{self.dest.name}.tmp-{uuid.uuid4().hex[:12]}"
             if start_from is not None:
-                shutil.rmtree(self.path)
                 shutil.copytree(start_from, self.path)
+            else:
+                self.path.mkdir(mode=0o777)
         except OSError as e:
             raise PackageError(f"cannot write package at {str(dest)!r}: {e}") from e
         self.committed = False

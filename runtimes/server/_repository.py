@@ -11,15 +11,15 @@ objects, and requests already running keep the entry (session and runner) they s
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from torchport.runtimes._dtypes import PROTOCOL_DATATYPES
-from torchport.runtimes._errors import ServingError, TorchportError
+from torchport.runtimes._errors import PackageError, ServingError, TorchportError
 from torchport.runtimes._manifest import MANIFEST_NAME
+from torchport.runtimes._manifest_schema import read_manifest
 from torchport.runtimes._session import Session
 from torchport.runtimes.server._batching import ModelRunner
 from torchport.runtimes.server._config import ModelSettings, _version_key
@@ -111,10 +111,24 @@ def fingerprint(folder: Path) -> tuple:
 
 
 def _manifest_version(folder: Path) -> str:
+    """The manifest's version, or ``"1"`` when it has none or cannot be read (loading says why)."""
     try:
-        return str(json.loads((folder / MANIFEST_NAME).read_text()).get("version", "1"))
-    except (OSError, ValueError, AttributeError):
+        version = read_manifest(folder / MANIFEST_NAME).get("version", "1")
+    except PackageError:
         return "1"
+    return str(version) if isinstance(version, str | int) and not isinstance(version, bool) else "1"
+
+
+def _public(text: str, entry: ModelEntry) -> str:
+    """``text`` with the package's folder path replaced by ``name/version``: reasons are served over
+    HTTP (index, 503s) and must not reveal the server's file system."""
+    label = f"{entry.name}/{entry.version}"
+    for path in sorted(
+        {str(entry.path.resolve()), str(entry.path.absolute()), str(entry.path)}, key=len, reverse=True
+    ):
+        if path not in (".", ""):
+            text = text.replace(path, label)
+    return text
 
 
 def discover(path: str | Path) -> list[tuple[str, str, Path]]:
@@ -287,14 +301,17 @@ class ModelRepository:
             )
         except TorchportError as e:
             entry.state = UNAVAILABLE
-            entry.reason = f"model {entry.name!r} (version {entry.version}) failed to load: {e}"
-            log.error("%s", entry.reason)
+            entry.reason = _public(
+                f"model {entry.name!r} (version {entry.version}) failed to load: {e}", entry
+            )
+            log.error("%s (folder %s)", entry.reason, entry.path)
         except Exception as e:
             entry.state = UNAVAILABLE
-            entry.reason = (
-                f"model {entry.name!r} (version {entry.version}) failed to load: {type(e).__name__}: {e}"
+            entry.reason = _public(
+                f"model {entry.name!r} (version {entry.version}) failed to load: {type(e).__name__}: {e}",
+                entry,
             )
-            log.exception("%s", entry.reason)
+            log.exception("%s (folder %s)", entry.reason, entry.path)
 
     def index(self) -> list[dict[str, str]]:
         """The repository index (Triton's model repository extension): every model found on disk,
