@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 import onnx
 
+from torchport.exporters._onnx_files import save_onnx
 from torchport.exporters._optimize import (
     DEFAULT_CALIBRATION_SAMPLES,
     VARIANT_FILES,
     _check_options,
-    _save_variant,
     optimize_model,
 )
 from torchport.exporters._validate import EagerReference, check_parity
@@ -116,7 +116,7 @@ def export_gate(options: GateOptions) -> Callable[[Any], dict[str, Any] | None]:
                 new_variants = dict(manifest.variants)
                 for name, model in variants.items():
                     file = VARIANT_FILES[name]
-                    data_files = _save_variant(model, folder, file)
+                    data_files = save_onnx(model, folder / file)
                     new_variants[name] = Variant(file=file, precision=name, data_files=data_files)
                 extra = dict(manifest.extra)
                 offline = [r for r in records if r["name"] == "ort_offline" and not r["skipped"]]

@@ -23,6 +23,7 @@ from typing import Any
 import onnx_ir as ir
 import torch
 
+from torchport.exporters._onnx_files import EXTERNAL_DATA_THRESHOLD, save_onnx
 from torchport.runtimes._dtypes import ONNX_ELEM_TYPES
 from torchport.runtimes._errors import ExportError
 from torchport.runtimes._manifest import DimRange, TensorSpec
@@ -37,11 +38,9 @@ __all__ = [
 ]
 
 #: weights above this many bytes are saved as external data (protobuf cannot hold 2 GB)
-EXTERNAL_DATA_THRESHOLD = 2 * 1024**3
 #: opset the TorchScript exporter uses when none is asked for (its newest well-supported one)
 TORCHSCRIPT_DEFAULT_OPSET = 17
 #: tensors smaller than this stay inside model.onnx even when external data is used
-_EXTERNAL_TENSOR_MIN_BYTES = 1024
 
 
 def onnx_from_program(
@@ -185,15 +184,6 @@ def finalize_model(
     return model
 
 
-def weights_nbytes(model: ir.Model) -> int:
-    """Total bytes of the model's initializers."""
-    total = 0
-    for init in model.graph.initializers.values():
-        if init.const_value is not None:
-            total += init.const_value.nbytes
-    return total
-
-
 def save_model(
     model: ir.Model, path: str | os.PathLike[str], *, external_data_threshold: int = EXTERNAL_DATA_THRESHOLD
 ) -> list[str]:
@@ -205,14 +195,8 @@ def save_model(
     Raises:
         ExportError: stage ``"save"`` when writing fails.
     """
-    path = Path(path)
     try:
-        if weights_nbytes(model) > external_data_threshold:
-            data_name = f"{path.name}.data"
-            ir.save(model, path, external_data=data_name, size_threshold_bytes=_EXTERNAL_TENSOR_MIN_BYTES)
-            return [data_name] if (path.parent / data_name).exists() else []
-        ir.save(model, path)
-        return []
+        return save_onnx(model, path, external_data_threshold=external_data_threshold)
     except (OSError, ValueError) as e:
         raise ExportError(f"save failed: cannot write {path}: {e}", stage="save") from e
 

@@ -31,6 +31,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from torchport.exporters._onnx_files import EXTERNAL_DATA_THRESHOLD, save_onnx, weights_nbytes
 from torchport.exporters._passes import AnyModel, as_ir, as_proto, op_counts
 from torchport.runtimes import OptimizationError, UsageError
 
@@ -204,7 +205,7 @@ class OrtOfflinePass:
         }[self.level]
         with tempfile.TemporaryDirectory(prefix="torchport-ort-") as tmp:
             src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
-            _save(proto, src)
+            save_onnx(proto, src)
             so = ort.SessionOptions()
             so.graph_optimization_level = level
             so.optimized_model_filepath = str(dst)
@@ -351,35 +352,15 @@ class Int8StaticPass:
         return out, True
 
 
-def approx_size(proto: onnx.ModelProto) -> int:
-    """Bytes of the initializers, cheaply (``ByteSize()`` serializes the whole model: ~1 s per 400 MB)."""
-    total = 0
-    for t in proto.graph.initializer:
-        if t.raw_data:
-            total += len(t.raw_data)
-        else:
-            total += 4 * (len(t.float_data) + len(t.int32_data)) + 8 * (
-                len(t.int64_data) + len(t.double_data)
-            )
-    return total
-
-
 def _is_large(proto: onnx.ModelProto) -> bool:
-    """Above ~1.8 GB: save with external data (protobuf's limit is 2 GB)."""
-    return approx_size(proto) > 1_800_000_000
+    """Weights beyond the external-data threshold (protobuf's 2 GiB limit is near)."""
+    return weights_nbytes(proto) > EXTERNAL_DATA_THRESHOLD
 
 
 def _quantize_via_files(proto: onnx.ModelProto, quantize: Callable[[Path, Path], None]) -> onnx.ModelProto:
     """Run an ONNX Runtime quantizer (which works on files) on ``proto``; return the quantized model."""
     with tempfile.TemporaryDirectory(prefix="torchport-q-") as tmp:
         src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
-        _save(proto, src)
+        save_onnx(proto, src)
         quantize(src, dst)
         return onnx.load(str(dst))
-
-
-def _save(proto: onnx.ModelProto, path: Path) -> None:
-    if _is_large(proto):
-        onnx.save(proto, str(path), save_as_external_data=True, location=path.name + ".data")
-    else:
-        onnx.save(proto, str(path))

@@ -6,12 +6,12 @@ import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
+from torchport.exporters._onnx_files import save_onnx
 from torchport.exporters._onnx_passes import (
     Fp16Pass,
     Int8DynamicPass,
@@ -19,7 +19,6 @@ from torchport.exporters._onnx_passes import (
     OnnxscriptOptimizePass,
     OrtFusionsPass,
     OrtOfflinePass,
-    approx_size,
 )
 from torchport.exporters._passes import PassPipeline, PassRecord, as_proto
 from torchport.runtimes import (
@@ -41,7 +40,6 @@ PASS_NAMES = ("optimize", "ort_fusions", "ort_offline", "fp16", "int8_dynamic", 
 VARIANT_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 #: number of generated calibration samples when no --calibration file is given
 DEFAULT_CALIBRATION_SAMPLES = 16
-_EXTERNAL_LIMIT = 1_800_000_000
 
 
 @dataclass
@@ -128,19 +126,6 @@ def _check_options(level: str, int8: str | None, disable: Iterable[str]) -> list
             f"unknown pass {', '.join(map(repr, unknown))} in --disable; passes are: {', '.join(PASS_NAMES)}"
         )
     return disable
-
-
-def _save_variant(proto: onnx.ModelProto, folder: Path, file: str) -> list[str]:
-    """Save ``proto`` as ``folder/file`` (external data above ~1.8 GB); return its data files."""
-    path = folder / file
-    for stale in (path, folder / f"{file}.data"):
-        if stale.exists():
-            stale.unlink()
-    if approx_size(proto) > _EXTERNAL_LIMIT:
-        onnx.save(proto, str(path), save_as_external_data=True, location=f"{file}.data")
-        return [f"{file}.data"]
-    onnx.save(proto, str(path))
-    return []
 
 
 def _filter(passes: Sequence[Any], disable: Sequence[str]) -> PassPipeline:
@@ -285,7 +270,7 @@ def optimize_package(
         manifest = package.manifest.replace()
         new_variants = dict(manifest.variants)
         for name, proto in variants.items():
-            data_files = _save_variant(proto, w.path, VARIANT_FILES[name])
+            data_files = save_onnx(proto, w.path / VARIANT_FILES[name])
             new_variants[name] = Variant(
                 file=VARIANT_FILES[name], precision=name, parity=None, data_files=data_files
             )
