@@ -32,6 +32,7 @@ COMMAND_MODULES = (
     "torchport.cli.validate",
     "torchport.cli.inspect_package",
     "torchport.cli.serve",
+    "torchport.cli.bench",
     "torchport.cli.package",
     "torchport.cli.deploy",
 )

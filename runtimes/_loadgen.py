@@ -1,0 +1,302 @@
+"""Closed-loop load on a running Open Inference Protocol server: HTTP JSON, HTTP binary, gRPC.
+
+``concurrency`` connections (or in-flight gRPC calls) each send the same pre-encoded request again
+as soon as the previous answer arrives, for ``duration`` seconds, on one asyncio loop (uvloop when
+installed). A non-2xx answer or a gRPC error counts as an error, never as a latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from torchport.runtimes._bench import BenchResult, random_array, summarize
+from torchport.runtimes._errors import ServingError, UsageError
+
+PROTOCOLS = ("json", "binary", "grpc")
+
+
+@dataclass
+class Target:
+    """Where to send load: ``http://host:port[/v2/models/NAME]`` or ``grpc://host:port``."""
+
+    scheme: str
+    host: str
+    port: int
+    model: str | None
+
+    @classmethod
+    def parse(cls, url: str, model: str | None = None) -> Target:
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        if parts.scheme not in ("http", "grpc") or not parts.hostname or not parts.port:
+            raise UsageError(
+                f"{url!r} is not a server URL: use http://HOST:PORT[/v2/models/NAME] or grpc://HOST:PORT"
+            )
+        path = parts.path.rstrip("/")
+        if path.startswith("/v2/models/"):
+            model = model or path[len("/v2/models/") :].split("/")[0]
+        return cls(parts.scheme, parts.hostname, parts.port, model)
+
+    @property
+    def http_base(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+def _get_json(url: str, headers: dict[str, str]) -> Any:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        raise ServingError(f"GET {url}: {e.code} {e.read().decode(errors='replace')[:300]}") from None
+    except OSError as e:
+        raise ServingError(f"cannot reach {url}: {e}") from None
+
+
+def http_model_inputs(target: Target, headers: dict[str, str]) -> tuple[str, list[dict]]:
+    """(model name, input metadata) from the server: the only ready model when none is named."""
+    model = target.model
+    if model is None:
+        index = _get_json(f"{target.http_base}/v2/repository/index", headers)
+        ready = sorted({m["name"] for m in index if m.get("state") == "READY"})
+        if len(ready) != 1:
+            raise UsageError(f"name the model with --model (ready models: {', '.join(ready) or 'none'})")
+        model = ready[0]
+    md = _get_json(f"{target.http_base}/v2/models/{model}", headers)
+    return model, md["inputs"]
+
+
+def grpc_model_inputs(target: Target, headers: dict[str, str]) -> tuple[str, list[dict]]:
+    import grpc
+
+    from torchport.runtimes.server._grpc_messages import MESSAGES
+
+    if target.model is None:
+        raise UsageError("name the model with --model for a grpc:// URL")
+    with grpc.insecure_channel(f"{target.host}:{target.port}") as channel:
+        call = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelMetadata",
+            request_serializer=MESSAGES["ModelMetadataRequest"].SerializeToString,
+            response_deserializer=MESSAGES["ModelMetadataResponse"].FromString,
+        )
+        try:
+            md = call(
+                MESSAGES["ModelMetadataRequest"](name=target.model),
+                metadata=list(headers.items()),
+                timeout=30,
+            )
+        except grpc.RpcError as e:
+            raise ServingError(
+                f"gRPC ModelMetadata({target.model!r}): {e.code().name}: {e.details()}"
+            ) from None
+    return target.model, [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in md.inputs]
+
+
+def request_inputs(
+    meta: list[dict], batch: int, dims: dict[str, int], seed: int = 0
+) -> dict[str, tuple[str, np.ndarray]]:
+    """Random inputs for the served signature: dim 0 of -1 is the batch, other -1 dims ``dims['*']`` or 1."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for t in meta:
+        shape = [int(d) for d in t["shape"]]
+        shape = [
+            batch if (i == 0 and d < 0) else (dims.get("*", 1) if d < 0 else d) for i, d in enumerate(shape)
+        ]
+        out[t["name"]] = (t["datatype"], random_array(t["datatype"], shape, rng))
+    return out
+
+
+def _raw(datatype: str, arr: np.ndarray) -> bytes:
+    if datatype == "BYTES":
+        return b"".join(struct.pack("<I", len(b)) + b for b in arr.reshape(-1))
+    return np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<")).tobytes()
+
+
+def http_request_bytes(
+    target: Target,
+    model: str,
+    inputs: dict[str, tuple[str, np.ndarray]],
+    binary: bool,
+    headers: dict[str, str],
+) -> bytes:
+    """One complete HTTP/1.1 infer request (JSON tensors, or the binary tensor extension both ways)."""
+    tensors, blobs = [], []
+    for name, (datatype, arr) in inputs.items():
+        t: dict[str, Any] = {"name": name, "shape": list(arr.shape), "datatype": datatype}
+        if binary:
+            blob = _raw(datatype, arr)
+            t["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            data = arr.reshape(-1)
+            t["data"] = (
+                [b.decode() for b in data]
+                if datatype == "BYTES"
+                else data.astype(np.float32 if datatype in ("FP16", "BF16") else data.dtype).tolist()
+            )
+        tensors.append(t)
+    body_obj: dict[str, Any] = {"inputs": tensors}
+    if binary:
+        body_obj["parameters"] = {"binary_data_output": True}
+    header = json.dumps(body_obj, separators=(",", ":")).encode()
+    body = header + b"".join(blobs)
+    lines = [
+        f"POST /v2/models/{model}/infer HTTP/1.1",
+        f"Host: {target.host}:{target.port}",
+        "Content-Type: " + ("application/octet-stream" if binary else "application/json"),
+        f"Content-Length: {len(body)}",
+    ]
+    if binary:
+        lines.append(f"Inference-Header-Content-Length: {len(header)}")
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def grpc_request_bytes(model: str, inputs: dict[str, tuple[str, np.ndarray]]) -> bytes:
+    from torchport.runtimes.server._grpc_messages import MESSAGES
+
+    tensor = MESSAGES["InferInputTensor"]
+    req = MESSAGES["ModelInferRequest"](
+        model_name=model,
+        inputs=[tensor(name=n, datatype=dt, shape=list(a.shape)) for n, (dt, a) in inputs.items()],
+        raw_input_contents=[_raw(dt, a) for dt, a in inputs.values()],
+    )
+    return req.SerializeToString()
+
+
+async def _http_worker(
+    host: str, port: int, request: bytes, deadline: float, lat: list[float], errors: list[int]
+) -> None:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        while time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            if length:
+                await reader.readexactly(length)
+            if head[9:10] != b"2":
+                errors[0] += 1
+            else:
+                lat.append(time.perf_counter() - t0)
+            if b"connection: close" in head.lower():
+                writer.close()
+                reader, writer = await asyncio.open_connection(host, port)
+    finally:
+        writer.close()
+
+
+async def _grpc_load(
+    address: str, request: bytes, headers: dict[str, str], concurrency: int, duration: float
+):
+    from grpc import aio
+
+    lat: list[float] = []
+    errors = [0]
+    metadata = tuple(headers.items())
+    async with aio.insecure_channel(address, options=[("grpc.max_receive_message_length", -1)]) as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        await call(request, metadata=metadata)  # connect before the clock starts
+        deadline = time.perf_counter() + duration
+
+        async def worker() -> None:
+            while time.perf_counter() < deadline:
+                t0 = time.perf_counter()
+                try:
+                    await call(request, metadata=metadata)
+                except aio.AioRpcError:
+                    errors[0] += 1
+                    continue
+                lat.append(time.perf_counter() - t0)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return lat, time.perf_counter() - start, errors[0]
+
+
+async def _http_load(target: Target, request: bytes, concurrency: int, duration: float):
+    lat: list[float] = []
+    errors = [0]
+    deadline = time.perf_counter() + duration
+    start = time.perf_counter()
+    await asyncio.gather(
+        *(_http_worker(target.host, target.port, request, deadline, lat, errors) for _ in range(concurrency))
+    )
+    return lat, time.perf_counter() - start, errors[0]
+
+
+def _run(coro):
+    try:
+        import uvloop  # type: ignore[import-not-found]
+
+        return uvloop.run(coro)
+    except ImportError:  # pragma: no cover - uvloop is optional
+        return asyncio.run(coro)
+
+
+def bench_server(
+    url: str,
+    *,
+    model: str | None = None,
+    protocols: Sequence[str] | None = None,
+    batches: Sequence[int] = (1,),
+    concurrency: Sequence[int] = (1,),
+    duration: float = 5.0,
+    dims: dict[str, int] | None = None,
+    api_key: str | None = None,
+) -> BenchResult:
+    """Put closed-loop load on a running server and measure each (protocol, batch, concurrency).
+
+    ``url`` is ``http://HOST:PORT`` (protocols ``json`` and ``binary``) or ``grpc://HOST:PORT``
+    (protocol ``grpc``); the model is ``--model``, the URL's ``/v2/models/NAME``, or the only one.
+
+    Example:
+        >>> print(bench_server("http://127.0.0.1:8000", concurrency=[1, 32], duration=5))  # doctest: +SKIP
+
+    Raises:
+        UsageError: a bad URL or protocol for it. ServingError: the server cannot be reached.
+    """
+    target = Target.parse(url, model)
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    allowed = ("grpc",) if target.scheme == "grpc" else ("json", "binary")
+    protos = list(protocols or allowed)
+    for p in protos:
+        if p not in allowed:
+            raise UsageError(f"--protocol {p} does not go to {url}; with this URL use: {', '.join(allowed)}")
+    if target.scheme == "grpc":
+        name, meta = grpc_model_inputs(target, headers)
+    else:
+        name, meta = http_model_inputs(target, headers)
+    result = BenchResult()
+    for proto in protos:
+        for batch in batches:
+            inputs = request_inputs(meta, batch, dims or {})
+            for c in concurrency:
+                if proto == "grpc":
+                    req = grpc_request_bytes(name, inputs)
+                    lat, elapsed, errors = _run(
+                        _grpc_load(f"{target.host}:{target.port}", req, headers, c, duration)
+                    )
+                else:
+                    req = http_request_bytes(target, name, inputs, proto == "binary", headers)
+                    lat, elapsed, errors = _run(_http_load(target, req, c, duration))
+                result.append(
+                    summarize(
+                        lat, elapsed, errors, target=url, model=name, mode=proto, batch=batch, concurrency=c
+                    )
+                )
+    return result
