@@ -99,7 +99,9 @@ def test_errors_are_counted_and_misuse_is_one_line(tmp_path, monkeypatch):
             bench_server(srv.url, model="scale", duration=0.1)  # metadata needs the key too
         rows = bench_server(srv.url, model="scale", duration=0.2, api_key="0123456789abcdef")
         assert rows[0].errors == 0 and rows[0].requests > 0
-        too_big = bench_server(srv.url, model="scale", batches=[100], duration=0.2, api_key="0123456789abcdef")
+        too_big = bench_server(
+            srv.url, model="scale", batches=[100], duration=0.2, api_key="0123456789abcdef"
+        )
         assert too_big[0].requests == 0 and too_big[0].errors > 0  # 400s are errors, not latencies
         proc = _bench(srv.url, "--protocol", "grpc", "--duration", "0.1")
         assert proc.returncode == 1 and "error: --protocol grpc does not go to" in proc.stderr
