@@ -44,13 +44,11 @@ def container(
 
     Example: torchport deploy container out/cnn -o out/cnn-image --build --tag cnn:1
     """
-    from torchport.deploy import build_image, find_builder, write_container_context
+    from torchport.deploy import write_container_context
     from torchport.runtimes import UsageError
 
-    if build:
-        if not tag:
-            raise UsageError("--build needs --tag, e.g. --tag cnn:1")
-        find_builder()  # no builder: say so before writing anything
+    if build and not tag:
+        raise UsageError("--build needs --tag, e.g. --tag cnn:1")
     ctx = write_container_context(
         package_dir,
         out,
@@ -60,12 +58,10 @@ def container(
         version=version,
         variant=variant,
         python_version=python_version,
+        build_tag=tag if build else None,
         force=force,
     )
     typer.echo(f"wrote build context {ctx}")
-    if build:
-        assert tag is not None
-        typer.echo(f"built image {build_image(ctx.path, tag, base_image=base_image)}")
 
 
 @app.command("k8s")

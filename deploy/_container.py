@@ -143,7 +143,6 @@ def containerfile(
     package_sha256: str,
     base_image: str,
     gpu: bool,
-    variant: str = "fp32",
     port: int = DEFAULT_PORT,
 ) -> str:
     """The Containerfile text (the same file is written as Dockerfile)."""
@@ -174,6 +173,7 @@ def write_container_context(
     version: str | None = None,
     variant: str = "fp32",
     python_version: str | None = None,
+    build_tag: str | None = None,
     force: bool = False,
 ) -> ContainerContext:
     """Write a build context that builds the serving image offline, from the context alone.
@@ -185,6 +185,8 @@ def write_container_context(
         base_image: default for ``ARG BASE_IMAGE`` (python slim for CPU, CUDA runtime for GPU).
         name / version / variant: as for :func:`~torchport.deploy.build_wheel`.
         python_version: the base image's Python (``3.11`` for CPU, ``3.12`` for the GPU default).
+        build_tag: also build the image with podman or docker under this tag; if the build fails,
+            the context is not left behind either.
 
     Example:
         >>> write_container_context("out/cnn", "out/cnn-image")          # doctest: +SKIP
@@ -203,6 +205,7 @@ def write_container_context(
     module = check_module_name(name) if name else default_module_name(pkg.manifest.name)
     base = base_image or (DEFAULT_GPU_BASE if gpu else DEFAULT_CPU_BASE)
     py = python_version or ("3.12" if gpu and base_image is None else "3.11")
+    builder = find_builder() if build_tag else None  # no builder: say so before writing anything
     with atomic_dir(out, force=force) as tmp:
         wheels = tmp / "wheels"
         wheel = build_wheel(pkg.path, wheels, name=module, version=version, variant=variant)
@@ -244,9 +247,24 @@ def write_container_context(
             "wheels": names,
         }
         (tmp / CONTEXT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        if build_tag:
+            build_image(tmp, build_tag, base_image=base_image, builder=builder)
     return ContainerContext(
-        path=out, name=wheel.name, version=wheel.version, base_image=base, gpu=gpu, wheels=names
+        path=out,
+        name=wheel.name,
+        version=wheel.version,
+        base_image=base,
+        gpu=gpu,
+        wheels=names,
+        image=build_tag,
     )
+
+
+def _recorded_base(ctx: Path) -> str | None:
+    try:
+        return json.loads((ctx / CONTEXT_RECORD).read_text())["base_image"]
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def find_builder() -> str:
@@ -290,13 +308,15 @@ def build_image(
             f"{str(ctx)!r} is not a build context (no Containerfile); write one with `torchport deploy container`"
         )
     tool = builder or find_builder()
+    base = base_image or _recorded_base(ctx)
+    local = (
+        subprocess.run([tool, "image", "inspect", base], capture_output=True).returncode == 0
+        if base
+        else True
+    )
     cmd = [tool, "build", "-t", tag, "-f", str(ctx / "Containerfile")]
     if tool == "podman":
-        cmd += [
-            "--format",
-            "docker",
-            "--pull=never" if base_image and "/" not in base_image.split(":")[0] else "--pull=missing",
-        ]
+        cmd += ["--format", "docker"]  # keeps HEALTHCHECK (the OCI format has none)
     if base_image:
         cmd += ["--build-arg", f"BASE_IMAGE={base_image}"]
     if network:
@@ -306,7 +326,7 @@ def build_image(
     if proc.returncode != 0:
         lines = [ln for ln in (proc.stderr + proc.stdout).strip().splitlines() if ln.strip()]
         detail = lines[-1] if lines else f"exit code {proc.returncode}"
-        if base_image and ("not found" in detail or "manifest unknown" in detail or "pull" in detail.lower()):
-            raise UsageError(f"base image {base_image!r} does not exist or cannot be pulled: {detail}")
+        if not local:
+            raise UsageError(f"base image {base!r} does not exist here and could not be pulled: {detail}")
         raise UsageError(f"{tool} build of {ctx} failed: {detail}")
     return tag

@@ -32,14 +32,14 @@ PLATFORMS = [f"manylinux_2_{minor}_x86_64" for minor in range(36, 16, -1)] + [
 
 
 def _pinned(requirement: str) -> str:
-    """``name==version`` when ``name`` is installed here (the versions torchport was tested with)."""
-    lookup = "onnxruntime" if requirement == "onnxruntime-gpu" else requirement
-    for name in (requirement, lookup):
-        try:
-            return f"{requirement}=={metadata.version(name)}"
-        except metadata.PackageNotFoundError:
-            continue
-    return requirement
+    """``name==version`` when ``name`` is installed here (the versions torchport was tested with).
+
+    The GPU build is released on its own schedule: without it installed here, the newest one.
+    """
+    try:
+        return f"{requirement}=={metadata.version(requirement)}"
+    except metadata.PackageNotFoundError:
+        return requirement
 
 
 def _pip(args: list[str], what: str) -> None:

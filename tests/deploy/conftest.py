@@ -81,3 +81,38 @@ def torchport(
         env=env,
         timeout=600,
     )
+
+
+BASE_IMAGE = "localhost/torchport-base:bookworm"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(tmp_path_factory) -> Path:
+    """Every wheel a serving image installs (pip's cache keeps repeat runs quick)."""
+    from torchport.deploy._wheelhouse import build_wheelhouse
+
+    dest = tmp_path_factory.mktemp("wheelhouse")
+    build_wheelhouse(dest, python_version=f"{sys.version_info.major}.{sys.version_info.minor}")
+    return dest
+
+
+@pytest.fixture(scope="session")
+def base_image() -> str:
+    """The local Debian bookworm base image, built once per machine by scripts/base_image.sh."""
+    import shutil
+
+    if shutil.which("podman") is None:
+        pytest.skip("podman is not installed (scripts/setup.sh installs it)")
+    proc = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "base_image.sh"), BASE_IMAGE], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return BASE_IMAGE

@@ -146,10 +146,10 @@ def test_wheel_installs_without_torch_predicts_and_serves(add_pkg, tmp_path, whe
         f"np.savez({str(tmp_path / 'out.npz')!r}, **out)\n"
         "print(m.signature, 'torch' in sys.modules)\n"
     )
-    run = subprocess.run([py, "-c", script], capture_output=True, text=True, timeout=300)
+    run = subprocess.run([py, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip().endswith("False")  # no torch imported (and none installed)
-    assert subprocess.run([py, "-c", "import torch"], capture_output=True).returncode != 0
+    assert subprocess.run([py, "-c", "import torch"], capture_output=True, cwd=tmp_path).returncode != 0
     got = np.load(tmp_path / "out.npz")
     expected = ort.InferenceSession(str(add_pkg.path / "model.onnx")).run(None, {"x": x})
     np.testing.assert_array_equal(got["y"], expected[0])
@@ -168,6 +168,7 @@ def test_wheel_installs_without_torch_predicts_and_serves(add_pkg, tmp_path, whe
         [str(env_dir / "bin" / "torchport"), "serve", "--installed", "nosuch"],
         capture_output=True,
         text=True,
+        cwd=tmp_path,
         timeout=120,
     )
     assert (
