@@ -4,7 +4,8 @@
 ``pickle.loads``, loads entries marked ``use_pickle`` with ``torch.load(weights_only=False)``,
 rebuilds ``custom_obj_*`` script objects, loads AOTInductor shared libraries found under
 ``data/aotinductor/``, and turns every symbolic-shape expression in the program with
-``sympy.sympify``, which evaluates its text as Python. Any of these runs code from the file.
+``sympy.sympify``, which evaluates its text as Python; a pytree spec's defaultdict makes it import
+any module by name. Any of these runs code from the file.
 
 :func:`check_pt2_archive` reads the zip before torch does and refuses such an archive with a
 message naming the entry; :func:`untrusted_pt2_load` is the second wall: while torch loads, every
@@ -16,6 +17,7 @@ from __future__ import annotations
 import ast
 import builtins
 import contextlib
+import importlib
 import json
 import pickle
 import re
@@ -71,6 +73,14 @@ _STRING_ARGS = {  # a string constant is allowed only as the first argument of t
     "Float": re.compile(r"[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?"),
     "Rational": re.compile(r"[-+]?[0-9]+(/[0-9]+)?"),
 }
+#: defaultdict factories a pytree spec may name (torch imports module and takes the attribute)
+_DEFAULT_FACTORIES = frozenset(
+    [
+        ("builtins", n)
+        for n in ("list", "dict", "set", "int", "float", "str", "tuple", "bool", "bytes", "frozenset")
+    ]
+    + [("collections", n) for n in ("OrderedDict", "Counter", "deque", "defaultdict")]
+)
 _SYMBOL_NAME = re.compile(r"[a-z]+[0-9]+")  # torch's shape symbols: s0, u3, zf1...
 _MAX_EXPRESSION = 20_000
 _OPERATORS = (
@@ -190,19 +200,28 @@ def _refuse(source: str, entry: str, what: str) -> UnsafeContentError:
     )
 
 
-def _expressions(value: Any, depth: int = 0) -> Iterator[str]:
-    """Every ``expr_str`` in a serialized program (its symbolic shape expressions)."""
+def _strings(value: Any, depth: int = 0) -> Iterator[tuple[str | None, str]]:
+    """Every (key, string) in a serialized program (key ``None`` for an array item)."""
     if depth > 400:
         raise ValueError("nested more than 400 levels")
     if isinstance(value, dict):
         for key, item in value.items():
-            if key == "expr_str" and isinstance(item, str):
-                yield item
-            else:
-                yield from _expressions(item, depth + 1)
+            if isinstance(item, str):
+                yield key, item
+            yield from _strings(item, depth + 1)
     elif isinstance(value, list):
         for item in value:
-            yield from _expressions(item, depth + 1)
+            if isinstance(item, str):
+                yield None, item
+            yield from _strings(item, depth + 1)
+
+
+def _check_default_factory(value: Any) -> None:
+    """A pytree spec's defaultdict names its factory by module and name; torch imports it."""
+    if isinstance(value, dict) and "default_factory_module" in value:
+        module, name = value.get("default_factory_module"), value.get("default_factory_name")
+        if (module, name) not in _DEFAULT_FACTORIES:
+            raise ValueError(f"a defaultdict factory {module}.{name} torch would import")
 
 
 def check_pt2_archive(path: Path, source: str) -> None:
@@ -268,17 +287,41 @@ def _check_payload_config(archive: zipfile.ZipFile, name: str, source: str) -> N
 def _check_program(archive: zipfile.ZipFile, name: str, source: str) -> None:
     program = _read_json(archive, name, source)
     try:
-        for text in _expressions(program):
-            try:
-                check_sympy_expression(text)
-            except ValueError as e:
-                raise _refuse(
-                    source,
-                    name,
-                    f"has a shape expression torch would evaluate as Python ({e}): {text[:60]!r}",
-                ) from None
+        for key, text in _strings(program):
+            if key == "expr_str":
+                try:
+                    check_sympy_expression(text)
+                except ValueError as e:
+                    raise _refuse(
+                        source,
+                        name,
+                        f"has a shape expression torch would evaluate as Python ({e}): {text[:60]!r}",
+                    ) from None
+            elif "default_factory_module" in text:
+                _check_spec(text)
+    except UnsafeContentError:
+        raise
     except (ValueError, RecursionError) as e:
-        raise UnsafeContentError(f"refusing {source}: entry {name} is {e}") from None
+        raise _refuse(source, name, f"holds {e}") from None
+
+
+def _check_spec(text: str) -> None:
+    """Refuse a pytree spec (JSON text) naming a defaultdict factory other than a builtin container."""
+    try:
+        spec = json.loads(text)
+    except ValueError:
+        return  # not JSON: torch refuses it itself
+    stack = [spec]
+    while stack:
+        node = stack.pop()
+        _check_default_factory(node)
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, str) and "default_factory_module" in node:
+            with contextlib.suppress(ValueError):
+                stack.append(json.loads(node))
 
 
 # --------------------------------------------------------------------------- the second wall
@@ -301,11 +344,13 @@ def untrusted_pt2_load() -> Iterator[None]:
 
     ``torch.load`` is forced to ``weights_only=True``; the pt2 loader's ``pickle.loads``, script
     object unpickler and AOTInductor loader raise; ``sympy.sympify`` of text first passes
-    :func:`check_sympy_expression`. Not thread-safe: torch's module attributes are swapped.
+    :func:`check_sympy_expression`; pytree specs may import only ``builtins`` and ``collections``
+    (for a defaultdict's factory). Not thread-safe: torch's module attributes are swapped.
     """
     import sympy
     import torch
     from torch.export.pt2_archive import _package
+    from torch.utils import _pytree
 
     original_load = torch.load
     original_sympify = sympy.sympify
@@ -323,6 +368,11 @@ def untrusted_pt2_load() -> Iterator[None]:
                 raise _Blocked(f"refused shape expression {a[:60]!r}: {e}") from None
         return original_sympify(a, *args, **kwargs)
 
+    def checked_import(name: str, package: str | None = None) -> Any:
+        if name not in ("builtins", "collections"):
+            raise _Blocked(f"torchport refused to import module {name!r} named by an untrusted archive")
+        return importlib.import_module(name, package)
+
     blocked_pickle = types.SimpleNamespace(
         loads=_blocked("unpickle an object"), load=_blocked("unpickle an object")
     )
@@ -332,6 +382,7 @@ def untrusted_pt2_load() -> Iterator[None]:
         (_package, "pickle", blocked_pickle),
         (_package, "_load_aoti", _blocked("load compiled AOTInductor code")),
         (torch._C, "_pickle_load_obj", _blocked("unpickle a script object")),
+        (_pytree, "importlib", types.SimpleNamespace(import_module=checked_import)),
     ]
     saved = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in swaps]
     try:

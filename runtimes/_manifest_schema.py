@@ -126,8 +126,11 @@ def check_package_path(field: str, value: Any) -> str:
         or "" in parts
         or _CONTROL.search(value)
     ):
+        absolute = value.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", value)
+        # an absolute path is not repeated: errors may be served over HTTP
+        shown = f"an absolute path ending in {parts[-1][:80]!r}" if absolute else repr(value[:80])
         raise PackageError(
-            f"{MANIFEST_NAME}: {field} {value[:80]!r} is not a file inside the package "
+            f"{MANIFEST_NAME}: {field} {shown} is not a file inside the package "
             "(file names are relative, without '..')"
         )
     return value

@@ -7,10 +7,12 @@ marker file. Every test asserts the marker is never created and the error names 
 from __future__ import annotations
 
 import builtins
+import contextlib
 import io
 import json
 import pickle
 import re
+import uuid
 import zipfile
 from pathlib import Path
 
@@ -113,10 +115,36 @@ def _crafted(kind: str, good: Path, folder: Path, marker: Path) -> tuple[Path, s
             r"entry good/models/model\.json has a shape expression torch would evaluate as Python "
             r"\(call of 'open' is not an allowed sympy function\)"
         )
+    if kind == "defaultdict":
+        # a module with import-time effects stands for any importable module (torch imports it by name)
+        module = f"torchport_marker_{uuid.uuid4().hex[:8]}"
+        (folder / f"{module}.py").write_text(f"open({str(marker)!r}, 'w').close()\nfactory = list\n")
+        context = {"default_factory_module": module, "default_factory_name": "factory", "dict_context": ["a"]}
+        leaf = {"type": None, "context": None, "children_spec": []}
+        spec = json.dumps(
+            [1, {"type": "collections.defaultdict", "context": context, "children_spec": [leaf]}]
+        )
+
+        def edit(inner: str, data: bytes, added: dict[str, bytes]) -> bytes:
+            if inner == "models/model.json":
+                program = json.loads(data)
+                program["graph_module"]["module_call_graph"][0]["signature"]["out_spec"] = spec
+                return json.dumps(program).encode()
+            return data
+
+        return _rewrite(good, folder / "defaultdict.pt2", edit), (
+            rf"entry good/models/model\.json holds a defaultdict factory {module}\.factory torch would import"
+        )
     raise AssertionError(kind)
 
 
-KINDS = ["opaque_obj", "use_pickle", "sympy"]
+KINDS = ["opaque_obj", "use_pickle", "sympy", "defaultdict"]
+
+
+@pytest.fixture(autouse=True)
+def _importable_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Modules written to tmp_path are importable (the defaultdict payload's module lives there)."""
+    monkeypatch.syspath_prepend(str(tmp_path))
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -157,11 +185,15 @@ def test_second_wall_blocks_the_payload_even_without_the_archive_check(
     assert torch.load.__name__ == "load"  # everything swapped is put back
 
 
-def test_without_torchport_the_crafted_archive_does_run_code(good_pt2: Path, tmp_path: Path) -> None:
-    """The threat is real: plain torch.export.load runs the opaque_obj_ payload."""
+@pytest.mark.parametrize("kind", KINDS)
+def test_without_torchport_the_crafted_archive_does_run_code(
+    kind: str, good_pt2: Path, tmp_path: Path
+) -> None:
+    """The threat is real: plain torch.export.load runs every payload above."""
     marker = tmp_path / "pwned"
-    crafted, _ = _crafted("opaque_obj", good_pt2, tmp_path, marker)
-    torch.export.load(str(crafted))
+    crafted, _ = _crafted(kind, good_pt2, tmp_path, marker)
+    with contextlib.suppress(Exception):  # some fail after the payload ran
+        torch.export.load(str(crafted))
     assert marker.exists()
 
 
