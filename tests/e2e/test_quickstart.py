@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,3 +34,8 @@ def test_quickstart_runs_end_to_end(tmp_path: Path) -> None:
     assert "request id quickstart-1" in out
     assert "OK: served result equals eager PyTorch" in out
     assert (tmp_path / "out" / "cnn" / "torchport.json").is_file()
+    wheel = tmp_path / "out" / "dist" / "cnn-1-py3-none-any.whl"
+    assert wheel.is_file() and f"model wheel:   {wheel}" in out
+    if shutil.which("podman") or shutil.which("docker"):
+        assert "image:         localhost/torchport-quickstart-cnn:1" in out
+        assert (tmp_path / "out" / "image" / "Containerfile").is_file()
