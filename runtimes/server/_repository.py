@@ -24,6 +24,7 @@ from torchport.runtimes._session import Session
 from torchport.runtimes.server._batching import ModelRunner
 from torchport.runtimes.server._config import ModelSettings, _version_key
 from torchport.runtimes.server._stats import ModelStats
+from torchport.runtimes.server._triton_layout import triton_versions
 
 log = logging.getLogger("torchport.server")
 
@@ -164,6 +165,8 @@ def discover(path: str | Path) -> list[tuple[str, str, Path]]:
             for v in sorted(child.iterdir())
             if v.is_dir() and not v.name.startswith(".") and (v / MANIFEST_NAME).is_file()
         ]
+        if not versions:  # a Triton repository's model: NAME/config.pbtxt, NAME/<v>/model.onnx
+            versions = [v for _, v in triton_versions(child)]
         for v in versions:
             found.append((child.name, v.name, v))
         if not versions and any(child.iterdir()):

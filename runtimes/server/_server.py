@@ -22,6 +22,7 @@ from torchport.runtimes.server._loading import MetricsApp, check_models, warm_up
 from torchport.runtimes.server._metrics import ServerMetrics
 from torchport.runtimes.server._repository import READY, ModelEntry, ModelRepository
 from torchport.runtimes.server._routes import InferenceApp, on_batch_metrics
+from torchport.runtimes.server._triton_layout import open_package
 
 log = logging.getLogger("torchport.server")
 
@@ -113,7 +114,7 @@ class InferenceServer:
     def _make_session(self, entry: ModelEntry) -> Session:
         st = entry.settings
         session = Session.from_package(
-            entry.path,
+            open_package(entry.path),
             variant=st.variant,
             providers=st.providers,
             allow_fallback=st.allow_fallback,

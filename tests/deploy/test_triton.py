@@ -108,3 +108,29 @@ def test_bad_input_is_refused_and_nothing_written(tmp_path):
     ok = torchport("deploy", "triton", str(pkg.path), "-o", str(tmp_path / "taken"), "--force")
     assert ok.returncode == 0, ok.stderr
     assert json.loads((tmp_path / "taken" / "add" / "1" / "torchport.json").read_text())["name"] == "add"
+
+
+def test_torchport_serve_serves_a_plain_triton_repository(tmp_path):
+    """A Triton repository made without torchport (no torchport.json): signature from the ONNX file."""
+    pkg = make_add_package(tmp_path / "add")
+    write_triton_repository(pkg.path, tmp_path / "repo")
+    for extra in ("torchport.json", "parity.json"):
+        (tmp_path / "repo" / "add" / "1" / extra).unlink(missing_ok=True)
+    other = tmp_path / "repo" / "scripted" / "1"
+    other.mkdir(parents=True)
+    (other.parent / "config.pbtxt").write_text('name: "scripted"\nplatform: "pytorch_libtorch"\n')
+    (other / "model.pt").write_bytes(b"not served")
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    expected = ort.InferenceSession(str(pkg.path / "model.onnx")).run(None, {"x": x})
+    with running_server(tmp_path / "repo") as server:
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{server.port}")
+        assert client.is_model_ready("add")
+        meta = client.get_model_metadata("add")
+        assert [i["name"] for i in meta["inputs"]] == ["x"] and meta["inputs"][0]["shape"] == [-1, 4]
+        for binary in (False, True):
+            inp = httpclient.InferInput("x", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x, binary_data=binary)
+            result = client.infer("add", [inp])
+            np.testing.assert_array_equal(result.as_numpy("y"), expected[0])
+        with pytest.raises(Exception, match="scripted"):
+            client.get_model_metadata("scripted")
