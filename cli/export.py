@@ -70,6 +70,15 @@ def export(
             "or comma-separated names, e.g. --outputs logits or --outputs last_hidden_state,pooler_output."
         ),
     ),
+    task: Optional[str] = typer.Option(
+        None,
+        "--task",
+        help=(
+            "auto (default), text-generation or default. auto exports Hugging Face causal LMs for generation: "
+            "input_ids, attention_mask, position_ids and past_key_values.N.key/value in; logits and "
+            "present.N.key/value out (--outputs logits keeps a logits-only export), e.g. --task text-generation."
+        ),
+    ),
     sample: Optional[Path] = typer.Option(
         None,
         "--sample",
@@ -135,6 +144,7 @@ def export(
             dims=dims or None,
             sample=str(sample) if sample is not None else None,
             outputs=outputs,
+            task=task,
             opset=opset,
             name=name,
             version=version,

@@ -20,6 +20,7 @@ import torch
 
 from torchport.exporters._capture_failures import analyze_failure, format_failure
 from torchport.exporters._debugger import debug_post_mortem
+from torchport.exporters._decoder_export import export_text_generation, wants_decoder
 from torchport.exporters._example_inputs import ExampleInputs
 from torchport.exporters._example_resolution import resolve_example_inputs
 from torchport.exporters._export_gate import GateOptions, chain_hooks, export_gate
@@ -365,6 +366,7 @@ def export_model(
     disable: Sequence[str] = (),
     atol: float | None = None,
     rtol: float | None = None,
+    task: str | None = None,
 ) -> ExportResult:
     """Export a PyTorch model to an ONNX model package.
 
@@ -399,6 +401,9 @@ def export_model(
         level / fp16 / int8 / calibration / disable: optimization, as ``torchport optimize``
             (:func:`~torchport.exporters.optimize_package`); default: no optimization passes.
         atol / rtol: override the fp32 parity tolerance (see ``DEFAULT_TOLERANCES``).
+        task: ``"auto"`` (default: Hugging Face causal LMs export with their key/value cache unless
+            ``outputs``/``inputs`` are given), ``"text-generation"`` (force it), ``"default"`` (never);
+            see :mod:`torchport.exporters._decoder_export`.
 
     Returns:
         An :class:`ExportResult`.
@@ -426,6 +431,7 @@ def export_model(
         atol=atol,
         rtol=rtol,
     )
+    user_hook = before_commit
     before_commit = chain_hooks(export_gate(gate), before_commit)  # options checked before exporting
     progress = progress or Progress(quiet=quiet)
     start = time.perf_counter()
@@ -434,6 +440,10 @@ def export_model(
             with progress.stage("load") as st:
                 loaded = stage_load(source, attn_implementation)
                 st.detail = f"{loaded.reference} ({loaded.kind})"
+            if wants_decoder(loaded, task, outputs, inputs, sample, user_hook):
+                return export_text_generation(
+                    loaded, writer, progress, gate, dims, opset, name, version, start
+                )
             with progress.stage("inputs") as st:
                 example = stage_inputs(loaded, inputs, dims, sample)
                 st.detail = str(example)

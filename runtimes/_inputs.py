@@ -12,7 +12,10 @@ from torchport.runtimes._manifest import DimRange, TensorSpec
 
 
 def concrete_shape(spec: TensorSpec, dims: Mapping[str, int]) -> tuple[int, ...]:
-    """Shape of ``spec`` with each named dim replaced by its value in ``dims``."""
+    """Shape of ``spec`` with each named dim replaced by its value in ``dims``.
+
+    A dim named as a sum of dims (``"past_seq+seq"``, a decoder's attention mask) is their sum.
+    """
     shape = []
     for d in spec.shape:
         if isinstance(d, int):
@@ -21,6 +24,8 @@ def concrete_shape(spec: TensorSpec, dims: Mapping[str, int]) -> tuple[int, ...]
             raise UsageError(f"input {spec.name!r} has an unnamed dynamic dim; name it with --input/--dim")
         elif d in dims:
             shape.append(int(dims[d]))
+        elif "+" in d and all(p in dims for p in d.split("+")):
+            shape.append(sum(int(dims[p]) for p in d.split("+")))
         else:
             raise UsageError(f"input {spec.name!r}: no value for dynamic dim {d!r}")
     return tuple(shape)

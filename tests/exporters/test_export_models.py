@@ -345,10 +345,13 @@ HF_SLOW = ["llama", "t5_encoder"]
 @pytest.mark.parametrize("name", HF_FAST + [pytest.param(n, marks=pytest.mark.slow) for n in HF_SLOW])
 def test_transformers(name: str, hf_dir: Path, out_dir: Path) -> None:
     pytest.importorskip("transformers")
-    exp = _export(_hf_source(hf_dir, name), out_dir / f"hf-{name}")
+    causal = name in ("gpt2", "llama")
+    exp = _export(
+        _hf_source(hf_dir, name), out_dir / f"hf-{name}", **({"outputs": "logits"} if causal else {})
+    )
     m = exp.package.manifest
-    if name in ("gpt2", "llama"):
-        assert [s.name for s in m.outputs] == ["logits"], "causal LMs export logits by default"
+    if causal:
+        assert [s.name for s in m.outputs] == ["logits"], "--outputs logits: the logits-only export"
         assert m.outputs[0].shape == ["batch", "seq", 100]
     if name == "t5_encoder":
         assert exp.result.strategy == "dynamo-decomp-workaround"

@@ -1,0 +1,93 @@
+"""Carry a Hugging Face folder's tokenizer into the package and record text pre/post-processing.
+
+When the source folder holds ``tokenizer.json`` (a fast tokenizer), the package gets a copy (hashed
+like every package file) plus ``tokenizer_config.json`` / ``chat_template.jinja`` when present, and
+the manifest's ``extra["text"]`` records what the runtime needs to go from text to tensors and back
+with the ``tokenizers`` library alone (no transformers, no torch):
+
+    {"tokenizer": "tokenizer.json", "task": "text-generation" | "text-classification" |
+     "token-classification" | "feature-extraction", "chat_template": str | None,
+     "special_tokens": {"bos": ..., "eos": ..., "pad": ...}, "id2label": {...} (classifiers),
+     "pooling": "mean" | "cls", "normalize": bool (embeddings)}
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+__all__ = ["copy_text_assets", "source_folder"]
+
+TOKENIZER_FILE = "tokenizer.json"
+_EXTRA_FILES = (
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "generation_config.json",
+)
+
+
+def source_folder(reference: str) -> Path | None:
+    """The folder of a Hugging Face source string (``folder`` or ``folder:component``)."""
+    path = Path(reference)
+    if path.is_dir():
+        return path
+    left, sep, _ = reference.rpartition(":")
+    if sep and Path(left).is_dir():
+        return Path(left)
+    return None
+
+
+def _token_text(value: Any) -> str | None:
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _ids(value: Any) -> list[int]:
+    if value is None:
+        return []
+    return [int(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+
+
+def copy_text_assets(reference: str, dest: Path, config: Any, *, task: str) -> dict[str, Any] | None:
+    """Copy the tokenizer files of ``reference``'s folder into ``dest``; return ``extra["text"]``.
+
+    Returns ``None`` when the folder has no ``tokenizer.json`` (the package then takes token ids only).
+    The returned dict may hold ``generation_defaults`` (eos/bos/pad ids from ``generation_config.json``,
+    which Hugging Face ``generate`` prefers over ``config.json``) for the caller to merge.
+    """
+    folder = source_folder(reference)
+    if folder is None or not (folder / TOKENIZER_FILE).is_file():
+        return None
+    shutil.copyfile(folder / TOKENIZER_FILE, dest / TOKENIZER_FILE)
+    files = [TOKENIZER_FILE]
+    for name in _EXTRA_FILES:
+        if (folder / name).is_file():
+            shutil.copyfile(folder / name, dest / name)
+            files.append(name)
+    tok_config: dict[str, Any] = {}
+    if (folder / "tokenizer_config.json").is_file():
+        tok_config = json.loads((folder / "tokenizer_config.json").read_text())
+    template = tok_config.get("chat_template")
+    if (folder / "chat_template.jinja").is_file():
+        template = (folder / "chat_template.jinja").read_text()
+    text: dict[str, Any] = {
+        "tokenizer": TOKENIZER_FILE,
+        "files": files,
+        "task": task,
+        "chat_template": template if isinstance(template, str) else None,
+        "special_tokens": {
+            k: _token_text(tok_config.get(f"{k}_token")) for k in ("bos", "eos", "pad", "unk", "cls", "sep")
+        },
+    }
+    if task in ("text-classification", "token-classification"):
+        labels = getattr(config, "id2label", None) or {}
+        text["id2label"] = {str(k): str(v) for k, v in labels.items()}
+    if (folder / "generation_config.json").is_file():
+        gen = json.loads((folder / "generation_config.json").read_text())
+        defaults = {k: _ids(gen.get(k)) for k in ("eos_token_id", "bos_token_id", "pad_token_id") if k in gen}
+        text["generation_defaults"] = defaults
+    return text

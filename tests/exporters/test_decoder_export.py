@@ -1,0 +1,135 @@
+"""Causal LMs exported with their key/value cache (``--task text-generation``, auto for causal LM folders)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+pytest.importorskip("transformers")
+
+import torch  # noqa: E402
+
+from tests.lm_models import exported_lm, save_causal_lm  # noqa: E402
+from torchport.exporters import export_model  # noqa: E402
+from torchport.exporters._decoder_export import (  # noqa: E402
+    DecoderModule,
+    check_decoder_parity,
+    decoder_inputs,
+    decoder_signature,
+)
+from torchport.exporters._loading import load_model  # noqa: E402
+from torchport.runtimes import ModelPackage, UsageError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("lm")
+
+
+def _hf_incremental(folder: Path, prompt: np.ndarray, steps: list[int]) -> list[np.ndarray]:
+    """An independent oracle: the Hugging Face model with its own DynamicCache, one step at a time."""
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(folder)).eval()
+    out_logits = []
+    with torch.no_grad():
+        out = model(input_ids=torch.from_numpy(prompt), use_cache=True)
+        out_logits.append(out.logits[:, -1].numpy())
+        cache = out.past_key_values
+        for token in steps:
+            out = model(input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            out_logits.append(out.logits[:, -1].numpy())
+    return out_logits
+
+
+FAST = ["gpt2", "llama"]
+SLOW = ["qwen2", "mistral", "phi3", "gemma", "mixtral", "qwen2_moe"]
+
+
+@pytest.mark.parametrize("name", FAST + [pytest.param(n, marks=pytest.mark.slow) for n in SLOW])
+def test_decoder_with_cache(name: str, root: Path) -> None:
+    result = exported_lm(name, root)
+    m = ModelPackage.load(result.path).manifest
+    layers = m.extra["generation"]["num_layers"]
+    past = [f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+    names = [s.name for s in m.inputs]
+    assert names[:2] == ["input_ids", "attention_mask"] and names[-len(past) :] == past
+    assert ("position_ids" in names) == m.extra["generation"]["position_ids"]
+    assert m.input("attention_mask").shape == ["batch", "past_seq+seq"]
+    assert m.input(past[0]).shape[0] == "batch" and m.input(past[0]).shape[2] == "past_seq"
+    assert [s.name for s in m.outputs] == ["logits"] + [p.replace("past_key_values", "present") for p in past]
+    assert m.outputs[1].shape[2] == "past_seq+seq"
+    assert m.dynamic_dims["past_seq"].min == 0 and m.dynamic_dims["seq"].min == 1
+    assert m.validated and m.export["task"] == "text-generation"
+    report = ModelPackage.load(result.path).parity_report()
+    assert report["passed"] and report["cases"][0].startswith("prompt") and len(report["cases"]) == 5
+    assert {o["name"] for o in report["variants"]["fp32"]["outputs"]} == {s.name for s in m.outputs}
+    assert "tokenizer.json" in m.files and m.extra["text"]["tokenizer"] == "tokenizer.json"
+    assert m.extra["generation"]["eos_token_id"] == [2]
+
+    # the ONNX model against Hugging Face's own incremental decoding (prompt with past_seq=0, then 4 steps)
+    sig = decoder_signature(load_model(str(root / f"src-{name}")).module)
+    sess = ort.InferenceSession(str(result.path / "model.onnx"), providers=["CPUExecutionProvider"])
+    prompt = np.array([[1, 5, 9, 14, 3, 7]], np.int64)
+    steps = [11, 4, 20, 8]
+    want = _hf_incremental(root / f"src-{name}", prompt, steps)
+    mask = np.ones_like(prompt)
+    feeds = decoder_inputs(sig, prompt, mask, None)
+    for k in range(len(steps) + 1):
+        out = sess.run(None, feeds)
+        np.testing.assert_allclose(out[0][:, -1], want[k], atol=1e-4, rtol=1e-3, err_msg=f"step {k}")
+        if k < len(steps):
+            mask = np.ones((1, mask.shape[1] + 1), np.int64)
+            feeds = decoder_inputs(sig, np.array([[steps[k]]], np.int64), mask, out[1:])
+    assert out[1].shape[2] == prompt.shape[1] + len(steps) - 1 + 1
+
+
+def test_int8_dynamic_decoder(root: Path) -> None:
+    result = exported_lm("llama", root, int8="dynamic", level="basic")
+    m = result.manifest
+    assert set(m.variants) == {"fp32", "int8"} and m.variants["int8"].parity["passed"]
+    report = result.package.parity_report()
+    logits = report["variants"]["int8"]["outputs"][0]
+    assert logits["name"] == "logits" and logits["cosine"] >= 0.99 and logits["top1"] >= 0.9
+
+
+def test_outputs_logits_keeps_the_plain_export(root: Path) -> None:
+    result = exported_lm("gpt2", root, outputs="logits")
+    assert [s.name for s in result.manifest.inputs] == ["input_ids", "attention_mask"]
+    assert [s.name for s in result.manifest.outputs] == ["logits"]
+    assert "generation" not in result.manifest.extra
+
+
+def test_task_errors(root: Path, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match=r"--task text-generation needs a Hugging Face causal LM folder"):
+        export_model("torchport.exporters.examples.mlp:make_model", tmp_path / "a", task="text-generation")
+    src = root / "src-gpt2"
+    if not src.exists():
+        save_causal_lm("gpt2", src)
+    with pytest.raises(
+        UsageError, match=r"unknown --task 'chat'; use one of: auto, text-generation, default"
+    ):
+        export_model(str(src), tmp_path / "b", task="chat", quiet=True)
+    with pytest.raises(UsageError, match=r"sets its own inputs .* drop --input"):
+        export_model(str(src), tmp_path / "c", task="text-generation", inputs=["input_ids:int64[batch,seq]"])
+    with pytest.raises(UsageError, match=r"--dim past_seq=0\.\.500: the model has 128 positions"):
+        export_model(str(src), tmp_path / "d", dims=["past_seq=0..500"], quiet=True)
+    assert not any(tmp_path.iterdir())
+
+
+def test_parity_catches_a_different_model(root: Path) -> None:
+    """Eager weights from another seed against the exported file: the multi-step gate fails."""
+    result = exported_lm("llama", root)
+    other = save_causal_lm("llama", root / "src-llama-seed1", seed=1, tokenizer=False)
+    model = load_model(str(other)).module
+    module = DecoderModule(model, decoder_signature(model))
+    parity = check_decoder_parity(
+        module, {"fp32": result.path / "model.onnx"}, dims=result.manifest.dynamic_dims, steps=2
+    )
+    assert not parity
+    assert "parity FAILED" in str(parity) and "elements beyond atol" in str(parity)
+    assert parity.cases == ["prompt batch 3 seq 8", "decode step 1", "decode step 2"]
