@@ -680,17 +680,22 @@ def export_text_generation(
     writer: Any,
     progress: Any,
     gate: Any,
-    dims: Any,
+    *,
+    dims: Mapping[str, DimRange],
     opset: int | None,
-    name: str | None,
+    name: str,
     version: str,
-    start: float,
-) -> Any:
+    producer: Any,
+) -> tuple[Any, str, list[Attempt]]:
     """``export_model``'s text-generation branch: export, gate and commit into ``writer``.
 
-    Returns an :class:`~torchport.exporters.ExportResult`.
+    Args:
+        gate: the export's ``GateOptions`` (level, fp16, int8, disable, validate, atol, rtol).
+        producer: ``producer(opset) -> dict`` for the manifest.
+
+    Returns:
+        ``(package, strategy, attempts)``.
     """
-    from torchport.exporters._export import ExportResult, _as_dims, _producer, default_name
     from torchport.exporters._text_assets import copy_text_assets
     from torchport.runtimes._manifest import Manifest
 
@@ -699,7 +704,7 @@ def export_text_generation(
         writer,
         progress,
         DecoderOptions(
-            dims=_as_dims(dims),
+            dims=dims,
             opset=opset,
             validate=gate.validate,
             level=gate.level,
@@ -715,20 +720,20 @@ def export_text_generation(
     }
     text = copy_text_assets(loaded.reference, writer.path, loaded.hf_config, task="text-generation")
     if text is not None:
-        extra["text"] = text
         extra["generation"].update(text.pop("generation_defaults", {}))
+        extra["text"] = text
     if not gate.validate:
         extra["validation"] = "skipped"
     if done["passes"]:
         extra["optimization"] = {"level": gate.level, "fp16": gate.fp16, "int8": gate.int8}
     result = done["parity_result"]
     manifest = Manifest(
-        name=name or default_name(loaded.reference),
+        name=name,
         version=str(version),
         inputs=done["specs"],
         outputs=done["outputs"],
         dynamic_dims=dict(done["dims"]),
-        producer=_producer(done["opset"]),
+        producer=producer(done["opset"]),
         source={"kind": loaded.kind, "reference": loaded.reference, "sha256": loaded.sha256},
         export={
             "strategy": done["strategy"],
@@ -747,10 +752,4 @@ def export_text_generation(
     with progress.stage("commit") as st:
         package = writer.commit(manifest, parity=done["parity"])
         st.detail = str(package.path)
-    return ExportResult(
-        package=package,
-        strategy=done["strategy"],
-        attempts=done["attempts"],
-        seconds=time.perf_counter() - start,
-        stages=dict(progress.times),
-    )
+    return package, done["strategy"], done["attempts"]

@@ -441,8 +441,19 @@ def export_model(
                 loaded = stage_load(source, attn_implementation)
                 st.detail = f"{loaded.reference} ({loaded.kind})"
             if wants_decoder(loaded, task, outputs, inputs, sample, user_hook):
-                return export_text_generation(
-                    loaded, writer, progress, gate, dims, opset, name, version, start
+                package, used, attempts = export_text_generation(
+                    loaded,
+                    writer,
+                    progress,
+                    gate,
+                    dims=_as_dims(dims),
+                    opset=opset,
+                    name=name or default_name(loaded.reference),
+                    version=version,
+                    producer=_producer,
+                )
+                return ExportResult(
+                    package, used, attempts, time.perf_counter() - start, dict(progress.times)
                 )
             with progress.stage("inputs") as st:
                 example = stage_inputs(loaded, inputs, dims, sample)
