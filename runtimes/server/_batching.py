@@ -13,7 +13,9 @@ Rules:
   (dispatch happens once per event-loop iteration, so requests read in the same iteration merge);
 - a model without a batch dim (or ``max_batch_size <= 1``) is never batched: one request per run;
 - a model whose runs average under ``inline_below`` seconds runs on the event loop thread itself
-  (a thread hand-off would cost more than the run);
+  (a thread hand-off would cost more than the run); when such a runner is idle, the first
+  request of a loop iteration runs at once, in the iteration that read it (concurrency 1 pays no
+  extra iteration); the requests read after it in that iteration batch as usual;
 - when a merged run fails, its requests are re-run one by one so only the bad one gets the error.
 """
 
@@ -81,6 +83,7 @@ class ModelRunner:
         #: (a thread hand-off costs more than such a run); 0 always uses the thread pool
         self.inline_below = inline_below
         self._compute_avg: float | None = None
+        self._submitted_this_iteration = False
         #: libuv (uvloop) timers tick in whole milliseconds and may fire up to 1 ms late: aim 1 ms
         #: early there, so no request waits longer than max_queue_delay
         self._slack = 0.0
@@ -109,11 +112,32 @@ class ModelRunner:
             self._rows[key] = 0
         queue.append(item)
         self._rows[key] += rows
+        first_this_iteration = not self._submitted_this_iteration
+        if first_this_iteration:
+            self._submitted_this_iteration = True
+            loop.call_soon(self._new_iteration)
+        if (
+            first_this_iteration
+            and not self._dispatch_pending
+            and self.busy == 0
+            and len(self._queues) == 1
+            and len(queue) == 1
+            and self.max_queue_delay == 0.0
+            and self._compute_avg is not None
+            and self._compute_avg < self.inline_below
+        ):
+            # an idle runner, a tiny model, the first request of this loop iteration (always so at
+            # concurrency 1): run it now, so the answer goes out in this iteration, not two later
+            self._dispatch()
+            return fut
         if not self._dispatch_pending:
             # dispatch once per loop iteration, so requests read in the same iteration share a run
             self._dispatch_pending = True
             loop.call_soon(self._dispatch)
         return fut
+
+    def _new_iteration(self) -> None:
+        self._submitted_this_iteration = False
 
     def _due_key(self, now: float) -> tuple | None:
         best, best_deadline = None, None

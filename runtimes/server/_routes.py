@@ -306,6 +306,8 @@ class InferenceApp:
                 200, body, "application/octet-stream", [("inference-header-content-length", str(hlen))]
             )
 
+        if future.done():  # ran inline at once (an idle runner, a tiny model): answer in this iteration
+            return finish(future)
         return Deferred(future, finish)
 
     def _body(self, req: Request) -> bytes:
