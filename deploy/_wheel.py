@@ -128,17 +128,9 @@ def _subset_manifest(manifest: Manifest, keep: list[str]) -> Manifest:
     return manifest.replace(files=files, variants={k: manifest.variants[k] for k in keep})
 
 
-def _record_hash(data_or_path: bytes | Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    if isinstance(data_or_path, bytes):
-        digest.update(data_or_path)
-        size = len(data_or_path)
-    else:
-        size = data_or_path.stat().st_size
-        with open(data_or_path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-    return "sha256=" + base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode(), size
+def _record_hash(data: bytes) -> tuple[str, int]:
+    encoded = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    return f"sha256={encoded}", len(data)
 
 
 class _DeterministicZip:
@@ -163,13 +155,16 @@ class _DeterministicZip:
 
     def add_file(self, arcname: str, path: Path) -> None:
         info = self._info(arcname, path.stat().st_size)
+        digest = hashlib.sha256()
         with (
             open(path, "rb") as src,
             self.zip.open(info, "w", force_zip64=info.file_size > 0x7FFFFFFF) as dst,
         ):
             while chunk := src.read(1 << 20):
+                digest.update(chunk)
                 dst.write(chunk)
-        self.records.append((arcname, *_record_hash(path)))
+        encoded = base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode()
+        self.records.append((arcname, f"sha256={encoded}", info.file_size))
 
     def close(self, record_name: str) -> None:
         lines = [f"{name},{h},{size}" for name, h, size in self.records] + [f"{record_name},,"]

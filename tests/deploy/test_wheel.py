@@ -178,3 +178,37 @@ def test_wheel_installs_without_torch_predicts_and_serves(add_pkg, tmp_path, whe
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__]))
+
+
+@pytest.mark.slow
+def test_a_model_over_2_gb_still_packages(tmp_path):
+    """External data past the 2 GiB zip limit goes in as a ZIP64 entry, stored, with its hash in RECORD."""
+    import hashlib
+
+    from torchport.runtimes import Manifest, TensorSpec, Variant, write_package
+
+    size = 2_200_000_000
+    small = make_add_package(tmp_path / "small")
+    with write_package(tmp_path / "huge") as wr:
+        (wr.path / "model.onnx").write_bytes((small.path / "model.onnx").read_bytes())
+        with open(wr.path / "model.onnx.data", "wb") as f:  # sparse: cheap on disk, real bytes to read
+            f.seek(size - 1)
+            f.write(b"\x01")
+        manifest = Manifest(
+            name="huge",
+            inputs=[TensorSpec("x", "float32", ["batch", 4])],
+            outputs=[TensorSpec("y", "float32", ["batch", 3]), TensorSpec("z", "float32", ["batch", 4])],
+            variants={"fp32": Variant(file="model.onnx", data_files=["model.onnx.data"])},
+        )
+        pkg = wr.commit(manifest)
+    wheel = build_wheel(pkg.path, tmp_path / "dist").path
+    with zipfile.ZipFile(wheel) as zf:
+        info = zf.getinfo("huge/models/huge/model.onnx.data")
+        assert info.file_size == size and info.compress_type == zipfile.ZIP_STORED
+        digest = hashlib.sha256()
+        with zf.open(info) as entry:
+            while chunk := entry.read(1 << 22):
+                digest.update(chunk)
+        record = zf.read("huge-1.dist-info/RECORD").decode()
+    assert digest.hexdigest() == pkg.manifest.files["model.onnx.data"].sha256
+    assert "huge/models/huge/model.onnx.data,sha256=" in record and f",{size}\n" in record
