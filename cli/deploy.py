@@ -16,6 +16,8 @@ _PKG = typer.Argument(..., metavar="PKG", help="The model package folder (torchp
 _FORCE = typer.Option(False, "--force", help="Replace the output folder if it exists.")
 _GPU = typer.Option(False, "--gpu", help="Target NVIDIA GPUs (CUDA provider required, never silently CPU).")
 _NAME = typer.Option(None, "--name", help="Name of the model / objects (default: the model's name).")
+_IMAGE = typer.Option(..., "--image", help="The serving image, e.g. registry.example.com/cnn:1.")
+_MANIFEST_OUT = typer.Option(..., "-o", "--out", help="Folder for the manifests.")
 
 
 @app.command("container")
@@ -67,8 +69,8 @@ def container(
 @app.command("k8s")
 def k8s(
     package_dir: Path = _PKG,
-    image: str = typer.Option(..., "--image", help="The serving image, e.g. registry.example.com/cnn:1."),
-    out: Path = typer.Option(..., "-o", "--out", help="Folder for the manifests."),
+    image: str = _IMAGE,
+    out: Path = _MANIFEST_OUT,
     gpu: bool = _GPU,
     replicas: int = typer.Option(2, "--replicas", help="Replicas (and the autoscaler's minimum, at most 2)."),
     api_key: bool = typer.Option(True, "--api-key/--no-api-key", help="Require a Bearer key from a Secret."),
@@ -90,8 +92,8 @@ def k8s(
 @app.command("kserve")
 def kserve(
     package_dir: Path = _PKG,
-    image: str = typer.Option(..., "--image", help="The serving image, e.g. registry.example.com/cnn:1."),
-    out: Path = typer.Option(..., "-o", "--out", help="Folder for the manifests."),
+    image: str = _IMAGE,
+    out: Path = _MANIFEST_OUT,
     gpu: bool = _GPU,
     name: Optional[str] = _NAME,
     force: bool = _FORCE,

@@ -205,10 +205,14 @@ def api_key_secret(name: str, version: str) -> dict[str, Any]:
     }
 
 
-def _check_image(image: str) -> str:
+def _inputs(
+    package: str | os.PathLike[str], image: str, name: str | None
+) -> tuple[ModelPackage, str, str, str]:
+    """The verified package, the checked image reference, the object name and the model version."""
     if not image or any(c.isspace() for c in image):
         raise UsageError(f"--image {image!r} is not an image reference (e.g. registry.example.com/cnn:1)")
-    return image
+    pkg = ModelPackage.load(package)
+    return pkg, image, k8s_name(name or pkg.manifest.name), str(pkg.manifest.version)
 
 
 def _write(tmp: Path, files: dict[str, list[dict[str, Any]]]) -> list[str]:
@@ -239,12 +243,9 @@ def write_k8s_manifests(
         PackageError: the package is missing or tampered with.
         UsageError: the output exists (without ``force``) or a bad image reference.
     """
-    pkg = ModelPackage.load(package)
-    image = _check_image(image)
     if replicas < 1:
         raise UsageError(f"--replicas must be >= 1, got {replicas}")
-    name = k8s_name(name or pkg.manifest.name)
-    version = str(pkg.manifest.version)
+    pkg, image, name, version = _inputs(package, image, name)
     files = {
         "deployment.yaml": [deployment(pkg, image, name, replicas=replicas, gpu=gpu, api_key=api_key)],
         "service.yaml": [service(name, version)],
@@ -274,10 +275,7 @@ def write_kserve_manifests(
     Raises:
         PackageError / UsageError: as for :func:`write_k8s_manifests`.
     """
-    pkg = ModelPackage.load(package)
-    image = _check_image(image)
-    name = k8s_name(name or pkg.manifest.name)
-    version = str(pkg.manifest.version)
+    pkg, image, name, version = _inputs(package, image, name)
     container = container_spec(pkg, image, port=KSERVE_PORT, gpu=gpu, api_key=False)
     container["name"] = "kserve-container"
     runtime = {

@@ -17,25 +17,19 @@ from pathlib import Path
 
 from torchport.deploy._names import default_module_name
 from torchport.deploy._output import atomic_dir
-from torchport.runtimes import MANIFEST_NAME, PARITY_NAME, ModelPackage, TensorSpec, UsageError
+from torchport.runtimes import (
+    MANIFEST_NAME,
+    PARITY_NAME,
+    PROTOCOL_DATATYPES,
+    ModelPackage,
+    TensorSpec,
+    UsageError,
+)
 from torchport.runtimes._manifest import Manifest
 
-#: manifest dtype -> Triton data type (model_config.proto)
+#: manifest dtype -> Triton data type (model_config.proto): the protocol's name, BYTES is TYPE_STRING
 TRITON_DTYPES = {
-    "bool": "TYPE_BOOL",
-    "uint8": "TYPE_UINT8",
-    "uint16": "TYPE_UINT16",
-    "uint32": "TYPE_UINT32",
-    "uint64": "TYPE_UINT64",
-    "int8": "TYPE_INT8",
-    "int16": "TYPE_INT16",
-    "int32": "TYPE_INT32",
-    "int64": "TYPE_INT64",
-    "float16": "TYPE_FP16",
-    "float32": "TYPE_FP32",
-    "float64": "TYPE_FP64",
-    "bfloat16": "TYPE_BF16",
-    "string": "TYPE_STRING",
+    dtype: "TYPE_STRING" if dt == "BYTES" else f"TYPE_{dt}" for dtype, dt in PROTOCOL_DATATYPES.items()
 }
 
 

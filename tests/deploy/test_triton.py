@@ -134,3 +134,12 @@ def test_torchport_serve_serves_a_plain_triton_repository(tmp_path):
             np.testing.assert_array_equal(result.as_numpy("y"), expected[0])
         with pytest.raises(Exception, match="scripted"):
             client.get_model_metadata("scripted")
+
+
+def test_every_manifest_dtype_is_a_triton_data_type():
+    from torchport.deploy._triton import TRITON_DTYPES
+    from torchport.runtimes import SUPPORTED_DTYPES
+
+    pb = model_config_module()
+    assert set(TRITON_DTYPES) == set(SUPPORTED_DTYPES)
+    assert all(pb.DataType.Value(t) > 0 for t in TRITON_DTYPES.values())
