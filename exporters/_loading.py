@@ -40,7 +40,7 @@ import torch
 from torchport.exporters._example_inputs import ExampleInputs
 from torchport.exporters._hf import load_hf_folder
 from torchport.exporters._loaded_model import LoadedModel
-from torchport.exporters._untrusted import check_pt2_archive, is_refused_pickle, untrusted_pt2_load
+from torchport.exporters._untrusted import is_refused_pickle, load_untrusted_pt2
 from torchport.exporters._user_examples import example_from_object
 from torchport.runtimes._errors import LoadError, TorchportError, describe_error
 from torchport.runtimes._manifest import DimRange
@@ -318,10 +318,10 @@ def _load_torchscript(path: Path, source: str) -> LoadedModel:
 def _load_exported_program(path: Path, source: str) -> LoadedModel:
     if not path.is_file():
         raise LoadError(f"model file not found: {source}")
-    check_pt2_archive(path, source)
     try:
-        with untrusted_pt2_load():
-            ep = torch.export.load(str(path))
+        ep = load_untrusted_pt2(path, source)
+    except LoadError:
+        raise
     except Exception as e:  # noqa: BLE001
         if is_refused_pickle(e):
             raise LoadError(

@@ -34,6 +34,7 @@ __all__ = [
     "check_pt2_archive",
     "check_sympy_expression",
     "is_refused_pickle",
+    "load_untrusted_pt2",
     "untrusted_pt2_load",
 ]
 
@@ -254,7 +255,7 @@ def check_pt2_archive(path: Path, source: str) -> None:
             inner = name.split("/", 1)[1] if "/" in name else name
             if inner.startswith(_CONFIG_DIRS) and inner.endswith("_config.json"):
                 _check_payload_config(archive, name, source)
-            elif inner.startswith("models/") and inner.endswith(".json"):
+            elif inner.endswith(".json"):  # models/*.json, or a legacy serialized_exported_program.json
                 _check_program(archive, name, source)
 
 
@@ -404,3 +405,37 @@ def is_refused_pickle(exc: BaseException) -> bool:
             return True
         e = e.__cause__ or e.__context__
     return False
+
+
+def _blocked_in(exc: BaseException) -> _Blocked | None:
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, _Blocked):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def load_untrusted_pt2(path: Path, source: str) -> Any:
+    """``torch.export.load`` of a ``.pt2`` that may come from anyone: :func:`check_pt2_archive`
+    first, then the load inside :func:`untrusted_pt2_load`.
+
+    Raises:
+        UnsafeContentError: the archive (or what torch tried while loading it) would run code.
+        Exception: whatever else torch raises for a broken archive (the caller words it).
+    """
+    import torch
+
+    check_pt2_archive(path, source)
+    try:
+        with untrusted_pt2_load():
+            return torch.export.load(str(path))
+    except Exception as e:
+        blocked = _blocked_in(e)
+        if blocked is not None:
+            raise UnsafeContentError(
+                f"refusing {source}: {blocked}; torchport does not run code from model files"
+            ) from e
+        raise

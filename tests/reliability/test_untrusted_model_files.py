@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch._export.serde.schema import SCHEMA_VERSION
 from typer.testing import CliRunner
 
 from torchport.cli import app
@@ -115,6 +116,24 @@ def _crafted(kind: str, good: Path, folder: Path, marker: Path) -> tuple[Path, s
             r"entry good/models/model\.json has a shape expression torch would evaluate as Python "
             r"\(call of 'open' is not an allowed sympy function\)"
         )
+    if kind == "legacy-sympy":  # the pre-2.6 layout torch.export.load falls back to
+        with zipfile.ZipFile(good) as z:
+            program = z.read("good/models/model.json").decode()
+        start = program.index('"expr_str": "') + len('"expr_str": "')
+        end = program.index('"', start)
+        expr = f"open({str(marker)!r}, 'w') and {program[start:end]}".replace("'", "\\u0027")
+        ep = torch.export.load(str(good))
+        path = folder / "legacy.pt2"
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("version", ".".join(map(str, SCHEMA_VERSION)))
+            z.writestr("serialized_exported_program.json", program[:start] + expr + program[end:])
+            z.writestr("serialized_state_dict.pt", _torch_saved(dict(ep.state_dict)))
+            z.writestr("serialized_constants.pt", _torch_saved({}))
+            z.writestr("serialized_example_inputs.pt", _torch_saved(ep.example_inputs))
+        return path, (
+            r"entry serialized_exported_program\.json has a shape expression torch would evaluate as Python "
+            r"\(call of 'open' is not an allowed sympy function\)"
+        )
     if kind == "defaultdict":
         # a module with import-time effects stands for any importable module (torch imports it by name)
         module = f"torchport_marker_{uuid.uuid4().hex[:8]}"
@@ -138,7 +157,7 @@ def _crafted(kind: str, good: Path, folder: Path, marker: Path) -> tuple[Path, s
     raise AssertionError(kind)
 
 
-KINDS = ["opaque_obj", "use_pickle", "sympy", "defaultdict"]
+KINDS = ["opaque_obj", "use_pickle", "sympy", "legacy-sympy", "defaultdict"]
 
 
 @pytest.fixture(autouse=True)
