@@ -70,6 +70,7 @@ def image(tmp_path_factory, base_image):
     assert f"image {tag}" in proc.stdout
     yield tag, pkg, root / "ctx"
     podman("rmi", "-f", tag, check=False)
+    podman("image", "prune", "-f", check=False)  # the build stages left untagged
 
 
 def test_context_is_complete_and_has_no_torch(image):

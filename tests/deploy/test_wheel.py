@@ -212,3 +212,19 @@ def test_a_model_over_2_gb_still_packages(tmp_path):
         record = zf.read("huge-1.dist-info/RECORD").decode()
     assert digest.hexdigest() == pkg.manifest.files["model.onnx.data"].sha256
     assert "huge/models/huge/model.onnx.data,sha256=" in record and f",{size}\n" in record
+
+
+def test_outputs_honour_the_umask(add_pkg, tmp_path):
+    import os
+
+    from torchport.deploy import write_triton_repository
+
+    old = os.umask(0o022)
+    try:
+        wheel = build_wheel(add_pkg.path, tmp_path / "dist").path
+        write_triton_repository(add_pkg.path, tmp_path / "repo")
+    finally:
+        os.umask(old)
+    assert wheel.stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "repo").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "repo" / "add" / "config.pbtxt").stat().st_mode & 0o777 == 0o644
