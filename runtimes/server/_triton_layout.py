@@ -71,4 +71,6 @@ def open_package(folder: Path) -> ModelPackage:
         folder.name,
         filename,
     )
-    return ModelPackage(path=folder, manifest=manifest)
+    package = ModelPackage(path=folder, manifest=manifest)
+    package.check_contained()  # no hashes here: at least nothing may resolve outside the folder
+    return package

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from tests.runtimes.conftest import http, make_add_package, running_server
@@ -172,7 +173,6 @@ def test_malformed_document_is_one_line(
 
 def test_server_serves_the_good_model_next_to_broken_manifests(tmp_path: Path) -> None:
     """Before: json.loads' RecursionError (deep nesting) escaped at start-up and no model was served."""
-    import numpy as np
 
     root = tmp_path / "repo"
     make_add_package(root / "add")
@@ -264,7 +264,7 @@ def test_symlink_out_of_the_package_is_refused(
 def test_symlinked_package_folder_still_loads(package: ModelPackage, tmp_path: Path) -> None:
     link = tmp_path / "link"
     link.symlink_to(package.path, target_is_directory=True)
-    assert Session.from_package(link).run({"x": __import__("numpy").ones((1, 4), "float32")})
+    assert Session.from_package(link).run({"x": np.ones((1, 4), np.float32)})
 
 
 def test_index_reveals_no_outside_file_size_or_absolute_path(tmp_path: Path) -> None:
@@ -332,3 +332,19 @@ def test_package_folder_honours_the_umask(
     assert stat.S_IMODE((tmp_path / "pkg").stat().st_mode) == folder_mode
     for file in (tmp_path / "pkg").iterdir():
         assert stat.S_IMODE(file.stat().st_mode) == file_mode, file
+
+
+def test_plain_triton_version_folder_with_model_symlinked_out_is_refused(tmp_path: Path) -> None:
+    """A Triton repository (no torchport.json) gets the same containment check."""
+    from torchport.runtimes.server._triton_layout import open_package
+
+    pkg = make_add_package(tmp_path / "built")
+    version = tmp_path / "triton" / "add" / "1"
+    version.mkdir(parents=True)
+    (version.parent / "config.pbtxt").write_text('name: "add"\nplatform: "onnxruntime_onnx"\n')
+    shutil.copy(pkg.path / "model.onnx", version / "model.onnx")
+    assert Session.from_package(open_package(version)).run({"x": np.ones((1, 4), np.float32)})
+    (version / "model.onnx").unlink()
+    (version / "model.onnx").symlink_to(pkg.path / "model.onnx")
+    with pytest.raises(PackageError, match=r"'model\.onnx' resolves outside the package"):
+        Session.from_package(open_package(version))
