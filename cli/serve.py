@@ -138,6 +138,28 @@ def serve(
     access_log: bool = typer.Option(
         None, "--access-log/--no-access-log", help="One JSON line per request on stderr (default on)."
     ),
+    max_connections: int = typer.Option(
+        None,
+        "--max-connections",
+        help="Open connections at most; more get 503 and are closed. Default: what the open-file limit "
+        "(ulimit -n) leaves room for. Example: --max-connections 2000",
+    ),
+    header_timeout: float = typer.Option(
+        None,
+        "--header-timeout",
+        help="Seconds a request's whole header block may take (default 10; 408 after).",
+    ),
+    body_timeout: float = typer.Option(
+        None, "--body-timeout", help="Seconds a request's whole body may take (default 60; 408 after)."
+    ),
+    max_header_bytes: int = typer.Option(
+        None, "--max-header-bytes", help="Largest request header block (default 64 KiB; 431 above it)."
+    ),
+    max_inflight_body_bytes: int = typer.Option(
+        None,
+        "--max-inflight-body-bytes",
+        help="Request body bytes held across all connections (default 256 MiB; 503 + retry-after above it).",
+    ),
 ) -> None:
     """Serve model packages over the Open Inference Protocol v2 (KServe v2 / Triton HTTP and gRPC).
 
@@ -177,6 +199,11 @@ def serve(
         "max_request_bytes": max_request_bytes,
         "drain_timeout": drain_timeout,
         "access_log": access_log,
+        "max_connections": max_connections,
+        "header_timeout": header_timeout,
+        "body_timeout": body_timeout,
+        "max_header_bytes": max_header_bytes,
+        "max_inflight_body_bytes": max_inflight_body_bytes,
     }
     given = {k: v for k, v in flags.items() if v is not None}
     cfg = ServerConfig.from_toml(config, **given) if config else ServerConfig(**given)

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from torchport.runtimes._dtypes import to_numpy
-from torchport.runtimes._errors import UsageError
+from torchport.runtimes._errors import InferenceInputError, UsageError
 from torchport.runtimes._manifest import DimRange, TensorSpec
 
 
@@ -29,6 +29,28 @@ def concrete_shape(spec: TensorSpec, dims: Mapping[str, int]) -> tuple[int, ...]
         else:
             raise UsageError(f"input {spec.name!r}: no value for dynamic dim {d!r}")
     return tuple(shape)
+
+
+def check_value_range(spec: TensorSpec, arr: np.ndarray) -> None:
+    """Refuse integer values outside ``spec.value_range`` (token ids past the embedding table...).
+
+    Example:
+        >>> check_value_range(TensorSpec("ids", "int64", [2], (0, 9)), np.array([3, 12]))
+        Traceback (most recent call last):
+        ...
+        torchport.runtimes._errors.InferenceInputError: input 'ids' has values outside its range 0..9 (min 3, max 12)
+
+    Raises:
+        InferenceInputError: naming the input, its range and the offending extremes.
+    """
+    if spec.value_range is None or arr.dtype.kind not in "iu" or arr.size == 0:
+        return
+    low, high = (int(v) if float(v).is_integer() else v for v in spec.value_range)
+    got_low, got_high = arr.min().item(), arr.max().item()
+    if got_low < low or got_high > high:
+        raise InferenceInputError(
+            f"input {spec.name!r} has values outside its range {low}..{high} (min {got_low}, max {got_high})"
+        )
 
 
 def random_tensor(spec: TensorSpec, shape: Sequence[int], rng: np.random.Generator) -> np.ndarray:

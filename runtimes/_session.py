@@ -17,6 +17,7 @@ import numpy as np
 
 from torchport.runtimes._dtypes import from_ort, to_numpy
 from torchport.runtimes._errors import InferenceInputError, PackageError, ProviderError
+from torchport.runtimes._inputs import check_value_range
 from torchport.runtimes._manifest import DimRange, Manifest, TensorSpec
 from torchport.runtimes._package import ModelPackage
 from torchport.runtimes._providers import GPU_PROVIDERS, resolve_providers, short_name
@@ -300,6 +301,7 @@ class Session:
                             f"{seen[want][1]!r} has {want}={seen[want][0]}; they must be equal"
                         )
                     seen.setdefault(want, (got, spec.name))
+            check_value_range(spec, arr)
 
     # -- running ---------------------------------------------------------------------------------
 

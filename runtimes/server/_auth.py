@@ -27,7 +27,7 @@ class ApiKeyAuth:
             raise ServingError(
                 "the API key must be at least 8 characters; generate one with `openssl rand -hex 32`"
             )
-        self._expected = f"Bearer {key}".encode()
+        self._expected = key.encode()
 
     @classmethod
     def from_sources(
@@ -57,6 +57,10 @@ class ApiKeyAuth:
         return None
 
     def allowed(self, authorization: str | None) -> bool:
+        """True for ``Bearer <key>`` (the scheme is case-insensitive, RFC 9110 11.1)."""
         if not authorization:
             return False
-        return hmac.compare_digest(authorization.strip().encode("utf-8", "replace"), self._expected)
+        scheme, _, token = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        return hmac.compare_digest(token.strip().encode("utf-8", "replace"), self._expected)

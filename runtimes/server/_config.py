@@ -320,6 +320,12 @@ class ServerConfig:
         inline_below_us: run a model on the event loop thread instead of the pool when its runs
             average less than this many microseconds (a thread hand-off costs more); 0 disables.
         idle_timeout: close connections idle (keep-alive, or stalled mid-request) for this many seconds.
+        max_connections: open connections at most (more get 503); default: what the file descriptor
+            limit leaves room for.
+        header_timeout / body_timeout: seconds a request's whole header block / whole body may take
+            to arrive (408 after that; slow clients cannot hold connections forever).
+        max_header_bytes: largest request header block (431 above it; URLs above 8 KiB get 414).
+        max_inflight_body_bytes: request body bytes held across all connections (503 above it).
         model_control: ``none`` (load everything at start, no load/unload API), ``explicit`` (load at
             start only ``load`` or the models in the config; the API loads/unloads), ``poll`` (also
             watch the folder and load new or changed versions).
@@ -355,6 +361,11 @@ class ServerConfig:
     access_log: bool = True
     idle_timeout: float = 75.0
     inline_below_us: float = 30.0
+    max_connections: int | None = None
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0
+    max_header_bytes: int = 64 * 1024
+    max_inflight_body_bytes: int = 256 * 1024 * 1024
     model_control: str = "none"
     load: Sequence[str] = ()
     poll_interval: float = 2.0
@@ -386,6 +397,7 @@ class ServerConfig:
             raise UsageError(f"idle_timeout must be > 0 seconds, got {self.idle_timeout}")
         if self.warmup < 0:
             raise UsageError(f"--warmup must be >= 0, got {self.warmup}")
+        self._check_http_limits()
         if self.model_control not in MODEL_CONTROL_MODES:
             raise UsageError(
                 f"--model-control must be one of {', '.join(MODEL_CONTROL_MODES)}, got {self.model_control!r}"
@@ -403,6 +415,34 @@ class ServerConfig:
             checked[folder] = model_overrides(table, where, base) if table else {}
         self.models = checked
         self.model_settings("").validate("server")
+
+    def _check_http_limits(self) -> None:
+        if self.max_connections is not None and self.max_connections < 1:
+            raise UsageError(f"--max-connections must be >= 1, got {self.max_connections}")
+        for flag, value in (("--header-timeout", self.header_timeout), ("--body-timeout", self.body_timeout)):
+            if value <= 0:
+                raise UsageError(f"{flag} must be > 0 seconds, got {value}")
+        if self.max_header_bytes < 1024:
+            raise UsageError(f"--max-header-bytes must be at least 1024, got {self.max_header_bytes}")
+        if self.max_inflight_body_bytes < self.max_request_bytes:
+            raise UsageError(
+                f"--max-inflight-body-bytes ({self.max_inflight_body_bytes}) must be at least "
+                f"--max-request-bytes ({self.max_request_bytes})"
+            )
+
+    def http_limits(self):
+        """The HTTP layer's limits (:class:`~torchport.runtimes.server._http.HttpLimits`) from these settings."""
+        from torchport.runtimes.server._http import HttpLimits
+
+        return HttpLimits(
+            max_request_bytes=self.max_request_bytes,
+            max_inflight_body_bytes=self.max_inflight_body_bytes,
+            max_header_bytes=self.max_header_bytes,
+            max_connections=self.max_connections,
+            header_timeout=self.header_timeout,
+            body_timeout=self.body_timeout,
+            idle_timeout=self.idle_timeout,
+        )
 
     @property
     def worker_threads(self) -> int:

@@ -6,14 +6,18 @@ Decoding turns a request body into numpy arrays; encoding turns output arrays in
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from torchport.runtimes._dtypes import PROTOCOL_DATATYPES
+
+if TYPE_CHECKING:
+    from torchport.runtimes.server._signature import InputSignature
 
 try:
     import orjson as _orjson
@@ -33,6 +37,22 @@ _WIRE_LE = {k: v.newbyteorder("<") for k, v in _WIRE.items()}
 
 HEADER_LENGTH = "inference-header-content-length"
 _FLOATS = frozenset({"FP16", "FP32", "FP64"})
+#: most dims a tensor may have (numpy's own limit is 64)
+MAX_DIMS = 32
+#: Python types a JSON element may have, per datatype (no coercion: null, "1" or true for FP32 is a 400)
+_JSON_TYPES: dict[str, frozenset[type]] = {
+    dt: frozenset(
+        {bool}
+        if dt == "BOOL"
+        else {str}
+        if dt == "BYTES"
+        else {int, float}
+        if dt in _FLOATS or dt == "BF16"
+        else {int}
+    )
+    for dt in PROTOCOL_DATATYPES.values()
+}
+_WANTED = {"BOOL": "true/false", "BYTES": "strings"}
 
 
 class HTTPError(Exception):
@@ -136,8 +156,22 @@ def _shape(value: Any, name: str) -> tuple[int, ...]:
     if not isinstance(value, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
     ):
-        raise bad_request(f"input {name!r}: 'shape' must be a list of non-negative integers, got {value!r}")
+        shown = repr(value) if len(repr(value)) <= 200 else repr(value)[:200] + "..."
+        raise bad_request(f"input {name!r}: 'shape' must be a list of non-negative integers, got {shown}")
+    if len(value) > MAX_DIMS:
+        raise bad_request(f"input {name!r}: 'shape' has {len(value)} dims; at most {MAX_DIMS} are supported")
     return tuple(value)
+
+
+def element_count(shape: tuple[int, ...]) -> int:
+    """Elements of ``shape`` (exact: Python ints never wrap)."""
+    return math.prod(shape)
+
+
+def _flag(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise bad_request(f"{what} must be true or false, got {value!r}")
+    return value
 
 
 def _flatten(data: Any) -> Any:
@@ -158,32 +192,42 @@ def _flatten(data: Any) -> Any:
 def _decode_json_tensor(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> np.ndarray:
     if not isinstance(data, list):
         data = [data]
-    count = int(np.prod(shape)) if shape else 1
+    count = element_count(shape)
+    flat = _flatten(data)
+    if len(flat) != count:
+        raise bad_request(f"input {name!r}: shape {list(shape)} needs {count} values, 'data' has {len(flat)}")
+    kinds = set(map(type, flat))
+    if not kinds <= _JSON_TYPES[datatype]:
+        got = ", ".join(
+            sorted("null" if k is type(None) else k.__name__ for k in kinds - _JSON_TYPES[datatype])
+        )
+        raise bad_request(
+            f"input {name!r}: data does not match datatype {datatype}: {datatype} data must be "
+            f"{_WANTED.get(datatype, 'numbers' if datatype in _FLOATS or datatype == 'BF16' else 'integers')}, "
+            f"got {got}"
+        )
     try:
         if datatype == "BYTES":
-            flat = _as_text(_flatten(data))
             arr = np.array(flat, dtype=object)
         elif datatype == "BF16":
-            arr = float_to_bf16_bits(np.asarray(data, dtype=np.float32).reshape(-1))
-        elif datatype in _FLOATS and data and not isinstance(data[0], list):
-            arr = np.fromiter(data, _WIRE[datatype], len(data))  # flat float list: the fast path
+            arr = float_to_bf16_bits(np.array(flat, dtype=np.float32))
+        elif datatype in _FLOATS:
+            arr = np.fromiter(flat, _WIRE[datatype], count)
         else:
-            arr = np.asarray(data, dtype=_WIRE[datatype])
-            if datatype == "BOOL" and arr.size and np.asarray(data).dtype.kind not in "b":
-                raise ValueError("BOOL data must be true/false")
-            arr = arr.reshape(-1)
-    except HTTPError:
-        raise
+            arr = np.array(flat, dtype=_WIRE[datatype])
     except (ValueError, TypeError, OverflowError) as e:
         raise bad_request(f"input {name!r}: data does not match datatype {datatype}: {e}") from None
-    if arr.size != count:
-        raise bad_request(f"input {name!r}: shape {list(shape)} needs {count} values, 'data' has {arr.size}")
     return arr.reshape(shape)
 
 
 def _decode_binary_tensor(name: str, datatype: str, shape: tuple[int, ...], chunk: memoryview) -> np.ndarray:
-    count = int(np.prod(shape)) if shape else 1
+    count = element_count(shape)
     if datatype == "BYTES":
+        if count * 4 > len(chunk):
+            raise bad_request(
+                f"input {name!r}: shape {list(shape)} needs {count} BYTES elements (4 bytes each at least), "
+                f"binary_data_size is {len(chunk)}"
+            )
         items = _decode_bytes_elements(chunk, name)
         if len(items) != count:
             raise bad_request(
@@ -203,7 +247,11 @@ def _decode_binary_tensor(name: str, datatype: str, shape: tuple[int, ...], chun
 
 
 def decode_infer_request(
-    body: bytes, header_length: int | None = None, expected: Mapping[str, str] | None = None
+    body: bytes,
+    header_length: int | None = None,
+    expected: Mapping[str, str] | None = None,
+    *,
+    signature: InputSignature | None = None,
 ) -> InferRequest:
     """Decode an infer request body.
 
@@ -212,6 +260,8 @@ def decode_infer_request(
         header_length: value of ``Inference-Header-Content-Length`` (JSON header size) when the
             body carries binary tensor data after the JSON.
         expected: ``{input name: protocol datatype}`` of the model, to reject a wrong datatype early.
+        signature: the model's inputs: each input's name, datatype and shape are checked against
+            it before its data is decoded.
 
     Example:
         >>> body = b'{"id": "7", "inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}'
@@ -241,6 +291,7 @@ def decode_infer_request(
     if not isinstance(inputs_json, list) or not inputs_json:
         raise bad_request("request must have a non-empty 'inputs' list")
     inputs: dict[str, np.ndarray] = {}
+    seen_dims: dict[str, tuple[int, str]] = {}
     offset = 0
     for item in inputs_json:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
@@ -256,10 +307,12 @@ def decode_infer_request(
         if expected is not None and name in expected and expected[name] != datatype:
             raise bad_request(f"input {name!r} has datatype {datatype}, the model expects {expected[name]}")
         shape = _shape(item.get("shape"), name)
+        if signature is not None:
+            signature.check_declared(name, datatype, shape, seen_dims)
         params = item.get("parameters") or {}
         size = params.get("binary_data_size") if isinstance(params, dict) else None
         if size is not None:
-            if not isinstance(size, int) or size < 0:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise bad_request(f"input {name!r}: binary_data_size must be a non-negative integer")
             if offset + size > len(binary):
                 raise bad_request(
@@ -279,7 +332,7 @@ def decode_infer_request(
     params = req.get("parameters") or {}
     if not isinstance(params, dict):
         raise bad_request("'parameters' must be an object")
-    binary_default = bool(params.get("binary_data_output", False))
+    binary_default = _flag(params.get("binary_data_output", False), "parameters.binary_data_output")
     outputs = None
     outs_json = req.get("outputs")
     if outs_json is not None:
@@ -291,7 +344,9 @@ def decode_infer_request(
                 raise bad_request("each requested output must be an object with a 'name'")
             op = o.get("parameters") or {}
             binary = op.get("binary_data") if isinstance(op, dict) else None
-            outputs.append(RequestedOutput(o["name"], None if binary is None else bool(binary)))
+            if binary is not None:
+                _flag(binary, f"output {o['name']!r}: parameters.binary_data")
+            outputs.append(RequestedOutput(o["name"], binary))
     rid = req.get("id")
     return InferRequest(
         id=None if rid is None else str(rid),

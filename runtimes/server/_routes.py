@@ -9,7 +9,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 import zlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import unquote
 
@@ -27,17 +30,22 @@ from torchport.runtimes.server._metrics import ServerMetrics
 from torchport.runtimes.server._protocol import (
     HEADER_LENGTH,
     HTTPError,
+    InferRequest,
     decode_infer_request,
     encode_infer_response,
     json_dumps,
 )
 from torchport.runtimes.server._repository import LOADING, ModelEntry, ModelRepository
+from torchport.runtimes.server._signature import InputSignature
 
 log = logging.getLogger("torchport.server")
 
 _JSON = "application/json"
 _MODELS = "/v2/models/"
 _REPOSITORY_MODELS = "/v2/repository/models/"
+#: bodies larger than this are decoded on a worker thread, one at a time, not on the event loop
+_DECODE_INLINE_BYTES = 64 * 1024
+_UNAUTHORIZED = "missing or wrong API key: send the header 'Authorization: Bearer <key>'"
 
 
 def _json(status: int, obj: Any) -> Response:
@@ -71,11 +79,47 @@ class InferenceApp:
         #: loads and unloads models (None: --model-control none)
         self.control = None
         self.model_control = "none"
+        self._signatures: weakref.WeakKeyDictionary[Any, InputSignature] = weakref.WeakKeyDictionary()
+        self._decoder: ThreadPoolExecutor | None = None
         self._metadata = json_dumps(
             {"name": server_name, "version": server_version, "extensions": EXTENSIONS}
         )
 
     # -- plumbing ---------------------------------------------------------------------------------
+
+    def check_head(self, req: Request) -> Response | None:
+        """Answer a request from its head alone, before its body is read: a missing API key (401),
+        or an infer body larger than any valid request for the model (413)."""
+        if req.path in OPEN_PATHS:
+            return None
+        if self.auth is not None and not self.auth.allowed(req.headers.get("authorization")):
+            req.endpoint = "unauthorized"
+            resp = self.error_response(401, _UNAUTHORIZED)
+            resp.headers.append(("www-authenticate", 'Bearer realm="torchport"'))
+            return resp
+        length = req.headers.get("content-length", "")
+        if not (req.path.startswith(_MODELS) and req.path.endswith("/infer") and length.isdigit()):
+            return None
+        name, version, tail = self._parse_model_path(req.path[len(_MODELS) :])
+        entry = self.repository.get(name, version)
+        if tail != ["infer"] or entry is None or not entry.ready or entry.session is None:
+            return None  # the route answers it with its own status
+        cap = self._signature(entry).max_body_bytes
+        if cap is not None and int(length) > cap:
+            req.model, req.endpoint = name, "infer"
+            return self.error_response(
+                413,
+                f"request body of {length} bytes is larger than any valid request for model {name!r} "
+                f"(at most {cap} bytes at its largest input shapes)",
+            )
+        return None
+
+    def _signature(self, entry: ModelEntry) -> InputSignature:
+        sess = entry.session
+        sig = self._signatures.get(sess)
+        if sig is None:
+            sig = self._signatures[sess] = InputSignature.of(sess)
+        return sig
 
     def error_response(self, status: int, message: str) -> Response:
         return Response(status, json_dumps({"error": message}))
@@ -135,11 +179,7 @@ class InferenceApp:
         if path == "/metrics" and self.metrics_public:
             return self._metrics(req)
         if self.auth is not None and not self.auth.allowed(req.headers.get("authorization")):
-            raise HTTPError(
-                401,
-                "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
-                [("www-authenticate", 'Bearer realm="torchport"')],
-            )
+            raise HTTPError(401, _UNAUTHORIZED, [("www-authenticate", 'Bearer realm="torchport"')])
         if path == "/v2/models/stats":
             req.endpoint = "stats"
             self._method(req, "GET")
@@ -179,7 +219,9 @@ class InferenceApp:
                 [("allow", ", ".join(allowed))],
             )
 
-    def _model_route(self, req: Request, rest: str) -> Response | Deferred:
+    @staticmethod
+    def _parse_model_path(rest: str) -> tuple[str, str | None, list[str]]:
+        """``name[/versions/v][/tail...]`` -> (name, version or None, tail parts)."""
         parts = rest.split("/")
         name = unquote(parts[0]) if "%" in parts[0] else parts[0]
         version = None
@@ -187,6 +229,10 @@ class InferenceApp:
         if len(tail) >= 2 and tail[0] == "versions":
             version = unquote(tail[1])
             tail = tail[2:]
+        return name, version, tail
+
+    def _model_route(self, req: Request, rest: str) -> Response | Deferred:
+        name, version, tail = self._parse_model_path(rest)
         req.model = name
         req.endpoint = tail[0] if tail and tail[0] in ("ready", "infer", "config", "stats") else "metadata"
         if not tail or tail == [""]:
@@ -239,7 +285,10 @@ class InferenceApp:
         entry = self._entry(name, version, need_ready=True)
         if self.draining:
             raise HTTPError(503, "the server is shutting down; retry on another replica")
-        body = self._body(req)
+        sess = entry.session
+        runner = entry.runner
+        assert sess is not None and runner is not None
+        signature = self._signature(entry)
         hl = req.headers.get(HEADER_LENGTH)
         header_length = None
         if hl is not None:
@@ -247,36 +296,48 @@ class InferenceApp:
                 header_length = int(hl)
             except ValueError:
                 raise HTTPError(
-                    400, f"Inference-Header-Content-Length must be an integer, got {hl!r}"
+                    400, f"Inference-Header-Content-Length must be an integer, got {hl[:64]!r}"
                 ) from None
-        ireq = decode_infer_request(body, header_length, entry.input_datatypes)
-        req.request_id = ireq.id
-        sess = entry.session
-        runner = entry.runner
-        assert sess is not None and runner is not None
-        if ireq.outputs is not None:
-            for o in ireq.outputs:
-                if o.name not in entry.output_datatypes:
-                    raise HTTPError(
-                        400, f"unknown output {o.name!r}; model {name!r} has: {', '.join(sess.output_names)}"
-                    )
-        try:
-            sess.validate_inputs(ireq.inputs)
-        except InferenceInputError as e:
-            raise HTTPError(400, str(e)) from None
-        future = runner.submit(ireq.inputs)
-        rows = next(iter(ireq.inputs.values())).shape[0] if runner.batching and ireq.inputs else 1
+
+        def decode() -> InferRequest:
+            body = self._body(req, signature.max_body_bytes)
+            ireq = decode_infer_request(body, header_length, entry.input_datatypes, signature=signature)
+            if ireq.outputs is not None:
+                for o in ireq.outputs:
+                    if o.name not in entry.output_datatypes:
+                        raise HTTPError(
+                            400,
+                            f"unknown output {o.name!r}; model {name!r} has: {', '.join(sess.output_names)}",
+                        )
+            try:
+                sess.validate_inputs(ireq.inputs)
+            except InferenceInputError as e:
+                raise HTTPError(400, str(e)) from None
+            return ireq
+
+        decoded: list[InferRequest] = []
+        if len(req.body) <= _DECODE_INLINE_BYTES:
+            ireq = decode()
+            req.request_id = ireq.id
+            decoded.append(ireq)
+            future = runner.submit(ireq.inputs)
+        else:
+            future = self._decode_then_run(req, decode, decoded, runner.submit)
 
         def finish(fut: asyncio.Future) -> Response:
             exc = fut.exception()
             if exc is not None:
+                if isinstance(exc, HTTPError):  # the body, decoded off the loop, was refused
+                    resp = self.error_response(exc.status, exc.message)
+                    resp.headers.extend(exc.headers)
+                    return resp
                 entry.stats.request_failed(time.perf_counter() - req.started)
                 if isinstance(exc, InferenceInputError):
                     return self.error_response(400, str(exc))
                 log.error(
                     "model %r failed on request %s: %s: %s",
                     name,
-                    ireq.id or "-",
+                    req.request_id or "-",
                     type(exc).__name__,
                     str(exc).strip().splitlines()[0] if str(exc).strip() else "",
                     exc_info=exc,
@@ -284,8 +345,10 @@ class InferenceApp:
                 return self.error_response(
                     500, f"model {name!r} failed while running this request (see the server log)"
                 )
+            ireq = decoded[0]
             outputs, queued = fut.result()
             self.metrics.queue_time.observe(queued, name)
+            rows = next(iter(ireq.inputs.values())).shape[0] if runner.batching and ireq.inputs else 1
             entry.stats.request_done(time.perf_counter() - req.started, queued, rows)
             if ireq.outputs is not None:
                 results = {o.name: outputs[o.name] for o in ireq.outputs}
@@ -310,13 +373,47 @@ class InferenceApp:
             return finish(future)
         return Deferred(future, finish)
 
-    def _body(self, req: Request) -> bytes:
+    def _decode_then_run(
+        self,
+        req: Request,
+        decode: Callable[[], InferRequest],
+        decoded: list[InferRequest],
+        submit: Callable[[dict], asyncio.Future],
+    ) -> asyncio.Future:
+        """Decode a large body on the decoder thread (one at a time: bounds the memory of decoding),
+        then submit it to the model; the returned future has the model's result or the error."""
+        loop = asyncio.get_running_loop()
+        if self._decoder is None:
+            self._decoder = ThreadPoolExecutor(1, thread_name_prefix="torchport-decode")
+        outer = loop.create_future()
+
+        def ran(fut: asyncio.Future) -> None:
+            if not outer.done():
+                exc = fut.exception()
+                outer.set_exception(exc) if exc is not None else outer.set_result(fut.result())
+
+        def after_decode(fut: asyncio.Future) -> None:
+            if outer.done():
+                return
+            exc = fut.exception()
+            if exc is not None:
+                outer.set_exception(exc)
+                return
+            ireq = fut.result()
+            req.request_id = ireq.id
+            decoded.append(ireq)
+            submit(ireq.inputs).add_done_callback(ran)
+
+        loop.run_in_executor(self._decoder, decode).add_done_callback(after_decode)
+        return outer
+
+    def _body(self, req: Request, model_cap: int | None = None) -> bytes:
         encoding = req.headers.get("content-encoding", "").lower()
         if not encoding or encoding == "identity":
             return req.body
         if encoding not in ("gzip", "deflate"):
-            raise HTTPError(415, f"unsupported Content-Encoding {encoding!r}; use gzip, deflate or none")
-        limit = self.max_request_bytes or 0
+            raise HTTPError(415, f"unsupported Content-Encoding {encoding[:64]!r}; use gzip, deflate or none")
+        limit = min(x for x in (self.max_request_bytes, model_cap, 1 << 62) if x)
         try:
             d = zlib.decompressobj(zlib.MAX_WBITS | 32 if encoding == "gzip" else zlib.MAX_WBITS)
             out = d.decompress(req.body, limit + 1 if limit else 0)

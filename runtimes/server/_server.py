@@ -64,9 +64,7 @@ class InferenceServer:
         )
         self.app.strict_readiness = cfg.strict_readiness
         self.app.metrics_public = cfg.metrics_public or cfg.metrics_port is not None
-        self.http = HttpServer(
-            self.app, max_request_bytes=cfg.max_request_bytes, idle_timeout=cfg.idle_timeout
-        )
+        self.http = HttpServer(self.app, limits=cfg.http_limits())
         self.metrics_http: HttpServer | None = None
         instances = [
             s.instances or cfg.worker_threads

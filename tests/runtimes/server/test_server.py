@@ -658,7 +658,7 @@ def test_one_bad_request_does_not_fail_its_batch(tmp_path):
         [helper.make_node("GatherElements", ["x", "idx"], ["y"], axis=1)],
         [
             TensorSpec("x", "float32", ["batch", 4]),
-            TensorSpec("idx", "int64", ["batch", 1], value_range=(0, 3)),
+            TensorSpec("idx", "int64", ["batch", 1]),  # no value range: the bad index reaches ORT
         ],
         [TensorSpec("y", "float32", ["batch", 1])],
         dynamic_dims={"batch": DimRange(1, 16)},

@@ -1,0 +1,113 @@
+"""A served model's input signature, checked against a request's declared inputs before any data is decoded.
+
+A request names each input with a datatype and a shape; these are checked against the model (known
+name, datatype, rank, fixed dims, dynamic-dim ranges, one value per named dim) before a single
+element is decoded, so a mislabelled or oversized tensor costs nothing. The signature also bounds
+the body size of any valid request (when every input dim is bounded and no input is BYTES).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from torchport.runtimes._dtypes import PROTOCOL_DATATYPES
+from torchport.runtimes._manifest import DimRange, TensorSpec
+from torchport.runtimes.server._protocol import bad_request
+
+#: JSON bytes one element may take in a valid request ("-1.2345678901234567e-05, " plus indentation)
+JSON_BYTES_PER_ELEMENT = 64
+#: room for names, shapes, parameters and whitespace around the data of a valid request
+ENVELOPE_BYTES = 64 * 1024
+
+
+def _fmt(shape: Sequence[object]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+@dataclass(frozen=True)
+class InputSignature:
+    """The inputs one model accepts.
+
+    Example:
+        >>> sig = InputSignature("add", [TensorSpec("x", "float32", ["batch", 4])], {"batch": DimRange(1, 64)})
+        >>> sig.check_declared("x", "FP32", (2, 4), {})
+        >>> sig.max_body_bytes
+        81920
+    """
+
+    model: str
+    specs: Sequence[TensorSpec]
+    dynamic_dims: Mapping[str, DimRange]
+
+    @classmethod
+    def of(cls, session) -> InputSignature:
+        """The signature of a :class:`~torchport.runtimes.Session`."""
+        return cls(session.name, list(session.input_specs), dict(session.dynamic_dims))
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.specs]
+
+    def _spec(self, name: str) -> TensorSpec:
+        for spec in self.specs:
+            if spec.name == name:
+                return spec
+        raise bad_request(f"unknown input {name!r}; model {self.model!r} expects: {', '.join(self.names)}")
+
+    def check_declared(
+        self, name: str, datatype: str, shape: tuple[int, ...], seen: dict[str, tuple[int, str]]
+    ) -> None:
+        """Check one declared input (``seen`` collects named dims across the request's inputs).
+
+        Raises:
+            HTTPError: 400 naming the input and what the model expects.
+        """
+        spec = self._spec(name)
+        want = PROTOCOL_DATATYPES[spec.dtype]
+        if datatype != want:
+            raise bad_request(f"input {name!r} has datatype {datatype}, the model expects {want}")
+        if len(shape) != len(spec.shape):
+            raise bad_request(
+                f"input {name!r} has rank {len(shape)} (shape {list(shape)}), expected rank "
+                f"{len(spec.shape)}: {_fmt(spec.shape)}"
+            )
+        for axis, (got, dim) in enumerate(zip(shape, spec.shape)):
+            if isinstance(dim, int):
+                if got != dim:
+                    raise bad_request(
+                        f"input {name!r} dim {axis} is {got}, expected {dim} "
+                        f"(shape {list(shape)}, expected {_fmt(spec.shape)})"
+                    )
+            elif isinstance(dim, str):
+                rng = self.dynamic_dims.get(dim)
+                if rng is not None and got not in rng:
+                    raise bad_request(
+                        f"input {name!r} dim {axis} ({dim!r}) is {got}, outside its range {rng.min}..{rng.max}"
+                    )
+                if dim in seen and seen[dim][0] != got:
+                    raise bad_request(
+                        f"input {name!r} dim {axis} ({dim!r}) is {got} but input {seen[dim][1]!r} has "
+                        f"{dim}={seen[dim][0]}; they must be equal"
+                    )
+                seen.setdefault(dim, (got, name))
+
+    @property
+    def max_body_bytes(self) -> int | None:
+        """The largest body a valid request can have, or ``None`` when unbounded (a BYTES input,
+        a dim without a range)."""
+        total = 0
+        for spec in self.specs:
+            if spec.dtype == "string":
+                return None
+            dims = []
+            for d in spec.shape:
+                if isinstance(d, int):
+                    dims.append(d)
+                elif isinstance(d, str) and d in self.dynamic_dims:
+                    dims.append(self.dynamic_dims[d].max)
+                else:
+                    return None
+            total += math.prod(dims) * JSON_BYTES_PER_ELEMENT
+        return total + ENVELOPE_BYTES
