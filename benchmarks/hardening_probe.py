@@ -325,11 +325,11 @@ def probe_flood(pkg: Path, seconds: float) -> dict:
 
 
 def probe_nonreader(pkg: Path, seconds: float) -> dict:
-    """One connection pipelines requests and never reads: does the server's memory grow?"""
+    """One connection pipelines metadata GETs and never reads: does the server's memory grow?"""
     srv = Server(pkg)
     try:
         base = srv.rss_mb()
-        batch = _infer_request() * 500
+        batch = b"GET /v2/models/add HTTP/1.1\r\nHost: probe\r\n\r\n" * 2000  # ~600-byte answers
         sent = 0
         with socket.create_connection(("127.0.0.1", srv.port)) as s:
             s.settimeout(0.2)
