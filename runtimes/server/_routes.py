@@ -90,7 +90,7 @@ class InferenceApp:
     def check_head(self, req: Request) -> Response | None:
         """Answer a request from its head alone, before its body is read: a missing API key (401),
         or an infer body larger than any valid request for the model (413)."""
-        if req.path in OPEN_PATHS:
+        if req.path in OPEN_PATHS or (req.path == "/metrics" and self.metrics_public):
             return None
         if self.auth is not None and not self.auth.allowed(req.headers.get("authorization")):
             req.endpoint = "unauthorized"
