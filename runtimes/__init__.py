@@ -16,6 +16,7 @@ from torchport.runtimes._errors import (
     UsageError,
     ValidationError,
 )
+from torchport.runtimes._generate import GenerationResult, Generator, SamplingParams
 from torchport.runtimes._inputs import concrete_shape, dim_sample_points, random_inputs
 from torchport.runtimes._inspect import PackageSummary, inspect_package
 from torchport.runtimes._manifest import (
@@ -50,6 +51,7 @@ from torchport.runtimes._providers import available_providers, resolve_providers
 from torchport.runtimes._samples import load_samples
 from torchport.runtimes._session import Session
 from torchport.runtimes._spec_syntax import format_spec, parse_dim_spec, parse_input_spec
+from torchport.runtimes._tokenizer import TextCodec
 
 __all__ = [
     "DEFAULT_TOLERANCES",
@@ -72,6 +74,8 @@ __all__ = [
     "DimRange",
     "ExportError",
     "FileRecord",
+    "GenerationResult",
+    "Generator",
     "InferenceInputError",
     "LoadError",
     "Manifest",
@@ -81,8 +85,10 @@ __all__ = [
     "PackageError",
     "PackageWriter",
     "ProviderError",
+    "SamplingParams",
     "ServingError",
     "Session",
+    "TextCodec",
     "TensorSpec",
     "TorchportError",
     "UsageError",

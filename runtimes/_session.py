@@ -397,6 +397,22 @@ class Session:
             self.run(feeds, validate=False)
         return time.perf_counter() - start
 
+    def generate(self, prompts: Any, **kwargs: Any) -> Any:
+        """Generate text or tokens with a package exported with ``--task text-generation``.
+
+        ``prompts``: text (with the package's tokenizer), a list of texts, token ids, or a list of
+        token-id lists; keyword arguments are :class:`~torchport.runtimes.SamplingParams` fields.
+        Returns a :class:`~torchport.runtimes.GenerationResult` (see :mod:`torchport.runtimes._generate`).
+
+        Example:
+            >>> sess.generate("Once upon a time", max_new_tokens=32, do_sample=True, top_p=0.9, seed=0).text  # doctest: +SKIP
+        """
+        from torchport.runtimes._generate import Generator
+
+        if getattr(self, "_generator", None) is None:
+            self._generator = Generator(self)
+        return self._generator.generate(prompts, **kwargs)
+
     def __repr__(self) -> str:
         return f"Session({self.name!r}, variant={self.variant!r}, provider={self.provider!r})"
 

@@ -1,0 +1,507 @@
+"""Text generation over ONNX Runtime in numpy (no torch), for packages exported with ``--task text-generation``.
+
+The decoder takes ``input_ids``, ``attention_mask``, ``position_ids`` (when it uses them) and
+``past_key_values.<i>.key/value`` and returns ``logits`` and ``present.<i>.key/value`` (see
+``torchport.exporters._decoder_export``). :class:`DecodeBatch` keeps the cache between steps as
+ONNX Runtime values bound with IOBinding: each step's presents are bound as the next step's pasts as
+they are, never copied out to numpy and back. Rows join a running batch (their prompt is run on its
+own, then their cache is left-padded to the batch's length) and leave it at step boundaries; that is
+what the server's continuous batching uses, and :class:`Generator` runs one batch to the end.
+
+Sampling follows Hugging Face ``generate``: repetition penalty, then temperature, top-k and top-p on
+the logits, then argmax (greedy) or a draw from a seeded ``numpy`` generator per request. Position ids
+are ``cumsum(attention_mask) - 1`` as ``generate`` makes them, so left-padded batches give the tokens
+each prompt gives alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from torchport.runtimes._errors import InferenceInputError, UsageError
+
+__all__ = ["DecodeBatch", "DecoderSpec", "GenerationResult", "Generator", "SamplingParams", "GenRequest"]
+
+#: the most new tokens one request may ask for (beyond it the request is refused)
+MAX_NEW_TOKENS = 4096
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick the next token, and when to stop.
+
+    Attributes:
+        max_new_tokens: tokens to generate at most (1..4096, and within the model's positions).
+        do_sample: draw from the distribution; ``False`` is greedy (argmax).
+        temperature / top_k / top_p: the distribution when sampling (``top_k=0``, ``top_p=1``: off).
+        seed: seed of this request's random generator (same seed, same tokens).
+        stop_token_ids: ids that end the sequence (the token is not part of the output); ``None``:
+            the model's EOS ids.
+        ignore_eos: keep going past EOS (only ``stop_token_ids`` given explicitly stop).
+        repetition_penalty: > 1 makes tokens already in the prompt or output less likely (as
+            Hugging Face's ``repetition_penalty``).
+
+    Example:
+        >>> SamplingParams(max_new_tokens=8, do_sample=True, temperature=0.7, top_p=0.9, seed=1).check()
+    """
+
+    max_new_tokens: int = 32
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop_token_ids: tuple[int, ...] | None = None
+    ignore_eos: bool = False
+    repetition_penalty: float = 1.0
+
+    def check(self) -> None:
+        """Raise :class:`InferenceInputError` naming the first bad field."""
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int):
+            raise InferenceInputError(f"max_tokens must be an integer, got {self.max_new_tokens!r}")
+        if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
+            raise InferenceInputError(
+                f"max_tokens must be between 1 and {MAX_NEW_TOKENS}, got {self.max_new_tokens}"
+            )
+        if (
+            not (isinstance(self.temperature, int | float) and math.isfinite(self.temperature))
+            or self.temperature < 0
+        ):
+            raise InferenceInputError(f"temperature must be a number >= 0, got {self.temperature!r}")
+        if self.do_sample and self.temperature == 0:
+            raise InferenceInputError("temperature 0 means greedy decoding; do not combine it with sampling")
+        if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 0:
+            raise InferenceInputError(f"top_k must be an integer >= 0, got {self.top_k!r}")
+        if not isinstance(self.top_p, int | float) or not 0 < self.top_p <= 1:
+            raise InferenceInputError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if not isinstance(self.repetition_penalty, int | float) or not self.repetition_penalty > 0:
+            raise InferenceInputError(f"repetition_penalty must be > 0, got {self.repetition_penalty!r}")
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0
+        ):
+            raise InferenceInputError(f"seed must be an integer >= 0, got {self.seed!r}")
+
+
+@dataclass(frozen=True)
+class DecoderSpec:
+    """The decoder signature a package's manifest records (``extra["generation"]``)."""
+
+    input_names: tuple[str, ...]
+    past_names: tuple[str, ...]
+    present_names: tuple[str, ...]
+    kv_heads: tuple[int, ...]
+    head_dims: tuple[int, ...]
+    kv_dtype: str
+    position_ids: bool
+    max_positions: int
+    max_batch: int
+    max_seq: int
+    eos_token_ids: tuple[int, ...]
+    pad_token_id: int
+
+    @classmethod
+    def from_manifest(cls, manifest: Any) -> DecoderSpec:
+        """Raises :class:`UsageError` for a package that was not exported for text generation."""
+        gen = (manifest.extra or {}).get("generation") if manifest is not None else None
+        if not isinstance(gen, dict) or gen.get("task") != "text-generation":
+            name = manifest.name if manifest is not None else "this model"
+            raise UsageError(
+                f"{name!r} is not a text-generation package (export the causal LM with --task text-generation)"
+            )
+        n = int(gen["num_layers"])
+        past = tuple(f"past_key_values.{i}.{kv}" for i in range(n) for kv in ("key", "value"))
+        eos = tuple(int(t) for t in gen.get("eos_token_id") or [])
+        pad = (gen.get("pad_token_id") or []) or list(eos) or [0]
+        dims = manifest.dynamic_dims
+        return cls(
+            input_names=tuple(s.name for s in manifest.inputs),
+            past_names=past,
+            present_names=tuple(p.replace("past_key_values", "present") for p in past),
+            kv_heads=tuple(int(h) for h in gen["kv_heads"] for _ in range(2)),
+            head_dims=tuple(int(d) for d in gen["head_dims"] for _ in range(2)),
+            kv_dtype=str(gen.get("kv_dtype", "float32")),
+            position_ids=bool(gen.get("position_ids")),
+            max_positions=int(gen.get("max_positions") or dims["seq"].max),
+            max_batch=int(dims["batch"].max) if "batch" in dims else 1,
+            max_seq=int(dims["seq"].max) if "seq" in dims else int(gen.get("max_positions", 1)),
+            eos_token_ids=eos,
+            pad_token_id=int(pad[0]),
+        )
+
+
+@dataclass
+class GenRequest:
+    """One sequence being generated (a row of a :class:`DecodeBatch`).
+
+    Attributes:
+        prompt: the prompt token ids.
+        params: its sampling parameters.
+        tokens: the generated ids so far (stop tokens not included).
+        finish_reason: ``None`` while running, then ``"stop"`` (EOS or a stop token) or ``"length"``.
+        tag: anything the caller wants to find the sequence by (the server keeps its stream there).
+    """
+
+    prompt: list[int]
+    params: SamplingParams
+    tokens: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    tag: Any = None
+    rng: np.random.Generator = field(default_factory=np.random.default_rng)
+    _seen: np.ndarray | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def stop_ids(self, spec: DecoderSpec) -> set[int]:
+        ids = set(self.params.stop_token_ids or ())
+        if not self.params.ignore_eos and self.params.stop_token_ids is None:
+            ids |= set(spec.eos_token_ids)
+        return ids
+
+
+@dataclass
+class GenerationResult:
+    """What :meth:`Generator.generate` returns.
+
+    Attributes:
+        tokens: the generated ids of each prompt (without the prompt, without the stop token).
+        finish_reasons: ``"stop"`` or ``"length"`` per prompt.
+        text: the decoded text per prompt when the prompts were text.
+    """
+
+    tokens: list[list[int]]
+    finish_reasons: list[str]
+    text: list[str] | None = None
+
+
+def _last_logits_processed(logits: np.ndarray, seq: GenRequest) -> np.ndarray:
+    """Repetition penalty, temperature, top-k and top-p (Hugging Face's order) on one row of logits."""
+    p = seq.params
+    scores = logits.astype(np.float32, copy=True)
+    if p.repetition_penalty != 1.0:
+        seen = np.unique(np.asarray(seq.prompt + seq.tokens, dtype=np.int64))
+        seen = seen[(seen >= 0) & (seen < scores.shape[-1])]
+        vals = scores[seen]
+        scores[seen] = np.where(vals < 0, vals * p.repetition_penalty, vals / p.repetition_penalty)
+    if not p.do_sample:
+        return scores
+    if p.temperature != 1.0:
+        scores = scores / np.float32(p.temperature)
+    if p.top_k and p.top_k < scores.shape[-1]:
+        kth = np.partition(scores, -p.top_k)[-p.top_k]
+        scores = np.where(scores < kth, -np.inf, scores)
+    if p.top_p < 1.0:
+        order = np.argsort(scores, kind="stable")  # ascending, as Hugging Face's TopPLogitsWarper
+        probs = _softmax(scores[order])
+        cum = np.cumsum(probs)
+        remove = cum <= (1 - p.top_p)
+        remove[-1] = False  # keep at least one token
+        scores = scores.copy()
+        scores[order[remove]] = -np.inf
+    return scores
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    m = np.max(x)
+    e = np.exp(x - m)
+    return e / e.sum()
+
+
+def pick_token(logits: np.ndarray, seq: GenRequest) -> int:
+    """The next token of ``seq`` from its last-position logits."""
+    scores = _last_logits_processed(logits, seq)
+    if not seq.params.do_sample:
+        return int(np.argmax(scores))
+    probs = _softmax(scores)
+    return int(seq.rng.choice(probs.shape[-1], p=probs))
+
+
+class DecodeBatch:
+    """Sequences decoded together, their key/value cache kept in ONNX Runtime between steps.
+
+    Example:
+        >>> batch = DecodeBatch(session)                                 # doctest: +SKIP
+        >>> batch.add([GenRequest([1, 5, 9], SamplingParams(max_new_tokens=4))])
+        >>> while batch.rows:
+        ...     batch.step(); batch.drop_finished()
+    """
+
+    def __init__(self, session: Any) -> None:
+        import onnxruntime as ort
+
+        self._ort = ort
+        self.session = session
+        self.spec = DecoderSpec.from_manifest(session.manifest)
+        self._sess = session._sess
+        self._device = "cuda" if getattr(session, "_use_iobinding", False) else "cpu"
+        self.rows: list[GenRequest] = []
+        self.mask = np.zeros((0, 0), np.int64)
+        self.past: list[Any] = []
+        self._np_dtype = np.dtype(self.spec.kv_dtype)
+
+    # -- checks -------------------------------------------------------------------------------------
+
+    def check(self, seq: GenRequest) -> None:
+        """Refuse a prompt the model cannot take (empty, beyond the exported range, bad ids)."""
+        spec = self.spec
+        seq.params.check()
+        n = len(seq.prompt)
+        if n == 0:
+            raise InferenceInputError("the prompt is empty")
+        if n > spec.max_seq:
+            raise InferenceInputError(f"the prompt has {n} tokens; this model takes at most {spec.max_seq}")
+        if n + seq.params.max_new_tokens > spec.max_positions:
+            raise InferenceInputError(
+                f"prompt ({n} tokens) + max_tokens ({seq.params.max_new_tokens}) exceeds the model's "
+                f"{spec.max_positions} positions; ask for at most {max(spec.max_positions - n, 0)} tokens"
+            )
+
+    # -- running ------------------------------------------------------------------------------------
+
+    def _run(
+        self, input_ids: np.ndarray, mask: np.ndarray, past: Sequence[Any]
+    ) -> tuple[np.ndarray, list[Any]]:
+        binding = self._sess.io_binding()
+        binding.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids, np.int64))
+        binding.bind_cpu_input("attention_mask", np.ascontiguousarray(mask, np.int64))
+        if self.spec.position_ids:
+            pos = np.cumsum(mask, axis=-1) - 1
+            pos = np.where(mask == 0, 1, pos)[:, -input_ids.shape[1] :]
+            binding.bind_cpu_input("position_ids", np.ascontiguousarray(pos, np.int64))
+        for name, value in zip(self.spec.past_names, past, strict=True):
+            binding.bind_ortvalue_input(name, value)
+        binding.bind_output("logits", "cpu")
+        for name in self.spec.present_names:
+            binding.bind_output(name, self._device)
+        self._sess.run_with_iobinding(binding)
+        outs = binding.get_outputs()
+        logits = outs[0].numpy()[:, -1, :]
+        return logits, list(outs[1:])
+
+    def _ortvalue(self, arr: np.ndarray) -> Any:
+        return self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arr), self._device)
+
+    def _sample(self, logits: np.ndarray, rows: Sequence[GenRequest]) -> list[int | None]:
+        """Pick one token per row; finished rows get ``None``."""
+        out: list[int | None] = []
+        greedy_all = all(not r.params.do_sample and r.params.repetition_penalty == 1.0 for r in rows)
+        argmax = np.argmax(logits, axis=-1) if greedy_all else None
+        for i, row in enumerate(rows):
+            if row.finished:
+                out.append(None)
+                continue
+            token = int(argmax[i]) if argmax is not None else pick_token(logits[i], row)
+            if token in row.stop_ids(self.spec):
+                row.finish_reason = "stop"
+            else:
+                row.tokens.append(token)
+                if len(row.tokens) >= row.params.max_new_tokens:
+                    row.finish_reason = "length"
+            out.append(token if token not in row.stop_ids(self.spec) else None)
+        return out
+
+    def add(self, seqs: Sequence[GenRequest]) -> list[int | None]:
+        """Run the prompts of ``seqs`` (left-padded together), pick their first tokens, join the batch.
+
+        Returns the first token of each new sequence (``None`` where it stopped at once).
+
+        Raises:
+            InferenceInputError: a prompt the model cannot take, or more rows than the exported batch range.
+        """
+        if not seqs:
+            return []
+        for s in seqs:
+            self.check(s)
+            if s.params.seed is not None:
+                s.rng = np.random.default_rng(s.params.seed)
+        if len(self.rows) + len(seqs) > self.spec.max_batch:
+            raise InferenceInputError(
+                f"{len(self.rows) + len(seqs)} sequences exceed the model's batch range (at most {self.spec.max_batch})"
+            )
+        longest = max(len(s.prompt) for s in seqs)
+        ids = np.full((len(seqs), longest), self.spec.pad_token_id, np.int64)
+        mask = np.zeros((len(seqs), longest), np.int64)
+        for i, s in enumerate(seqs):
+            ids[i, longest - len(s.prompt) :] = s.prompt
+            mask[i, longest - len(s.prompt) :] = 1
+        empty = [
+            self._ortvalue(np.zeros((len(seqs), h, 0, d), self._np_dtype))
+            for h, d in zip(self.spec.kv_heads, self.spec.head_dims, strict=True)
+        ]
+        logits, present = self._run(ids, mask, empty)
+        first = self._sample(logits, seqs)
+        self._merge(list(seqs), mask, present)
+        return first
+
+    def _merge(self, seqs: list[GenRequest], mask: np.ndarray, present: list[Any]) -> None:
+        if not self.rows:
+            self.rows, self.mask, self.past = seqs, mask, present
+            return
+        total = max(self.mask.shape[1], mask.shape[1])
+
+        def left_pad(arr: np.ndarray, axis: int) -> np.ndarray:
+            missing = total - arr.shape[axis]
+            if missing == 0:
+                return arr
+            widths = [(0, 0)] * arr.ndim
+            widths[axis] = (missing, 0)
+            return np.pad(arr, widths)
+
+        self.mask = np.concatenate([left_pad(self.mask, 1), left_pad(mask, 1)], axis=0)
+        self.past = [
+            self._ortvalue(np.concatenate([left_pad(old.numpy(), 2), left_pad(new.numpy(), 2)], axis=0))
+            for old, new in zip(self.past, present, strict=True)
+        ]
+        self.rows = self.rows + seqs
+
+    def step(self) -> list[int | None]:
+        """One decode step for every row: feed each row's last token, pick the next.
+
+        Returns the new token of each row (``None`` for rows that are finished or stopped now).
+        """
+        if not self.rows:
+            return []
+        last = [
+            (r.tokens[-1] if r.tokens else self.spec.pad_token_id)
+            if not r.finished
+            else self.spec.pad_token_id
+            for r in self.rows
+        ]
+        self.mask = np.concatenate([self.mask, np.ones((len(self.rows), 1), np.int64)], axis=1)
+        logits, self.past = self._run(np.asarray(last, np.int64)[:, None], self.mask, self.past)
+        return self._sample(logits, self.rows)
+
+    def drop(self, keep: Sequence[bool]) -> list[GenRequest]:
+        """Keep the rows where ``keep`` is true; return the dropped ones. The cache is sliced (one copy)
+        and columns no remaining row attends to are cut from the left."""
+        keep_idx = [i for i, k in enumerate(keep) if k]
+        dropped = [r for i, r in enumerate(self.rows) if not keep[i]]
+        if not dropped:
+            return []
+        if not keep_idx:
+            self.rows, self.mask, self.past = [], np.zeros((0, 0), np.int64), []
+            return dropped
+        mask = self.mask[keep_idx]
+        used = np.flatnonzero(mask.any(axis=0))
+        start = int(used[0]) if used.size else 0
+        self.mask = np.ascontiguousarray(mask[:, start:])
+        self.past = [self._ortvalue(v.numpy()[keep_idx][:, :, start:]) for v in self.past]
+        self.rows = [self.rows[i] for i in keep_idx]
+        return dropped
+
+    def drop_finished(self) -> list[GenRequest]:
+        """Remove finished rows (see :meth:`drop`); return them."""
+        return self.drop([not r.finished for r in self.rows])
+
+    @property
+    def free_slots(self) -> int:
+        return self.spec.max_batch - len(self.rows)
+
+    def fits(self, seq: GenRequest) -> bool:
+        """Whether ``seq`` can join now without the batch outgrowing the model's positions."""
+        need = max(self.mask.shape[1] if self.rows else 0, len(seq.prompt))
+        remaining = max(
+            [r.params.max_new_tokens - len(r.tokens) for r in self.rows] + [seq.params.max_new_tokens]
+        )
+        return self.free_slots > 0 and need + remaining <= self.spec.max_positions
+
+
+class Generator:
+    """Generate from a text-generation package's :class:`~torchport.runtimes.Session`.
+
+    Example:
+        >>> gen = Generator(Session.from_package("out/llama"))          # doctest: +SKIP
+        >>> gen.generate([[1, 5, 9]], SamplingParams(max_new_tokens=8)).tokens
+        [[17, 4, 4, 30, 2, 9, 9, 11]]
+        >>> gen.generate("Hello", max_new_tokens=8).text                 # with the package's tokenizer
+    """
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self.spec = DecoderSpec.from_manifest(session.manifest)
+        self._codec: Any = False
+
+    @property
+    def codec(self) -> Any:
+        """The package's :class:`~torchport.runtimes.TextCodec` (``None`` without a tokenizer)."""
+        if self._codec is False:
+            from torchport.runtimes._tokenizer import TextCodec
+
+            package = getattr(self.session, "package", None)
+            self._codec = TextCodec.from_package(package) if package is not None else None
+        return self._codec
+
+    def _prompts(self, prompts: Any) -> tuple[list[list[int]], bool]:
+        if isinstance(prompts, str) or (
+            isinstance(prompts, list | tuple) and prompts and all(isinstance(p, str) for p in prompts)
+        ):
+            if self.codec is None:
+                raise UsageError(
+                    f"{self.session.name!r} has no tokenizer in its package; pass token ids instead of text"
+                )
+            texts = [prompts] if isinstance(prompts, str) else list(prompts)
+            return [self.codec.encode(t) for t in texts], True
+        if isinstance(prompts, np.ndarray):
+            prompts = prompts.tolist()
+        if (
+            isinstance(prompts, list | tuple)
+            and prompts
+            and all(isinstance(t, int | np.integer) for t in prompts)
+        ):
+            return [[int(t) for t in prompts]], False
+        if (
+            isinstance(prompts, list | tuple)
+            and prompts
+            and all(isinstance(p, list | tuple) for p in prompts)
+        ):
+            return [[int(t) for t in p] for p in prompts], False
+        raise InferenceInputError(
+            "prompts must be text, a list of texts, token ids, or a list of token-id lists"
+        )
+
+    def stream(
+        self, prompts: Any, params: SamplingParams | None = None, **kwargs: Any
+    ) -> Iterator[list[int | None]]:
+        """Yield, step by step, the new token of each prompt (``None`` once a prompt has finished).
+
+        Takes the same arguments as :meth:`generate`.
+        """
+        params = params or SamplingParams(**kwargs)
+        ids, _ = self._prompts(prompts)
+        seqs = [GenRequest(p, params) for p in ids]
+        yield from self._stream(seqs)
+
+    def _stream(self, seqs: list[GenRequest]) -> Iterator[list[int | None]]:
+        batch = DecodeBatch(self.session)
+        yield batch.add(seqs)
+        while not all(s.finished for s in seqs):
+            yield batch.step()
+
+    def generate(self, prompts: Any, params: SamplingParams | None = None, **kwargs: Any) -> GenerationResult:
+        """Generate for one or several prompts (different lengths are left-padded together).
+
+        Args:
+            prompts: text (needs the package's tokenizer), a list of texts, a list of token ids, or a
+                list of token-id lists.
+            params: a :class:`SamplingParams`; or its fields as keyword arguments
+                (``max_new_tokens=64, do_sample=True, temperature=0.8, top_p=0.9, seed=0``).
+
+        Raises:
+            InferenceInputError: a bad parameter or a prompt beyond the model's range.
+        """
+        params = params or SamplingParams(**kwargs)
+        ids, is_text = self._prompts(prompts)
+        seqs = [GenRequest(p, params) for p in ids]
+        for _ in self._stream(seqs):
+            pass
+        result = GenerationResult([s.tokens for s in seqs], [s.finish_reason or "length" for s in seqs])
+        if is_text:
+            result.text = [self.codec.decode(s.tokens) for s in seqs]
+        return result

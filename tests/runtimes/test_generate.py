@@ -1,0 +1,145 @@
+"""The torch-free generate loop against Hugging Face ``generate`` on tiny random causal LMs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("transformers")
+
+import torch  # noqa: E402
+
+from tests.lm_models import exported_lm  # noqa: E402
+from torchport.runtimes import InferenceInputError, SamplingParams, Session, TextCodec, UsageError  # noqa: E402
+from torchport.runtimes._generate import DecodeBatch, Generator, GenRequest  # noqa: E402
+from torchport.runtimes._tokenizer import IncrementalDecoder  # noqa: E402
+
+N = 64
+PROMPTS = [[1, 5, 9, 14, 3, 7, 20, 11], [1, 30, 4], [1, 8, 8, 60, 2]]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("lm-gen")
+
+
+def _hf_generate(folder: Path, prompts: list[list[int]], **kwargs: object) -> list[list[int]]:
+    """Hugging Face generate on the same prompts, left-padded with the pad id 0."""
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(folder)).eval()
+    longest = max(map(len, prompts))
+    ids = torch.tensor([[0] * (longest - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompts])
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=mask, pad_token_id=0, **kwargs)
+    return out[:, longest:].tolist()
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2", pytest.param("qwen2_moe", marks=pytest.mark.slow)])
+def test_greedy_equals_hugging_face(name: str, root: Path) -> None:
+    """64 new tokens, a batch of prompts of different lengths (left padding): every token equal."""
+    result = exported_lm(name, root)
+    sess = Session.from_package(result.path)
+    got = sess.generate(PROMPTS, max_new_tokens=N, ignore_eos=True)
+    want = _hf_generate(
+        root / f"src-{name}", PROMPTS, do_sample=False, max_new_tokens=N, min_new_tokens=N, eos_token_id=None
+    )
+    assert got.tokens == want
+    assert got.finish_reasons == ["length"] * 3 and all(len(t) == N for t in got.tokens)
+    # each prompt alone gives the tokens it gives in the padded batch
+    assert sess.generate(PROMPTS[1], max_new_tokens=N, ignore_eos=True).tokens[0] == want[1]
+
+
+def test_eos_and_repetition_penalty_as_hugging_face(root: Path) -> None:
+    result = exported_lm("llama", root)
+    sess = Session.from_package(result.path)
+    prompt = [PROMPTS[0]]
+    got = sess.generate(prompt, max_new_tokens=N, repetition_penalty=1.3)
+    want = _hf_generate(
+        root / "src-llama", prompt, do_sample=False, max_new_tokens=N, repetition_penalty=1.3
+    )[0]
+    if 2 in want:  # Hugging Face keeps the EOS token, torchport's output stops before it
+        assert got.finish_reasons == ["stop"] and got.tokens[0] == want[: want.index(2)]
+    else:
+        assert got.tokens[0] == want
+    plain = sess.generate(prompt, max_new_tokens=N, ignore_eos=True).tokens[0]
+    assert got.tokens[0] != plain[: len(got.tokens[0])] or len(got.tokens[0]) < 4
+    stopped = sess.generate(prompt, max_new_tokens=N, ignore_eos=True, stop_token_ids=(plain[5],))
+    assert stopped.tokens[0] == plain[: plain.index(plain[5])] and stopped.finish_reasons == ["stop"]
+
+
+def test_seeded_sampling_is_reproducible(root: Path) -> None:
+    sess = Session.from_package(exported_lm("llama", root).path)
+    kw = {
+        "max_new_tokens": 32,
+        "do_sample": True,
+        "temperature": 1.5,
+        "top_k": 50,
+        "top_p": 0.95,
+        "ignore_eos": True,
+    }
+    a = sess.generate(PROMPTS, seed=7, **kw).tokens
+    assert a == sess.generate(PROMPTS, seed=7, **kw).tokens
+    assert a != sess.generate(PROMPTS, seed=8, **kw).tokens
+    greedy = sess.generate(PROMPTS, max_new_tokens=32, ignore_eos=True).tokens
+    assert a != greedy
+    assert sess.generate(PROMPTS, seed=1, **{**kw, "top_k": 1}).tokens == greedy  # top-k 1 is greedy
+
+
+def test_streaming_and_joining_a_running_batch(root: Path) -> None:
+    sess = Session.from_package(exported_lm("llama", root).path)
+    alone = [sess.generate(p, max_new_tokens=20, ignore_eos=True).tokens[0] for p in PROMPTS]
+    steps = list(Generator(sess).stream(PROMPTS[:1], max_new_tokens=20, ignore_eos=True))
+    assert [s[0] for s in steps] == alone[0]
+
+    # continuous batching: sequences join at step boundaries and leave when done
+    batch = DecodeBatch(sess)
+    reqs = [GenRequest(p, SamplingParams(max_new_tokens=20, ignore_eos=True)) for p in PROMPTS]
+    batch.add(reqs[:1])
+    for _ in range(5):
+        batch.step()
+    batch.add(reqs[1:2])
+    for _ in range(7):
+        batch.step()
+    batch.add(reqs[2:])
+    while batch.rows:
+        batch.step()
+        batch.drop_finished()
+    assert [r.tokens for r in reqs] == alone
+
+
+def test_text_in_text_out(root: Path) -> None:
+    result = exported_lm("llama", root)
+    codec = TextCodec.from_package(result.package)
+    assert codec is not None and codec.info["chat_template"].startswith("{% for m in messages %}")
+    assert codec.decode(codec.encode("the lazy dog")) == "the lazy dog"
+    sess = Session.from_package(result.path)
+    out = sess.generate(["the quick brown", "hello"], max_new_tokens=12, ignore_eos=True)
+    assert out.text == [codec.decode(t) for t in out.tokens]
+    dec = IncrementalDecoder(codec)
+    pieces = "".join(dec.push(t) for t in out.tokens[0]) + dec.flush()
+    assert pieces == out.text[0]
+
+
+def test_bad_requests(root: Path) -> None:
+    sess = Session.from_package(exported_lm("llama", root).path)
+    with pytest.raises(InferenceInputError, match=r"max_tokens must be between 1 and 4096, got 0"):
+        sess.generate([1, 2], max_new_tokens=0)
+    with pytest.raises(InferenceInputError, match=r"top_p must be in \(0, 1\], got 1.5"):
+        sess.generate([1, 2], do_sample=True, top_p=1.5)
+    with pytest.raises(InferenceInputError, match=r"the prompt has 200 tokens; this model takes at most 128"):
+        sess.generate([1] * 200, max_new_tokens=4)
+    with pytest.raises(
+        InferenceInputError, match=r"exceeds the model's 128 positions; ask for at most 28 tokens"
+    ):
+        sess.generate([1] * 100, max_new_tokens=64)
+    with pytest.raises(InferenceInputError, match=r"the prompt is empty"):
+        sess.generate([[]], max_new_tokens=4)
+
+
+def test_plain_package_is_refused(root: Path) -> None:
+    plain = exported_lm("gpt2", root, outputs="logits")
+    with pytest.raises(UsageError, match=r"is not a text-generation package .*--task text-generation"):
+        Session.from_package(plain.path).generate([1, 2])
