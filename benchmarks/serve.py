@@ -5,7 +5,14 @@ Prints one table:
   (2) throughput of the example CNN (3x32x32) at concurrency 1, 8, 32, JSON and binary, with and without
       dynamic batching;
   (3) the same CNN behind a naive FastAPI + uvicorn server that parses the JSON and runs the eager PyTorch
-      model per request, same load. Ratios are against (3) at the same concurrency.
+      model per request, same load. Ratios are against (3) at the same concurrency;
+  (4) the concurrency-1 latency floor: the tiny model through torchport vs a bare httptools server that
+      answers the same request with the same response bytes (ratio of p50s, target <= 1.3);
+  (5) gRPC (Triton's GRPCInferenceService) vs HTTP binary tensors on the CNN, both driven by `torchport
+      bench`'s load generator (ratio of req/s, target >= 1 at c=32);
+  (6) a hot reload under c=32 load: a new version lands in a --model-control poll repository mid-run;
+      requests lost must be 0.
+In-process numbers come from `torchport bench` (torchport.runtimes._bench.bench_package).
 
 Load comes from wrk (Debian package `wrk`) on loopback for a fixed duration; without wrk, a Python asyncio
 generator sends a fixed number of requests (slower: it competes for the same cores).
@@ -78,6 +85,36 @@ async def infer(request: Request):
 @app.get("/v2/health/ready")
 def ready():
     return {"ready": True}
+"""
+
+
+ECHO_APP = """
+import asyncio, sys
+
+import httptools, uvloop
+
+BODY = open(sys.argv[2], "rb").read()
+ANSWER = f"HTTP/1.1 200 OK\\r\\ncontent-type: application/json\\r\\ncontent-length: {len(BODY)}\\r\\n\\r\\n".encode() + BODY
+
+
+class Echo(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+        self.parser = httptools.HttpRequestParser(self)
+
+    def data_received(self, data):
+        self.parser.feed_data(data)
+
+    def on_message_complete(self):
+        self.transport.write(ANSWER)
+
+
+async def main():
+    server = await asyncio.get_running_loop().create_server(Echo, "127.0.0.1", int(sys.argv[1]))
+    await server.serve_forever()
+
+
+uvloop.run(main())
 """
 
 
@@ -234,14 +271,28 @@ class ServerProcess:
 
 
 def torchport_server(
-    package: Path, *, batching: bool, delay_ms: float = 0.0, threads: int | None = None
+    package: Path,
+    *,
+    batching: bool,
+    delay_ms: float = 0.0,
+    threads: int | None = None,
+    extra: tuple[str, ...] = (),
 ) -> ServerProcess:
     port = free_port()
     argv = [sys.executable, "-m", "torchport.cli", "serve", str(package), "--port", str(port)]
     argv += ["--max-batch-size", "32" if batching else "1", "--max-queue-delay-ms", f"{delay_ms:g}"]
     if threads:
         argv += ["--threads", str(threads)]
-    return ServerProcess(argv, port, "/v2/health/ready")
+    return ServerProcess(argv + list(extra), port, "/v2/health/ready")
+
+
+def echo_server(workdir: Path, response: bytes) -> ServerProcess:
+    """A bare httptools + uvloop server answering every request with ``response`` (the c=1 floor)."""
+    (workdir / "echo_app.py").write_text(ECHO_APP)
+    (workdir / "echo_response.json").write_bytes(response)
+    port = free_port()
+    argv = [sys.executable, str(workdir / "echo_app.py"), str(port), str(workdir / "echo_response.json")]
+    return ServerProcess(argv, port, "/")
 
 
 def naive_server(workdir: Path, torch_threads: int | None = None) -> ServerProcess:
@@ -359,29 +410,185 @@ def load(
 # -- in-process reference ------------------------------------------------------------------------
 
 
-def in_process_latency(package: Path, feeds: dict, n: int = 2000) -> dict:
-    from torchport.runtimes import Session
+def in_process_latency(package: Path, seconds: float = 1.0) -> dict:
+    """p50/p99 of session.run at batch 1, concurrency 1 (torchport bench, in process)."""
+    from torchport.runtimes._bench import bench_package
 
-    sess = Session.from_package(package, intra_op_threads=1, spinning=False, warmup=5)
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        sess.run(feeds)
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return {"p50": statistics.median(times), "p99": times[int(n * 0.99)]}
+    (row,) = bench_package(package, variants=["fp32"], duration=seconds, intra_op_threads=1)
+    return {"p50": row.p50_ms / 1e3, "p99": row.p99_ms / 1e3}
 
 
 def in_process_throughput(package: Path, batch: int, seconds: float = 1.0) -> float:
-    from torchport.runtimes import Session
+    """Rows/s of session.run at ``batch`` rows, one caller (torchport bench, in process)."""
+    from torchport.runtimes._bench import bench_package
 
-    sess = Session.from_package(package, intra_op_threads=1, spinning=False, warmup=3)
-    x = np.random.default_rng(0).standard_normal((batch, 3, 32, 32)).astype(np.float32)
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        sess.run({"image": x}, validate=False)
-        n += 1
-    return n * batch / (time.perf_counter() - start)
+    (row,) = bench_package(package, variants=["fp32"], batches=[batch], duration=seconds, intra_op_threads=1)
+    return row.rows_per_s
+
+
+# -- floor, gRPC, hot reload ---------------------------------------------------------------------
+
+
+def floor_rows(tiny: Path, args, workdir: Path, results: dict) -> list[tuple[str, ...]]:
+    """(4) c=1 p50 of torchport vs a bare httptools server sending the same response bytes."""
+    xt = np.random.default_rng(1).standard_normal((1, 4)).astype(np.float32)
+    body, _ = json_body("x", xt)
+    out = []
+    for label, extra in (("default flags", ()), ("--no-access-log", ("--no-access-log",))):
+        srv = torchport_server(tiny, batching=True, extra=extra)
+        echo = None
+        try:
+            response = srv.post("/v2/models/tiny/infer", body)
+            echo = echo_server(workdir, response)
+            tp, floor = [], []
+            for _ in range(max(3, args.repeat)):  # interleaved, so both see the same machine
+                tp.append(load(srv, "/v2/models/tiny/infer", body, "", 1, args, workdir))
+                floor.append(load(echo, "/v2/models/tiny/infer", body, "", 1, args, workdir))
+            tp_p50 = statistics.median(r["p50"] for r in tp)
+            floor_p50 = statistics.median(r["p50"] for r in floor)
+            ratio = tp_p50 / floor_p50
+            results.setdefault("floor", {})[label] = {
+                "torchport_p50": tp_p50,
+                "echo_p50": floor_p50,
+                "ratio": ratio,
+                "response_bytes": len(response),
+            }
+            out.append(
+                (
+                    "4 c=1 floor",
+                    f"torchport JSON, {label}",
+                    "1",
+                    f"{statistics.median(r['rps'] for r in tp):.0f}",
+                    f"{tp_p50 * 1e3:.3f}",
+                    "",
+                    f"{ratio:.2f}x echo p50 (target <= 1.3)",
+                    "",
+                )
+            )
+            out.append(
+                (
+                    "4 c=1 floor",
+                    f"bare httptools echo, same {len(response)} B",
+                    "1",
+                    f"{statistics.median(r['rps'] for r in floor):.0f}",
+                    f"{floor_p50 * 1e3:.3f}",
+                    "",
+                    "1.00x",
+                    "",
+                )
+            )
+        finally:
+            srv.stop()
+            if echo is not None:
+                echo.stop()
+    return out
+
+
+def grpc_rows(cnn_pkg: Path, args, results: dict) -> list[tuple[str, ...]]:
+    """(5) gRPC vs HTTP binary on one server, both loaded by torchport bench's generator."""
+    from torchport.runtimes._loadgen import bench_server
+
+    gport = free_port()
+    srv = torchport_server(cnn_pkg, batching=True, extra=("--grpc-port", str(gport)))
+    out = []
+    try:
+        for c in sorted({1, 32} | set(args.concurrency)):
+            (binary,) = bench_server(
+                f"http://127.0.0.1:{srv.port}",
+                model="cnn",
+                protocols=["binary"],
+                concurrency=[c],
+                duration=args.duration,
+            )
+            (grpc,) = bench_server(
+                f"grpc://127.0.0.1:{gport}", model="cnn", concurrency=[c], duration=args.duration
+            )
+            if binary.errors or grpc.errors:
+                raise RuntimeError(f"failed requests: binary {binary.errors}, grpc {grpc.errors}")
+            ratio = grpc.rps / binary.rps
+            results.setdefault("grpc", {})[f"c{c}"] = {
+                "grpc": grpc.to_dict(),
+                "binary": binary.to_dict(),
+                "ratio": ratio,
+            }
+            for name, r, vs in (("HTTP binary", binary, "1.00x"), ("gRPC", grpc, f"{ratio:.2f}x binary")):
+                out.append(
+                    (
+                        "5 grpc vs binary",
+                        f"torchport {name} (bench generator)",
+                        str(c),
+                        f"{r.rps:.0f}",
+                        f"{r.p50_ms:.2f}",
+                        f"{r.p99_ms:.2f}",
+                        vs,
+                        "",
+                    )
+                )
+    finally:
+        srv.stop()
+    return out
+
+
+def reload_rows(cnn_pkg: Path, args, workdir: Path, results: dict) -> list[tuple[str, ...]]:
+    """(6) a new version lands in a polled repository while 32 clients keep sending: 0 lost requests."""
+    import threading
+
+    from torchport.runtimes._loadgen import bench_server
+
+    repo = workdir / "reload-repo"
+    shutil.copytree(cnn_pkg, repo / "cnn" / "1")
+    srv = torchport_server(repo, batching=True, extra=("--model-control", "poll", "--poll-interval", "0.2"))
+    seconds = max(3.0, args.duration)
+    try:
+        box: list = []
+        t = threading.Thread(
+            target=lambda: box.extend(
+                bench_server(
+                    f"http://127.0.0.1:{srv.port}",
+                    model="cnn",
+                    protocols=["binary"],
+                    concurrency=[32],
+                    duration=seconds,
+                )
+            )
+        )
+        t.start()
+        time.sleep(seconds / 3)
+        shutil.copytree(cnn_pkg, repo / "cnn" / ".2.tmp")
+        os.rename(repo / "cnn" / ".2.tmp", repo / "cnn" / "2")  # lands whole: the poll sees it complete
+        t.join()
+        (row,) = box
+        with urllib.request.urlopen(f"http://127.0.0.1:{srv.port}/v2/models/cnn/stats", timeout=10) as r:
+            stats = {s["version"]: s for s in json.loads(r.read())["model_stats"]}
+        by_v2 = stats.get("2", {}).get("inference_stats", {}).get("success", {}).get("count", 0)
+        lost = row.errors
+        results["hot_reload"] = {
+            "requests": row.requests,
+            "lost": lost,
+            "served_by_v2": by_v2,
+            "rps": row.rps,
+        }
+        if not 0 < by_v2 < row.requests:
+            raise RuntimeError(
+                f"the reload did not happen mid-run: {by_v2} of {row.requests} served by version 2"
+            )
+        return [
+            (
+                "6 hot reload",
+                "torchport binary, v1 -> v2 mid-run (poll)",
+                "32",
+                f"{row.rps:.0f}",
+                f"{row.p50_ms:.2f}",
+                f"{row.p99_ms:.2f}",
+                f"{lost} lost of {row.requests} (target 0)",
+                f"{by_v2} on v2",
+            )
+        ]
+    finally:
+        srv.stop()
+
+
+SECTIONS = ("latency", "throughput", "floor", "grpc", "reload")
 
 
 # -- main ----------------------------------------------------------------------------------------
@@ -404,6 +611,13 @@ def main() -> None:
         "--generator", choices=["wrk", "python"], default="wrk" if shutil.which("wrk") else "python"
     )
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        choices=SECTIONS,
+        default=list(SECTIONS),
+        help="which parts to run (default: all): latency (1), throughput (2, 3), floor (4), grpc (5), reload (6)",
+    )
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="torchport-bench-"))
@@ -414,124 +628,134 @@ def main() -> None:
         cnn_pkg = make_cnn_package(workdir / "cnn")
         rng = np.random.default_rng(0)
 
-        # (1) tiny model latency
-        xt = rng.standard_normal((1, 4)).astype(np.float32)
-        ref = in_process_latency(tiny, {"x": xt})
-        results["tiny_in_process"] = ref
-        rows.append(
-            (
-                "1 tiny latency",
-                "in-process session.run",
-                "1",
-                "",
-                f"{ref['p50'] * 1e3:.3f}",
-                f"{ref['p99'] * 1e3:.3f}",
-                "",
-                "",
-            )
-        )
-        srv = torchport_server(tiny, batching=True)
-        try:
-            for enc, make in (("JSON", json_body), ("binary", binary_body)):
-                body, hl = make("x", xt)
-                out = json.loads(srv.post("/v2/models/tiny/infer", body, hl))
-                assert out["model_name"] == "tiny"
-                r = load(srv, "/v2/models/tiny/infer", body, hl, 1, args, workdir)
-                results[f"tiny_server_{enc}"] = r
-                over = (r["p50"] - ref["p50"]) * 1e3
-                rows.append(
-                    (
-                        "1 tiny latency",
-                        f"server {enc}",
-                        "1",
-                        f"{r['rps']:.0f}",
-                        f"{r['p50'] * 1e3:.3f}",
-                        f"{r['p99'] * 1e3:.3f}",
-                        f"+{over:.3f} ms p50",
-                        "",
-                    )
-                )
-        finally:
-            srv.stop()
-
-        # (3) naive baseline first: its numbers are the denominators
-        x = rng.standard_normal((1, 3, 32, 32)).astype(np.float32)
-        jbody, _ = json_body("image", x)
-        bbody, bhl = binary_body("image", x)
-        naive: dict[int, dict] = {}
-        naive_rows = []
-        naive_out = None
-        for threads in (None, 1):
-            nsrv = naive_server(workdir, threads)
-            label = "FastAPI + eager PyTorch, JSON" + (", torch 1 thread" if threads else "")
-            try:
-                naive_out = np.array(
-                    json.loads(nsrv.post("/v2/models/cnn/infer", jbody))["outputs"][0]["data"]
-                )
-                for c in args.concurrency:
-                    r = load(nsrv, "/v2/models/cnn/infer", jbody, "", c, args, workdir)
-                    results.setdefault("naive_runs", {})[f"{label}_c{c}"] = r
-                    naive_rows.append((label, c, r))
-                    if c not in naive or r["rps"] > naive[c]["rps"]:
-                        naive[c] = r  # ratios are against the better naive variant
-            finally:
-                nsrv.stop()
-        results["naive"] = naive
-
-        # (2) CNN throughput through torchport serve
-        results["cnn"] = {}
-        cnn_rows = []
-        for batching, delay in [(False, 0.0)] + [(True, d) for d in args.delays]:
-            srv = torchport_server(cnn_pkg, batching=batching, delay_ms=delay)
-            try:
-                got = np.array(json.loads(srv.post("/v2/models/cnn/infer", jbody))["outputs"][0]["data"])
-                np.testing.assert_allclose(got, naive_out, rtol=1e-4, atol=1e-5)  # same model, same answer
-                for enc, body, hl in (("JSON", jbody, ""), ("binary", bbody, bhl)):
-                    for c in args.concurrency:
-                        runs0, rows0 = (
-                            srv.metric("torchport_batch_size_count"),
-                            srv.metric("torchport_batch_size_sum"),
-                        )
-                        r = load(srv, "/v2/models/cnn/infer", body, hl, c, args, workdir)
-                        runs = srv.metric("torchport_batch_size_count") - runs0
-                        r["mean_batch"] = (srv.metric("torchport_batch_size_sum") - rows0) / max(runs, 1)
-                        key = f"{f'batched{delay:g}ms' if batching else 'unbatched'}_{enc}_c{c}"
-                        results["cnn"][key] = r
-                        cnn_rows.append(
-                            (
-                                "2 cnn throughput",
-                                f"torchport {enc}, batching {f'on (32, {delay:g} ms)' if batching else 'off'}",
-                                str(c),
-                                f"{r['rps']:.0f}",
-                                f"{r['p50'] * 1e3:.2f}",
-                                f"{r['p99'] * 1e3:.2f}",
-                                f"{r['rps'] / naive[c]['rps']:.1f}x naive",
-                                f"{r['mean_batch']:.1f}",
-                            )
-                        )
-            finally:
-                srv.stop()
-        rows.extend(cnn_rows)
-        for label, c, r in naive_rows:
-            errs = f", {r['socket_errors']} timeouts" if r.get("socket_errors") else ""
+        if "latency" in args.sections:
+            # (1) tiny model latency
+            xt = rng.standard_normal((1, 4)).astype(np.float32)
+            ref = in_process_latency(tiny)
+            results["tiny_in_process"] = ref
             rows.append(
                 (
-                    "3 naive baseline",
-                    label,
-                    str(c),
-                    f"{r['rps']:.0f}",
-                    f"{r['p50'] * 1e3:.2f}",
-                    f"{r['p99'] * 1e3:.2f}",
-                    f"{r['rps'] / naive[c]['rps']:.2f}x{errs}",
+                    "1 tiny latency",
+                    "in-process session.run",
+                    "1",
+                    "",
+                    f"{ref['p50'] * 1e3:.3f}",
+                    f"{ref['p99'] * 1e3:.3f}",
+                    "",
                     "",
                 )
             )
-        for b in (1, 32):
-            sps = in_process_throughput(cnn_pkg, b)
-            results[f"cnn_in_process_b{b}"] = sps
-            rows.append(
-                ("ref", f"in-process ORT, batch {b} (samples/s)", "-", f"{sps:.0f}", "", "", "", str(b))
-            )
+            srv = torchport_server(tiny, batching=True)
+            try:
+                for enc, make in (("JSON", json_body), ("binary", binary_body)):
+                    body, hl = make("x", xt)
+                    out = json.loads(srv.post("/v2/models/tiny/infer", body, hl))
+                    assert out["model_name"] == "tiny"
+                    r = load(srv, "/v2/models/tiny/infer", body, hl, 1, args, workdir)
+                    results[f"tiny_server_{enc}"] = r
+                    over = (r["p50"] - ref["p50"]) * 1e3
+                    rows.append(
+                        (
+                            "1 tiny latency",
+                            f"server {enc}",
+                            "1",
+                            f"{r['rps']:.0f}",
+                            f"{r['p50'] * 1e3:.3f}",
+                            f"{r['p99'] * 1e3:.3f}",
+                            f"+{over:.3f} ms p50",
+                            "",
+                        )
+                    )
+            finally:
+                srv.stop()
+
+        if "throughput" in args.sections:
+            # (3) naive baseline first: its numbers are the denominators
+            x = rng.standard_normal((1, 3, 32, 32)).astype(np.float32)
+            jbody, _ = json_body("image", x)
+            bbody, bhl = binary_body("image", x)
+            naive: dict[int, dict] = {}
+            naive_rows = []
+            naive_out = None
+            for threads in (None, 1):
+                nsrv = naive_server(workdir, threads)
+                label = "FastAPI + eager PyTorch, JSON" + (", torch 1 thread" if threads else "")
+                try:
+                    naive_out = np.array(
+                        json.loads(nsrv.post("/v2/models/cnn/infer", jbody))["outputs"][0]["data"]
+                    )
+                    for c in args.concurrency:
+                        r = load(nsrv, "/v2/models/cnn/infer", jbody, "", c, args, workdir)
+                        results.setdefault("naive_runs", {})[f"{label}_c{c}"] = r
+                        naive_rows.append((label, c, r))
+                        if c not in naive or r["rps"] > naive[c]["rps"]:
+                            naive[c] = r  # ratios are against the better naive variant
+                finally:
+                    nsrv.stop()
+            results["naive"] = naive
+
+            # (2) CNN throughput through torchport serve
+            results["cnn"] = {}
+            cnn_rows = []
+            for batching, delay in [(False, 0.0)] + [(True, d) for d in args.delays]:
+                srv = torchport_server(cnn_pkg, batching=batching, delay_ms=delay)
+                try:
+                    got = np.array(json.loads(srv.post("/v2/models/cnn/infer", jbody))["outputs"][0]["data"])
+                    np.testing.assert_allclose(
+                        got, naive_out, rtol=1e-4, atol=1e-5
+                    )  # same model, same answer
+                    for enc, body, hl in (("JSON", jbody, ""), ("binary", bbody, bhl)):
+                        for c in args.concurrency:
+                            runs0, rows0 = (
+                                srv.metric("torchport_batch_size_count"),
+                                srv.metric("torchport_batch_size_sum"),
+                            )
+                            r = load(srv, "/v2/models/cnn/infer", body, hl, c, args, workdir)
+                            runs = srv.metric("torchport_batch_size_count") - runs0
+                            r["mean_batch"] = (srv.metric("torchport_batch_size_sum") - rows0) / max(runs, 1)
+                            key = f"{f'batched{delay:g}ms' if batching else 'unbatched'}_{enc}_c{c}"
+                            results["cnn"][key] = r
+                            cnn_rows.append(
+                                (
+                                    "2 cnn throughput",
+                                    f"torchport {enc}, batching {f'on (32, {delay:g} ms)' if batching else 'off'}",
+                                    str(c),
+                                    f"{r['rps']:.0f}",
+                                    f"{r['p50'] * 1e3:.2f}",
+                                    f"{r['p99'] * 1e3:.2f}",
+                                    f"{r['rps'] / naive[c]['rps']:.1f}x naive",
+                                    f"{r['mean_batch']:.1f}",
+                                )
+                            )
+                finally:
+                    srv.stop()
+            rows.extend(cnn_rows)
+            for label, c, r in naive_rows:
+                errs = f", {r['socket_errors']} timeouts" if r.get("socket_errors") else ""
+                rows.append(
+                    (
+                        "3 naive baseline",
+                        label,
+                        str(c),
+                        f"{r['rps']:.0f}",
+                        f"{r['p50'] * 1e3:.2f}",
+                        f"{r['p99'] * 1e3:.2f}",
+                        f"{r['rps'] / naive[c]['rps']:.2f}x{errs}",
+                        "",
+                    )
+                )
+            for b in (1, 32):
+                sps = in_process_throughput(cnn_pkg, b)
+                results[f"cnn_in_process_b{b}"] = sps
+                rows.append(
+                    ("ref", f"in-process ORT, batch {b} (samples/s)", "-", f"{sps:.0f}", "", "", "", str(b))
+                )
+        if "floor" in args.sections:
+            rows.extend(floor_rows(tiny, args, workdir, results))
+        if "grpc" in args.sections:
+            rows.extend(grpc_rows(cnn_pkg, args, results))
+        if "reload" in args.sections:
+            rows.extend(reload_rows(cnn_pkg, args, workdir, results))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

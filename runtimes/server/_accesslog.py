@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import json
 import logging
 import sys
@@ -32,10 +34,64 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data)
 
 
+class BufferedLineHandler(logging.StreamHandler):
+    """Writes access lines in batches: at most every ``interval`` seconds from the event loop
+    (one write and flush for many requests, not one per request), at once outside a loop, and
+    whatever is left at :meth:`flush` (called on server stop and at exit)."""
+
+    def __init__(self, stream: IO[str], interval: float = 0.02) -> None:
+        super().__init__(stream)
+        self.interval = interval
+        self._lines: list[str] = []
+        self._scheduled = False
+        atexit.register(self.flush)
+
+    def write_line(self, line: str) -> None:
+        self._lines.append(line)
+        if self._scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        self._scheduled = True
+        loop.call_later(self.interval, self.flush)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.write_line(self.format(record))
+        except Exception:  # pragma: no cover - logging must never break serving
+            self.handleError(record)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        if self._lines:
+            data = "\n".join(self._lines) + "\n"
+            self._lines.clear()
+            try:
+                self.stream.write(data)
+            except ValueError:  # pragma: no cover - the stream was closed at exit
+                return
+        super().flush()
+
+
+_writer: BufferedLineHandler | None = None
+
+
+def flush_access_log() -> None:
+    """Write out buffered access lines (the server calls this when it stops)."""
+    if _writer is not None:
+        _writer.flush()
+
+
 def configure_logging(enabled: bool = True, stream: IO[str] | None = None, level: int = logging.INFO) -> None:
     """Send access lines (raw JSON) and server logs (JSON) to ``stream`` (stderr by default)."""
+    global _writer
     stream = stream or sys.stderr
-    handler = logging.StreamHandler(stream)
+    if _writer is not None:
+        _writer.flush()
+    handler = _writer = BufferedLineHandler(stream)
     handler.setFormatter(_RawFormatter())
     access_log.handlers[:] = [handler]
     access_log.propagate = False
@@ -64,8 +120,11 @@ def log_access(
     if not access_log.isEnabledFor(logging.INFO):
         return
     now = time.time()
+    second = int(now)
+    if second != _ts_cache[0]:
+        _ts_cache[0], _ts_cache[1] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
     entry = {
-        "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z",
+        "ts": f"{_ts_cache[1]}.{int(now * 1000) % 1000:03d}Z",
         "client": client,
         "method": method,
         "path": path,
@@ -78,4 +137,22 @@ def log_access(
         entry["model"] = model
     if request_id is not None:
         entry["request_id"] = request_id
-    access_log.info(json.dumps(entry))
+    line = _dumps(entry)
+    if _writer is not None and access_log.handlers == [_writer]:
+        _writer.write_line(line)  # skips building a LogRecord per request
+    else:
+        access_log.info(line)
+
+
+_ts_cache: list = [0, ""]
+
+try:
+    import orjson as _orjson
+
+    def _dumps(obj: dict) -> str:
+        return _orjson.dumps(obj).decode()
+
+except ImportError:  # pragma: no cover - orjson is optional
+
+    def _dumps(obj: dict) -> str:
+        return json.dumps(obj)

@@ -13,6 +13,7 @@ from pathlib import Path
 from torchport.runtimes._errors import ServingError, TorchportError
 from torchport.runtimes._manifest import MANIFEST_NAME
 from torchport.runtimes._session import Session
+from torchport.runtimes.server._accesslog import flush_access_log
 from torchport.runtimes.server._auth import ApiKeyAuth
 from torchport.runtimes.server._batching import ModelRunner
 from torchport.runtimes.server._config import ServerConfig
@@ -248,6 +249,7 @@ class InferenceServer:
                 await self.grpc.close()
             self.executor.shutdown(wait=False, cancel_futures=True)
             self._loaded.set()
+            flush_access_log()
             log.info("stopped")
         if failure is not None:
             raise failure
