@@ -11,7 +11,9 @@ Prints one table:
   (5) gRPC (Triton's GRPCInferenceService) vs HTTP binary tensors on the CNN, both driven by `torchport
       bench`'s load generator (ratio of req/s, target >= 1 at c=32);
   (6) a hot reload under c=32 load: a new version lands in a --model-control poll repository mid-run;
-      requests lost must be 0.
+      requests lost must be 0;
+  (7) the breakdown of one c=1 request: each step timed in process (the rest of (4)'s gap is glue:
+      request objects, routing, the event loop and its syscalls).
 In-process numbers come from `torchport bench` (torchport.runtimes._bench.bench_package).
 
 Load comes from wrk (Debian package `wrk`) on loopback for a fixed duration; without wrk, a Python asyncio
@@ -588,7 +590,91 @@ def reload_rows(cnn_pkg: Path, args, workdir: Path, results: dict) -> list[tuple
         srv.stop()
 
 
-SECTIONS = ("latency", "throughput", "floor", "grpc", "reload")
+SECTIONS = ("latency", "throughput", "floor", "grpc", "reload", "breakdown")
+
+
+def breakdown_rows(tiny: Path, results: dict, n: int = 20000) -> list[tuple[str, ...]]:
+    """(7) what one c=1 JSON request of the tiny model costs, step by step, in this process (µs, median
+    of 5 timings of n calls). The server's p50 minus the echo's p50 minus these steps is the glue: the
+    request/response objects, routing, the event loop and its syscalls."""
+    import io
+    import timeit
+
+    import httptools
+
+    from torchport.runtimes import Session
+    from torchport.runtimes.server._accesslog import configure_logging, flush_access_log, log_access
+    from torchport.runtimes.server._http import Response, _head
+    from torchport.runtimes.server._metrics import ServerMetrics
+    from torchport.runtimes.server._protocol import decode_infer_request, encode_infer_response
+
+    sess = Session.from_package(tiny, intra_op_threads=1, inter_op_threads=1, spinning=False)
+    body, _ = json_body("x", np.ones((1, 4), np.float32))
+    raw = b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\n"
+    raw += b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+    class Sink:
+        def on_url(self, url):
+            pass
+
+        def on_header(self, name, value):
+            pass
+
+        def on_body(self, data):
+            pass
+
+    parser = httptools.HttpRequestParser(Sink())
+    ireq = decode_infer_request(body, None, {"x": "FP32"})
+    out = sess.run(ireq.inputs, validate=False)
+    m = ServerMetrics()
+    configure_logging(True, io.StringIO())
+
+    def metrics() -> None:
+        m.requests.inc("tiny", "infer", "200")
+        m.latency.observe(1e-4, "tiny")
+        m.queue_time.observe(0.0, "tiny")
+        m.batch_size.observe(1, "tiny")
+        m.requests_per_batch.observe(1, "tiny")
+        m.compute_time.observe(1e-5, "tiny")
+
+    def access() -> None:
+        log_access(
+            client="127.0.0.1:1",
+            method="POST",
+            path="/v2/models/tiny/infer",
+            status=200,
+            duration=1e-4,
+            bytes_in=len(body),
+            bytes_out=126,
+            model="tiny",
+            request_id=None,
+        )
+
+    steps = [
+        ("HTTP parse (httptools)", lambda: parser.feed_data(raw)),
+        ("decode JSON request", lambda: decode_infer_request(body, None, {"x": "FP32"})),
+        ("validate inputs", lambda: sess.validate_inputs(ireq.inputs)),
+        ("ONNX Runtime run", lambda: sess.run(ireq.inputs, validate=False)),
+        (
+            "encode JSON response",
+            lambda: encode_infer_response("tiny", "1", None, out, {"y": "FP32"}, None, False),
+        ),
+        ("response head", lambda: _head(200, Response(200), 126, True)),
+        ("metrics (6 updates)", metrics),
+        ("access log line", access),
+    ]
+    rows, total = [], 0.0
+    for label, fn in steps:
+        us = statistics.median(timeit.repeat(fn, number=n, repeat=5)) / n * 1e6
+        total += us
+        results.setdefault("breakdown_us", {})[label] = us
+        rows.append(("7 c=1 breakdown", label, "1", "", f"{us / 1e3:.4f}", "", f"{us:.2f} us", ""))
+    flush_access_log()
+    configure_logging(False)
+    rows.append(
+        ("7 c=1 breakdown", "sum of the steps", "1", "", f"{total / 1e3:.4f}", "", f"{total:.2f} us", "")
+    )
+    return rows
 
 
 # -- main ----------------------------------------------------------------------------------------
@@ -616,7 +702,8 @@ def main() -> None:
         nargs="+",
         choices=SECTIONS,
         default=list(SECTIONS),
-        help="which parts to run (default: all): latency (1), throughput (2, 3), floor (4), grpc (5), reload (6)",
+        help="which parts to run (default: all): latency (1), throughput (2, 3), floor (4), grpc (5), reload (6), "
+        "breakdown (7)",
     )
     args = parser.parse_args()
 
@@ -756,6 +843,8 @@ def main() -> None:
             rows.extend(grpc_rows(cnn_pkg, args, results))
         if "reload" in args.sections:
             rows.extend(reload_rows(cnn_pkg, args, workdir, results))
+        if "breakdown" in args.sections:
+            rows.extend(breakdown_rows(tiny, results))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
