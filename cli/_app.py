@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from typing import Any
 
 import typer
 
@@ -41,23 +42,56 @@ for _module in COMMAND_MODULES:
     importlib.import_module(_module).register(app)
 
 
-@app.callback()
-def _root(
-    version: bool = typer.Option(
-        False, "--version", help="Print torchport's version and exit.", is_eager=True
-    ),
-) -> None:
-    if version:
+def _print_version(value: bool) -> None:
+    """Runs while the options are parsed, so ``torchport --version`` needs no command."""
+    if value:
         from torchport import __version__
 
         typer.echo(__version__)
         raise typer.Exit()
 
 
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        help="Print torchport's version and exit, e.g. torchport --version.",
+        is_eager=True,
+        callback=_print_version,
+    ),
+) -> None:
+    """Options of torchport itself (before the command)."""
+
+
+def _hide_flag_types(command: Any) -> Any:
+    """Flags take no value: show none in ``--help`` (typer prints ``<bool>``, inviting ``--fp16 true``)."""
+    for param in command.params:
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+    make_help_option = command.get_help_option
+
+    def help_option(ctx: Any) -> Any:
+        option = make_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    command.get_help_option = help_option
+    for sub in getattr(command, "commands", {}).values():
+        _hide_flag_types(sub)
+    return command
+
+
+def build_command() -> Any:
+    """The click command of the app, as ``torchport`` runs it."""
+    return _hide_flag_types(typer.main.get_command(app))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the CLI, turn a TorchportError into one line and exit 1."""
     try:
-        app(args=argv, prog_name="torchport")
+        build_command().main(args=argv, prog_name="torchport")
     except TorchportError as e:
         sys.stderr.write(f"error: {e}\n")
         sys.stderr.flush()

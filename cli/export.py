@@ -11,6 +11,16 @@ from typing import Optional
 
 import typer
 
+from torchport.cli._options import (
+    atol_option,
+    calibration_option,
+    disable_option,
+    fp16_option,
+    int8_option,
+    level_option,
+    rtol_option,
+    strategy_option,
+)
 from torchport.runtimes import TorchportError
 
 
@@ -53,15 +63,12 @@ def export(
     name: Optional[str] = typer.Option(
         None, "--name", help="Package (model) name, e.g. --name resnet50. Default: from the source."
     ),
-    version: str = typer.Option("1", "--version", help="Package version, e.g. --version 2."),
-    strategy: Optional[str] = typer.Option(
-        None,
-        "--strategy",
-        help=(
-            "Force one export strategy instead of trying them in order, e.g. --strategy torchscript. "
-            "One of: dynamo-nonstrict, dynamo-strict, dynamo-decomp-workaround, torchscript."
-        ),
+    version: str = typer.Option(
+        "1",
+        "--model-version",
+        help="Version of the model package (served as its version), e.g. --model-version 2.",
     ),
+    strategy: Optional[str] = strategy_option(),
     outputs: Optional[str] = typer.Option(
         None,
         "--outputs",
@@ -103,32 +110,13 @@ def export(
         help="Skip the parity check against eager PyTorch (the manifest records validated: false), e.g. "
         "--no-validate. By default a package that does not match is not written.",
     ),
-    level: str = typer.Option(
-        "none",
-        "--level",
-        help="Optimization: none (default), basic (onnxscript optimizer), or all (+ ONNX Runtime fusions and "
-        "an offline-optimized CPU graph), as `torchport optimize`, e.g. --level all.",
-    ),
-    fp16: bool = typer.Option(False, "--fp16", help="Also write model.fp16.onnx (float32 I/O), e.g. --fp16."),
-    int8: Optional[str] = typer.Option(
-        None,
-        "--int8",
-        help="Also write model.int8.onnx: dynamic or static (QDQ, calibrated), e.g. --int8 dynamic.",
-    ),
-    calibration: Optional[Path] = typer.Option(
-        None,
-        "--calibration",
-        help="Calibration inputs (.npz keyed by input name) for --int8 static, e.g. --calibration calib.npz.",
-    ),
-    disable: Optional[list[str]] = typer.Option(
-        None, "--disable", help="Skip an optimization pass by name, e.g. --disable ort_offline (repeatable)."
-    ),
-    atol: Optional[float] = typer.Option(
-        None, "--atol", help="Parity: absolute tolerance (default 1e-4), e.g. --atol 1e-3."
-    ),
-    rtol: Optional[float] = typer.Option(
-        None, "--rtol", help="Parity: relative tolerance (default 1e-3), e.g. --rtol 1e-2."
-    ),
+    level: str = level_option("none"),
+    fp16: bool = fp16_option(),
+    int8: Optional[str] = int8_option(),
+    calibration: Optional[Path] = calibration_option(),
+    disable: Optional[list[str]] = disable_option(),
+    atol: Optional[float] = atol_option(),
+    rtol: Optional[float] = rtol_option(),
 ) -> None:
     """Export a PyTorch model to an ONNX model package, checked against eager PyTorch.
 

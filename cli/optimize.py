@@ -1,44 +1,44 @@
-"""`torchport optimize PKG`: ONNX graph passes, fp16 and int8 variants, written into the package."""
+"""`torchport optimize PKG`: ONNX graph passes, fp16 and int8 variants, each validated against fp32."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import typer
 
-LEVEL_HELP = (
-    "none: no graph passes; basic: onnxscript optimizer (constant folding, dead code, redundant "
-    "casts/reshapes); all: basic + ONNX Runtime transformer fusions + a graph optimized offline for --provider."
-)
-DISABLE_HELP = (
-    "Skip a pass by name (repeatable): optimize, ort_fusions, ort_offline, fp16, int8_dynamic, int8_static."
+from torchport.cli._options import (
+    as_json_option,
+    atol_option,
+    calibration_option,
+    disable_option,
+    fp16_option,
+    int8_option,
+    level_option,
+    n_option,
+    provider_option,
+    rtol_option,
+    samples_option,
 )
 
 
 def optimize(
     package: Path = typer.Argument(..., help="Model package folder (made by `torchport export`)."),
-    level: str = typer.Option("all", "--level", help=LEVEL_HELP),
-    fp16: bool = typer.Option(
-        False, "--fp16", help="Also write model.fp16.onnx (float32 I/O, sensitive ops in fp32)."
-    ),
-    int8: str | None = typer.Option(
-        None,
-        "--int8",
-        help="Also write model.int8.onnx: 'dynamic' (weights int8) or 'static' (QDQ, calibrated).",
-    ),
-    calibration: Path | None = typer.Option(
-        None, "--calibration", help="Calibration inputs (.npz keyed by input name) for --int8 static."
-    ),
-    disable: list[str] = typer.Option([], "--disable", help=DISABLE_HELP),
-    provider: str = typer.Option(
-        "cpu", "--provider", help="Execution provider the offline graph is optimized for."
-    ),
-    as_json: bool = typer.Option(False, "--json", help="Print the pass records as JSON."),
+    level: str = level_option("all"),
+    fp16: bool = fp16_option(),
+    int8: Optional[str] = int8_option(),
+    calibration: Optional[Path] = calibration_option(),
+    disable: Optional[list[str]] = disable_option(),
+    provider: str = provider_option("the offline graph is optimized for and parity runs on"),
+    n: int = n_option(),
+    samples: Optional[Path] = samples_option(),
+    atol: Optional[float] = atol_option(),
+    rtol: Optional[float] = rtol_option(),
+    as_json: bool = as_json_option("the pass records and parity"),
 ) -> None:
-    """Optimize a model package in place and add fp16 / int8 variants.
-
-    Re-validate afterwards: `torchport validate PKG --model SOURCE`.
+    """Optimize a model package in place, add fp16 / int8 variants, and validate each one against
+    the package's validated fp32 model (no torch needed); exit 1 when a variant does not match.
 
     Example: torchport optimize out/bert --level all --int8 dynamic
     """
@@ -50,12 +50,18 @@ def optimize(
         fp16=fp16,
         int8=int8,
         calibration=calibration,
-        disable=disable,
+        disable=disable or (),
         provider=provider,
+        n=n,
+        samples=samples,
+        atol=atol,
+        rtol=rtol,
     )
+    for warning in result.warnings:
+        typer.echo(f"warning: {warning}", err=True)
     typer.echo(json.dumps(result.to_dict(), indent=2, default=str) if as_json else str(result))
-    if not as_json:
-        typer.echo(f"\nnext: torchport validate {package} --model SOURCE")
+    if not result:
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

@@ -4,8 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import typer
+
+from torchport.cli._options import (
+    as_json_option,
+    atol_option,
+    n_option,
+    provider_option,
+    rtol_option,
+    samples_option,
+)
 
 
 def validate(
@@ -15,19 +25,19 @@ def validate(
         "--model",
         help="The eager model the package came from, as `torchport export` takes it (file.py:factory...).",
     ),
-    samples: Path | None = typer.Option(None, "--samples", help="Extra inputs: .npz keyed by input name."),
-    n: int = typer.Option(20, "--n", min=1, help="Generated inputs (dim boundaries + random points)."),
-    atol: float | None = typer.Option(None, "--atol", help="Absolute tolerance (default 1e-4 for fp32)."),
-    rtol: float | None = typer.Option(None, "--rtol", help="Relative tolerance (default 1e-3 for fp32)."),
+    samples: Optional[Path] = samples_option(),
+    n: int = n_option(),
+    atol: Optional[float] = atol_option(),
+    rtol: Optional[float] = rtol_option(),
     variant: list[str] = typer.Option(
         [], "--variant", help="Variant(s) to check (default: all in the package)."
     ),
-    provider: str = typer.Option("cpu", "--provider", help="ONNX Runtime execution provider."),
+    provider: str = provider_option("parity runs on"),
     seed: int = typer.Option(0, "--seed", help="Seed of the generated inputs."),
     no_localize: bool = typer.Option(
         False, "--no-localize", help="Do not search for the first diverging node."
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print parity.json instead of the table."),
+    as_json: bool = as_json_option("parity.json"),
 ) -> None:
     """Compare a package with eager PyTorch; write parity.json; exit 1 when parity fails.
 

@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from torchport.exporters._registries import STRATEGIES
 from torchport.exporters._source_lines import (
     SourceLocation,
     location_in_exception,
@@ -232,7 +233,7 @@ def analyze_failure(exc: BaseException, stage: str) -> CaptureFailure:
         summary,
         op=op,
         location=loc,
-        hint="try another --strategy (dynamo-nonstrict, dynamo-strict, dynamo-decomp-workaround, torchscript)",
+        hint=f"try another --strategy ({', '.join(STRATEGIES)})",
     )
 
 

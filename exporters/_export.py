@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from torchport.exporters._debugger import debug_post_mortem
 from torchport.exporters._decoder_export import export_text_generation, wants_decoder
 from torchport.exporters._example_inputs import ExampleInputs
 from torchport.exporters._example_resolution import resolve_example_inputs
+from torchport.exporters._export_context import BeforeCommit, ExportContext
 from torchport.exporters._export_gate import GateOptions, chain_hooks, export_gate
 from torchport.exporters._loaded_model import LoadedModel
 from torchport.exporters._loading import load_model
@@ -38,40 +39,12 @@ from torchport.exporters._source_lines import user_traceback
 from torchport.exporters._strategies import Attempt, ExportPlan, run_strategies
 from torchport.runtimes._errors import ExportError, LoadError, TorchportError, UsageError, describe_error
 from torchport.runtimes._manifest import DimRange, Manifest, TensorSpec, Variant
-from torchport.runtimes._package import ModelPackage, PackageWriter, write_package
+from torchport.runtimes._package import ModelPackage, write_package
 from torchport.runtimes._spec_syntax import parse_dim_spec, parse_input_spec
 
 __all__ = ["ExportContext", "ExportResult", "export_model"]
 
 MODEL_FILE = "model.onnx"
-
-
-@dataclass
-class ExportContext:
-    """What the stages share; handed to the ``before_commit`` hook.
-
-    Attributes:
-        loaded: the loaded model (:class:`~torchport.exporters.LoadedModel`).
-        example: the example inputs (:class:`~torchport.exporters.ExampleInputs`) with specs and dims.
-        flat: the wrapper that was exported (flat tensors in, flat tuple of selected outputs out);
-            ``flat(*flat.flat_inputs(*example.make(dims)))`` is the eager reference for validation.
-        writer: the package being written (``writer.path`` holds ``model.onnx`` already).
-        model_path: ``writer.path / "model.onnx"``.
-        manifest: the manifest that will be committed (the hook may change it).
-        progress: the progress display (hooks add their own stage lines).
-    """
-
-    loaded: LoadedModel
-    example: ExampleInputs
-    flat: FlatModule
-    writer: PackageWriter
-    model_path: Path
-    manifest: Manifest
-    progress: Progress
-
-
-#: ``before_commit(ctx) -> parity report or None``; raise a TorchportError to abort the export
-BeforeCommit = Callable[[ExportContext], "dict[str, Any] | None"]
 
 
 @dataclass

@@ -364,3 +364,17 @@ def _quantize_via_files(proto: onnx.ModelProto, quantize: Callable[[Path, Path],
         save_onnx(proto, src)
         quantize(src, dst)
         return onnx.load(str(dst))
+
+
+#: every ONNX pass class by name, in pipeline order (names and help: ``_registries.ONNX_PASSES``)
+PASS_CLASSES: dict[str, type] = {
+    cls.name: cls
+    for cls in (
+        OnnxscriptOptimizePass,
+        OrtFusionsPass,
+        OrtOfflinePass,
+        Fp16Pass,
+        Int8DynamicPass,
+        Int8StaticPass,
+    )
+}

@@ -1,11 +1,17 @@
-"""``optimize_package``: run the ONNX passes on a package and write its variants side by side."""
+"""``optimize``: run the ONNX passes on a package, write its variants, and validate each variant
+against the package's validated fp32 model (ONNX vs ONNX: the variants' link of the trust chain).
+
+No torch is needed: the passes, the variants and their parity are ONNX work.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,45 +27,114 @@ from torchport.exporters._onnx_passes import (
     OrtOfflinePass,
 )
 from torchport.exporters._passes import PassPipeline, PassRecord, as_proto
-from torchport.runtimes import (
-    PARITY_NAME,
-    ModelPackage,
-    OptimizationError,
-    UsageError,
-    Variant,
-    dim_sample_points,
-    random_inputs,
-    update_package,
-)
+from torchport.exporters._registries import INT8_MODES as INT8_HELP
+from torchport.exporters._registries import LEVELS as LEVEL_HELP
+from torchport.exporters._registries import ONNX_PASSES
+from torchport.runtimes._errors import OptimizationError, UsageError, describe_error
+from torchport.runtimes._inputs import dim_sample_points, random_inputs
+from torchport.runtimes._manifest import PARITY_NAME, Manifest, Variant
+from torchport.runtimes._onnx_parity import check_variants
+from torchport.runtimes._package import ModelPackage, update_package
+from torchport.runtimes._parity import ParityResult, Tolerance
 from torchport.runtimes._samples import load_samples
+from torchport.runtimes._table import format_table
 
-LEVELS = ("none", "basic", "all")
-INT8_MODES = ("dynamic", "static")
-#: every pass name ``--disable`` accepts
-PASS_NAMES = ("optimize", "ort_fusions", "ort_offline", "fp16", "int8_dynamic", "int8_static")
+__all__ = [
+    "LEVELS",
+    "PASS_NAMES",
+    "OptimizeOptions",
+    "OptimizeResult",
+    "PassRecord",
+    "calibration_samples",
+    "optimize_folder",
+    "optimize_model",
+    "optimize_package",
+]
+
+LEVELS = tuple(LEVEL_HELP)
+INT8_MODES = tuple(INT8_HELP)
+#: every pass name ``--disable`` accepts (from the pass registry)
+PASS_NAMES = tuple(ONNX_PASSES)
 VARIANT_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 #: number of generated calibration samples when no --calibration file is given
 DEFAULT_CALIBRATION_SAMPLES = 16
+GENERATED_CALIBRATION_WARNING = (
+    "--int8 static without --calibration: calibrating on generated random inputs, a poor "
+    "calibration set; pass --calibration FILE.npz with real inputs for usable int8 ranges"
+)
+
+
+@dataclass
+class OptimizeOptions:
+    """What ``optimize`` does, checked when made.
+
+    Attributes:
+        level: ``"none"``, ``"basic"`` or ``"all"`` (see :func:`optimize_package`).
+        fp16 / int8: the variants to write (``int8``: ``"dynamic"`` or ``"static"``).
+        calibration: ``.npz`` calibration inputs for static int8.
+        disable: names of passes to skip (:data:`PASS_NAMES`).
+        provider: execution provider the offline graph is optimized for, and parity runs on.
+        n / samples / atol / rtol / tolerances: the variants' validation against fp32 (as in
+            :func:`~torchport.exporters.validate`).
+
+    Raises:
+        UsageError: an unknown level, int8 mode or pass name, or contradictory options.
+    """
+
+    level: str = "all"
+    fp16: bool = False
+    int8: str | None = None
+    calibration: str | os.PathLike[str] | None = None
+    disable: Iterable[str] = ()
+    provider: str = "cpu"
+    n: int = 20
+    samples: str | os.PathLike[str] | None = None
+    atol: float | None = None
+    rtol: float | None = None
+    tolerances: Mapping[str, Tolerance] | None = None
+
+    def __post_init__(self) -> None:
+        if self.level not in LEVELS:
+            raise UsageError(f"unknown optimization level {self.level!r}; use one of: {', '.join(LEVELS)}")
+        if self.int8 is not None and self.int8 not in INT8_MODES:
+            raise UsageError(f"unknown --int8 mode {self.int8!r}; use one of: {', '.join(INT8_MODES)}")
+        self.disable = tuple(self.disable)
+        unknown = [d for d in self.disable if d not in PASS_NAMES]
+        if unknown:
+            raise UsageError(
+                f"unknown pass {', '.join(map(repr, unknown))} in --disable; passes are: {', '.join(PASS_NAMES)}"
+            )
+        if self.calibration is not None and self.int8 != "static":
+            raise UsageError("--calibration is only used with --int8 static")
+
+    @property
+    def optimizes(self) -> bool:
+        return self.level != "none" or self.fp16 or self.int8 is not None
 
 
 @dataclass
 class OptimizeResult:
-    """What :func:`optimize_package` did.
+    """What :func:`optimize_package` did. Truthy when every variant it wrote matches the fp32 model.
 
     Attributes:
         package: the updated package.
         records: one entry per pass (as stored in ``manifest.passes``), with its ``variant``.
         sizes: size in bytes of each variant's files.
         seconds: wall time of the whole optimization.
+        parity: each written variant compared with the validated fp32 model (``None`` when nothing
+            was compared: no variant written and ``model.onnx`` unchanged).
+        warnings: what the user should know (a poor calibration set...).
     """
 
     package: ModelPackage
     records: list[dict[str, Any]]
     sizes: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    parity: ParityResult | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return True
+        return self.parity is None or bool(self.parity)
 
     @property
     def variants(self) -> list[str]:
@@ -71,29 +146,39 @@ class OptimizeResult:
             "passes": self.records,
             "sizes": self.sizes,
             "seconds": self.seconds,
+            "parity": self.parity.to_dict() if self.parity is not None else None,
+            "warnings": list(self.warnings),
         }
 
     def __str__(self) -> str:
-        lines = [f"optimized {self.package.path} in {self.seconds:.1f} s", ""]
-        lines.append(f"{'variant':<8} {'pass':<14} {'changed':>7} {'nodes':>12} {'seconds':>8}  fused")
+        rows = []
         for r in self.records:
             if r.get("skipped"):
-                lines.append(f"{r['variant']:<8} {r['name']:<14} {'skipped':>7}")
+                rows.append([r["variant"], r["name"], "skipped", None, None, None])
                 continue
             fused = ", ".join(f"{k}×{v}" for k, v in sorted(r["fused"].items())) or "-"
-            nodes = f"{r['nodes_before']}→{r['nodes_after']}"
-            changed = "yes" if r["modified"] else "no"
-            lines.append(
-                f"{r['variant']:<8} {r['name']:<14} {changed:>7} {nodes:>12} {r['seconds']:8.2f}  {fused}"
+            rows.append(
+                [
+                    r["variant"],
+                    r["name"],
+                    "yes" if r["modified"] else "no",
+                    f"{r['nodes_before']}→{r['nodes_after']}",
+                    f"{r['seconds']:.2f}",
+                    fused,
+                ]
             )
+        lines = [f"optimized {self.package.path} in {self.seconds:.1f} s", ""]
+        lines.append(format_table(["variant", "pass", "changed", "nodes", "seconds", "fused"], rows))
         lines.append("")
-        for name, size in self.sizes.items():
-            lines.append(f"{name:<8} {VARIANT_FILES.get(name, ''):<18} {size / 1e6:10.2f} MB")
+        sizes = [[n, VARIANT_FILES.get(n, ""), f"{s / 1e6:.2f} MB"] for n, s in self.sizes.items()]
+        lines.append(format_table(["variant", "file", "size"], sizes))
+        if self.parity is not None:
+            lines += ["", str(self.parity)]
         return "\n".join(lines)
 
 
 def calibration_samples(
-    package: ModelPackage,
+    manifest: Manifest | ModelPackage,
     calibration: str | os.PathLike[str] | None = None,
     n: int = DEFAULT_CALIBRATION_SAMPLES,
     seed: int = 0,
@@ -104,7 +189,8 @@ def calibration_samples(
     values (``random_inputs``: floats ~ N(0, 1), ints within each input's ``value_range``).
     Prefer real data: int8 static ranges are only as good as the calibration set.
     """
-    manifest = package.manifest
+    if isinstance(manifest, ModelPackage):
+        manifest = manifest.manifest
     names = [s.name for s in manifest.inputs]
     if calibration is not None:
         ranks = {s.name: s.rank for s in manifest.inputs}
@@ -112,20 +198,6 @@ def calibration_samples(
     rng = np.random.default_rng(seed)
     points = dim_sample_points(manifest.dynamic_dims, n, rng)
     return [random_inputs(manifest.inputs, points[i % len(points)], rng) for i in range(n)]
-
-
-def _check_options(level: str, int8: str | None, disable: Iterable[str]) -> list[str]:
-    if level not in LEVELS:
-        raise UsageError(f"unknown optimization level {level!r}; use one of: {', '.join(LEVELS)}")
-    if int8 is not None and int8 not in INT8_MODES:
-        raise UsageError(f"unknown --int8 mode {int8!r}; use one of: {', '.join(INT8_MODES)}")
-    disable = list(disable)
-    unknown = [d for d in disable if d not in PASS_NAMES]
-    if unknown:
-        raise UsageError(
-            f"unknown pass {', '.join(map(repr, unknown))} in --disable; passes are: {', '.join(PASS_NAMES)}"
-        )
-    return disable
 
 
 def _filter(passes: Sequence[Any], disable: Sequence[str]) -> PassPipeline:
@@ -150,7 +222,7 @@ def optimize_model(
     ``optimize``, fused again without packing Q/K/V (level all) so the attention projections are
     quantized too; int8 static from the graph after ``optimize`` (QDQ works on standard ONNX ops).
     """
-    disable = _check_options(level, int8, disable)
+    disable = list(OptimizeOptions(level=level, int8=int8, disable=disable).disable)
     if int8 == "static" and not calibration_samples:
         raise UsageError("--int8 static needs calibration data: pass --calibration FILE.npz")
     records: list[dict[str, Any]] = []
@@ -201,6 +273,144 @@ def optimize_model(
     return variants, records
 
 
+@dataclass
+class FolderOptimization:
+    """What :func:`optimize_folder` left in the folder: the new manifest, the pass records, the
+    variants' parity against fp32 (``None`` when not checked), ``parity.json``'s new content, warnings."""
+
+    manifest: Manifest
+    records: list[dict[str, Any]]
+    parity: ParityResult | None
+    report: dict[str, Any] | None
+    warnings: list[str]
+
+
+def optimize_folder(
+    folder: Path,
+    manifest: Manifest,
+    options: OptimizeOptions,
+    *,
+    reference: Path | None = None,
+    report: Mapping[str, Any] | None = None,
+) -> FolderOptimization:
+    """Optimize the package files in ``folder`` (being written) and check the variants.
+
+    ``optimize_package`` runs it on a copy of the package; ``export`` on the package it is writing,
+    after validating ``model.onnx`` against eager PyTorch.
+
+    Args:
+        folder: holds ``model.onnx`` (replaced by the optimized graph when a pass changes it) and
+            receives ``model.fp16.onnx`` / ``model.int8.onnx``.
+        manifest: the package's manifest before optimization.
+        options: what to do.
+        reference: the validated fp32 model to compare every written variant with (the model
+            before this optimization); ``None``: the variants are not validated.
+        report: the current ``parity.json`` content (the eager validation report), kept and
+            extended with the variants' comparison under ``"variants_vs_fp32"``.
+    """
+    warnings: list[str] = []
+    samples = None
+    if options.int8 == "static" and "int8_static" not in options.disable:
+        if options.calibration is None:
+            warnings.append(GENERATED_CALIBRATION_WARNING)
+        samples = calibration_samples(manifest, options.calibration)
+    src = folder / manifest.variants["fp32"].file
+    try:
+        model = onnx.load(str(src))
+    except Exception as e:  # noqa: BLE001 - onnx raises DecodeError and friends
+        raise OptimizationError(f"cannot load {src.name}: {describe_error(e)}") from e
+    variants, records = optimize_model(
+        model,
+        level=options.level,
+        fp16=options.fp16,
+        int8=options.int8,
+        calibration_samples=samples,
+        disable=options.disable,
+        provider=options.provider,
+    )
+    old = manifest.variants
+    base_history = list(old["fp32"].passes)
+    fp32_changed = any(r["modified"] for r in records if r["variant"] == "fp32")
+    new_variants = {
+        name: Variant(v.file, v.precision, v.parity, list(v.data_files), list(v.passes))
+        for name, v in old.items()
+    }
+    written: dict[str, Path] = {}
+    for name, proto in variants.items():
+        history = base_history + [r for r in records if r["variant"] == name]
+        if name == "fp32" and not fp32_changed:
+            new_variants["fp32"].passes = history
+            continue
+        file = VARIANT_FILES[name]
+        try:
+            data_files = save_onnx(proto, folder / file)
+        except (OSError, ValueError) as e:
+            raise OptimizationError(f"cannot write {file}: {describe_error(e)}") from e
+        new_variants[name] = Variant(file=file, precision=name, data_files=data_files, passes=history)
+        written[name] = folder / file
+    if fp32_changed and "fp32" in old:
+        new_variants["fp32"].parity = old["fp32"].parity  # the eager link; the new graph's link is below
+    parity = None
+    new_report = dict(report) if report is not None else None
+    if reference is not None and written:
+        parity = check_variants(
+            manifest,
+            reference,
+            written,
+            n=options.n,
+            samples=options.samples,
+            atol=options.atol,
+            rtol=options.rtol,
+            tolerances=options.tolerances,
+            provider=options.provider,
+        )
+        for name, vp in parity.variants.items():
+            if name == "fp32":
+                eager = dict(old["fp32"].parity or {})
+                new_variants["fp32"].parity = {**eager, "optimized": vp.summary()} if eager else vp.summary()
+            else:
+                new_variants[name].parity = vp.summary()
+        new_report = {**(new_report or {}), "variants_vs_fp32": parity.to_dict()}
+    elif written:  # unvalidated variants carry no parity record
+        for name in written:
+            if name != "fp32":
+                new_variants[name].parity = None
+    extra = dict(manifest.extra)
+    offline = [r for r in records if r["name"] == "ort_offline" and not r["skipped"]]
+    if offline:
+        extra["ort_offline"] = offline[-1].get("details", {})
+    extra["optimization"] = {
+        "level": options.level,
+        "fp16": options.fp16,
+        "int8": options.int8,
+        "disable": list(options.disable),
+        "provider": options.provider,
+        "calibration": "file" if options.calibration is not None else ("generated" if samples else None),
+    }
+    new_manifest = manifest.replace(variants=new_variants, passes=records, extra=extra)
+    new_manifest = _with_chain_summary(new_manifest)
+    return FolderOptimization(new_manifest, records, parity, new_report, warnings)
+
+
+def _passed(variant: Variant) -> bool:
+    parity = variant.parity or {}
+    optimized = parity.get("optimized")
+    return bool(parity.get("passed")) and (optimized is None or bool(optimized.get("passed")))
+
+
+def _with_chain_summary(manifest: Manifest) -> Manifest:
+    """``validated``: the fp32 model passed against eager PyTorch and every variant its link."""
+    fp32 = manifest.variants["fp32"].parity or {}
+    rooted = fp32.get("reference", "eager") == "eager" and bool(fp32.get("passed"))
+    validated = rooted and all(_passed(v) for v in manifest.variants.values())
+    summary = None
+    if manifest.parity is not None:  # an eager-validated package: its summary follows the chain
+        summary = dict(manifest.parity or {})
+        summary["passed"] = validated
+        summary["variants"] = {name: _passed(v) for name, v in manifest.variants.items()}
+    return manifest.replace(parity=summary, validated=validated)
+
+
 def optimize_package(
     package_path: str | os.PathLike[str],
     level: str = "all",
@@ -209,13 +419,24 @@ def optimize_package(
     calibration: str | os.PathLike[str] | None = None,
     disable: Iterable[str] = (),
     provider: str = "cpu",
+    *,
+    n: int = 20,
+    samples: str | os.PathLike[str] | None = None,
+    atol: float | None = None,
+    rtol: float | None = None,
+    tolerances: Mapping[str, Tolerance] | None = None,
+    check: bool = True,
 ) -> OptimizeResult:
-    """Optimize a model package in place and add its fp16 / int8 variants, atomically.
+    """Optimize a model package in place, add its fp16 / int8 variants, and validate each one
+    against the package's fp32 model (ONNX vs ONNX, no torch), atomically.
 
     ``model.onnx`` is replaced by the optimized fp32 graph; ``model.fp16.onnx`` and
-    ``model.int8.onnx`` are written next to it, each a variant in the manifest. The record of every
-    pass goes into ``manifest.passes``. The package's previous parity record no longer applies and
-    is dropped (``validated=False``): run :func:`validate` (``torchport validate``) afterwards.
+    ``model.int8.onnx`` are written next to it. Every file written is compared with the fp32 model
+    as it was before (the one ``validate`` proved equal to eager PyTorch) with the variant's
+    tolerance (:data:`~torchport.runtimes.DEFAULT_TOLERANCES`); the comparison goes into each
+    variant's ``parity`` record (``reference: "fp32"``) and ``parity.json``
+    (``variants_vs_fp32``), so the package stays validated when every link holds. Each variant
+    keeps the history of the passes that made it (``Variant.passes``).
 
     Levels:
         ``none``: no graph passes (fp16 / int8 variants may still be made).
@@ -230,9 +451,14 @@ def optimize_package(
         fp16: also write ``model.fp16.onnx`` (float32 inputs/outputs, sensitive ops in float32).
         int8: ``"dynamic"`` or ``"static"`` (QDQ) to also write ``model.int8.onnx``.
         calibration: ``.npz`` calibration inputs for static int8; generated from the input spec
-            (:data:`DEFAULT_CALIBRATION_SAMPLES` samples) when omitted.
+            (:data:`DEFAULT_CALIBRATION_SAMPLES` samples, with a warning) when omitted.
         disable: names of passes to skip (see :data:`PASS_NAMES`).
         provider: execution provider the offline graph is optimized for (``cpu``, ``cuda``).
+        n / samples / atol / rtol / tolerances: the variants' validation (as in ``validate``).
+        check: validate the written variants against fp32 (default).
+
+    Returns:
+        An :class:`OptimizeResult`, truthy when every written variant matches the fp32 model.
 
     Raises:
         UsageError: bad level / int8 mode / pass name / calibration file.
@@ -240,75 +466,46 @@ def optimize_package(
 
     Example:
         >>> result = optimize_package("out/bert", level="all", int8="dynamic")   # doctest: +SKIP
-        >>> print(result)                                  # passes table and variant sizes
-        >>> result.package.manifest.variants["int8"].file
-        'model.int8.onnx'
+        >>> bool(result), result.package.manifest.variants["int8"].parity["reference"]
+        (True, 'fp32')
     """
     start = time.perf_counter()
-    disable = _check_options(level, int8, disable)
-    package = ModelPackage.load(package_path)
-    samples = None
-    if int8 == "static" and "int8_static" not in disable:
-        samples = calibration_samples(package, calibration)
-    elif calibration is not None:
-        raise UsageError("--calibration is only used with --int8 static")
-    src = package.model_path("fp32")
-    try:
-        model = onnx.load(str(src))
-    except Exception as e:
-        raise OptimizationError(f"cannot load {src}: {e}") from e
-    variants, records = optimize_model(
-        model,
+    options = OptimizeOptions(
         level=level,
         fp16=fp16,
         int8=int8,
-        calibration_samples=samples,
+        calibration=calibration,
         disable=disable,
         provider=provider,
+        n=n,
+        samples=samples,
+        atol=atol,
+        rtol=rtol,
+        tolerances=tolerances,
     )
+    package = ModelPackage.load(package_path)
     with update_package(package) as w:
-        manifest = package.manifest.replace()
-        new_variants = dict(manifest.variants)
-        for name, proto in variants.items():
-            data_files = save_onnx(proto, w.path / VARIANT_FILES[name])
-            new_variants[name] = Variant(
-                file=VARIANT_FILES[name], precision=name, parity=None, data_files=data_files
-            )
-        for v in new_variants.values():
-            v.parity = None
-        if (w.path / PARITY_NAME).exists():
-            (w.path / PARITY_NAME).unlink()
-        extra = dict(manifest.extra)
-        offline = [r for r in records if r["name"] == "ort_offline" and not r["skipped"]]
-        if offline:
-            extra["ort_offline"] = offline[-1].get("details", {})
-        else:
-            extra.pop("ort_offline", None)
-        extra["optimization"] = {
-            "level": level,
-            "fp16": fp16,
-            "int8": int8,
-            "disable": list(disable),
-            "provider": provider,
-            "seconds": round(time.perf_counter() - start, 3),
-        }
-        manifest = manifest.replace(
-            variants=new_variants, passes=records, extra=extra, parity=None, validated=False
+        report_file = w.path / PARITY_NAME
+        report = json.loads(report_file.read_text()) if report_file.is_file() else None
+        done = optimize_folder(
+            w.path,
+            package.manifest.replace(),
+            options,
+            reference=package.model_path("fp32") if check else None,
+            report=report,
         )
-        new_pkg = w.commit(manifest)
+        manifest = done.manifest
+        manifest.extra["optimization"]["seconds"] = round(time.perf_counter() - start, 3)
+        new_pkg = w.commit(manifest, parity=done.report)
     sizes = {
         name: sum((new_pkg.path / f).stat().st_size for f in [v.file, *v.data_files])
         for name, v in new_pkg.manifest.variants.items()
     }
-    return OptimizeResult(package=new_pkg, records=records, sizes=sizes, seconds=time.perf_counter() - start)
-
-
-__all__ = [
-    "LEVELS",
-    "PASS_NAMES",
-    "OptimizeResult",
-    "PassRecord",
-    "calibration_samples",
-    "optimize_model",
-    "optimize_package",
-]
+    return OptimizeResult(
+        package=new_pkg,
+        records=done.records,
+        sizes=sizes,
+        seconds=time.perf_counter() - start,
+        parity=done.parity,
+        warnings=done.warnings,
+    )

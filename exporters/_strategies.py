@@ -32,18 +32,12 @@ import torch
 from torchport.exporters._capture import capture
 from torchport.exporters._capture_failures import export_error
 from torchport.exporters._onnx_export import onnx_from_program, onnx_from_torchscript
+from torchport.exporters._registries import STRATEGIES
 from torchport.exporters._torch_logs import quiet_torch_logs
 from torchport.runtimes._errors import ExportError, UsageError, first_line
 from torchport.runtimes._manifest import DimRange, TensorSpec
 
 __all__ = ["STRATEGIES", "Attempt", "ExportPlan", "program_output_dims", "run_strategies"]
-
-STRATEGIES: dict[str, str] = {
-    "dynamo-nonstrict": "torch.export (non-strict) → torch.onnx dynamo exporter",
-    "dynamo-strict": "torch.export (strict, TorchDynamo) → torch.onnx dynamo exporter",
-    "dynamo-decomp-workaround": "captured program with contiguous() rewritten to a real copy → torch.onnx dynamo",
-    "torchscript": "legacy TorchScript exporter (torch.onnx.export(dynamo=False)) with dynamic_axes",
-}
 
 
 @dataclass

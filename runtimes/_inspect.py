@@ -96,20 +96,29 @@ class PackageSummary:
         lines.append("")
         if m.parity:
             lines.append("Parity: " + _parity_line(m.parity))
+        elif m.extra.get("validation") == "skipped":
+            lines.append("Parity: not validated (exported with --no-validate)")
         else:
-            lines.append(
-                "Parity: not validated"
-                + ("" if m.validated else " (exported with --no-validate or before validation)")
-            )
-        for v in self.variants:
-            if v.parity and v.name != "fp32":
-                lines.append(f"Parity {v.name}: " + _parity_line(v.parity))
+            lines.append("Parity: not validated against eager PyTorch (run `torchport validate`)")
+        lines += [f"  {v.name}: {_link(v.parity)}" for v in self.variants if v.parity]
         return "\n".join(lines)
 
 
 def _sig_row(spec: TensorSpec) -> list[str]:
     shape = "[" + ", ".join("?" if d is None else str(d) for d in spec.shape) + "]"
     return [spec.name, spec.dtype, shape]
+
+
+def _link(parity: dict[str, Any]) -> str:
+    """One variant's links of the trust chain: ``passed vs eager PyTorch (...)``, then, for a model
+    optimized or derived afterwards, ``← passed vs the validated fp32 model (...)``."""
+    names = {"eager": "eager PyTorch", "fp32": "the validated fp32 model"}
+    first = {k: v for k, v in parity.items() if k not in ("optimized", "reference")}
+    text = f"{_parity_line(first)} vs {names.get(parity.get('reference', 'eager'), parity.get('reference'))}"
+    optimized = parity.get("optimized")
+    if optimized:
+        text += f"; optimized graph: {_link(optimized)}"
+    return text
 
 
 def _parity_line(parity: dict[str, Any]) -> str:

@@ -100,12 +100,22 @@ class FileRecord:
 
 @dataclass
 class Variant:
-    """One ONNX model file of the package (``fp32`` is ``model.onnx``), with its own parity record."""
+    """One ONNX model file of the package (``fp32`` is ``model.onnx``), with its own parity record.
+
+    Attributes:
+        file: the ``.onnx`` file; ``data_files``: its external-data files.
+        precision: ``fp32``, ``fp16`` or ``int8``.
+        parity: the variant's link of the trust chain: ``reference`` (``"eager"`` for the fp32 model,
+            ``"fp32"`` for a variant compared with the validated fp32 model), ``passed``,
+            ``tolerance`` and the measured errors; ``None`` when not validated.
+        passes: the history of optimization passes that produced this file, oldest first.
+    """
 
     file: str
     precision: str = "fp32"
     parity: dict[str, Any] | None = None
     data_files: list[str] = field(default_factory=list)
+    passes: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -113,6 +123,7 @@ class Variant:
             "precision": self.precision,
             "parity": self.parity,
             "data_files": list(self.data_files),
+            "passes": list(self.passes),
         }
 
     @classmethod
@@ -122,6 +133,7 @@ class Variant:
             precision=data.get("precision", "fp32"),
             parity=data.get("parity"),
             data_files=list(data.get("data_files", [])),
+            passes=list(data.get("passes", [])),
         )
 
 

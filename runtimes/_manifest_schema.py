@@ -235,6 +235,8 @@ def _variant(field: str, value: Any) -> None:
     _object_or_null(f"{field}.parity", variant.get("parity"))
     for i, name in enumerate(_array(f"{field}.data_files", variant.get("data_files", []))):
         check_package_path(f"{field}.data_files[{i}]", name)
+    for i, record in enumerate(_array(f"{field}.passes", variant.get("passes", []))):
+        _object(f"{field}.passes[{i}]", record)
 
 
 def _each(check: Check) -> Check:

@@ -88,7 +88,17 @@ def test_help_explains_every_option_with_an_example() -> None:
 def test_export_success(tmp_path: Path) -> None:
     out = tmp_path / "pkg"
     result = invoke(
-        MLP, "-o", str(out), "--dim", "batch=1..8", "--name", "tiny-mlp", "--version", "3", "--opset", "18"
+        MLP,
+        "-o",
+        str(out),
+        "--dim",
+        "batch=1..8",
+        "--name",
+        "tiny-mlp",
+        "--model-version",
+        "3",
+        "--opset",
+        "18",
     )
     assert result.exit_code == 0, result.output
     assert f"exported tiny-mlp v3 to {out}" in result.stdout

@@ -29,7 +29,8 @@ def mlp_pkg(tmp_path):
 def test_optimize_then_validate_passes_and_writes_parity(mlp_pkg):
     r = runner.invoke(app, ["optimize", str(mlp_pkg), "--level", "all", "--fp16", "--int8", "dynamic"])
     assert r.exit_code == 0, r.output
-    assert "int8_dynamic" in r.output and "model.int8.onnx" in r.output and "torchport validate" in r.output
+    assert "int8_dynamic" in r.output and "model.int8.onnx" in r.output
+    assert "parity PASSED" in r.output and "vs model.onnx (fp32)" in r.output  # variants checked vs fp32
     assert set(ModelPackage.load(mlp_pkg).manifest.variants) == {"fp32", "fp16", "int8"}
 
     r = runner.invoke(app, ["validate", str(mlp_pkg), "--model", MLP, "--n", "4"])
@@ -99,6 +100,8 @@ def test_static_int8_with_calibration_file(mlp_pkg, tmp_path):
             "static",
             "--calibration",
             str(tmp_path / "calib.npz"),
+            "--n",
+            "4",
             "--json",
         ],
     )
@@ -107,6 +110,19 @@ def test_static_int8_with_calibration_file(mlp_pkg, tmp_path):
     assert passes[-1]["name"] == "int8_static" and passes[-1]["details"]["calibration_samples"] == 8
     r = runner.invoke(app, ["validate", str(mlp_pkg), "--model", MLP, "--n", "4", "--variant", "int8"])
     assert r.exit_code == 0, r.output
+
+
+def test_static_int8_without_calibration_says_so_loudly(mlp_pkg, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["optimize", str(mlp_pkg), "--level", "none", "--int8", "static"])
+    captured = capsys.readouterr()
+    assert exit_info.value.code in (0, None)
+    assert (
+        "warning: --int8 static without --calibration: calibrating on generated random inputs" in captured.err
+    )
+    assert "Please consider to run pre-processing" not in captured.err + captured.out
+    m = ModelPackage.load(mlp_pkg).manifest
+    assert m.extra["optimization"]["calibration"] == "generated"
 
 
 def test_export_cli_validates_and_takes_optimization_options(tmp_path, capsys):

