@@ -486,6 +486,12 @@ def floor_rows(tiny: Path, args, workdir: Path, results: dict) -> list[tuple[str
     return out
 
 
+def server_cpu(server: ServerProcess) -> float:
+    """CPU seconds (user + system, all threads) the server process has used so far."""
+    fields = Path(f"/proc/{server.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def grpc_rows(cnn_pkg: Path, args, results: dict) -> list[tuple[str, ...]]:
     """(5) gRPC vs HTTP binary on one server, both loaded by torchport bench's generator."""
     from torchport.runtimes._loadgen import bench_server
@@ -495,6 +501,7 @@ def grpc_rows(cnn_pkg: Path, args, results: dict) -> list[tuple[str, ...]]:
     out = []
     try:
         for c in sorted({1, 32} | set(args.concurrency)):
+            cpu0 = server_cpu(srv)
             (binary,) = bench_server(
                 f"http://127.0.0.1:{srv.port}",
                 model="cnn",
@@ -502,22 +509,30 @@ def grpc_rows(cnn_pkg: Path, args, results: dict) -> list[tuple[str, ...]]:
                 concurrency=[c],
                 duration=args.duration,
             )
+            cpu1 = server_cpu(srv)
             (grpc,) = bench_server(
                 f"grpc://127.0.0.1:{gport}", model="cnn", concurrency=[c], duration=args.duration
             )
+            cpu2 = server_cpu(srv)
             if binary.errors or grpc.errors:
                 raise RuntimeError(f"failed requests: binary {binary.errors}, grpc {grpc.errors}")
             ratio = grpc.rps / binary.rps
+            cpu_binary = (cpu1 - cpu0) / max(binary.requests, 1) * 1e6
+            cpu_grpc = (cpu2 - cpu1) / max(grpc.requests, 1) * 1e6
             results.setdefault("grpc", {})[f"c{c}"] = {
                 "grpc": grpc.to_dict(),
                 "binary": binary.to_dict(),
                 "ratio": ratio,
+                "server_cpu_us_per_request": {"binary": cpu_binary, "grpc": cpu_grpc},
             }
-            for name, r, vs in (("HTTP binary", binary, "1.00x"), ("gRPC", grpc, f"{ratio:.2f}x binary")):
+            for name, r, vs, cpu in (
+                ("HTTP binary", binary, "1.00x", cpu_binary),
+                ("gRPC", grpc, f"{ratio:.2f}x binary", cpu_grpc),
+            ):
                 out.append(
                     (
                         "5 grpc vs binary",
-                        f"torchport {name} (bench generator)",
+                        f"torchport {name} (bench generator), server {cpu:.0f} us CPU/req",
                         str(c),
                         f"{r.rps:.0f}",
                         f"{r.p50_ms:.2f}",

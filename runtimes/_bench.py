@@ -110,20 +110,18 @@ def parse_dims(items: Sequence[str]) -> dict[str, int]:
     return out
 
 
-def random_array(datatype: str, shape: Sequence[int], rng: np.random.Generator) -> np.ndarray:
-    """Random values of a protocol datatype (BYTES: short strings, BF16: its uint16 bits)."""
-    if datatype == "BYTES":
-        return np.array([b"torchport"] * int(np.prod(shape)), dtype=object).reshape(shape)
-    if datatype == "BOOL":
-        return rng.integers(0, 2, shape).astype(bool)
-    if datatype in ("FP16", "FP32", "FP64"):
-        return rng.standard_normal(shape).astype(
-            {"FP16": np.float16, "FP32": np.float32, "FP64": np.float64}[datatype]
-        )
+def random_array(
+    datatype: str, shape: Sequence[int], rng: np.random.Generator, spec: Any = None
+) -> np.ndarray:
+    """Random values of a protocol datatype (BF16 as its uint16 bits), from the manifest's ``spec``
+    (its value range) when given."""
+    from torchport.runtimes._inputs import random_tensor
+    from torchport.runtimes._manifest import TensorSpec
+    from torchport.runtimes.server._protocol import DTYPE_OF
+
     if datatype == "BF16":
-        return (rng.standard_normal(shape).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
-    dtype = np.dtype(datatype.lower())
-    return rng.integers(0, 8, shape).astype(dtype)
+        return np.zeros(shape, np.uint16)
+    return random_tensor(spec or TensorSpec("x", DTYPE_OF[datatype], list(shape)), shape, rng)
 
 
 def _timed_loop(run: Callable[[], None], concurrency: int, duration: float) -> tuple[list[float], float, int]:
@@ -178,8 +176,7 @@ def package_inputs(
                 if rng_ is not None:
                     value = min(max(value, rng_.min), rng_.max)
                 shape.append(value)
-        datatype = PROTOCOL_DATATYPES[spec.dtype]
-        feeds[spec.name] = random_array(datatype, shape, rng)
+        feeds[spec.name] = random_array(PROTOCOL_DATATYPES[spec.dtype], shape, rng, spec)
     return feeds
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import struct
 import time
 import urllib.error
 import urllib.request
@@ -22,6 +21,7 @@ import numpy as np
 
 from torchport.runtimes._bench import BenchResult, random_array, summarize
 from torchport.runtimes._errors import ServingError, UsageError
+from torchport.runtimes.server._protocol import _binary_data
 
 PROTOCOLS = ("json", "binary", "grpc")
 
@@ -116,12 +116,6 @@ def request_inputs(
     return out
 
 
-def _raw(datatype: str, arr: np.ndarray) -> bytes:
-    if datatype == "BYTES":
-        return b"".join(struct.pack("<I", len(b)) + b for b in arr.reshape(-1))
-    return np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<")).tobytes()
-
-
 def http_request_bytes(
     target: Target,
     model: str,
@@ -134,7 +128,7 @@ def http_request_bytes(
     for name, (datatype, arr) in inputs.items():
         t: dict[str, Any] = {"name": name, "shape": list(arr.shape), "datatype": datatype}
         if binary:
-            blob = _raw(datatype, arr)
+            blob = _binary_data(arr, datatype)
             t["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
@@ -169,7 +163,7 @@ def grpc_request_bytes(model: str, inputs: dict[str, tuple[str, np.ndarray]]) ->
     req = MESSAGES["ModelInferRequest"](
         model_name=model,
         inputs=[tensor(name=n, datatype=dt, shape=list(a.shape)) for n, (dt, a) in inputs.items()],
-        raw_input_contents=[_raw(dt, a) for dt, a in inputs.values()],
+        raw_input_contents=[_binary_data(a, dt) for dt, a in inputs.values()],
     )
     return req.SerializeToString()
 
