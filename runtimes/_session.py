@@ -389,7 +389,14 @@ class Session:
             dims = points[i % len(points)]
             feeds = {}
             for spec in self.input_specs:
-                shape = [d if isinstance(d, int) else dims.get(d, 1) if d else 1 for d in spec.shape]
+                shape = [
+                    d
+                    if isinstance(d, int)
+                    else dims.get(d, sum(dims.get(p, 1) for p in d.split("+")))
+                    if d
+                    else 1
+                    for d in spec.shape
+                ]
                 if spec.dtype == "bfloat16":
                     feeds[spec.name] = np.zeros(shape, np.uint16)
                 else:

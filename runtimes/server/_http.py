@@ -131,8 +131,20 @@ class Deferred:
     finish: Callable[[asyncio.Future], Response]
 
 
+@dataclass
+class Stream:
+    """A chunked response (server-sent events): the head goes out at once, then each ``bytes`` put on
+    ``chunks`` as one chunk; ``None`` ends it. ``on_disconnect`` runs if the client goes away first."""
+
+    status: int = 200
+    content_type: str = "text/event-stream"
+    chunks: asyncio.Queue = field(default_factory=asyncio.Queue)
+    on_disconnect: Callable[[], None] | None = None
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
 class Application(Protocol):
-    def handle(self, request: Request) -> Response | Deferred: ...
+    def handle(self, request: Request) -> Response | Deferred | Stream: ...
 
     def check_head(self, request: Request) -> Response | None:
         """Called when a request's headers are complete, before its body is read: a Response
@@ -198,6 +210,7 @@ class HttpProtocol(asyncio.Protocol):
         self.client = ""
         self.started = 0.0
         self.last_active = time.monotonic()
+        self.stream: Stream | None = None  # the streamed response being sent
 
     # -- asyncio.Protocol -------------------------------------------------------------------------
 
@@ -224,6 +237,8 @@ class HttpProtocol(asyncio.Protocol):
         self.reserved = 0
         self.queue.clear()
         self.backlog = None
+        if self.stream is not None:
+            self.stream.chunks.put_nowait(None)  # wakes the pump, which sees the transport gone
 
     def pause_writing(self) -> None:
         self.write_paused_since = time.monotonic()
@@ -460,6 +475,12 @@ class HttpProtocol(asyncio.Protocol):
                     self.server.inflight += 1
                     result.future.add_done_callback(lambda f, req=req, d=result: self._deferred_done(req, d))
                     return
+                if isinstance(result, Stream):
+                    self.busy = True
+                    self.server.inflight += 1
+                    self.stream = result
+                    asyncio.ensure_future(self._pump(req, result))
+                    return
                 resp = result
             self._send(req, resp)
         if self.closing or self.busy or self.write_paused_since is not None:
@@ -484,6 +505,42 @@ class HttpProtocol(asyncio.Protocol):
             resp = self.app.error_response(500, "internal server error (see the server log)")
         self._send(req, resp)
         self._turn()
+
+    async def _pump(self, req: Request, stream: Stream) -> None:
+        """Send a :class:`Stream` as chunked transfer encoding until its ``None``."""
+        self.server.release(req.reserved)
+        req.reserved = 0
+        finished, nbytes = False, 0
+        try:
+            if self.transport is not None and not self.closing:
+                head = [f"HTTP/1.1 {stream.status} {_REASONS.get(stream.status, 'Unknown')}\r\n"]
+                head.append(f"content-type: {stream.content_type}\r\ntransfer-encoding: chunked\r\n")
+                head.append("cache-control: no-cache\r\n")
+                head += [f"{k}: {v}\r\n" for k, v in stream.headers]
+                self.transport.write("".join(head + ["\r\n"]).encode("latin-1"))
+                while True:
+                    chunk = await stream.chunks.get()
+                    if self.transport is None or self.closing:
+                        break
+                    if chunk is None:
+                        self.transport.write(b"0\r\n\r\n")
+                        finished = True
+                        break
+                    if chunk:
+                        self.transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+                        nbytes += len(chunk)
+        finally:
+            self.stream = None
+            self.server.inflight -= 1
+            self.busy = False
+            if not finished and stream.on_disconnect is not None:
+                stream.on_disconnect()
+            try:
+                self.app.on_response(req, Response(stream.status, b"", stream.content_type), nbytes)
+            except Exception:  # pragma: no cover - logging must never break serving
+                log.exception("access log failed")
+            if self.transport is not None and not self.closing:
+                self._turn()
 
     def _send(self, req: Request, resp: Response) -> None:
         keep_alive = req.keep_alive and not resp.close and not self.server.closing_connections

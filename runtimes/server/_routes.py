@@ -25,7 +25,7 @@ from torchport.runtimes.server._extensions import (
     repository_action,
     stats_response,
 )
-from torchport.runtimes.server._http import Deferred, Request, Response
+from torchport.runtimes.server._http import Deferred, Request, Response, Stream
 from torchport.runtimes.server._metrics import ServerMetrics
 from torchport.runtimes.server._protocol import (
     HEADER_LENGTH,
@@ -159,7 +159,7 @@ class InferenceApp:
 
     # -- routing ----------------------------------------------------------------------------------
 
-    def handle(self, req: Request) -> Response | Deferred:
+    def handle(self, req: Request) -> Response | Deferred | Stream:
         try:
             return self._route(req)
         except HTTPError as e:
@@ -167,7 +167,7 @@ class InferenceApp:
             resp.headers.extend(e.headers)
             return resp
 
-    def _route(self, req: Request) -> Response | Deferred:
+    def _route(self, req: Request) -> Response | Deferred | Stream:
         path = req.path
         if path in OPEN_PATHS:
             req.endpoint = path.rsplit("/", 1)[-1]
@@ -231,7 +231,7 @@ class InferenceApp:
             tail = tail[2:]
         return name, version, tail
 
-    def _model_route(self, req: Request, rest: str) -> Response | Deferred:
+    def _model_route(self, req: Request, rest: str) -> Response | Deferred | Stream:
         name, version, tail = self._parse_model_path(rest)
         req.model = name
         req.endpoint = tail[0] if tail and tail[0] in ("ready", "infer", "config", "stats") else "metadata"
@@ -253,6 +253,12 @@ class InferenceApp:
         if tail == ["stats"]:
             self._method(req, "GET")
             return stats_response(self, name, version)
+        if tail in (["generate"], ["generate_stream"]):
+            from torchport.runtimes.server._generate_routes import generate_route
+
+            self._method(req, "POST")
+            req.endpoint = tail[0]
+            return generate_route(self, req, name, version, stream=tail[0] == "generate_stream")
         raise HTTPError(404, f"no such endpoint: {req.method} {req.path}")
 
     def model_entry(self, name: str, version: str | None, *, need_ready: bool) -> ModelEntry:

@@ -1,0 +1,269 @@
+"""Triton's generate extension for text-generation packages:
+
+- ``POST /v2/models/{m}[/versions/{v}]/generate``: JSON ``{"text_input": ..., "max_tokens": ...}`` →
+  ``{"model_name", "model_version", "text_output", "finish_reason", "usage"}`` (the generated text only,
+  special tokens skipped);
+- ``POST .../generate_stream``: the same request, answered as server-sent events, one
+  ``data: {"text_output": <new text>, ...}`` per piece of text, the last with its ``finish_reason``.
+
+Sampling fields may be top-level or inside ``"parameters"`` (both as Triton's extension allows):
+``max_tokens``, ``temperature`` (0: greedy; sampling when > 0 or with ``top_p``/``top_k``), ``top_p``,
+``top_k``, ``seed``, ``stop`` (a string or a list: generation ends before it), ``repetition_penalty``,
+``ignore_eos``. Unknown fields, prompts beyond the exported range, bad values and bodies that are not
+UTF-8 JSON are 400s. Requests share one decode batch per model (continuous batching, see
+:mod:`torchport.runtimes.server._generate_engine`); a client that disconnects frees its row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+from torchport.runtimes._errors import InferenceInputError, UsageError
+from torchport.runtimes._generate import DecoderSpec, GenRequest, SamplingParams
+from torchport.runtimes._tokenizer import IncrementalDecoder, TextCodec
+from torchport.runtimes.server._generate_engine import GenerationEngine, Job
+from torchport.runtimes.server._http import Deferred, Response, Stream
+from torchport.runtimes.server._protocol import HTTPError, json_dumps
+
+__all__ = ["generate_route"]
+
+_SAMPLING = (
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "stop",
+    "repetition_penalty",
+    "ignore_eos",
+)
+_TOP_LEVEL = frozenset({"text_input", "parameters", "id", "stream", *_SAMPLING})
+_MAX_STOPS = 16
+
+_engines: weakref.WeakKeyDictionary[Any, tuple[GenerationEngine, TextCodec]] = weakref.WeakKeyDictionary()
+
+
+def _engine(name: str, session: Any) -> tuple[GenerationEngine, TextCodec]:
+    got = _engines.get(session)
+    if got is None:
+        try:
+            DecoderSpec.from_manifest(session.manifest)
+        except UsageError:
+            raise HTTPError(
+                400,
+                f"model {name!r} does not generate text: /generate serves packages exported with "
+                "--task text-generation",
+            ) from None
+        codec = TextCodec.from_package(session.package) if session.package is not None else None
+        if codec is None:
+            raise HTTPError(400, f"model {name!r} has no tokenizer in its package; /generate takes text")
+        got = (GenerationEngine(session), codec)
+        _engines[session] = got
+    return got
+
+
+def _number(params: dict[str, Any], key: str, kind: type, default: Any) -> Any:
+    value = params.get(key, default)
+    ok = (
+        isinstance(value, kind) and not isinstance(value, bool)
+        if kind is not bool
+        else isinstance(value, bool)
+    )
+    if kind is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok:
+        raise HTTPError(400, f"{key} must be {'a number' if kind is float else kind.__name__}, got {value!r}")
+    return value
+
+
+@dataclass
+class GenerateRequest:
+    """A parsed generate request."""
+
+    request: GenRequest
+    stops: list[str] = field(default_factory=list)
+    id: str | None = None
+
+
+def parse_generate(body: bytes, engine: GenerationEngine, codec: TextCodec) -> GenerateRequest:
+    """Parse and check a generate body (every problem is an :class:`HTTPError` 400)."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise HTTPError(400, f"the request body is not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise HTTPError(400, f"the request body is not valid JSON: {e.msg} at line {e.lineno}") from None
+    if not isinstance(data, dict):
+        raise HTTPError(400, "the request body must be a JSON object with text_input")
+    unknown = sorted(set(data) - _TOP_LEVEL)
+    if unknown:
+        raise HTTPError(
+            400, f"unknown field(s) {', '.join(unknown)}; accepted: {', '.join(sorted(_TOP_LEVEL))}"
+        )
+    params = data.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise HTTPError(400, "parameters must be a JSON object")
+    bad = sorted(set(params) - set(_SAMPLING) - {"stream"})
+    if bad:
+        raise HTTPError(400, f"unknown parameter(s) {', '.join(bad)}; accepted: {', '.join(_SAMPLING)}")
+    merged = {**{k: v for k, v in data.items() if k in _SAMPLING}, **params}
+    prompt = data.get("text_input")
+    if not isinstance(prompt, str) or not prompt:
+        raise HTTPError(400, "text_input must be a non-empty string")
+    stops = merged.get("stop") or []
+    if isinstance(stops, str):
+        stops = [stops]
+    if (
+        not isinstance(stops, list)
+        or len(stops) > _MAX_STOPS
+        or not all(isinstance(s, str) and s for s in stops)
+    ):
+        raise HTTPError(400, f"stop must be a non-empty string or a list of at most {_MAX_STOPS} of them")
+    temperature = float(_number(merged, "temperature", float, 0.0))
+    top_p = float(_number(merged, "top_p", float, 1.0))
+    top_k = int(_number(merged, "top_k", int, 0))
+    sample = temperature > 0 or top_p < 1.0 or top_k > 0
+    seed = merged.get("seed")
+    sampling = SamplingParams(
+        max_new_tokens=_number(merged, "max_tokens", int, 32),
+        do_sample=sample,
+        temperature=temperature if temperature > 0 else 1.0,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        ignore_eos=_number(merged, "ignore_eos", bool, False),
+        repetition_penalty=float(_number(merged, "repetition_penalty", float, 1.0)),
+    )
+    try:
+        ids = codec.encode(prompt)
+        request = GenRequest(ids, sampling)
+        engine.check(request)
+    except InferenceInputError as e:
+        raise HTTPError(400, str(e)) from None
+    rid = data.get("id")
+    return GenerateRequest(request, stops, str(rid) if rid is not None else None)
+
+
+class _TextOut:
+    """Tokens → text pieces, ending before a stop string (text that may begin one is held back)."""
+
+    def __init__(self, codec: TextCodec, stops: list[str]) -> None:
+        self.dec = IncrementalDecoder(codec)
+        self.stops = stops
+        self.text = ""  # everything decoded
+        self.sent = 0  # characters of self.text sent
+        self.stopped = False
+
+    def push(self, token: int | None) -> str:
+        if token is not None:
+            self.text += self.dec.push(token)
+        else:
+            self.text += self.dec.flush()
+        for s in self.stops:
+            at = self.text.find(s, max(0, self.sent - len(s)))
+            if at >= 0:
+                self.stopped = True
+                self.text = self.text[:at]
+                break
+        end = len(self.text)
+        if token is not None and not self.stopped:
+            for s in self.stops:  # hold back a tail that could be the start of a stop string
+                for k in range(min(len(s) - 1, end - self.sent), 0, -1):
+                    if self.text.endswith(s[:k]):
+                        end = min(end, len(self.text) - k)
+                        break
+        piece = self.text[self.sent : end]
+        self.sent = max(self.sent, end)
+        return piece
+
+
+def generate_route(
+    app: Any, req: Any, name: str, version: str | None, *, stream: bool
+) -> Response | Deferred | Stream:
+    """Answer ``POST /v2/models/{name}/generate`` or ``/generate_stream``."""
+    entry = app.model_entry(name, version, need_ready=True)
+    if app.draining:
+        raise HTTPError(503, "the server is shutting down; retry on another replica")
+    engine, codec = _engine(name, entry.session)
+    parsed = parse_generate(app._body(req), engine, codec)
+    req.request_id = parsed.id
+    out = _TextOut(codec, parsed.stops)
+    loop = asyncio.get_running_loop()
+    head = {"model_name": name, "model_version": entry.version}
+    if parsed.id is not None:
+        head["id"] = parsed.id
+    seq = parsed.request
+
+    def finish_reason() -> str:
+        return "stop" if out.stopped else (seq.finish_reason or "length")
+
+    def usage() -> dict[str, int]:
+        return {"prompt_tokens": len(seq.prompt), "completion_tokens": len(seq.tokens)}
+
+    if not stream:
+        future: asyncio.Future = loop.create_future()
+        job: Job
+
+        def on_token(token: int | None) -> None:
+            if out.stopped:
+                return
+            out.push(token)
+            if out.stopped or token is None:
+                job.cancel()
+                if not future.done():
+                    future.set_result(None)
+
+        def on_done(exc: BaseException | None) -> None:
+            if not future.done():
+                future.set_exception(exc) if exc is not None else future.set_result(None)
+
+        job = Job(seq, on_token, on_done, loop)
+        engine.submit(job)
+
+        def respond(fut: asyncio.Future) -> Response:
+            if fut.exception() is not None:
+                return app.error_response(500, f"model {name!r} failed while generating (see the server log)")
+            return Response(
+                200,
+                json_dumps(
+                    {**head, "text_output": out.text, "finish_reason": finish_reason(), "usage": usage()}
+                ),
+            )
+
+        return Deferred(future, respond)
+
+    sse = Stream()
+
+    def event(obj: dict[str, Any]) -> bytes:
+        return b"data: " + json_dumps(obj) + b"\n\n"
+
+    def on_token_stream(token: int | None) -> None:
+        if out.stopped:
+            return
+        piece = out.push(token)
+        last = out.stopped or token is None
+        if piece or last:
+            body = {**head, "text_output": piece}
+            if last:
+                body.update(finish_reason=finish_reason(), usage=usage())
+            sse.chunks.put_nowait(event(body))
+        if last:
+            job_s.cancel()
+            sse.chunks.put_nowait(None)
+
+    def on_done_stream(exc: BaseException | None) -> None:
+        if exc is not None and not out.stopped:
+            out.stopped = True
+            sse.chunks.put_nowait(event({**head, "error": f"model {name!r} failed while generating"}))
+            sse.chunks.put_nowait(None)
+
+    job_s = Job(seq, on_token_stream, on_done_stream, loop)
+    sse.on_disconnect = job_s.cancel
+    engine.submit(job_s)
+    return sse
