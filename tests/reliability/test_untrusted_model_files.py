@@ -250,7 +250,7 @@ def _hf_folder_with_pickled_bin(folder: Path, marker: Path) -> str:
 
 def _torchscript_with_pickled_data(folder: Path, marker: Path) -> str:
     good, bad = folder / "good.pt", folder / "scripted.pt"
-    torch.jit.save(torch.jit.script(_Small().eval()), str(good))
+    torch.jit.save(torch.jit.trace(_Small().eval(), torch.randn(2, 4)), str(good))
     with zipfile.ZipFile(good) as zin, zipfile.ZipFile(bad, "w", zipfile.ZIP_STORED) as zout:
         for info in zin.infolist():
             data = zin.read(info.filename)
@@ -295,7 +295,7 @@ def test_torchscript_extra_files_are_never_unpickled(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     path = tmp_path / "extra.pt"
     torch.jit.save(
-        torch.jit.script(_Small().eval()),
+        torch.jit.trace(_Small().eval(), torch.randn(2, 4)),
         str(path),
         _extra_files={"evil.pkl": pickle.dumps(_Payload(marker))},
     )
