@@ -190,6 +190,7 @@ class HttpProtocol(asyncio.Protocol):
         self.headers: dict[str, str] = {}
         self.header_count = 0
         self.header_bytes = 0
+        self.raw_header_bytes = 0  # bytes of header chunks fed whole (a lower bound of the head's size)
         self.began_in_feed = False
         self.body: list[bytes] = []
         self.body_size = 0
@@ -287,8 +288,16 @@ class HttpProtocol(asyncio.Protocol):
         try:
             self.parser.feed_data(chunk)
         except httptools.HttpParserUpgrade:
-            if not self.failed:
-                self._fail(400, "protocol upgrades and CONNECT are not supported")
+            if self.failed:
+                return
+            if self.queue and self.queue[-1][1] is None:
+                # no protocol switch: answer the request as plain HTTP, then close (what follows
+                # would be in the other protocol)
+                self.queue[-1][0].keep_alive = False
+                self.failed = True
+                self.backlog = None
+            else:
+                self._fail(400, "protocol upgrades are not supported")
             return
         except httptools.HttpParserCallbackError as e:
             if self.failed:
@@ -302,8 +311,8 @@ class HttpProtocol(asyncio.Protocol):
             return
         if self.phase == _HEADERS and not self.began_in_feed:
             # httptools hands a header over only when it is complete: count raw bytes as they come
-            self.header_bytes += len(chunk)
-            if self.header_bytes > self.limits.max_header_bytes:
+            self.raw_header_bytes += len(chunk)
+            if self.raw_header_bytes > self.limits.max_header_bytes:
                 self._fail(431, f"request headers exceed {self.limits.max_header_bytes} bytes")
 
     # -- httptools callbacks ----------------------------------------------------------------------
@@ -314,6 +323,7 @@ class HttpProtocol(asyncio.Protocol):
         self.headers = {}
         self.header_count = 0
         self.header_bytes = 0
+        self.raw_header_bytes = 0
         self.body = []
         self.body_size = 0
         self.current = None
