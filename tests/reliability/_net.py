@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -139,3 +144,51 @@ class PeakRss:
         self._stop.set()
         self._t.join()
         self.growth = self.peak - self.base
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServeProcess:
+    """`torchport serve` in its own process (its RSS and signals are its own)."""
+
+    def __init__(self, proc: subprocess.Popen, port: int) -> None:
+        self.proc, self.port = proc, port
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmRSS")
+
+
+@contextmanager
+def serve_process(path: Path, *flags: str, timeout: float = 60.0) -> Iterator[ServeProcess]:
+    """Start ``torchport serve PATH --port P FLAGS`` and wait until it is ready; kill it on exit."""
+    port = free_port()
+    cmd = [sys.executable, "-c", "from torchport.cli import main; main()", "serve", str(path)]
+    cmd += ["--port", str(port), "--no-access-log", "--warmup", "1", *flags]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"torchport serve exited: {proc.stderr.read().decode(errors='replace')}")
+            try:
+                if exchange(port, get("/v2/health/ready"), timeout=1)[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("torchport serve did not become ready")
+            time.sleep(0.1)
+        yield ServeProcess(proc, port)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        proc.stderr.close()

@@ -55,7 +55,6 @@ def x_input(**kw):
         (x_input(shape=[1, 4], data=[1, "2", 3, 4]), "FP32 data must be numbers, got str"),
         (x_input(shape=[1, 4], data=[1, True, 3, 4]), "FP32 data must be numbers, got bool"),
         (x_input(shape=[1, 4], data=[1, [2, 3], 4, 5]), "got list"),
-        (x_input(shape=[1, 4], datatype="FP32", data=[1e400, 2, 3, 4]), ""),
     ],
     ids=[
         "wraps-int64-rank",
@@ -66,14 +65,10 @@ def x_input(**kw):
         "string",
         "bool",
         "ragged",
-        "overflow",
     ],
 )
 def test_lying_shapes_and_values_get_400(server, entry, message):
     status, error = infer(server, "add", {"inputs": [entry]})
-    if message == "":  # orjson refuses 1e400 as JSON; the stdlib reads inf: a 400 either way
-        assert status in (200, 400)
-        return
     assert status == 400, error
     assert re.search(message, error), error
 
