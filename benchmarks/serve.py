@@ -90,6 +90,34 @@ def ready():
 """
 
 
+KSERVE_APP = """
+import sys
+
+import onnxruntime as ort
+from kserve import Model, ModelServer
+from kserve.protocol.infer_type import InferOutput, InferResponse
+
+
+class Cnn(Model):
+    def __init__(self):
+        super().__init__("cnn")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        self.sess = ort.InferenceSession(sys.argv[2], opts, providers=["CPUExecutionProvider"])
+        self.input = self.sess.get_inputs()[0].name
+        self.ready = True
+
+    def predict(self, payload, headers=None, response_headers=None):
+        (y,) = self.sess.run(None, {self.input: payload.inputs[0].as_numpy()})
+        out = InferOutput(name="logits", shape=list(y.shape), datatype="FP32")
+        out.set_data_from_numpy(y, binary_data=False)
+        return InferResponse(model_name="cnn", infer_outputs=[out], response_id=payload.id or "0")
+
+
+ModelServer(http_port=int(sys.argv[1]), enable_grpc=False, enable_latency_logging=False).start([Cnn()])
+"""
+
+
 ECHO_APP = """
 import asyncio, sys
 
@@ -286,6 +314,42 @@ def torchport_server(
     if threads:
         argv += ["--threads", str(threads)]
     return ServerProcess(argv + list(extra), port, "/v2/health/ready")
+
+
+def kserve_server(workdir: Path, package: Path) -> ServerProcess | None:
+    """KServe's Python ModelServer running the package's ONNX model with ONNX Runtime (None without kserve)."""
+    try:
+        import kserve  # noqa: F401
+    except ImportError:
+        return None
+    (workdir / "kserve_app.py").write_text(KSERVE_APP)
+    port = free_port()
+    argv = [sys.executable, str(workdir / "kserve_app.py"), str(port), str(package / "model.onnx")]
+    return ServerProcess(argv, port, "/v2/health/ready")
+
+
+def kserve_baseline(
+    package: Path, body: bytes, expected: np.ndarray, args, workdir: Path, results: dict
+) -> list:
+    """(3) the CNN behind KServe's own Python server (when `pip install kserve` worked), same load."""
+    srv = kserve_server(workdir, package)
+    if srv is None:
+        print(
+            "kserve is not installed: no KServe baseline rows (pip install kserve to add them)",
+            file=sys.stderr,
+        )
+        return []
+    out = []
+    try:
+        got = np.array(json.loads(srv.post("/v2/models/cnn/infer", body))["outputs"][0]["data"])
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)  # same model, same answer
+        for c in args.concurrency:
+            r = load(srv, "/v2/models/cnn/infer", body, "", c, args, workdir)
+            results.setdefault("kserve", {})[f"c{c}"] = r
+            out.append((c, r))
+    finally:
+        srv.stop()
+    return out
 
 
 def echo_server(workdir: Path, response: bytes) -> ServerProcess:
@@ -795,6 +859,7 @@ def main() -> None:
                 finally:
                     nsrv.stop()
             results["naive"] = naive
+            kserve_rows = kserve_baseline(cnn_pkg, jbody, naive_out, args, workdir, results)
 
             # (2) CNN throughput through torchport serve
             results["cnn"] = {}
@@ -843,6 +908,19 @@ def main() -> None:
                         f"{r['p50'] * 1e3:.2f}",
                         f"{r['p99'] * 1e3:.2f}",
                         f"{r['rps'] / naive[c]['rps']:.2f}x{errs}",
+                        "",
+                    )
+                )
+            for c, r in kserve_rows:
+                rows.append(
+                    (
+                        "3 kserve baseline",
+                        "KServe ModelServer + ONNX Runtime, JSON",
+                        str(c),
+                        f"{r['rps']:.0f}",
+                        f"{r['p50'] * 1e3:.2f}",
+                        f"{r['p99'] * 1e3:.2f}",
+                        f"{r['rps'] / naive[c]['rps']:.2f}x naive",
                         "",
                     )
                 )
