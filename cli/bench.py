@@ -21,7 +21,7 @@ def bench(
     target: str = typer.Argument(
         ...,
         help="A model package folder (timed in this process), or a running server: http://HOST:PORT"
-        "[/v2/models/NAME] (JSON and binary tensors) or grpc://HOST:PORT.",
+        "\\[/v2/models/NAME] (JSON and binary tensors) or grpc://HOST:PORT.",
     ),
     variant: list[str] = typer.Option(
         None, "--variant", help="Package variants to time (default: every variant of the package)."

@@ -109,3 +109,9 @@ def test_errors_are_counted_and_misuse_is_one_line(tmp_path, monkeypatch):
     assert proc.returncode == 1 and "error: cannot reach" in proc.stderr and "Traceback" not in proc.stderr
     proc = _bench(str(pkg.path), "--concurrency", "0")
     assert proc.returncode == 1 and "--concurrency '0': expected integers >= 1" in proc.stderr
+
+
+def test_help_renders_with_examples():
+    proc = _bench("--help")
+    assert proc.returncode == 0, proc.stderr
+    assert "/v2/models/NAME" in proc.stdout and "Example: torchport bench out/cnn" in proc.stdout
