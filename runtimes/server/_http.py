@@ -56,6 +56,8 @@ _MAX_QUEUED = 16
 _LINGER = 2.0
 #: while draining, a keep-alive connection silent this long between requests is closed
 _DRAIN_GRACE = 0.5
+#: a drain ends after this long without an open connection
+_DRAIN_QUIET = 0.2
 
 
 @dataclass
@@ -553,7 +555,12 @@ class HttpProtocol(asyncio.Protocol):
                 self._turn()
 
     def _send(self, req: Request, resp: Response) -> None:
-        keep_alive = req.keep_alive and not resp.close and not self.server.closing_connections
+        keep_alive = (
+            req.keep_alive
+            and not resp.close
+            and not self.server.closing_connections
+            and not getattr(self.app, "draining", False)  # from the moment SIGTERM arrives
+        )
         self.server.release(req.reserved)
         req.reserved = 0
         if self.transport is not None and not self.closing:
@@ -770,11 +777,18 @@ class HttpServer:
         self.closing_connections = True
         grace = min(_DRAIN_GRACE, self.limits.idle_timeout)
         deadline = time.monotonic() + timeout
+        quiet_since = None
         while time.monotonic() < deadline:
             now = time.monotonic()
             open_ = [c for c in self.connections if not c.lingering and not c.closing]
             if self.inflight == 0 and not open_:
-                return True
+                # done once it stays so for a moment: a client told to close may be reconnecting
+                # right now, and its request deserves a 503 rather than a reset
+                quiet_since = quiet_since or now
+                if now - quiet_since >= _DRAIN_QUIET:
+                    return True
+            else:
+                quiet_since = None
             for conn in open_:
                 conn.close_if_idle(grace, now, between_requests=True)
             await asyncio.sleep(0.02)
