@@ -62,8 +62,27 @@ data = st.one_of(
 flags = st.one_of(st.booleans(), st.sampled_from(["false", "true", 0, 1, None]))
 
 
+#: shapes whose element count wraps int64 (or has too many dims), with as many values as the wrapped count
+LYING = [
+    ([2**54 + 1, 3, 32, 32], 3072),
+    ([2**62, 4], 0),
+    ([2**32, 2**32], 0),
+    ([2**63, 2], 0),
+    ([1] * 65, 1),
+    ([1] * 100, 1),
+]
+
+
 @st.composite
 def input_entries(draw, binary: bool = False):
+    if not binary and draw(st.integers(0, 5)) == 0:
+        shape, count = draw(st.sampled_from(LYING))
+        return {
+            "name": draw(st.sampled_from(NAMES)),
+            "datatype": draw(st.sampled_from(DATATYPES)),
+            "shape": shape,
+            "data": [draw(st.sampled_from([0, 1, True, "a"]))] * count,
+        }
     entry: dict = {}
     if draw(st.integers(0, 9)):
         entry["name"] = draw(st.one_of(st.sampled_from(NAMES), st.text(max_size=6), json_scalar))
