@@ -81,9 +81,12 @@ def container_spec(
     pkg: ModelPackage, image: str, *, port: int = DEFAULT_PORT, gpu: bool = False, api_key: bool = True
 ) -> dict[str, Any]:
     """The serving container: probes on the v2 health endpoints, resources, a locked-down security context."""
+    limits = resources(pkg, gpu=gpu)
     env = [
         {"name": "TORCHPORT_PORT", "value": str(port)},
         {"name": "TORCHPORT_PROVIDER", "value": "cuda" if gpu else "cpu"},
+        # inference workers = the CPU limit (the container sees the node's cores, not its quota)
+        {"name": "TORCHPORT_THREADS", "value": limits["limits"]["cpu"]},
     ]
     mounts = [{"name": "tmp", "mountPath": "/tmp"}]
     if api_key:
@@ -98,7 +101,7 @@ def container_spec(
         "startupProbe": _probe("/v2/health/ready", period=2, failures=90),
         "readinessProbe": _probe("/v2/health/ready", period=5, failures=3),
         "livenessProbe": _probe("/v2/health/live", period=10, failures=3),
-        "resources": resources(pkg, gpu=gpu),
+        "resources": limits,
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": USER_ID,
@@ -191,7 +194,8 @@ def disruption_budget(name: str, version: str) -> dict[str, Any]:
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
         "metadata": {"name": name, "labels": _labels(name, version)},
-        "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app.kubernetes.io/name": name}}},
+        # one pod at a time may go (a node drain proceeds; the others keep serving)
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app.kubernetes.io/name": name}}},
     }
 
 

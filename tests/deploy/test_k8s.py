@@ -41,6 +41,10 @@ def test_every_k8s_manifest_validates_and_the_deployment_is_locked_down(tmp_path
     assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert container["resources"]["requests"]["memory"].endswith("Mi")
+    threads = next(e["value"] for e in container["env"] if e["name"] == "TORCHPORT_THREADS")
+    assert threads == container["resources"]["limits"]["cpu"]
+    (pdb,) = docs["pdb.yaml"]
+    assert pdb["spec"]["maxUnavailable"] == 1
     key_volume = next(v for v in pod["volumes"] if v["name"] == "api-key")
     (secret,) = docs["secret.yaml"]
     assert key_volume["secret"]["secretName"] == secret["metadata"]["name"] == "add-api-key"
