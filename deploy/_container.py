@@ -324,8 +324,9 @@ def build_image(
     cmd.append(str(ctx))
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        lines = [ln for ln in (proc.stderr + proc.stdout).strip().splitlines() if ln.strip()]
-        detail = lines[-1] if lines else f"exit code {proc.returncode}"
+        lines = [ln.strip() for ln in (proc.stdout + "\n" + proc.stderr).splitlines() if ln.strip()]
+        errors = [ln for ln in lines if ln.lower().startswith("error")]
+        detail = (errors or lines or [f"exit code {proc.returncode}"])[-1]
         if not local:
             raise UsageError(f"base image {base!r} does not exist here and could not be pulled: {detail}")
         raise UsageError(f"{tool} build of {ctx} failed: {detail}")
