@@ -39,7 +39,7 @@ Example:
     >>> model = {name}.load(provider="cpu")
     >>> print(model.signature)
     {signature}
-    >>> outputs = model.predict(**{{spec.name: array for spec, array in ...}})
+    >>> outputs = model.predict({example})   # numpy arrays in, dict of numpy arrays out
 """
 
 from __future__ import annotations
@@ -267,6 +267,7 @@ def build_wheel(
         variants=keep,
         default_variant="fp32" if "fp32" in keep else keep[0],
         signature=_signature_line(subset),
+        example=", ".join(f"{s.name}=..." for s in subset.inputs),
     ).encode()
     dist_info = f"{name}-{version}.dist-info"
     with atomic_file(dest) as tmp:
