@@ -15,7 +15,6 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from torchport import __version__ as TORCHPORT_VERSION
 from torchport.runtimes import UsageError
 
 #: resolved with their dependencies
@@ -84,10 +83,41 @@ def torchport_wheel(dest: Path) -> None:
             f"build torchport's wheel from {root}",
         )
     else:
-        _pip(
-            ["download", "-q", "--no-deps", "-d", str(dest), f"torchport=={TORCHPORT_VERSION}"],
-            "download torchport's wheel",
+        rewheel_installed(dest)
+
+
+#: files pip writes at install time; a wheel must not carry them
+_INSTALL_RECORDS = {"RECORD", "INSTALLER", "REQUESTED", "direct_url.json"}
+
+
+def rewheel_installed(dest: Path) -> Path:
+    """torchport's wheel rebuilt from its installed files (torchport installed from a wheel, not a checkout).
+
+    Raises:
+        UsageError: torchport is installed in a way that keeps no files to repack (an editable install
+            outside its checkout).
+    """
+    from torchport.deploy._wheel import _DeterministicZip, _source_date_epoch
+
+    dist = metadata.distribution("torchport")
+    files = [
+        f
+        for f in dist.files or []
+        if ".." not in f.parts and "__pycache__" not in f.parts and not f.name.endswith(".pyc")
+        and not (f.parts[0].endswith(".dist-info") and f.name in _INSTALL_RECORDS)
+    ]  # fmt: skip
+    if not any(f.parts[0] == "torchport" for f in files):
+        raise UsageError(
+            "cannot find torchport's installed files to pack into the image; install it from a wheel"
         )
+    dist_info = next(f.parts[0] for f in files if f.parts[0].endswith(".dist-info"))
+    dest.mkdir(parents=True, exist_ok=True)
+    wheel = dest / f"torchport-{dist.version}-py3-none-any.whl"
+    zf = _DeterministicZip(wheel, _source_date_epoch())
+    for f in sorted(files, key=lambda f: (f.parts[0] == dist_info, f.as_posix())):
+        zf.add_file(f.as_posix(), Path(dist.locate_file(f)))
+    zf.close(f"{dist_info}/RECORD")
+    return wheel
 
 
 def build_wheelhouse(dest: Path, *, gpu: bool = False, python_version: str = "3.11") -> list[str]:

@@ -165,6 +165,17 @@ def test_wheel_installs_without_torch_predicts_and_serves(add_pkg, tmp_path, whe
         status, body = serve_and_infer(cmd, "add", x, cwd=tmp_path)
         assert status == 200, body
         np.testing.assert_allclose(np.array(body["outputs"][0]["data"]).reshape(3, 3), expected[0], rtol=1e-6)
+    # torchport installed from a wheel (no checkout): deploy repacks its installed files for an image
+    rewheel = subprocess.run(
+        [py, "-c", "from pathlib import Path; from torchport.deploy._wheelhouse import torchport_wheel; "
+         "torchport_wheel(Path('rewheel'))"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert rewheel.returncode == 0, rewheel.stderr
+    (original,) = wheelhouse.glob("torchport-*.whl")
+    (repacked,) = (tmp_path / "rewheel").glob("torchport-*.whl")
+    assert repacked.name == original.name
+    assert set(zipfile.ZipFile(repacked).namelist()) == set(zipfile.ZipFile(original).namelist())
     missing = subprocess.run(
         [str(env_dir / "bin" / "torchport"), "serve", "--installed", "nosuch"],
         capture_output=True,
