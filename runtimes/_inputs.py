@@ -31,6 +31,56 @@ def concrete_shape(spec: TensorSpec, dims: Mapping[str, int]) -> tuple[int, ...]
     return tuple(shape)
 
 
+def format_shape(shape: Sequence[object]) -> str:
+    """``[batch, 4]``-style text of a spec's shape (``?`` for an unnamed dynamic dim)."""
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def check_shape(
+    spec: TensorSpec,
+    shape: Sequence[int],
+    dynamic_dims: Mapping[str, DimRange],
+    seen: dict[str, tuple[int, str]],
+) -> None:
+    """Check ``shape`` against ``spec``: rank, fixed dims, each named dim's range, and one value per
+    named dim across inputs (``seen`` collects them: ``{dim: (value, input name)}``).
+
+    Example:
+        >>> check_shape(TensorSpec("x", "float32", ["batch", 4]), (2, 5), {}, {})
+        Traceback (most recent call last):
+        ...
+        torchport.runtimes._errors.InferenceInputError: input 'x' dim 1 is 5, expected 4 (shape [2, 5], expected [batch, 4])
+
+    Raises:
+        InferenceInputError: naming the input, the dim and what was expected.
+    """
+    name = spec.name
+    if len(shape) != len(spec.shape):
+        raise InferenceInputError(
+            f"input {name!r} has rank {len(shape)} (shape {list(shape)}), expected rank "
+            f"{len(spec.shape)}: {format_shape(spec.shape)}"
+        )
+    for axis, (got, want) in enumerate(zip(shape, spec.shape)):
+        if isinstance(want, int):
+            if got != want:
+                raise InferenceInputError(
+                    f"input {name!r} dim {axis} is {got}, expected {want} "
+                    f"(shape {list(shape)}, expected {format_shape(spec.shape)})"
+                )
+        elif isinstance(want, str):
+            rng = dynamic_dims.get(want)
+            if rng is not None and got not in rng:
+                raise InferenceInputError(
+                    f"input {name!r} dim {axis} ({want!r}) is {got}, outside its range {rng.min}..{rng.max}"
+                )
+            if want in seen and seen[want][0] != got:
+                raise InferenceInputError(
+                    f"input {name!r} dim {axis} ({want!r}) is {got} but input {seen[want][1]!r} has "
+                    f"{want}={seen[want][0]}; they must be equal"
+                )
+            seen.setdefault(want, (got, name))
+
+
 def check_value_range(spec: TensorSpec, arr: np.ndarray) -> None:
     """Refuse integer values outside ``spec.value_range`` (token ids past the embedding table...).
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from torchport.runtimes._dtypes import from_ort, to_numpy
 from torchport.runtimes._errors import InferenceInputError, PackageError, ProviderError
-from torchport.runtimes._inputs import check_value_range
+from torchport.runtimes._inputs import check_shape, check_value_range, format_shape
 from torchport.runtimes._manifest import DimRange, Manifest, TensorSpec
 from torchport.runtimes._package import ModelPackage
 from torchport.runtimes._providers import GPU_PROVIDERS, resolve_providers, short_name
@@ -44,10 +44,6 @@ def _dtype_matches(arr: np.ndarray, dtype: str) -> bool:
     if dtype == "bfloat16":
         return _is_bf16_array(arr)
     return arr.dtype == to_numpy(dtype)
-
-
-def _fmt_shape(shape: Sequence[Any]) -> str:
-    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
 def _bf16_output(value: Any) -> np.ndarray:
@@ -259,7 +255,7 @@ class Session:
         for spec in self.input_specs:
             if spec.name not in inputs:
                 raise InferenceInputError(
-                    f"missing input {spec.name!r} ({spec.dtype} {_fmt_shape(spec.shape)}); "
+                    f"missing input {spec.name!r} ({spec.dtype} {format_shape(spec.shape)}); "
                     f"model {self.name!r} expects: {', '.join(self.input_names)}"
                 )
             arr = inputs[spec.name]
@@ -276,31 +272,7 @@ class Session:
                         else ""
                     )
                 )
-            if arr.ndim != len(spec.shape):
-                raise InferenceInputError(
-                    f"input {spec.name!r} has rank {arr.ndim} (shape {list(arr.shape)}), expected rank "
-                    f"{len(spec.shape)}: {_fmt_shape(spec.shape)}"
-                )
-            for axis, (got, want) in enumerate(zip(arr.shape, spec.shape, strict=True)):
-                if isinstance(want, int):
-                    if got != want:
-                        raise InferenceInputError(
-                            f"input {spec.name!r} dim {axis} is {got}, expected {want} "
-                            f"(shape {list(arr.shape)}, expected {_fmt_shape(spec.shape)})"
-                        )
-                elif isinstance(want, str):
-                    rng = self.dynamic_dims.get(want)
-                    if rng is not None and got not in rng:
-                        raise InferenceInputError(
-                            f"input {spec.name!r} dim {axis} ({want!r}) is {got}, outside its range "
-                            f"{rng.min}..{rng.max}"
-                        )
-                    if want in seen and seen[want][0] != got:
-                        raise InferenceInputError(
-                            f"input {spec.name!r} dim {axis} ({want!r}) is {got} but input "
-                            f"{seen[want][1]!r} has {want}={seen[want][0]}; they must be equal"
-                        )
-                    seen.setdefault(want, (got, spec.name))
+            check_shape(spec, arr.shape, self.dynamic_dims, seen)
             check_value_range(spec, arr)
 
     # -- running ---------------------------------------------------------------------------------
@@ -424,6 +396,6 @@ class Session:
         return f"Session({self.name!r}, variant={self.variant!r}, provider={self.provider!r})"
 
     def __str__(self) -> str:
-        ins = ", ".join(f"{s.name}: {s.dtype}{_fmt_shape(s.shape)}" for s in self.input_specs)
-        outs = ", ".join(f"{s.name}: {s.dtype}{_fmt_shape(s.shape)}" for s in self.output_specs)
+        ins = ", ".join(f"{s.name}: {s.dtype}{format_shape(s.shape)}" for s in self.input_specs)
+        outs = ", ".join(f"{s.name}: {s.dtype}{format_shape(s.shape)}" for s in self.output_specs)
         return f"{self.name} ({self.variant}, {short_name(self.provider)}): ({ins}) -> ({outs})"

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from torchport.runtimes._dtypes import PROTOCOL_DATATYPES
+from torchport.runtimes._errors import InferenceInputError
+from torchport.runtimes._inputs import check_shape
 from torchport.runtimes._manifest import DimRange, TensorSpec
 from torchport.runtimes.server._protocol import bad_request
 
@@ -20,10 +22,6 @@ from torchport.runtimes.server._protocol import bad_request
 JSON_BYTES_PER_ELEMENT = 64
 #: room for names, shapes, parameters and whitespace around the data of a valid request
 ENVELOPE_BYTES = 64 * 1024
-
-
-def _fmt(shape: Sequence[object]) -> str:
-    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
 @dataclass(frozen=True)
@@ -68,30 +66,10 @@ class InputSignature:
         want = PROTOCOL_DATATYPES[spec.dtype]
         if datatype != want:
             raise bad_request(f"input {name!r} has datatype {datatype}, the model expects {want}")
-        if len(shape) != len(spec.shape):
-            raise bad_request(
-                f"input {name!r} has rank {len(shape)} (shape {list(shape)}), expected rank "
-                f"{len(spec.shape)}: {_fmt(spec.shape)}"
-            )
-        for axis, (got, dim) in enumerate(zip(shape, spec.shape)):
-            if isinstance(dim, int):
-                if got != dim:
-                    raise bad_request(
-                        f"input {name!r} dim {axis} is {got}, expected {dim} "
-                        f"(shape {list(shape)}, expected {_fmt(spec.shape)})"
-                    )
-            elif isinstance(dim, str):
-                rng = self.dynamic_dims.get(dim)
-                if rng is not None and got not in rng:
-                    raise bad_request(
-                        f"input {name!r} dim {axis} ({dim!r}) is {got}, outside its range {rng.min}..{rng.max}"
-                    )
-                if dim in seen and seen[dim][0] != got:
-                    raise bad_request(
-                        f"input {name!r} dim {axis} ({dim!r}) is {got} but input {seen[dim][1]!r} has "
-                        f"{dim}={seen[dim][0]}; they must be equal"
-                    )
-                seen.setdefault(dim, (got, name))
+        try:
+            check_shape(spec, shape, self.dynamic_dims, seen)
+        except InferenceInputError as e:
+            raise bad_request(str(e)) from None
 
     @property
     def max_body_bytes(self) -> int | None:

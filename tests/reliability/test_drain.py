@@ -8,11 +8,8 @@ import signal
 import socket
 import threading
 import time
-from pathlib import Path
 
-import pytest
-
-from tests.reliability._net import make_repository, read_response, serve_process
+from tests.reliability._net import read_response, serve_process
 
 BODY = json.dumps(
     {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
@@ -20,11 +17,6 @@ BODY = json.dumps(
 REQUEST = (
     f"POST /v2/models/add/infer HTTP/1.1\r\nHost: t\r\nContent-Length: {len(BODY)}\r\n\r\n".encode() + BODY
 )
-
-
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    return make_repository(tmp_path_factory.mktemp("repo"))
 
 
 class Client(threading.Thread):

@@ -10,7 +10,6 @@ import select
 import socket
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -18,7 +17,6 @@ from tests.reliability._net import (
     API_KEY,
     exchange,
     get,
-    make_repository,
     post,
     read_response,
     serve_process,
@@ -26,17 +24,6 @@ from tests.reliability._net import (
 from tests.runtimes.conftest import running_server
 
 META = b"GET /v2/models/add HTTP/1.1\r\nHost: t\r\n\r\n"
-
-
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    return make_repository(tmp_path_factory.mktemp("repo"))
-
-
-@pytest.fixture(scope="module")
-def server(repo):
-    with running_server(repo) as srv:
-        yield srv
 
 
 def test_a_pipelining_flooder_does_not_starve_health_pings(repo):

@@ -5,25 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import socket
-from pathlib import Path
 
 import pytest
 
-from tests.reliability._net import API_KEY, exchange, get, make_repository, post, read_response, wait_closed
+from tests.reliability._net import API_KEY, exchange, get, post, read_response, wait_closed
 from tests.runtimes.conftest import running_server
 
 INFER = b'{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}'
-
-
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    return make_repository(tmp_path_factory.mktemp("repo"))
-
-
-@pytest.fixture(scope="module")
-def server(repo):
-    with running_server(repo) as srv:
-        yield srv
 
 
 def test_pipelined_requests_before_a_malformed_one_are_all_answered_in_order(server):

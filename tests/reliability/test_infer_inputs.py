@@ -14,23 +14,10 @@ import select
 import socket
 import struct
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.reliability._net import PeakRss, exchange, get, make_repository, post, read_response
-from tests.runtimes.conftest import running_server
-
-
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    return make_repository(tmp_path_factory.mktemp("repo"))
-
-
-@pytest.fixture(scope="module")
-def server(repo):
-    with running_server(repo) as srv:
-        yield srv
+from tests.reliability._net import PeakRss, exchange, get, post, read_response
 
 
 def infer(server, model: str, obj, headers: str = "") -> tuple[int, str]:
