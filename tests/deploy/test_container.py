@@ -120,6 +120,7 @@ def test_image_serves_as_non_root_equal_to_onnxruntime(image, tmp_path):
     name = f"torchport-test-{uuid.uuid4().hex[:8]}"
     podman(
         "run", "-d", "--name", name, "-e", f"TORCHPORT_PORT={port}", "-e", "TORCHPORT_API_KEY_FILE=/run/key",
+        "-e", "TORCHPORT_MAX_BATCH_SIZE=4",
         "-v", f"{key}:/run/key:ro", tag,
     )  # fmt: skip
     try:
@@ -131,6 +132,10 @@ def test_image_serves_as_non_root_equal_to_onnxruntime(image, tmp_path):
         for got in infer_both_ways(port, x, headers={"Authorization": "Bearer s3cret-test-key-0123"}):
             np.testing.assert_allclose(got[0], expected[0], rtol=1e-6, atol=1e-7)
             np.testing.assert_allclose(got[1], expected[1], rtol=1e-6, atol=1e-7)
+        meta = httpclient.InferenceServerClient(f"127.0.0.1:{port}").get_model_metadata(
+            "add", headers={"Authorization": "Bearer s3cret-test-key-0123"}
+        )
+        assert meta["parameters"]["max_batch_size"] == 4  # TORCHPORT_MAX_BATCH_SIZE reached the server
         assert podman("exec", name, "id", "-u").stdout.strip() == "10001"
         assert podman("inspect", name, "--format", "{{.Config.User}}").stdout.strip() == "10001:10001"
         podman("stop", "-t", "20", name)
