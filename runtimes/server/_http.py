@@ -114,6 +114,8 @@ class Request:
     request_id: str | None = None
     #: body bytes counted against the in-flight cap until the response is sent
     reserved: int = 0
+    #: a tighter body limit the application set in ``check_head`` (413 above it, chunked bodies too)
+    max_body: int | None = None
 
 
 @dataclass
@@ -388,6 +390,12 @@ class HttpProtocol(asyncio.Protocol):
         limit = self.limits.max_request_bytes
         if limit and self.body_size > limit:
             self._fail(413, f"request body exceeds the limit of {limit} bytes", self.current)
+            raise _Abort
+        cap = self.current.max_body if self.current is not None else None
+        if cap is not None and self.body_size > cap:
+            self._fail(
+                413, f"request body exceeds {cap} bytes, the most a valid request can take here", self.current
+            )
             raise _Abort
         if self.body_size > self.reserved and not self._reserve(self.body_size - self.reserved, self.current):
             raise _Abort

@@ -98,14 +98,15 @@ class InferenceApp:
             resp.headers.append(("www-authenticate", 'Bearer realm="torchport"'))
             return resp
         length = req.headers.get("content-length", "")
-        if not (req.path.startswith(_MODELS) and req.path.endswith("/infer") and length.isdigit()):
+        if not (req.path.startswith(_MODELS) and req.path.endswith("/infer")):
             return None
         name, version, tail = self._parse_model_path(req.path[len(_MODELS) :])
         entry = self.repository.get(name, version)
         if tail != ["infer"] or entry is None or not entry.ready or entry.session is None:
             return None  # the route answers it with its own status
         cap = self._signature(entry).max_body_bytes
-        if cap is not None and int(length) > cap:
+        req.max_body = cap  # also bounds a chunked body as it arrives
+        if cap is not None and length.isdigit() and int(length) > cap:
             req.model, req.endpoint = name, "infer"
             return self.error_response(
                 413,

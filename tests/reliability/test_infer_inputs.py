@@ -119,6 +119,19 @@ def test_a_body_larger_than_any_valid_request_is_refused_from_its_headers(server
     assert "larger than any valid request for model 'add'" in json.loads(body)["error"]
 
 
+def test_a_chunked_body_larger_than_any_valid_request_is_cut_off(server):
+    chunk = b"2000\r\n" + b" " * 0x2000 + b"\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall(b"POST /v2/models/add/infer HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+        try:
+            for _ in range(20):  # 160 KiB, twice what add can take
+                s.sendall(chunk)
+        except OSError:
+            pass
+        status, _, body = read_response(s)
+    assert status == 413 and "the most a valid request can take here" in json.loads(body)["error"]
+
+
 def _bytes_request(model: str, name: str, n: int, datatype: str = "BYTES", shape=None) -> bytes:
     blob = struct.pack("<I", 0) * n
     header = json.dumps(
