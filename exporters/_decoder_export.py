@@ -584,6 +584,7 @@ def export_decoder(loaded: Any, writer: Any, progress: Any, options: DecoderOpti
                 fp16=options.fp16,
                 int8=options.int8,
                 disable=options.disable,
+                int8_per_channel=True,
             )
             for vname, proto in built.items():
                 file = VARIANT_FILES[vname]

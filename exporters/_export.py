@@ -37,6 +37,7 @@ from torchport.exporters._outputs import FlatModule, OutputSelection
 from torchport.exporters._progress import Progress
 from torchport.exporters._source_lines import user_traceback
 from torchport.exporters._strategies import Attempt, ExportPlan, run_strategies
+from torchport.exporters._text_assets import package_text_assets
 from torchport.runtimes._errors import ExportError, LoadError, TorchportError, UsageError, describe_error
 from torchport.runtimes._manifest import DimRange, Manifest, TensorSpec, Variant
 from torchport.runtimes._package import ModelPackage, write_package
@@ -475,6 +476,9 @@ def export_model(
                     outputs=OutputSelection.parse(outputs),
                     program_dims=program_dims,
                 )
+                text = package_text_assets(loaded, writer.path, [s.name for s in example.specs])
+                if text is not None:
+                    manifest = manifest.replace(extra={**manifest.extra, "text": text})
                 st.detail = f"{MODEL_FILE}" + (f" + {', '.join(data_files)}" if data_files else "")
             # ---- the one place for optimization / validation: model.onnx is in writer.path, not committed
             parity = None

@@ -213,8 +213,12 @@ def optimize_model(
     calibration_samples: Sequence[Mapping[str, np.ndarray]] | None = None,
     disable: Iterable[str] = (),
     provider: str = "cpu",
+    int8_per_channel: bool = False,
 ) -> tuple[dict[str, onnx.ModelProto], list[dict[str, Any]]]:
     """Optimize one ONNX model in memory; return ``({variant: model}, pass records)``.
+
+    ``int8_per_channel`` quantizes int8 dynamic weights per output channel (text-generation exports
+    use it: per-tensor scales flip greedy tokens of decoders within a few steps).
 
     The fp32 variant goes through ``optimize`` (level basic and all), ``ort_fusions`` and
     ``ort_offline`` (level all). fp16 starts from the graph after the onnxscript passes (before
@@ -255,7 +259,7 @@ def optimize_model(
             raise UsageError(
                 "--int8 dynamic asks for a pass that --disable int8_dynamic switches off; drop one"
             )
-        int8_passes: list[Any] = [Int8DynamicPass()]
+        int8_passes: list[Any] = [Int8DynamicPass(per_channel=int8_per_channel)]
         if level == "all" and "ort_fusions" not in disable:
             # Q/K/V kept as separate MatMuls (MultiHeadAttention) so they are quantized too
             int8_passes.insert(0, OrtFusionsPass(pack_qkv=False))

@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-__all__ = ["copy_text_assets", "source_folder"]
+__all__ = ["copy_text_assets", "source_folder", "text_task", "package_text_assets"]
 
 TOKENIZER_FILE = "tokenizer.json"
 _EXTRA_FILES = (
@@ -90,4 +90,56 @@ def copy_text_assets(reference: str, dest: Path, config: Any, *, task: str) -> d
         gen = json.loads((folder / "generation_config.json").read_text())
         defaults = {k: _ids(gen.get(k)) for k in ("eos_token_id", "bos_token_id", "pad_token_id") if k in gen}
         text["generation_defaults"] = defaults
+    return text
+
+
+def text_task(module: Any) -> str | None:
+    """The text task of a Hugging Face model class (``None`` when it does not take text)."""
+    name = type(module).__name__
+    for suffix, task in (
+        ("ForSequenceClassification", "text-classification"),
+        ("ForTokenClassification", "token-classification"),
+        ("ForMaskedLM", "fill-mask"),
+        ("ForCausalLM", "text-generation"),
+        ("LMHeadModel", "text-generation"),
+        ("ForQuestionAnswering", "question-answering"),
+    ):
+        if name.endswith(suffix):
+            return task
+    return "feature-extraction" if name.endswith("Model") else None
+
+
+def _pooling(folder: Path) -> dict[str, Any]:
+    """Embedding pooling from a sentence-transformers layout (``1_Pooling/config.json``, ``modules.json``);
+    mean pooling without normalization otherwise."""
+    pooling, normalize = "mean", False
+    cfg = folder / "1_Pooling" / "config.json"
+    if cfg.is_file():
+        data = json.loads(cfg.read_text())
+        if data.get("pooling_mode_cls_token"):
+            pooling = "cls"
+        elif data.get("pooling_mode_max_tokens"):
+            pooling = "max"
+    modules = folder / "modules.json"
+    if modules.is_file():
+        normalize = any("Normalize" in str(m.get("type", "")) for m in json.loads(modules.read_text()))
+    return {"pooling": pooling, "normalize": normalize}
+
+
+def package_text_assets(loaded: Any, dest: Path, input_names: list[str]) -> dict[str, Any] | None:
+    """``extra["text"]`` for a plain (non-generation) export of a Hugging Face text model, its
+    tokenizer copied into ``dest``; ``None`` for other models or folders without ``tokenizer.json``."""
+    if loaded.kind != "huggingface" or loaded.module is None or "input_ids" not in input_names:
+        return None
+    task = text_task(loaded.module)
+    if task is None:
+        return None
+    text = copy_text_assets(loaded.reference, dest, loaded.hf_config, task=task)
+    if text is None:
+        return None
+    text.pop("generation_defaults", None)
+    if task == "feature-extraction":
+        folder = source_folder(loaded.reference)
+        assert folder is not None
+        text.update(_pooling(folder))
     return text
