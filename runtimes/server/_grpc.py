@@ -90,9 +90,14 @@ class GrpcServer:
                 response_serializer=_M[resp].SerializeToString,
             )
         self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-        bound = self._server.add_insecure_port(f"{host}:{port}")
+        try:
+            bound = self._server.add_insecure_port(f"{host}:{port}")
+        except RuntimeError:  # grpcio raises on a port in use
+            bound = 0
         if not bound:
-            raise ServingError(f"cannot listen for gRPC on {host}:{port}; choose another --grpc-port")
+            raise ServingError(
+                f"cannot listen for gRPC on {host}:{port} (in use?); choose another --grpc-port"
+            )
         await self._server.start()
         return bound
 

@@ -101,3 +101,19 @@ def test_grpc_port_serves_from_the_cli_process(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
+
+
+def test_a_grpc_port_in_use_is_a_one_line_error(tmp_path):
+    pytest.importorskip("grpc")
+    import socket
+
+    make_scale_package(tmp_path / "scale", 2.0)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        proc = _serve(str(tmp_path / "scale"), "--grpc-port", str(s.getsockname()[1]))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert (
+        "error: cannot listen for gRPC on 127.0.0.1:" in proc.stderr
+        and "choose another --grpc-port" in proc.stderr
+    )
