@@ -1,4 +1,5 @@
-"""Hardening probe: measures each high-severity server finding of issue 9 on a real `torchport serve`.
+"""Hardening probe: measures each high-severity finding of the server hardening review on a real
+`torchport serve`.
 
 Loopback only, every probe bounded in time and size. Run it on two checkouts (before / after a fix) and
 compare the tables; each probe prints what a healthy server should show.

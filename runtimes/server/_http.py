@@ -571,6 +571,7 @@ class HttpProtocol(asyncio.Protocol):
         )
         self.server.release(req.reserved)
         req.reserved = 0
+        self.last_active = time.monotonic()  # the idle timer runs from the last answer too
         if self.transport is not None and not self.closing:
             body = resp.body
             head = _head(resp.status, resp, len(body), keep_alive)

@@ -10,14 +10,12 @@ import math
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from torchport.runtimes._dtypes import PROTOCOL_DATATYPES
-
-if TYPE_CHECKING:
-    from torchport.runtimes.server._signature import InputSignature
+from torchport.runtimes._errors import InferenceInputError
 
 try:
     import orjson as _orjson
@@ -88,6 +86,14 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         return obj.item()
     raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+class InputSignature(Protocol):
+    """What :func:`decode_infer_request` needs of a model's signature (see ``_signature.InputSignature``)."""
+
+    def check_declared(
+        self, name: str, datatype: str, shape: tuple[int, ...], seen: dict[str, tuple[int, str]]
+    ) -> None: ...
 
 
 @dataclass
@@ -308,7 +314,10 @@ def decode_infer_request(
             raise bad_request(f"input {name!r} has datatype {datatype}, the model expects {expected[name]}")
         shape = _shape(item.get("shape"), name)
         if signature is not None:
-            signature.check_declared(name, datatype, shape, seen_dims)
+            try:
+                signature.check_declared(name, datatype, shape, seen_dims)
+            except InferenceInputError as e:
+                raise bad_request(str(e)) from None
         params = item.get("parameters") or {}
         size = params.get("binary_data_size") if isinstance(params, dict) else None
         if size is not None:

@@ -16,7 +16,6 @@ from torchport.runtimes._dtypes import PROTOCOL_DATATYPES
 from torchport.runtimes._errors import InferenceInputError
 from torchport.runtimes._inputs import check_shape
 from torchport.runtimes._manifest import DimRange, TensorSpec
-from torchport.runtimes.server._protocol import bad_request
 
 #: JSON bytes one element may take in a valid request ("-1.2345678901234567e-05, " plus indentation)
 JSON_BYTES_PER_ELEMENT = 64
@@ -52,7 +51,9 @@ class InputSignature:
         for spec in self.specs:
             if spec.name == name:
                 return spec
-        raise bad_request(f"unknown input {name!r}; model {self.model!r} expects: {', '.join(self.names)}")
+        raise InferenceInputError(
+            f"unknown input {name!r}; model {self.model!r} expects: {', '.join(self.names)}"
+        )
 
     def check_declared(
         self, name: str, datatype: str, shape: tuple[int, ...], seen: dict[str, tuple[int, str]]
@@ -60,16 +61,13 @@ class InputSignature:
         """Check one declared input (``seen`` collects named dims across the request's inputs).
 
         Raises:
-            HTTPError: 400 naming the input and what the model expects.
+            InferenceInputError: naming the input and what the model expects.
         """
         spec = self._spec(name)
         want = PROTOCOL_DATATYPES[spec.dtype]
         if datatype != want:
-            raise bad_request(f"input {name!r} has datatype {datatype}, the model expects {want}")
-        try:
-            check_shape(spec, shape, self.dynamic_dims, seen)
-        except InferenceInputError as e:
-            raise bad_request(str(e)) from None
+            raise InferenceInputError(f"input {name!r} has datatype {datatype}, the model expects {want}")
+        check_shape(spec, shape, self.dynamic_dims, seen)
 
     @property
     def max_body_bytes(self) -> int | None:
