@@ -239,3 +239,21 @@ def test_body_bytes_in_flight_are_capped_across_connections(repo):
         while srv.http.body_bytes and time.monotonic() < deadline:
             time.sleep(0.05)
         assert srv.http.body_bytes == 0  # a dropped connection gives its reservation back
+
+
+def test_clients_dropping_mid_request_leave_nothing_behind(server):
+    """300 clients drop at every stage of a request: no connection, reservation or queue is left."""
+    body = b'{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}'
+    full = post("/v2/models/add/infer", body)
+    cuts = [5, 30, len(full) - len(body) - 2, len(full) - len(body) + 10, len(full) - 1, len(full)]
+    for i in range(300):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+            s.sendall(full[: cuts[i % len(cuts)]])
+    deadline = time.monotonic() + 5
+    while (
+        server.http.connections or server.http.body_bytes or server.http.inflight
+    ) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not server.http.connections
+    assert server.http.body_bytes == 0 and server.http.inflight == 0
+    assert exchange(server.port, full)[0] == 200
