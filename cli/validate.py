@@ -1,4 +1,4 @@
-"""`torchport validate PKG --model SOURCE`: the parity gate (eager PyTorch vs ONNX Runtime)."""
+"""`torchport validate PKG [--model SOURCE]`: the parity gate (eager PyTorch vs ONNX Runtime)."""
 
 from __future__ import annotations
 
@@ -20,10 +20,17 @@ from torchport.cli._options import (
 
 def validate(
     package: Path = typer.Argument(..., help="Model package folder (made by `torchport export`)."),
-    model: str = typer.Option(
-        ...,
+    model: Optional[str] = typer.Option(
+        None,
         "--model",
-        help="The eager model the package came from, as `torchport export` takes it (file.py:factory...).",
+        help="The eager model, as `torchport export` takes it, e.g. --model models/net.py:make_model. "
+        "Default: the source recorded in the package at export.",
+    ),
+    record: bool = typer.Option(
+        False,
+        "--record",
+        help="Write the result into the package even when the model's source changed since export "
+        "(its sha256 differs), e.g. --record.",
     ),
     samples: Optional[Path] = samples_option(),
     n: int = n_option(),
@@ -41,7 +48,7 @@ def validate(
 ) -> None:
     """Compare a package with eager PyTorch; write parity.json; exit 1 when parity fails.
 
-    Example: torchport validate out/cnn --model torchport.exporters.examples.cnn:make_model --n 20
+    Example: torchport validate out/cnn --n 20   (the model recorded at export; --model to name another)
     """
     from torchport.exporters import validate as run_validate
 
@@ -56,7 +63,9 @@ def validate(
         provider=provider,
         seed=seed,
         localize_failures=not no_localize,
+        record=record,
     )
+
     typer.echo(json.dumps(result.to_dict(), indent=2, default=str) if as_json else str(result))
     if not result:
         raise typer.Exit(1)

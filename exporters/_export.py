@@ -26,7 +26,7 @@ from torchport.exporters._example_resolution import resolve_example_inputs
 from torchport.exporters._export_context import BeforeCommit, ExportContext
 from torchport.exporters._export_gate import GateOptions, chain_hooks, export_gate
 from torchport.exporters._loaded_model import LoadedModel
-from torchport.exporters._loading import load_model
+from torchport.exporters._loading import absolute_reference, load_model
 from torchport.exporters._onnx_export import (
     EXTERNAL_DATA_THRESHOLD,
     finalize_model,
@@ -297,7 +297,11 @@ def build_manifest(
         outputs=output_specs(model, example.dynamic_dims, eager_shapes, program_dims),
         dynamic_dims=dict(example.dynamic_dims),
         producer=_producer(opset),
-        source={"kind": loaded.kind, "reference": loaded.reference, "sha256": loaded.sha256},
+        source={
+            "kind": loaded.kind,
+            "reference": absolute_reference(loaded.reference),
+            "sha256": loaded.sha256,
+        },
         export={
             "strategy": strategy,
             "attempts": [a.to_dict() for a in attempts],

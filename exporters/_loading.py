@@ -46,7 +46,7 @@ from torchport.runtimes._errors import LoadError, TorchportError, describe_error
 from torchport.runtimes._manifest import DimRange
 from torchport.runtimes._package import sha256_file
 
-__all__ = ["LoadedModel", "load_model"]
+__all__ = ["LoadedModel", "absolute_reference", "load_model"]
 
 TORCHSCRIPT_SUFFIXES = (".pt", ".ts", ".pth", ".jit", ".ptl")
 EXPORTED_PROGRAM_SUFFIXES = (".pt2",)
@@ -428,6 +428,23 @@ def _split(source: str) -> tuple[str, str | None]:
     if len(left) == 1 and left.isalpha() and attr[:1] in ("\\", "/"):  # C:\model.pt
         return source, None
     return left, attr
+
+
+def absolute_reference(source: str) -> str:
+    """``source`` with its file or folder part made absolute (``models/net.py:make`` →
+    ``/home/me/models/net.py:make``), so the manifest's reference works from any folder; an
+    importable ``package.module:attr`` stays as it is.
+
+    Example:
+        >>> absolute_reference("torchport.exporters.examples.cnn:make_model")
+        'torchport.exporters.examples.cnn:make_model'
+    """
+    left, attr = _split(source.strip())
+    path = os.path.expanduser(left)
+    if not os.path.exists(path):
+        return source.strip()
+    absolute = os.path.abspath(path)
+    return absolute if attr is None else f"{absolute}:{attr}"
 
 
 def load_model(source: str, attn_implementation: str | None = None) -> LoadedModel:

@@ -20,6 +20,7 @@ import numpy as np
 
 from torchport.exporters._dynamic_shapes import flat_dynamic_shapes
 from torchport.exporters._eager_reference import EagerReference, eager_outputs, eager_reference
+from torchport.exporters._loading import load_model
 from torchport.exporters._localize import localize
 from torchport.runtimes._errors import UsageError, ValidationError, describe_error
 from torchport.runtimes._inputs import dim_sample_points
@@ -179,7 +180,7 @@ def check_parity(
 
 def validate(
     package: str | os.PathLike[str] | ModelPackage,
-    model: Any,
+    model: Any = None,
     *,
     variants: Sequence[str] | None = None,
     samples: str | os.PathLike[str] | None = None,
@@ -191,6 +192,7 @@ def validate(
     seed: int = 0,
     localize_failures: bool = True,
     write: bool = True,
+    record: bool = False,
 ) -> ParityResult:
     """Validate a model package against the eager PyTorch model it came from.
 
@@ -205,7 +207,7 @@ def validate(
     Args:
         package: the package folder (or a loaded package).
         model: the eager model: a source string as ``torchport export`` takes it, a ``LoadedModel``
-            or a ``torch.nn.Module``.
+            or a ``torch.nn.Module``; default: the source the manifest records (an absolute path).
         variants: which variants to check (default: all in the package).
         samples: ``.npz`` of user inputs keyed by input name (a leading axis holds several samples).
         n: number of generated cases (boundaries included).
@@ -215,6 +217,8 @@ def validate(
         seed: seed of the generated inputs.
         localize_failures: find the first diverging node when a variant fails.
         write: write ``parity.json`` and update the manifest.
+        record: write even when the model's source differs from the one the package was exported
+            from (its sha256 changed); by default such a run only reports (``result.notes`` says so).
 
     Returns:
         A :class:`ParityResult`: truthy when every variant passes; ``print`` it for the table.
@@ -231,6 +235,28 @@ def validate(
         parity PASSED: ... vs eager PyTorch on 3 inputs (cpu)
     """
     pkg = package if isinstance(package, ModelPackage) else ModelPackage.load(package)
+    source = pkg.manifest.source
+    if model is None:
+        model = source.get("reference")
+        if not model or source.get("kind") == "object":
+            raise UsageError(
+                f"package {pkg.path} records no loadable source; name the model: --model file.py:factory"
+            )
+    notes: list[str] = []
+    if isinstance(model, (str, os.PathLike)):
+        model = load_model(str(model))
+    recorded_hash, hash_now = source.get("sha256"), getattr(model, "sha256", None)
+    source_differs = bool(recorded_hash and hash_now and recorded_hash != hash_now)
+    if source_differs:
+        notes.append(
+            f"the model's source ({model.reference}, sha256 {hash_now[:12]}) differs from the one this "
+            f"package was exported from ({source.get('reference')}, sha256 {recorded_hash[:12]})"
+            + (
+                ""
+                if record
+                else "; the package's parity record is left as it is (pass --record to replace it)"
+            )
+        )
     names = list(variants) if variants else list(pkg.manifest.variants)
     for v in names:
         if v not in pkg.manifest.variants:
@@ -251,6 +277,8 @@ def validate(
         seed=seed,
         localize_failures=localize_failures,
     )
-    if write:
+    result.notes = notes + result.notes
+    if write and (record or not source_differs):
         record_parity(pkg, result)
+        result.recorded = True
     return result

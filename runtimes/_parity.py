@@ -305,6 +305,10 @@ class ParityResult:
     seconds: float = 0.0
     #: what the variants were compared with, for the report's title
     reference: str = "eager PyTorch"
+    #: what the user should know about this run (a source that changed since export...)
+    notes: list[str] = field(default_factory=list)
+    #: whether the result was written into the package (``parity.json`` and the manifest)
+    recorded: bool = False
 
     @property
     def passed(self) -> bool:
@@ -335,6 +339,7 @@ class ParityResult:
             "passed": self.passed,
             "model": self.model,
             "reference": self.reference,
+            "notes": list(self.notes),
             "provider": self.provider,
             "seconds": round(self.seconds, 3),
             "cases": list(self.cases),
@@ -366,7 +371,8 @@ class ParityResult:
             ["variant", "vs", "output", "max abs", "max rel", "cosine", "top-1", "top-5", "result"], rows
         )
         tol = ", ".join(f"{k}: {_fmt_tol(v.tolerance)}" for k, v in self.variants.items())
-        lines = [
+        lines = [f"note: {note}" for note in self.notes]
+        lines += [
             f"parity {status}: {self.model} vs {self.reference} on {len(self.cases)} inputs ({self.provider})",
             "",
             table,

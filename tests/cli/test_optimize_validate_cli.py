@@ -139,3 +139,58 @@ def test_export_cli_validates_and_takes_optimization_options(tmp_path, capsys):
         main(["export", MLP, "-o", str(tmp_path / "o"), "--disable", "nope", "-q"])
     assert exit_info.value.code == 1 and "unknown pass 'nope'" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+MODEL_PY = """
+import torch
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = torch.nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.fc(x) * SCALE
+
+
+SCALE = {scale}
+
+
+def example_inputs():
+    return (torch.randn(2, 6),)
+
+
+DYNAMIC_DIMS = {{"x": {{0: ("batch", 1, 8)}}}}
+"""
+
+
+def test_validate_defaults_to_the_recorded_source_and_guards_the_record(tmp_path, monkeypatch):
+    src = tmp_path / "models" / "net.py"
+    src.parent.mkdir()
+    src.write_text(MODEL_PY.format(scale=1.0))
+    monkeypatch.chdir(tmp_path)
+    r = runner.invoke(app, ["export", "models/net.py:Net", "-o", "pkg", "-q"])
+    assert r.exit_code == 0, r.output
+    m = ModelPackage.load(tmp_path / "pkg").manifest
+    assert m.source["reference"] == f"{src}:Net"  # absolute: validate works from any folder
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    r = runner.invoke(app, ["validate", str(tmp_path / "pkg"), "--n", "3"])
+    assert r.exit_code == 0, r.output
+    assert "parity PASSED" in r.output and "note:" not in r.output
+
+    src.write_text(MODEL_PY.format(scale=2.0))  # the model changed since export
+    before = (tmp_path / "pkg" / "parity.json").read_text()
+    r = runner.invoke(app, ["validate", str(tmp_path / "pkg"), "--n", "3", "--no-localize"])
+    assert r.exit_code == 1 and "parity FAILED" in r.output
+    assert "differs from the one this package was exported from" in r.output and "--record" in r.output
+    assert (tmp_path / "pkg" / "parity.json").read_text() == before  # the passing record is kept
+    assert ModelPackage.load(tmp_path / "pkg").manifest.validated
+
+    r = runner.invoke(app, ["validate", str(tmp_path / "pkg"), "--n", "3", "--no-localize", "--record"])
+    assert r.exit_code == 1
+    assert ModelPackage.load(tmp_path / "pkg").manifest.validated is False
