@@ -132,14 +132,21 @@ class DecoderSignature:
     position_ids: bool
     cache_arg: str
 
-    def input_names(self) -> list[str]:
-        names = ["input_ids", "attention_mask"] + (["position_ids"] if self.position_ids else [])
-        return names + [
-            f"past_key_values.{i}.{kv}" for i in range(self.num_layers) for kv in ("key", "value")
+    def _cache_specs(self, prefix: str, seq_dim: str) -> list[TensorSpec]:
+        """``<prefix>.<i>.key/value[batch, kv_heads, seq_dim, head_dim]`` for every layer."""
+        return [
+            TensorSpec(
+                f"{prefix}.{i}.{kv}", self.dtype, ["batch", self.kv_heads[i], seq_dim, self.head_dims[i]]
+            )
+            for i in range(self.num_layers)
+            for kv in ("key", "value")
         ]
 
+    def input_names(self) -> list[str]:
+        return [s.name for s in self.input_specs((0, 0))]
+
     def output_names(self) -> list[str]:
-        return ["logits"] + [f"present.{i}.{kv}" for i in range(self.num_layers) for kv in ("key", "value")]
+        return [s.name for s in self.output_specs()]
 
     def input_specs(self, vocab_range: tuple[int, int]) -> list[TensorSpec]:
         specs = [
@@ -148,29 +155,11 @@ class DecoderSignature:
         ]
         if self.position_ids:
             specs.append(TensorSpec("position_ids", "int64", ["batch", "seq"], (0, 0)))
-        for i in range(self.num_layers):
-            for kv in ("key", "value"):
-                specs.append(
-                    TensorSpec(
-                        f"past_key_values.{i}.{kv}",
-                        self.dtype,
-                        ["batch", self.kv_heads[i], "past_seq", self.head_dims[i]],
-                    )
-                )
-        return specs
+        return specs + self._cache_specs("past_key_values", "past_seq")
 
     def output_specs(self) -> list[TensorSpec]:
-        specs = [TensorSpec("logits", self.dtype, ["batch", "seq", self.vocab])]
-        for i in range(self.num_layers):
-            for kv in ("key", "value"):
-                specs.append(
-                    TensorSpec(
-                        f"present.{i}.{kv}",
-                        self.dtype,
-                        ["batch", self.kv_heads[i], "past_seq+seq", self.head_dims[i]],
-                    )
-                )
-        return specs
+        logits = TensorSpec("logits", self.dtype, ["batch", "seq", self.vocab])
+        return [logits] + self._cache_specs("present", "past_seq+seq")
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -92,9 +92,6 @@ class GenerationEngine:
 
     # -- the loop (engine thread) -----------------------------------------------------------------
 
-    def _emit(self, job: Job, token: int | None) -> None:
-        job.loop.call_soon_threadsafe(job.on_token, token)
-
     def _finish(self, job: Job, exc: BaseException | None = None) -> None:
         if not job.done:
             job.done = True
@@ -153,10 +150,22 @@ class GenerationEngine:
         self.peak_batch = max(self.peak_batch, len(self.batch.rows))
 
     def _deliver(self, tokens: list[int | None], rows: list[GenRequest] | None = None) -> None:
+        """Hand this step's tokens to their jobs: one event-loop wake-up per step, not per token."""
+        calls: dict[Any, list[tuple[Callable[[int | None], None], int | None]]] = {}
         for row, token in zip(rows if rows is not None else self.batch.rows, tokens, strict=True):
             job = self._running[id(row)]
             if token is not None:
-                self._emit(job, token)
+                calls.setdefault(job.loop, []).append((job.on_token, token))
             if row.finished and not job.ended:
                 job.ended = True
-                self._emit(job, None)
+                calls.setdefault(job.loop, []).append((job.on_token, None))
+        for loop, batch in calls.items():
+            loop.call_soon_threadsafe(_call_all, batch)
+
+
+def _call_all(calls: list[tuple[Callable[[int | None], None], int | None]]) -> None:
+    for fn, token in calls:
+        try:
+            fn(token)
+        except Exception:  # noqa: BLE001 - one stream's failure must not stop the others
+            log.exception("delivering a generated token failed")

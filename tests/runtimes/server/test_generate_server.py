@@ -119,10 +119,17 @@ def test_stream_sends_the_text_piece_by_piece(server) -> None:
     assert all(e["model_name"] == "llama" for e in events) and "finish_reason" not in events[0]
 
 
-def test_concurrent_streams_share_one_decode_batch(server) -> None:
+def test_concurrent_streams_share_one_decode_batch(server, monkeypatch: pytest.MonkeyPatch) -> None:
     want = {p: _local(server, p, max_new_tokens=40, ignore_eos=True) for p in PROMPTS}
     engine = _engine()
     engine.peak_batch = 0
+    real_step = engine.batch.step
+
+    def slow_step():  # 5 ms per step: the streams overlap even when the machine is busy
+        time.sleep(0.005)
+        return real_step()
+
+    monkeypatch.setattr(engine.batch, "step", slow_step)
     got: dict[str, str] = {}
 
     def one(prompt: str) -> None:
@@ -136,6 +143,9 @@ def test_concurrent_streams_share_one_decode_batch(server) -> None:
         t.join(60)
     assert got == want  # each stream's text equals its own run alone
     assert engine.peak_batch >= 2, "requests joined a running batch"
+    deadline = time.monotonic() + 2  # the last row leaves at the step boundary after its end
+    while engine.active and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert engine.active == 0
 
 
