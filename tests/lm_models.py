@@ -121,7 +121,7 @@ def exported_lm(name: str, root: Path, **kwargs: Any) -> Any:
     """Export the tiny ``name`` model once per options (``ExportResult``), cached for the session."""
     from torchport.exporters import export_model
 
-    key = repr((name, sorted(kwargs.items())))
+    key = repr((str(root), name, sorted(kwargs.items())))
     if key not in _EXPORTED:
         src = root / f"src-{name}"
         if not src.exists():
