@@ -22,6 +22,7 @@ from torchport.cli._options import (
     strategy_option,
 )
 from torchport.runtimes import TorchportError
+from torchport.runtimes._package import check_destination
 
 
 def export(
@@ -123,6 +124,7 @@ def export(
     Example: torchport export torchport.exporters.examples.cnn:make_model -o out/cnn --dim batch=1..64
     """
     try:
+        check_destination(output, overwrite=force)  # before seconds of importing torch and loading
         from torchport.exporters._export import export_model
 
         result = export_model(

@@ -9,6 +9,9 @@ place and may return the parity report that gates the package).
 
 from __future__ import annotations
 
+import contextlib
+import inspect
+import os
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -38,6 +41,7 @@ from torchport.exporters._progress import Progress
 from torchport.exporters._source_lines import user_traceback
 from torchport.exporters._strategies import Attempt, ExportPlan, run_strategies
 from torchport.exporters._text_assets import package_text_assets
+from torchport.exporters._user_examples import example_from_object
 from torchport.runtimes._errors import ExportError, LoadError, TorchportError, UsageError, describe_error
 from torchport.runtimes._manifest import DimRange, Manifest, TensorSpec, Variant
 from torchport.runtimes._package import ModelPackage, write_package
@@ -130,9 +134,53 @@ def _as_dims(dims: Mapping[str, Any] | Sequence[str] | None) -> dict[str, DimRan
     return out
 
 
-def stage_load(source: str, attn_implementation: str | None = None) -> LoadedModel:
-    """Load the model (errors are :class:`~torchport.runtimes.LoadError`)."""
-    return load_model(source, attn_implementation=attn_implementation)
+def stage_load(
+    source: str | torch.nn.Module,
+    attn_implementation: str | None = None,
+    example_args: Sequence[Any] | None = None,
+    example_inputs: Mapping[str, Any] | None = None,
+) -> LoadedModel:
+    """Load the model (errors are :class:`~torchport.runtimes.LoadError`); an ``nn.Module`` in hand
+    is taken as it is (its mode included), with ``example_args`` / ``example_inputs`` as its inputs."""
+    if isinstance(source, torch.nn.Module):
+        return loaded_from_module(source, example_args, example_inputs)
+    if example_args is not None or example_inputs is not None:
+        raise UsageError(
+            "example_args / example_inputs go with a model object; for a source string use inputs=[...] "
+            "specs, example_inputs() next to the factory, or sample="
+        )
+    if not isinstance(source, (str, os.PathLike)):
+        raise LoadError(
+            f"cannot export a {type(source).__name__}: pass a torch.nn.Module or a source string "
+            "(file.py:factory, package.module:attr, model.pt, model.pt2, a Hugging Face folder)"
+        )
+    return load_model(str(source), attn_implementation=attn_implementation)
+
+
+def loaded_from_module(
+    module: torch.nn.Module,
+    example_args: Sequence[Any] | None = None,
+    example_inputs: Mapping[str, Any] | None = None,
+) -> LoadedModel:
+    """A :class:`LoadedModel` for a module object, as ``torch.onnx.export(model, args)`` takes it."""
+    signature = None
+    with contextlib.suppress(TypeError, ValueError):
+        signature = inspect.signature(module.forward)
+    example = None
+    if example_args is not None or example_inputs is not None:
+        args = tuple(example_args) if example_args is not None else ()
+        if isinstance(example_args, torch.Tensor):
+            args = (example_args,)
+        value = (args, dict(example_inputs or {})) if example_inputs else args
+        example = example_from_object(value, signature=signature, origin="example_args/example_inputs")
+    return LoadedModel(
+        module=module,
+        kind="object",
+        reference=type(module).__name__,
+        forward_signature=signature,
+        example_inputs=example,
+        example_source="example_inputs()" if example is not None else None,
+    )
 
 
 def stage_inputs(
@@ -318,9 +366,11 @@ def build_manifest(
 
 
 def export_model(
-    source: str,
+    source: str | torch.nn.Module,
     output: str | Path,
     *,
+    example_args: Sequence[Any] | None = None,
+    example_inputs: Mapping[str, Any] | None = None,
     inputs: Sequence[str | TensorSpec] | None = None,
     dims: Mapping[str, Any] | Sequence[str] | None = None,
     sample: str | None = None,
@@ -350,7 +400,10 @@ def export_model(
 
     Args:
         source: ``file.py:factory``, ``package.module:attr``, a TorchScript ``.pt``, an
-            ExportedProgram ``.pt2``, a Hugging Face folder (``folder:encoder`` for its encoder).
+            ExportedProgram ``.pt2``, a Hugging Face folder (``folder:encoder`` for its encoder), or
+            an ``nn.Module`` object (exported in the mode it is in, as ``torch.onnx.export`` does).
+        example_args: with a module object: its positional example inputs (a tensor or a tuple).
+        example_inputs: with a module object: example inputs by ``forward()`` parameter name.
         output: the package folder to create (atomically: nothing is left there on failure).
         inputs: input specs, ``"input_ids:int64[batch,seq]"`` (or TensorSpecs), overriding the
             model's own example inputs.
@@ -416,7 +469,7 @@ def export_model(
     try:
         with write_package(output, overwrite=overwrite) as writer:
             with progress.stage("load") as st:
-                loaded = stage_load(source, attn_implementation)
+                loaded = stage_load(source, attn_implementation, example_args, example_inputs)
                 st.detail = f"{loaded.reference} ({loaded.kind})"
             if wants_decoder(loaded, task, outputs, inputs, sample, user_hook):
                 package, used, attempts = export_text_generation(

@@ -239,7 +239,8 @@ def localize(
             "diverges beyond tolerance; the divergence is in an unmatched (fused or renamed) node, or only "
             "in ONNX Runtime's own graph optimizations"
             if compared
-            else "no ONNX value could be matched to an FX node (was the model exported with torch.onnx dynamo?)"
+            else "no ONNX value could be matched to an FX node (localization follows the value names of the "
+            "torch.onnx dynamo exporter; a TorchScript export or a pass that renames values hides them)"
         ),
     )
 

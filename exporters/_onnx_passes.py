@@ -22,6 +22,7 @@ name           what it does
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -362,7 +363,12 @@ def _quantize_via_files(proto: onnx.ModelProto, quantize: Callable[[Path, Path],
     with tempfile.TemporaryDirectory(prefix="torchport-q-") as tmp:
         src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
         save_onnx(proto, src)
-        quantize(src, dst)
+        previous = logging.root.manager.disable
+        logging.disable(logging.WARNING)  # the quantizer's advice to pre-process, printed every run
+        try:
+            quantize(src, dst)
+        finally:
+            logging.disable(previous)
         return onnx.load(str(dst))
 
 

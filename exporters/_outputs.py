@@ -318,6 +318,9 @@ class FlatModule(nn.Module):
         indexes = selection.select(named, model)
         names = [named[i][0] for i in indexes]
         flat = cls(model, treespec, leaves, positions, names, [flat_out[i][2] for i in indexes], extra)
+        # the wrapper is in the user's mode (eval, as loaded): an exporter that restores the wrapper's
+        # mode afterwards (the TorchScript one does, recursively) must not leave BatchNorm training
+        flat.training = model.training
         flat.example_output_shapes = [list(named[i][1].shape) for i in indexes]
         flat.selects_all = indexes == list(range(len(named)))
         return flat

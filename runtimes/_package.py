@@ -161,6 +161,22 @@ class ModelPackage:
             ) from None
 
 
+def check_destination(dest: str | os.PathLike[str], *, overwrite: bool = False) -> None:
+    """Refuse a package destination that exists (unless ``overwrite``) or is not a folder; cheap, so
+    commands call it before loading anything.
+
+    Raises:
+        PackageError: naming the destination and the fix.
+    """
+    path = Path(dest)
+    if path.exists() and not overwrite:
+        raise PackageError(
+            f"{str(dest)!r} already exists; pass --force (overwrite=True) or choose another -o"
+        )
+    if path.exists() and not path.is_dir():
+        raise PackageError(f"{str(dest)!r} exists and is not a folder")
+
+
 class PackageWriter:
     """Builds a package in a temporary sibling folder and renames it into place on :meth:`commit`.
 
@@ -172,12 +188,7 @@ class PackageWriter:
         self, dest: str | os.PathLike[str], *, overwrite: bool = False, start_from: Path | None = None
     ):
         self.dest = Path(dest).absolute()
-        if self.dest.exists() and not overwrite:
-            raise PackageError(
-                f"{str(dest)!r} already exists; pass --force (overwrite=True) or choose another -o"
-            )
-        if self.dest.exists() and not self.dest.is_dir():
-            raise PackageError(f"{str(dest)!r} exists and is not a folder")
+        check_destination(dest, overwrite=overwrite)
         try:
             self.dest.parent.mkdir(parents=True, exist_ok=True)
             # a fresh name made like mkdtemp's, but created with mode 0o777 so the umask decides

@@ -295,9 +295,13 @@ class Session:
             >>> sess.run({"x": np.ones((1, 16), np.float32)}, ["logits"])     # doctest: +SKIP
             {'logits': array([[...]], dtype=float32)}
 
+        Lists and scalars are converted to arrays of the input's dtype, and torch tensors (or
+        anything with ``.numpy()``) to their arrays.
+
         Raises:
             InferenceInputError: an input does not match the signature, or an unknown output is asked for.
         """
+        inputs = self._as_arrays(inputs)
         if validate:
             self.validate_inputs(inputs)
         if output_names is None:
@@ -316,6 +320,29 @@ class Session:
         else:
             values = self._sess.run(names, dict(inputs))
         return dict(zip(names, values, strict=True))
+
+    def _as_arrays(self, inputs: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Numpy arrays for what users hold: lists and scalars, torch tensors (no torch import here)."""
+        if not isinstance(inputs, Mapping) or all(isinstance(v, np.ndarray) for v in inputs.values()):
+            return inputs
+        out: dict[str, Any] = {}
+        for name, value in inputs.items():
+            spec = self._input_by_name.get(name)
+            if isinstance(value, np.ndarray) or spec is None:
+                out[name] = value
+            elif hasattr(value, "detach") and hasattr(value, "numpy"):  # a torch tensor
+                out[name] = value.detach().cpu().numpy()
+            elif isinstance(value, (list, tuple, int, float, bool)):
+                try:
+                    out[name] = np.asarray(value, dtype=to_numpy(spec.dtype))
+                except (TypeError, ValueError) as e:
+                    raise InferenceInputError(
+                        f"input {name!r}: cannot make a {spec.dtype} array of the given "
+                        f"{type(value).__name__} ({e}); pass a numpy array"
+                    ) from None
+            else:
+                out[name] = value  # validate_inputs names the type
+        return out
 
     def _ortvalue(self, name: str, arr: np.ndarray, device: str = "cpu") -> Any:
         import onnxruntime as ort

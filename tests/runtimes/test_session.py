@@ -55,13 +55,22 @@ def test_from_package_accepts_loaded_package_and_threads(add_package):
         ({"x": np.zeros((2, 4, 1), np.float32)}, r"input 'x' has rank 3 .* expected rank 2: \[batch, 4\]"),
         ({"x": np.zeros((2, 5), np.float32)}, r"input 'x' dim 1 is 5, expected 4"),
         ({"x": np.zeros((65, 4), np.float32)}, r"input 'x' dim 0 \('batch'\) is 65, outside its range 1..64"),
-        ({"x": [[1.0, 2.0, 3.0, 4.0]]}, r"input 'x' must be a numpy array, got list"),
+        ({"x": "1 2 3 4"}, r"input 'x' must be a numpy array, got str"),
+        ({"x": [[1.0, 2.0, 3.0]]}, r"input 'x' dim 1 is 3, expected 4"),  # a list is converted, then checked
     ],
 )
 def test_validation_errors_name_the_input(add_package, feeds, match):
     sess = Session.from_package(add_package)
     with pytest.raises(InferenceInputError, match=match):
         sess.run(feeds)
+
+
+def test_lists_are_converted_to_the_input_dtype(add_package):
+    session = Session.from_package(add_package)
+    from_list = session.run({"x": [[1.0, 2.0, 3.0, 4.0]]})
+    from_array = session.run({"x": np.array([[1.0, 2.0, 3.0, 4.0]], np.float32)})
+    for name, value in from_array.items():
+        np.testing.assert_array_equal(from_list[name], value)
 
 
 def test_named_dims_must_agree_across_inputs(package_factory):
