@@ -148,7 +148,7 @@ _FX_FILE_RE = re.compile(r"# File: (?P<file>[^:\s]+):(?P<line>\d+) in (?P<func>[
 
 
 def location_in_text(text: str | None) -> SourceLocation | None:
-    """The innermost user frame quoted in ``text``: a Python traceback or a torch stack trace.
+    r"""The innermost user frame quoted in ``text``: a Python traceback or a torch stack trace.
 
     Dynamo and ONNX errors quote ``File "...", line N`` frames; torch records the same form as the
     ``stack_trace`` of each FX node (and the ONNX exporter copies it into node metadata). Frames
