@@ -87,6 +87,12 @@ def export(
             "present.N.key/value out (--outputs logits keeps a logits-only export), e.g. --task text-generation."
         ),
     ),
+    output_names: Optional[str] = typer.Option(
+        None,
+        "--output-names",
+        help="Names for the exported outputs, in order (a tuple's output_0, output_1... otherwise), "
+        "e.g. --output-names logits,probs.",
+    ),
     sample: Optional[Path] = typer.Option(
         None,
         "--sample",
@@ -134,6 +140,7 @@ def export(
             dims=dims or None,
             sample=str(sample) if sample is not None else None,
             outputs=outputs,
+            output_names=output_names.split(",") if output_names else None,
             task=task,
             opset=opset,
             name=name,

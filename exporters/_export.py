@@ -207,12 +207,19 @@ def _model_of(loaded: LoadedModel) -> torch.nn.Module:
 
 
 def stage_wrap(
-    loaded: LoadedModel, example: ExampleInputs, outputs: str | Sequence[str] | None
+    loaded: LoadedModel,
+    example: ExampleInputs,
+    outputs: str | Sequence[str] | None,
+    output_names: Sequence[str] | None = None,
 ) -> FlatModule:
     """Run the model once eagerly on the example inputs and wrap it for export.
 
+    ``output_names`` renames the selected outputs (a tuple's ``output_0, output_1`` become
+    ``logits, probs``).
+
     Raises:
         ExportError: stage ``"eager run"`` when the model raises on its own example inputs.
+        UsageError: ``output_names`` does not name each selected output once.
     """
     model = _model_of(loaded)
     selection = OutputSelection.parse(outputs)
@@ -234,6 +241,15 @@ def stage_wrap(
             user_traceback=user_traceback(e),
             original=e,
         ) from e
+    if output_names:
+        names = [n.strip() for n in output_names]
+        if len(names) != len(flat.output_names) or len(set(names)) != len(names) or not all(names):
+            raise UsageError(
+                f"--output-names gives {len(names)} name(s) ({', '.join(names)}) for "
+                f"{len(flat.output_names)} output(s) ({', '.join(flat.output_names)}); give each output one "
+                "distinct name, in order"
+            )
+        flat.output_names = names
     if flat.num_inputs != len(example.specs):
         raise ExportError(
             f"capture failed: the example inputs have {flat.num_inputs} tensors but {len(example.specs)} specs",
@@ -371,6 +387,7 @@ def export_model(
     *,
     example_args: Sequence[Any] | None = None,
     example_inputs: Mapping[str, Any] | None = None,
+    output_names: Sequence[str] | None = None,
     inputs: Sequence[str | TensorSpec] | None = None,
     dims: Mapping[str, Any] | Sequence[str] | None = None,
     sample: str | None = None,
@@ -404,6 +421,8 @@ def export_model(
             an ``nn.Module`` object (exported in the mode it is in, as ``torch.onnx.export`` does).
         example_args: with a module object: its positional example inputs (a tensor or a tuple).
         example_inputs: with a module object: example inputs by ``forward()`` parameter name.
+        output_names: names for the exported outputs, in order (default: the model's own names,
+            ``output_0, output_1...`` for a tuple).
         output: the package folder to create (atomically: nothing is left there on failure).
         inputs: input specs, ``"input_ids:int64[batch,seq]"`` (or TensorSpecs), overriding the
             model's own example inputs.
@@ -489,8 +508,13 @@ def export_model(
             with progress.stage("inputs") as st:
                 example = stage_inputs(loaded, inputs, dims, sample)
                 st.detail = str(example)
+            if sample is not None and not inputs and not example.dynamic_dims:
+                progress.warn(
+                    f"the inputs of --sample {sample} have fixed shapes, so the model will too; add "
+                    "--dim batch=1..N (axis 0 of every input) or a DYNAMIC_DIMS next to the factory"
+                )
             with progress.stage("eager run") as st:
-                flat = stage_wrap(loaded, example, outputs)
+                flat = stage_wrap(loaded, example, outputs, output_names)
                 st.detail = "outputs: " + ", ".join(flat.output_names)
                 eager_shapes = flat.example_output_shapes
             with progress.stage("export") as st:

@@ -118,7 +118,7 @@ def export_gate(options: GateOptions) -> Hook:
                 )
                 done = optimize_folder(folder, manifest, options, reference=validated_fp32, report=report)
                 for warning in done.warnings:
-                    ctx.progress.note(f"warning: {warning}")
+                    ctx.progress.warn(warning)
                 fused = sorted({k for r in done.records for k in r["fused"] if k.startswith("com.microsoft")})
                 written = [n for n in done.manifest.variants if n != "fp32"]
                 st.detail = f"level {options.level}, variants {', '.join(['fp32', *written])}" + (

@@ -67,5 +67,9 @@ class Progress:
         """A retry or skip line (``↻ ...``)."""
         self._write(f"↻ {line}")
 
+    def warn(self, line: str) -> None:
+        """Something the user should know about the result (a poor calibration set, fixed shapes)."""
+        self._write(f"warning: {line}")
+
     def done(self, line: str) -> None:
         self._write(line)

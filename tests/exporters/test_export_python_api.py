@@ -90,3 +90,34 @@ def test_session_run_says_how_to_convert_what_it_cannot_take(tmp_path):
     with pytest.raises(Exception, match="cannot make a float32 array of the given list"):
         session.run({"x": [[1, 2], ["a"]], "mask": np.ones((2, 3), np.float32)})
     assert ModelPackage.load(tmp_path / "m").manifest.validated
+
+
+class TupleOut(nn.Module):
+    def forward(self, x):
+        return x * 2, torch.softmax(x, -1)
+
+
+def test_output_names_name_a_tuple_and_a_wrong_count_is_refused(tmp_path):
+    x = torch.randn(2, 5)
+    result = export_model(
+        TupleOut(), tmp_path / "m", example_args=(x,), output_names=["logits", "probs"], quiet=True
+    )
+    assert [s.name for s in result.package.manifest.outputs] == ["logits", "probs"]
+    assert set(Session(result.package.model_path(), result.package.manifest).run({"x": x})) == {
+        "logits",
+        "probs",
+    }
+    with pytest.raises(UsageError, match=r"--output-names gives 1 name\(s\) \(logits\) for 2 output\(s\)"):
+        export_model(TupleOut(), tmp_path / "n", example_args=(x,), output_names=["logits"], quiet=True)
+    assert not (tmp_path / "n").exists()
+
+
+def test_sample_alone_warns_that_shapes_are_fixed(tmp_path, capsys):
+    np.savez(tmp_path / "s.npz", input=np.ones((2, 16), np.float32))
+    src = tmp_path / "mlp.py"
+    src.write_text(
+        "import torch\n\ndef make():\n    torch.manual_seed(0)\n    return torch.nn.Linear(16, 4)\n"
+    )
+    export_model(f"{src}:make", tmp_path / "m", sample=str(tmp_path / "s.npz"))
+    captured = capsys.readouterr()
+    assert "warning: the inputs of --sample" in captured.err + captured.out
