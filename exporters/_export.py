@@ -14,7 +14,7 @@ import inspect
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -256,6 +256,18 @@ def stage_wrap(
             stage="capture",
         )
     return flat
+
+
+def _eager_rerun(flat: FlatModule | None, example: ExampleInputs | None) -> Callable[[], Any] | None:
+    """Run the wrapped model eagerly on its example inputs (for ``--pdb``), when both exist."""
+    if flat is None or example is None:
+        return None
+
+    def rerun() -> Any:
+        with torch.no_grad():
+            return flat(*flat.flat_inputs(example.args, example.kwargs))
+
+    return rerun
 
 
 def stage_export(
@@ -572,7 +584,7 @@ def export_model(
                 st.detail = str(package.path)
     except ExportError as e:
         if pdb:
-            debug_post_mortem(e)
+            debug_post_mortem(e, rerun=_eager_rerun(locals().get("flat"), locals().get("example")))
         raise
     return ExportResult(
         package=package,
