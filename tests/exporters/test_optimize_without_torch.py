@@ -5,47 +5,25 @@ from __future__ import annotations
 
 import json
 import subprocess
-import venv
-from pathlib import Path
 
 import pytest
 
 from tests.runtimes.conftest import make_add_package
+from tests.torchless_venv import torchless_venv
 from torchport.runtimes import ModelPackage
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
 def test_optimize_in_a_virtualenv_without_torch(tmp_path):
-    env_dir = tmp_path / "venv"
-    venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
-    py = env_dir / "bin" / "python"
-    pip = [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    subprocess.run(
-        [
-            *pip,
-            "-c",
-            str(REPO_ROOT / "constraints.txt"),
-            "numpy",
-            "onnx",
-            "onnxruntime",
-            "typer",
-            "rich",
-            "onnxscript",
-            "onnx-ir",
-        ],
-        check=True,
-        timeout=900,
+    bin_dir = torchless_venv(
+        tmp_path / "venv", ["numpy", "onnx", "onnxruntime", "typer", "rich", "onnxscript", "onnx-ir"]
     )
-    subprocess.run([*pip, "--no-deps", "-e", str(REPO_ROOT)], check=True, timeout=600)
-    no_torch = subprocess.run([str(py), "-c", "import torch"], capture_output=True, text=True)
-    assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
+    py = bin_dir / "python"
 
     make_add_package(tmp_path / "add")
     proc = subprocess.run(
         [
-            str(env_dir / "bin" / "torchport"),
+            str(bin_dir / "torchport"),
             "optimize",
             str(tmp_path / "add"),
             "--fp16",

@@ -4,32 +4,22 @@ from __future__ import annotations
 
 import json
 import subprocess
-import venv
-from pathlib import Path
 
 import pytest
 
 from tests.cli.test_serve_cli import _request
 from tests.runtimes.conftest import make_add_package
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.torchless_venv import torchless_venv
 
 
 @pytest.mark.slow
 def test_serve_in_a_virtualenv_without_torch(tmp_path):
-    env_dir = tmp_path / "venv"
-    venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
-    py = env_dir / "bin" / "python"
-    pip = [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    subprocess.run(
-        [*pip, "numpy", "onnx", "onnxruntime", "httptools", "typer", "rich", "grpcio", "protobuf"],
-        check=True,
-        timeout=900,
+    bin_dir = torchless_venv(
+        tmp_path / "venv",
+        ["numpy", "onnx", "onnxruntime", "httptools", "typer", "rich", "grpcio", "protobuf"],
     )
-    subprocess.run([*pip, "--no-deps", "-e", str(REPO_ROOT)], check=True, timeout=600)
-    no_torch = subprocess.run([str(py), "-c", "import torch"], capture_output=True, text=True)
-    assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
-    torchport = env_dir / "bin" / "torchport"
+    py = bin_dir / "python"
+    torchport = bin_dir / "torchport"
     help_run = subprocess.run(
         [str(torchport), "serve", "--help"], capture_output=True, text=True, timeout=120
     )
