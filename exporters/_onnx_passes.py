@@ -35,6 +35,7 @@ import onnx_ir as ir
 from torchport.exporters._onnx_files import EXTERNAL_DATA_THRESHOLD, save_onnx, weights_nbytes
 from torchport.exporters._passes import AnyModel, as_ir, as_proto, op_counts
 from torchport.runtimes import OptimizationError, UsageError
+from torchport.runtimes._providers import normalize_provider
 
 #: ops kept in float32 by the fp16 pass (numerically sensitive: reductions, exponentials, norms)
 FP16_KEEP_FLOAT32_OPS: tuple[str, ...] = (
@@ -70,22 +71,6 @@ FP16_KEEP_FLOAT32_OPS: tuple[str, ...] = (
 
 #: ORT graph optimization levels by name
 ORT_LEVELS = ("basic", "extended", "all")
-
-_PROVIDERS = {
-    "cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-}
-
-
-def ort_provider_name(provider: str) -> str:
-    """``"cpu"`` → ``"CPUExecutionProvider"`` (full names pass through)."""
-    if provider in _PROVIDERS.values():
-        return provider
-    try:
-        return _PROVIDERS[provider.lower()]
-    except KeyError:
-        raise UsageError(f"unknown provider {provider!r}; use one of: {', '.join(_PROVIDERS)}") from None
 
 
 def _fingerprint(model: AnyModel) -> tuple[Any, ...]:
@@ -186,7 +171,7 @@ class OrtOfflinePass:
     def __init__(self, provider: str = "cpu", level: str = "extended") -> None:
         if level not in ORT_LEVELS:
             raise UsageError(f"unknown ORT optimization level {level!r}; use one of: {', '.join(ORT_LEVELS)}")
-        self.provider = ort_provider_name(provider)
+        self.provider = normalize_provider(provider)
         self.level = level
         self.details: dict[str, Any] = {}
 

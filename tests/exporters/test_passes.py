@@ -19,7 +19,7 @@ from torchport.exporters._onnx_passes import (
     OrtOfflinePass,
 )
 from torchport.exporters._passes import as_proto, op_counts
-from torchport.runtimes import OptimizationError, UsageError
+from torchport.runtimes import OptimizationError, ProviderError, UsageError
 
 
 def _run(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
@@ -145,8 +145,10 @@ def test_ort_offline_graph_is_provider_specific_and_recorded(bert_onnx):
             OptimizationError, match=r"CUDAExecutionProvider is not available.*--disable ort_offline"
         ):
             OrtOfflinePass("cuda")(bert_onnx)
-    with pytest.raises(UsageError, match="unknown provider 'tpu'"):
-        OrtOfflinePass("tpu")
+    with pytest.raises(
+        ProviderError, match="unknown execution provider 'tpu'; use one of: coreml, cpu, cuda"
+    ):
+        OrtOfflinePass("tpu")  # the same provider table and error as sessions
 
 
 def test_fp16_keeps_float32_io_and_sensitive_ops(bert_onnx):
