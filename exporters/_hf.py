@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import inspect
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -361,8 +360,3 @@ def hf_example_inputs(
     used = {d for s in specs for d in s.shape if isinstance(d, str)}
     dims = {k: v for k, v in defaults["dims"].items() if k in used}
     return ExampleInputs.from_specs(specs, dims, signature=signature, example_sizes=defaults.get("sizes"))
-
-
-def read_config_json(folder: Path) -> dict[str, Any]:
-    """The raw ``config.json`` of a folder (for messages and inspection)."""
-    return json.loads((folder / "config.json").read_text())

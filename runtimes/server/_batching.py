@@ -88,10 +88,6 @@ class ModelRunner:
         #: early there, so no request waits longer than max_queue_delay
         self._slack = 0.0
 
-    @property
-    def pending(self) -> int:
-        return sum(len(q) for q in self._queues.values())
-
     def submit(self, inputs: dict[str, np.ndarray]) -> asyncio.Future:
         loop = self._loop or asyncio.get_running_loop()
         if self._loop is None:
