@@ -12,6 +12,9 @@ Rules:
   waits on purpose: a request runs as soon as a worker is free, together with whatever queued up
   (dispatch happens once per event-loop iteration, so requests read in the same iteration merge);
 - a model without a batch dim (or ``max_batch_size <= 1``) is never batched: one request per run;
+- a text model whose inputs are all ``[batch, seq]`` and include ``attention_mask`` merges requests of
+  different lengths: each is right-padded with zeros (mask 0) to the longest, and outputs with the
+  ``seq`` dim at axis 1 are cut back to each request's length (see :func:`padding_dim`);
 - a model whose runs average under ``inline_below`` seconds runs on the event loop thread itself
   (a thread hand-off would cost more than the run); when such a runner is idle, the first
   request of a loop iteration runs at once, in the iteration that read it (concurrency 1 pays no
@@ -45,6 +48,28 @@ class _Item:
     deadline: float
 
 
+def padding_dim(session: Session) -> tuple[str, list[str]] | None:
+    """``(seq dim name, outputs with it at axis 1)`` when requests of different lengths may be merged
+    by padding: every input is ``[batch, seq]`` with the same ``seq`` dim and one is ``attention_mask``."""
+    specs = session.input_specs
+    if not specs or "attention_mask" not in {s.name for s in specs}:
+        return None
+    dims = {tuple(s.shape) for s in specs}
+    if len(dims) != 1:
+        return None
+    (shape,) = dims
+    if len(shape) != 2 or not isinstance(shape[1], str) or shape[0] != session.batch_dim:
+        return None
+    outputs = [o.name for o in session.output_specs if len(o.shape) >= 2 and o.shape[1] == shape[1]]
+    return shape[1], outputs
+
+
+def _pad_to(arr: np.ndarray, length: int) -> np.ndarray:
+    if arr.shape[1] == length:
+        return arr
+    return np.pad(arr, [(0, 0), (0, length - arr.shape[1])])
+
+
 class ModelRunner:
     """Runs one model's requests, batching them when the model has a batch dim.
 
@@ -71,6 +96,8 @@ class ModelRunner:
         if self.batching and batch_range is not None:
             self.max_batch_size = min(self.max_batch_size, batch_range.max)
         self.max_queue_delay = max_queue_delay if self.batching else 0.0
+        #: merge different sequence lengths by padding (text models with an attention mask)
+        self.padding = padding_dim(session) if self.batching else None
         self.workers = max(1, workers)
         self.on_batch = on_batch
         self.busy = 0
@@ -96,7 +123,8 @@ class ModelRunner:
         now = time.perf_counter()
         fut = loop.create_future()
         if self.batching:
-            key = tuple((k, v.dtype.str, v.shape[1:]) for k, v in sorted(inputs.items()))
+            skip = 2 if self.padding is not None else 1  # padded merges ignore the seq length
+            key = tuple((k, v.dtype.str, v.shape[skip:]) for k, v in sorted(inputs.items()))
             rows = next(iter(inputs.values())).shape[0] if inputs else 1
         else:
             key = ()
@@ -205,7 +233,14 @@ class ModelRunner:
             ]
             return outputs, time.perf_counter() - t0
         names = list(batch[0].inputs)
-        merged = {n: np.concatenate([it.inputs[n] for it in batch], axis=0) for n in names}
+        lengths = [next(iter(it.inputs.values())).shape[1] for it in batch] if self.padding else []
+        longest = max(lengths, default=0)
+        merged = {
+            n: np.concatenate(
+                [_pad_to(it.inputs[n], longest) if lengths else it.inputs[n] for it in batch], axis=0
+            )
+            for n in names
+        }
         try:
             result = self.session.run(merged, validate=False)
         except Exception:
@@ -218,9 +253,12 @@ class ModelRunner:
             return outputs, time.perf_counter() - t0
         outputs = []
         start = 0
-        for it in batch:
+        cut = set(self.padding[1]) if self.padding and len(set(lengths)) > 1 else set()
+        for i, it in enumerate(batch):
             stop = start + it.rows
-            outputs.append({k: v[start:stop] for k, v in result.items()})
+            outputs.append(
+                {k: v[start:stop, : lengths[i]] if k in cut else v[start:stop] for k, v in result.items()}
+            )
             start = stop
         return outputs, time.perf_counter() - t0
 
