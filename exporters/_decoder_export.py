@@ -37,7 +37,7 @@ from torchport.exporters._onnx_export import finalize_model, onnx_from_program, 
 from torchport.exporters._outputs import is_causal_lm
 from torchport.exporters._strategies import Attempt
 from torchport.exporters._torch_logs import quiet_torch_logs
-from torchport.runtimes._errors import ExportError, UsageError, ValidationError
+from torchport.runtimes._errors import ExportError, UsageError, ValidationError, describe_error
 from torchport.runtimes._manifest import DimRange, TensorSpec, Variant
 from torchport.runtimes._parity import ParityResult, VariantParity, compare_output, tolerance_for
 
@@ -446,7 +446,7 @@ def check_decoder_parity(
             sess = Session(path, providers=provider)
             got = _run_steps(lambda f, s=sess: [s.run(f, validate=False)[n] for n in names], sig, plan)
         except Exception as e:  # noqa: BLE001 - reported in the table
-            vp.error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            vp.error = describe_error(e)
             continue
         for j, name in enumerate(names):
             ref_rows, got_rows = [], []

@@ -25,7 +25,7 @@ import torch
 
 from torchport.exporters._onnx_files import EXTERNAL_DATA_THRESHOLD, save_onnx
 from torchport.runtimes._dtypes import ONNX_ELEM_TYPES
-from torchport.runtimes._errors import ExportError
+from torchport.runtimes._errors import ExportError, first_line
 from torchport.runtimes._manifest import DimRange, TensorSpec
 
 __all__ = [
@@ -118,7 +118,7 @@ def onnx_from_torchscript(
                 init.const_value = ir.Tensor(init.const_value.numpy(), name=init.name)
     tracer = sorted(
         {
-            str(w.message).splitlines()[0]
+            first_line(str(w.message))
             for w in caught
             if "TracerWarning" in type(w.message).__name__ or "trace" in str(w.message).lower()
         }

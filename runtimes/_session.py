@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from torchport.runtimes._dtypes import from_ort, to_numpy
-from torchport.runtimes._errors import InferenceInputError, PackageError, ProviderError
+from torchport.runtimes._errors import InferenceInputError, PackageError, ProviderError, first_line
 from torchport.runtimes._inputs import check_shape, check_value_range, format_shape
 from torchport.runtimes._manifest import DimRange, Manifest, TensorSpec
 from torchport.runtimes._package import ModelPackage
@@ -118,7 +118,7 @@ class Session:
         except Exception as e:  # onnxruntime raises its own untyped errors
             where = f"model {manifest.name!r} " if manifest else ""
             raise PackageError(
-                f"cannot load {where}{self.model_path} into ONNX Runtime: {str(e).strip().splitlines()[0]}"
+                f"cannot load {where}{self.model_path} into ONNX Runtime: {first_line(e)}"
             ) from e
         self.providers: list[str] = list(self._sess.get_providers())
         self.provider: str = self.providers[0]

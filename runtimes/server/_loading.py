@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from torchport.runtimes._errors import UsageError
+from torchport.runtimes._errors import UsageError, first_line
 from torchport.runtimes._providers import resolve_providers
 from torchport.runtimes._session import Session
 from torchport.runtimes.server._config import ServerConfig
@@ -67,7 +67,7 @@ def warm_up(session: Session, entry: ModelEntry, runs: int, inputs: Path | None)
                 entry.name,
                 entry.version,
                 type(e).__name__,
-                str(e).strip().splitlines()[0] if str(e).strip() else "",
+                first_line(e),
             )
             return
     log.info(

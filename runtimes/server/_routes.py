@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import unquote
 
-from torchport.runtimes._errors import InferenceInputError
+from torchport.runtimes._errors import InferenceInputError, first_line
 from torchport.runtimes.server._accesslog import log_access
 from torchport.runtimes.server._auth import OPEN_PATHS, ApiKeyAuth
 from torchport.runtimes.server._extensions import (
@@ -346,7 +346,7 @@ class InferenceApp:
                     name,
                     req.request_id or "-",
                     type(exc).__name__,
-                    str(exc).strip().splitlines()[0] if str(exc).strip() else "",
+                    first_line(exc),
                     exc_info=exc,
                 )
                 return self.error_response(
