@@ -417,7 +417,9 @@ def _metric(text: str, name: str, model: str) -> float:
 
 
 def test_concurrent_requests_are_batched(repo):
-    with running_server(repo, max_batch_size=16, max_queue_delay_ms=400) as srv:
+    # max_batch_size=6: the six "add" requests go out together as soon as all are in; the long
+    # delay lets the seq pairs meet even on a slow, loaded machine
+    with running_server(repo, max_batch_size=6, max_queue_delay_ms=3000) as srv:
         c = th.InferenceServerClient(srv.url.removeprefix("http://"), concurrency=8)
         xs = [np.full((1, 4), i, np.float32) for i in range(6)]
         handles = []
@@ -663,7 +665,9 @@ def test_one_bad_request_does_not_fail_its_batch(tmp_path):
         [TensorSpec("y", "float32", ["batch", 1])],
         dynamic_dims={"batch": DimRange(1, 16)},
     )
-    with running_server(tmp_path / "gather", max_queue_delay_ms=300) as srv:
+    # the batch is dispatched when its three rows are in (the long delay only bounds a hang),
+    # so a slow machine cannot split the three requests into two batches
+    with running_server(tmp_path / "gather", max_batch_size=3, max_queue_delay_ms=20000) as srv:
         c = th.InferenceServerClient(srv.url.removeprefix("http://"), concurrency=4)
         handles = []
         for index in (2, 99, 1):  # 99 is out of range: fails inside ONNX Runtime
