@@ -103,3 +103,38 @@ def as_json_option(what: str) -> Any:
 def optional_path(value: Optional[Path]) -> Optional[str]:
     """``str(value)`` or ``None``."""
     return str(value) if value is not None else None
+
+
+def model_version_option(what: str) -> Any:
+    return typer.Option(
+        None,
+        "--model-version",
+        help=f"PEP 440 version of {what} (default: the package's), e.g. --model-version 1.2.0.",
+    )
+
+
+def deprecated_version_option() -> Any:
+    """The old spelling of ``--model-version`` on ``package`` and ``deploy container`` (hidden)."""
+    return typer.Option(None, "--version", hidden=True, help="Deprecated: use --model-version.")
+
+
+def model_version(new: Optional[str], deprecated: Optional[str]) -> Optional[str]:
+    """The version given with ``--model-version``, or with the deprecated ``--version`` (with a warning).
+
+    Raises:
+        UsageError: both spellings given with different values.
+    """
+    if deprecated is None:
+        return new
+    from torchport.runtimes import UsageError
+
+    if new is not None and new != deprecated:
+        raise UsageError(
+            f"--version {deprecated} and --model-version {new} disagree; give --model-version only"
+        )
+    typer.echo(
+        "warning: --version is deprecated here; use --model-version (`torchport --version` prints torchport's "
+        "own version)",
+        err=True,
+    )
+    return deprecated

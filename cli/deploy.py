@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from torchport.cli._options import deprecated_version_option, model_version, model_version_option
+
 app = typer.Typer(
     help="Container build context, Kubernetes / KServe manifests, Triton model repository for a package.",
     no_args_is_help=True,
@@ -36,7 +38,8 @@ def container(
         help="Python of the base image, for the wheelhouse (default 3.11; 3.12 --gpu).",
     ),
     name: Optional[str] = _NAME,
-    version: Optional[str] = typer.Option(None, "--version", help="PEP 440 version of the model wheel."),
+    version: Optional[str] = model_version_option("the model wheel in the image"),
+    old_version: Optional[str] = deprecated_version_option(),
     variant: str = typer.Option("fp32", "--variant", help="Variants in the image: fp32, fp16, int8 or all."),
     build: bool = typer.Option(False, "--build", help="Build the image with podman or docker (needs --tag)."),
     tag: Optional[str] = typer.Option(None, "--tag", help="Image tag for --build, e.g. --tag cnn:1."),
@@ -49,6 +52,7 @@ def container(
     from torchport.deploy import write_container_context
     from torchport.runtimes import UsageError
 
+    version = model_version(version, old_version)
     if build and not tag:
         raise UsageError("--build needs --tag, e.g. --tag cnn:1")
     ctx = write_container_context(

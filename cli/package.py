@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from torchport.cli._options import deprecated_version_option, model_version, model_version_option
+
 
 def package(
     package_dir: Path = typer.Argument(
@@ -15,9 +17,8 @@ def package(
     name: Optional[str] = typer.Option(
         None, "--name", help="Module and distribution name (default: the model's name), e.g. --name cnn."
     ),
-    version: Optional[str] = typer.Option(
-        None, "--version", help="PEP 440 version of the wheel (default: the package's), e.g. --version 1.2.0."
-    ),
+    version: Optional[str] = model_version_option("the wheel"),
+    old_version: Optional[str] = deprecated_version_option(),
     out: Path = typer.Option(Path("dist"), "-o", "--out", help="Folder the wheel is written to."),
     variant: str = typer.Option(
         "fp32", "--variant", help="Variants to include: fp32, fp16, int8 or all, e.g. --variant all."
@@ -28,10 +29,11 @@ def package(
 
     Byte-identical for the same package and options (SOURCE_DATE_EPOCH sets the timestamps).
 
-    Example: torchport package out/cnn --version 1.0.0 -o dist/ && pip install "dist/cnn-1.0.0-py3-none-any.whl[cpu]"
+    Example: torchport package out/cnn --model-version 1.0.0 -o dist/ && pip install "dist/cnn-1.0.0-py3-none-any.whl[cpu]"
     """
     from torchport.deploy import build_wheel
 
+    version = model_version(version, old_version)
     result = build_wheel(package_dir, out, name=name, version=version, variant=variant, force=force)
     typer.echo(f"wrote {result}")
 

@@ -39,7 +39,7 @@ def check_version(version: str) -> str:
     """``version`` if it is a canonical PEP 440 public version (``1``, ``1.2.0``, ``2.0rc1``), else UsageError."""
     if not _PEP440.match(version):
         raise UsageError(
-            f"--version {version!r} is not a PEP 440 version: use e.g. 1, 1.2.0, 2.0rc1 or 1.0.post1"
+            f"--model-version {version!r} is not a PEP 440 version: use e.g. 1, 1.2.0, 2.0rc1 or 1.0.post1"
         )
     return version
 

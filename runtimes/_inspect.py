@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from torchport.runtimes._errors import PackageError
-from torchport.runtimes._manifest import TensorSpec
 from torchport.runtimes._package import ModelPackage
+from torchport.runtimes._spec_syntax import format_spec
 from torchport.runtimes._table import format_table, human_size
 
 if TYPE_CHECKING:
@@ -70,13 +70,8 @@ class PackageSummary:
         if m.export.get("strategy"):
             lines.append(f"export strategy: {m.export['strategy']}")
         lines.append("")
-        lines.append(
-            format_table(["input", "dtype", "shape"], [_sig_row(s) for s in m.inputs], title="Inputs")
-        )
-        lines.append("")
-        lines.append(
-            format_table(["output", "dtype", "shape"], [_sig_row(s) for s in m.outputs], title="Outputs")
-        )
+        lines += ["Inputs", *(f"  {format_spec(s)}" for s in m.inputs)]
+        lines += ["Outputs", *(f"  {format_spec(s)}" for s in m.outputs)]
         if m.dynamic_dims:
             lines.append("")
             rows = [[k, r.min, r.max] for k, r in m.dynamic_dims.items()]
@@ -102,11 +97,6 @@ class PackageSummary:
             lines.append("Parity: not validated against eager PyTorch (run `torchport validate`)")
         lines += [f"  {v.name}: {_link(v.parity)}" for v in self.variants if v.parity]
         return "\n".join(lines)
-
-
-def _sig_row(spec: TensorSpec) -> list[str]:
-    shape = "[" + ", ".join("?" if d is None else str(d) for d in spec.shape) + "]"
-    return [spec.name, spec.dtype, shape]
 
 
 def _link(parity: dict[str, Any]) -> str:

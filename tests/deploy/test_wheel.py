@@ -94,7 +94,7 @@ def test_model_predict_validates_like_the_server(add_pkg):
     [
         (["--name", "my-model"], "--name 'my-model' is not a valid Python module / distribution name"),
         (["--name", "class"], "--name 'class' is not a valid Python module"),
-        (["--version", "1.0-beta"], "--version '1.0-beta' is not a PEP 440 version"),
+        (["--model-version", "1.0-beta"], "--model-version '1.0-beta' is not a PEP 440 version"),
         (["--variant", "fp8"], "--variant 'fp8' is not one of fp32, fp16, int8, all"),
     ],
 )
@@ -105,6 +105,22 @@ def test_bad_input_is_one_line_exit_1_nothing_written(add_pkg, tmp_path, args, m
     assert proc.stderr.startswith("error: ") and message in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_model_version_names_the_wheel_and_old_version_spelling_still_works(add_pkg, tmp_path):
+    proc = torchport("package", str(add_pkg.path), "-o", str(tmp_path / "a"), "--model-version", "1.2.0")
+    assert proc.returncode == 0, proc.stderr
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["add-1.2.0-py3-none-any.whl"]
+    assert "--model-version" in torchport("package", "--help").stdout
+    proc = torchport("package", str(add_pkg.path), "-o", str(tmp_path / "b"), "--version", "2.0")
+    assert (
+        proc.returncode == 0 and "warning: --version is deprecated here; use --model-version" in proc.stderr
+    )
+    assert [p.name for p in (tmp_path / "b").iterdir()] == ["add-2.0-py3-none-any.whl"]
+    proc = torchport(
+        "package", str(add_pkg.path), "-o", str(tmp_path / "c"), "--version", "2", "--model-version", "3"
+    )
+    assert proc.returncode == 1 and "--version 2 and --model-version 3 disagree" in proc.stderr
 
 
 def test_tampered_or_missing_package_is_refused_and_nothing_written(tmp_path):

@@ -30,7 +30,7 @@ def test_quickstart_runs_end_to_end(tmp_path: Path) -> None:
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert "validate" in out and "passed" in out
-    assert "image  float32  [batch, 3, 32, 32]" in out  # inspect
+    assert "  image:float32[batch,3,32,32]" in out  # inspect
     assert "request id quickstart-1" in out
     assert "OK: served result equals eager PyTorch" in out
     assert (tmp_path / "out" / "cnn" / "torchport.json").is_file()

@@ -137,7 +137,7 @@ def test_inspect_reports_signature_ops_and_files(package: ModelPackage) -> None:
     summary = inspect_package(package.path)
     assert summary.variants[0].op_histogram == {"Relu": 1, "Neg": 1}
     text = str(summary)
-    assert "x      float32  [batch, 4]" in text
+    assert "Inputs\n  x:float32[batch,4]\nOutputs\n" in text
     assert "batch    1    8" in text and "model.onnx" in text and "ai.onnx 18" in text
 
 
