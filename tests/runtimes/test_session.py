@@ -18,7 +18,24 @@ from torchport.runtimes import (
 from torchport.runtimes._providers import normalize_provider
 
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
-HAS_TRT = "TensorrtExecutionProvider" in ort.get_available_providers()
+
+
+def _tensorrt_usable() -> bool:
+    """onnxruntime-gpu lists TensorRT whenever it was built with it; the TensorRT libraries must be there too."""
+    if "TensorrtExecutionProvider" not in ort.get_available_providers():
+        return False
+    import ctypes
+
+    for lib in ("libnvinfer.so.10", "libnvinfer.so"):
+        try:
+            ctypes.CDLL(lib)
+            return True
+        except OSError:
+            pass
+    return False
+
+
+HAS_TRT = _tensorrt_usable()
 
 
 def _reference(pkg, feeds):
@@ -169,7 +186,9 @@ def test_cuda_float16(package_factory, tmp_path):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not HAS_TRT, reason="needs onnxruntime-gpu with TensorRT (TensorrtExecutionProvider)")
+@pytest.mark.skipif(
+    not HAS_TRT, reason="needs onnxruntime-gpu with TensorRT (TensorrtExecutionProvider and libnvinfer)"
+)
 def test_tensorrt(add_package):
     sess = Session.from_package(add_package, providers=["tensorrt", "cuda", "cpu"])
     assert sess.provider == "TensorrtExecutionProvider"
