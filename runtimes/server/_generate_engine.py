@@ -65,6 +65,7 @@ class GenerationEngine:
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stop = False
+        self._retired = False
         self.steps = 0
         self.peak_batch = 0
 
@@ -81,9 +82,24 @@ class GenerationEngine:
             self._cv.notify()
 
     def close(self) -> None:
+        """Stop now: running and waiting jobs end with an error."""
         with self._cv:
             self._stop = True
             self._cv.notify()
+
+    def retire(self) -> None:
+        """The model version is no longer served: the loop's thread ends once the jobs it holds are
+        done (running streams finish, as requests already running on a swapped-out version do). A job
+        submitted later still runs, on a thread that also ends when idle."""
+        with self._cv:
+            self._retired = True
+            self._cv.notify()
+
+    @property
+    def running(self) -> bool:
+        """Whether the loop's thread is alive."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
 
     @property
     def active(self) -> int:
@@ -116,12 +132,16 @@ class GenerationEngine:
         while True:
             with self._cv:
                 while not self._waiting and not self.batch.rows and not self._stop:
+                    if self._retired:
+                        self._thread = None  # under the lock: a later submit starts a new thread
+                        return
                     self._cv.wait()
                 if self._stop:
                     jobs = list(self._waiting) + list(self._running.values())
                     self._waiting.clear()
                     for job in jobs:
                         self._finish(job, RuntimeError("the server is shutting down"))
+                    self._thread = None
                     return
             try:
                 self._boundary()

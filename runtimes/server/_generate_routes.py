@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,12 +43,23 @@ _SAMPLING = (
 _TOP_LEVEL = frozenset({"text_input", "parameters", "id", "stream", *_SAMPLING})
 _MAX_STOPS = 16
 
-_engines: weakref.WeakKeyDictionary[Any, tuple[GenerationEngine, TextCodec]] = weakref.WeakKeyDictionary()
+
+class _Generation:
+    """The generation service of one served model version (``ModelEntry.services["generate"]``)."""
+
+    def __init__(self, engine: GenerationEngine, codec: TextCodec) -> None:
+        self.engine = engine
+        self.codec = codec
+
+    def retire(self) -> None:
+        self.engine.retire()
 
 
-def _engine(name: str, session: Any) -> tuple[GenerationEngine, TextCodec]:
-    got = _engines.get(session)
+def _engine(entry: Any) -> tuple[GenerationEngine, TextCodec]:
+    """The entry's engine and tokenizer, made on its first generate request."""
+    got = entry.services.get("generate")
     if got is None:
+        name, session = entry.name, entry.session
         try:
             DecoderSpec.from_manifest(session.manifest)
         except UsageError:
@@ -61,9 +71,10 @@ def _engine(name: str, session: Any) -> tuple[GenerationEngine, TextCodec]:
         codec = TextCodec.from_package(session.package) if session.package is not None else None
         if codec is None:
             raise HTTPError(400, f"model {name!r} has no tokenizer in its package; /generate takes text")
-        got = (GenerationEngine(session), codec)
-        _engines[session] = got
-    return got
+        got = entry.services["generate"] = _Generation(GenerationEngine(session), codec)
+        if entry.retired:  # swapped out after this request found it: serve it, then stop
+            got.retire()
+    return got.engine, got.codec
 
 
 def _number(params: dict[str, Any], key: str, kind: type, default: Any) -> Any:
@@ -190,7 +201,7 @@ def generate_route(
     entry = app.model_entry(name, version, need_ready=True)
     if app.draining:
         raise HTTPError(503, "the server is shutting down; retry on another replica")
-    engine, codec = _engine(name, entry.session)
+    engine, codec = _engine(entry)
     parsed = parse_generate(app._body(req), engine, codec)
     req.request_id = parsed.id
     out = _TextOut(codec, parsed.stops)

@@ -22,6 +22,7 @@ from torchport.runtimes.server._protocol import (
     _decode_binary_tensor,
     _decode_json_tensor,
 )
+from torchport.runtimes.server._text_infer import TEXT
 
 try:
     import grpc
@@ -190,7 +191,12 @@ class GrpcServer:
                             400,
                             f"unknown output {o!r}; model {name!r} has: {', '.join(entry.output_datatypes)}",
                         )
-                entry.session.validate_inputs(inputs)
+                text = entry.text
+                is_text = text is not None and TEXT in inputs
+                if is_text:
+                    inputs = text.encode(inputs)  # checked where it is built
+                else:
+                    entry.session.validate_inputs(inputs)
             except (HTTPError, InferenceInputError) as e:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, getattr(e, "message", str(e)))
             runner = entry.runner
@@ -209,6 +215,8 @@ class GrpcServer:
                     grpc.StatusCode.INTERNAL,
                     f"model {name!r} failed while running this request (see the server log)",
                 )
+            if text is not None:
+                results = text.outputs(inputs, results, outputs_wanted or None, is_text=is_text)
             names = outputs_wanted or list(results)
             out_tensor = _M["InferOutputTensor"]
             response = _M["ModelInferResponse"](

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from torchport.runtimes._dtypes import PROTOCOL_DATATYPES
 from torchport.runtimes._errors import PackageError, ServingError, TorchportError
@@ -24,6 +25,7 @@ from torchport.runtimes._session import Session
 from torchport.runtimes.server._batching import ModelRunner
 from torchport.runtimes.server._config import ModelSettings, _version_key
 from torchport.runtimes.server._stats import ModelStats
+from torchport.runtimes.server._text_infer import TextInfer
 from torchport.runtimes.server._triton_layout import triton_versions
 
 log = logging.getLogger("torchport.server")
@@ -49,6 +51,19 @@ class ModelEntry:
     stats: ModelStats = field(default_factory=ModelStats)
     #: what the package folder looked like when this entry was loaded (see :func:`fingerprint`)
     fingerprint: tuple = ()
+    #: the ``text`` input of a text model (:class:`TextInfer`), ``None`` for other models
+    text: TextInfer | None = None
+    #: what serves this version besides its runner (a generation engine...), keyed by kind; each
+    #: has ``retire()``, called once the version is no longer served (see :meth:`retire`)
+    services: dict[str, Any] = field(default_factory=dict)
+    #: no longer served (a service made for it later is retired at once)
+    retired: bool = False
+
+    def retire(self) -> None:
+        """This version is no longer served: its services stop once the work they hold is done."""
+        self.retired = True
+        for service in self.services.values():
+            service.retire()
 
     @property
     def ready(self) -> bool:
@@ -69,12 +84,13 @@ class ModelEntry:
             ]
 
         runner = self.runner
+        text_inputs, text_outputs = self.text.metadata() if self.text is not None else ([], [])
         return {
             "name": self.name,
             "versions": versions,
             "platform": "onnxruntime_onnx",
-            "inputs": tensors(sess.input_specs),
-            "outputs": tensors(sess.output_specs),
+            "inputs": tensors(sess.input_specs) + text_inputs,
+            "outputs": tensors(sess.output_specs) + text_outputs,
             "parameters": {
                 "version": self.version,
                 "variant": sess.variant,
@@ -84,6 +100,7 @@ class ModelEntry:
                 "dynamic_batching": bool(runner and runner.batching),
                 "dynamic_dims": {k: v.to_dict() for k, v in sess.dynamic_dims.items()},
                 "validated": bool(sess.manifest and sess.manifest.validated),
+                **({"text_task": self.text.task} if self.text is not None else {}),
             },
         }
 
@@ -273,14 +290,22 @@ class ModelRepository:
                     e.stats = prev.stats
                 new[e.version] = e
         self.known.add(name)
+        served = {id(e) for e in new.values()}
+        for e in old.values():
+            if id(e) not in served:
+                e.retire()
         if new:
             self._by_name[name] = new
         else:
             self._by_name.pop(name, None)
 
     def unload(self, name: str) -> list[ModelEntry]:
-        """Stop serving ``name``; returns the entries that were served."""
-        return list(self._by_name.pop(name, {}).values())
+        """Stop serving ``name``; returns the entries that were served (retired: requests already
+        running on them finish)."""
+        entries = list(self._by_name.pop(name, {}).values())
+        for e in entries:
+            e.retire()
+        return entries
 
     @staticmethod
     def load_entry(entry: ModelEntry, make_session, make_runner) -> None:
@@ -291,6 +316,11 @@ class ModelRepository:
             entry.session = session
             entry.input_datatypes = {s.name: PROTOCOL_DATATYPES[s.dtype] for s in session.input_specs}
             entry.output_datatypes = {s.name: PROTOCOL_DATATYPES[s.dtype] for s in session.output_specs}
+            entry.text = TextInfer.of(session, entry.name)
+            if entry.text is not None:
+                ins, outs = entry.text.metadata()
+                entry.input_datatypes.update((t["name"], t["datatype"]) for t in ins)
+                entry.output_datatypes.update((t["name"], t["datatype"]) for t in outs)
             entry.runner = make_runner(entry, session)
             entry.state = READY
             entry.reason = ""

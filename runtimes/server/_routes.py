@@ -37,6 +37,7 @@ from torchport.runtimes.server._protocol import (
 )
 from torchport.runtimes.server._repository import LOADING, ModelEntry, ModelRepository
 from torchport.runtimes.server._signature import InputSignature
+from torchport.runtimes.server._text_infer import TEXT
 
 log = logging.getLogger("torchport.server")
 
@@ -119,7 +120,7 @@ class InferenceApp:
         sess = entry.session
         sig = self._signatures.get(sess)
         if sig is None:
-            sig = self._signatures[sess] = InputSignature.of(sess)
+            sig = self._signatures[sess] = InputSignature.of(sess, entry.text)
         return sig
 
     def error_response(self, status: int, message: str) -> Response:
@@ -306,6 +307,9 @@ class InferenceApp:
                     400, f"Inference-Header-Content-Length must be an integer, got {hl[:64]!r}"
                 ) from None
 
+        text = entry.text
+        is_text: list[bool] = []
+
         def decode() -> InferRequest:
             body = self._body(req, signature.max_body_bytes)
             ireq = decode_infer_request(body, header_length, entry.input_datatypes, signature=signature)
@@ -314,10 +318,14 @@ class InferenceApp:
                     if o.name not in entry.output_datatypes:
                         raise HTTPError(
                             400,
-                            f"unknown output {o.name!r}; model {name!r} has: {', '.join(sess.output_names)}",
+                            f"unknown output {o.name!r}; model {name!r} has: {', '.join(entry.output_datatypes)}",
                         )
             try:
-                sess.validate_inputs(ireq.inputs)
+                if text is not None and TEXT in ireq.inputs:
+                    ireq.inputs = text.encode(ireq.inputs)  # checked where it is built
+                    is_text.append(True)
+                else:
+                    sess.validate_inputs(ireq.inputs)
             except InferenceInputError as e:
                 raise HTTPError(400, str(e)) from None
             return ireq
@@ -357,8 +365,11 @@ class InferenceApp:
             self.metrics.queue_time.observe(queued, name)
             rows = next(iter(ireq.inputs.values())).shape[0] if runner.batching and ireq.inputs else 1
             entry.stats.request_done(time.perf_counter() - req.started, queued, rows)
-            if ireq.outputs is not None:
-                results = {o.name: outputs[o.name] for o in ireq.outputs}
+            wanted = [o.name for o in ireq.outputs] if ireq.outputs is not None else None
+            if text is not None:
+                results = text.outputs(ireq.inputs, outputs, wanted, is_text=bool(is_text))
+            elif wanted is not None:
+                results = {o: outputs[o] for o in wanted}
             else:
                 results = outputs
             body, hlen = encode_infer_response(

@@ -247,6 +247,8 @@ class InferenceServer:
                 await self.metrics_http.close()
             if self.grpc is not None:
                 await self.grpc.close()
+            for entry in self.repository.entries:
+                entry.retire()
             self.executor.shutdown(wait=False, cancel_futures=True)
             self._loaded.set()
             flush_access_log()

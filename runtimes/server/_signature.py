@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from torchport.runtimes._dtypes import PROTOCOL_DATATYPES
 from torchport.runtimes._errors import InferenceInputError
@@ -37,15 +38,17 @@ class InputSignature:
     model: str
     specs: Sequence[TensorSpec]
     dynamic_dims: Mapping[str, DimRange]
+    #: the model's text handling (``_text_infer.TextInfer``) when it also takes a BYTES ``text`` input
+    text: Any = None
 
     @classmethod
-    def of(cls, session) -> InputSignature:
-        """The signature of a :class:`~torchport.runtimes.Session`."""
-        return cls(session.name, list(session.input_specs), dict(session.dynamic_dims))
+    def of(cls, session, text: Any = None) -> InputSignature:
+        """The signature of a :class:`~torchport.runtimes.Session` (plus ``text``, see above)."""
+        return cls(session.name, list(session.input_specs), dict(session.dynamic_dims), text)
 
     @property
     def names(self) -> list[str]:
-        return [s.name for s in self.specs]
+        return [s.name for s in self.specs] + (["text"] if self.text is not None else [])
 
     def _spec(self, name: str) -> TensorSpec:
         for spec in self.specs:
@@ -63,6 +66,11 @@ class InputSignature:
         Raises:
             InferenceInputError: naming the input and what the model expects.
         """
+        if self.text is not None:
+            if name == "text":
+                self.text.check_declared(datatype, shape, seen)
+                return
+            self.text.check_token_input(name, seen)
         spec = self._spec(name)
         want = PROTOCOL_DATATYPES[spec.dtype]
         if datatype != want:
@@ -72,7 +80,9 @@ class InputSignature:
     @property
     def max_body_bytes(self) -> int | None:
         """The largest body a valid request can have, or ``None`` when unbounded (a BYTES input,
-        a dim without a range)."""
+        a dim without a range, a ``text`` input)."""
+        if self.text is not None:
+            return None
         total = 0
         for spec in self.specs:
             if spec.dtype == "string":

@@ -19,7 +19,6 @@ pytest.importorskip("transformers")
 from tests.lm_models import exported_lm  # noqa: E402
 from tests.runtimes.conftest import http, running_server  # noqa: E402
 from torchport.runtimes import Session  # noqa: E402
-from torchport.runtimes.server._generate_routes import _engines  # noqa: E402
 
 PROMPTS = [
     "the quick brown",
@@ -62,9 +61,8 @@ def _events(server, obj: object) -> list[dict]:
     return [json.loads(line[len("data: ") :]) for line in text.split("\n\n") if line]
 
 
-def _engine():
-    (engine, _), *_ = list(_engines.values())
-    return engine
+def _engine(server):
+    return server.repository.get("llama").services["generate"].engine
 
 
 def _local(server, prompt: str, **kw: object) -> str:
@@ -121,7 +119,7 @@ def test_stream_sends_the_text_piece_by_piece(server) -> None:
 
 def test_concurrent_streams_share_one_decode_batch(server, monkeypatch: pytest.MonkeyPatch) -> None:
     want = {p: _local(server, p, max_new_tokens=40, ignore_eos=True) for p in PROMPTS}
-    engine = _engine()
+    engine = _engine(server)
     engine.peak_batch = 0
     real_step = engine.batch.step
 
@@ -150,7 +148,7 @@ def test_concurrent_streams_share_one_decode_batch(server, monkeypatch: pytest.M
 
 
 def test_a_client_that_disconnects_frees_its_slot(server, monkeypatch: pytest.MonkeyPatch) -> None:
-    engine = _engine()
+    engine = _engine(server)
     real_step = engine.batch.step
 
     def slow_step():  # 20 ms per step, so 120 tokens would take 2.4 s

@@ -1,0 +1,334 @@
+"""Text in on /v2/models/{m}/infer: a BYTES ``text`` input for text models whose package carries a tokenizer.
+
+Tiny BERT models (random weights) with a tokenizer built in code are exported with torchport and
+served on a real socket; the expected answers are computed independently with the ``tokenizers``
+library and onnxruntime on the package's ONNX file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.grpc as tg
+import tritonclient.http as th
+from tokenizers import Tokenizer
+from tritonclient.utils import InferenceServerException
+
+pytest.importorskip("transformers")
+
+import torch  # noqa: E402
+
+from tests.lm_models import train_tokenizer  # noqa: E402
+from tests.runtimes.conftest import http, running_server  # noqa: E402
+from torchport.exporters import export_model  # noqa: E402
+
+LABELS = {0: "negative", 1: "neutral", 2: "positive"}
+TAGS = {0: "O", 1: "B-X", 2: "I-X", 3: "B-Y"}
+TEXTS = ["the quick brown fox", "hello world", "one two three four five six seven"]
+SEQ_MAX = 32
+
+
+def _bert(T, cls_name: str, **extra):
+    config = T.BertConfig(
+        vocab_size=96,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        **extra,
+    )
+    return getattr(T, cls_name)(config).eval()
+
+
+def _export(src: Path, dest: Path, seq_max: int = SEQ_MAX) -> None:
+    export_model(str(src), dest, quiet=True, dims=[f"seq=1..{seq_max}", "batch=1..8"], validate=False)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import transformers as T
+
+    root = tmp_path_factory.mktemp("text-infer")
+    repo = root / "repo"
+    torch.manual_seed(0)
+    clf = root / "src-clf"
+    _bert(T, "BertForSequenceClassification", num_labels=3, id2label=LABELS).save_pretrained(clf)
+    train_tokenizer(clf)
+    _export(clf, repo / "clf")
+    # the same classifier with a tokenizer that records truncation (at 512: the served model's
+    # seq range, 1..16, is the tighter limit)
+    trunc = root / "src-trunc"
+    shutil.copytree(clf, trunc)
+    tok = Tokenizer.from_file(str(trunc / "tokenizer.json"))
+    tok.enable_truncation(512)
+    tok.save(str(trunc / "tokenizer.json"))
+    _export(trunc, repo / "trunc", seq_max=16)
+    emb = root / "src-emb"
+    _bert(T, "BertModel").save_pretrained(emb)
+    train_tokenizer(emb)
+    (emb / "modules.json").write_text(
+        json.dumps(
+            [
+                {"type": "sentence_transformers.models.Pooling"},
+                {"type": "sentence_transformers.models.Normalize"},
+            ]
+        )
+    )
+    _export(emb, repo / "emb")
+    tok_clf = root / "src-ner"
+    _bert(T, "BertForTokenClassification", num_labels=4, id2label=TAGS).save_pretrained(tok_clf)
+    train_tokenizer(tok_clf)
+    _export(tok_clf, repo / "ner")
+    return repo
+
+
+@pytest.fixture(scope="module")
+def server(repo: Path):
+    with running_server(repo, grpc_port=0, max_batch_size=8, max_queue_delay_ms=1) as srv:
+        yield srv
+
+
+# -- the independent reference: tokenizers + onnxruntime on the package's files ------------------
+
+
+def _ids(repo: Path, model: str, text: str, truncate: int | None = None) -> list[int]:
+    tok = Tokenizer.from_file(str(repo / model / "tokenizer.json"))
+    tok.no_truncation()
+    if truncate:
+        tok.enable_truncation(truncate)
+    return tok.encode(text).ids
+
+
+def _run(repo: Path, model: str, ids: list[int]) -> list[np.ndarray]:
+    sess = ort.InferenceSession(str(repo / model / "model.onnx"), providers=["CPUExecutionProvider"])
+    x = np.array([ids], np.int64)
+    return sess.run(
+        None, {"input_ids": x, "attention_mask": np.ones_like(x), "token_type_ids": np.zeros_like(x)}
+    )
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def _classify(
+    repo: Path, model: str, text: str, truncate: int | None = None
+) -> tuple[np.ndarray, str, float]:
+    (logits,) = _run(repo, model, _ids(repo, model, text, truncate))
+    probs = _softmax(logits[0])
+    return logits[0], LABELS[int(probs.argmax())], float(probs.max())
+
+
+def _client(server) -> th.InferenceServerClient:
+    return th.InferenceServerClient(server.url.removeprefix("http://"))
+
+
+def _text(values: list, *, binary: bool, shape: list[int] | None = None) -> th.InferInput:
+    arr = np.array(values, dtype=object).reshape(shape or [len(values)])
+    inp = th.InferInput("text", list(arr.shape), "BYTES")
+    inp.set_data_from_numpy(arr, binary_data=binary)
+    return inp
+
+
+def _post(server, model: str, body: dict) -> tuple[int, dict]:
+    status, _, reply = http(server, "POST", f"/v2/models/{model}/infer", json.dumps(body).encode())
+    return status, json.loads(reply)
+
+
+# -- classification ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("binary", "shape"), [(True, None), (False, [3, 1])])
+def test_text_in_label_and_score_out(repo: Path, server, binary: bool, shape) -> None:
+    client = _client(server)
+    result = client.infer("clf", [_text(TEXTS, binary=binary, shape=shape)])
+    client.close()
+    labels = [x.decode() for x in result.as_numpy("label")]
+    scores = result.as_numpy("score")
+    logits = result.as_numpy("logits")
+    assert scores.dtype == np.float32 and scores.shape == (3,) and logits.shape == (3, 3)
+    for i, text in enumerate(TEXTS):
+        want_logits, want_label, want_score = _classify(repo, "clf", text)
+        np.testing.assert_allclose(logits[i], want_logits, atol=1e-5, rtol=1e-4)
+        assert labels[i] == want_label
+        assert scores[i] == pytest.approx(want_score, abs=1e-5)
+    assert len({*labels}) >= 1 and all(label in LABELS.values() for label in labels)
+
+
+def test_metadata_lists_the_text_input_and_the_added_outputs(server) -> None:
+    client = _client(server)
+    meta = client.get_model_metadata("clf")
+    client.close()
+    inputs = {t["name"]: t for t in meta["inputs"]}
+    outputs = {t["name"]: t for t in meta["outputs"]}
+    assert inputs["text"] == {"name": "text", "datatype": "BYTES", "shape": [-1]}
+    assert {"input_ids", "attention_mask", "token_type_ids"} <= set(inputs)
+    assert outputs["label"]["datatype"] == "BYTES" and outputs["score"]["datatype"] == "FP32"
+    assert meta["parameters"]["text_task"] == "text-classification"
+
+
+def test_tensor_inputs_keep_working_unchanged(repo: Path, server) -> None:
+    ids = np.array([_ids(repo, "clf", TEXTS[0])], np.int64)
+    body = {
+        "inputs": [
+            {"name": n, "shape": list(ids.shape), "datatype": "INT64", "data": a.reshape(-1).tolist()}
+            for n, a in (
+                ("input_ids", ids),
+                ("attention_mask", np.ones_like(ids)),
+                ("token_type_ids", 0 * ids),
+            )
+        ]
+    }
+    status, reply = _post(server, "clf", body)
+    assert status == 200, reply
+    assert [o["name"] for o in reply["outputs"]] == ["logits"]  # as before: the model's outputs only
+    want_logits, want_label, _ = _classify(repo, "clf", TEXTS[0])
+    np.testing.assert_allclose(reply["outputs"][0]["data"], want_logits, atol=1e-5, rtol=1e-4)
+    # the added outputs can be asked for by name
+    status, reply = _post(server, "clf", {**body, "outputs": [{"name": "label"}]})
+    assert status == 200 and reply["outputs"] == [
+        {"name": "label", "datatype": "BYTES", "shape": [1], "data": [want_label]}
+    ]
+
+
+def test_text_longer_than_the_model_is_truncated_when_the_tokenizer_says_so(repo: Path, server) -> None:
+    long = " ".join(TEXTS * 3)
+    assert len(_ids(repo, "trunc", long)) > 16
+    status, reply = _post(
+        server, "trunc", {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [long]}]}
+    )
+    assert status == 200, reply
+    got = {o["name"]: o["data"] for o in reply["outputs"]}
+    want_logits, want_label, want_score = _classify(repo, "trunc", long, truncate=16)
+    np.testing.assert_allclose(got["logits"], want_logits, atol=1e-5, rtol=1e-4)
+    assert got["label"] == [want_label] and got["score"][0] == pytest.approx(want_score, abs=1e-5)
+
+
+def test_grpc_takes_the_same_text_input(repo: Path, server) -> None:
+    client = tg.InferenceServerClient(server.grpc_url)
+    arr = np.array(TEXTS, dtype=object)
+    inp = tg.InferInput("text", [len(TEXTS)], "BYTES")
+    inp.set_data_from_numpy(arr)
+    result = client.infer("clf", [inp])
+    client.close()
+    assert [x.decode() for x in result.as_numpy("label")] == [_classify(repo, "clf", t)[1] for t in TEXTS]
+    with pytest.raises(InferenceServerException, match=r"not valid UTF-8"):
+        bad = tg.InferInput("text", [1], "BYTES")
+        bad.set_data_from_numpy(np.array([b"ok \xff"], dtype=object))
+        tg.InferenceServerClient(server.grpc_url).infer("clf", [bad])
+
+
+# -- embeddings and token classification ---------------------------------------------------------
+
+
+def test_embedding_model_answers_a_pooled_normalized_embedding(repo: Path, server) -> None:
+    client = _client(server)
+    result = client.infer("emb", [_text(TEXTS, binary=True)])
+    client.close()
+    assert result.get_response()["outputs"][0]["name"] == "embedding"
+    emb = result.as_numpy("embedding")
+    assert emb.shape == (3, 32) and emb.dtype == np.float32
+    for i, text in enumerate(TEXTS):
+        hidden = _run(repo, "emb", _ids(repo, "emb", text))[0][0]  # last_hidden_state [seq, hidden]
+        mean = hidden.mean(axis=0)
+        np.testing.assert_allclose(emb[i], mean / np.linalg.norm(mean), atol=1e-5)
+
+
+def test_token_classifier_answers_a_label_per_token(repo: Path, server) -> None:
+    client = _client(server)
+    result = client.infer("ner", [_text(TEXTS[:2], binary=True)])
+    client.close()
+    labels, tokens = result.as_numpy("labels"), result.as_numpy("tokens")
+    tok = Tokenizer.from_file(str(repo / "ner" / "tokenizer.json"))
+    width = max(len(_ids(repo, "ner", t)) for t in TEXTS[:2])
+    assert labels.shape == tokens.shape == result.as_numpy("scores").shape == (2, width)
+    for i, text in enumerate(TEXTS[:2]):
+        ids = _ids(repo, "ner", text)
+        (logits,) = _run(repo, "ner", ids)
+        want = [TAGS[int(k)] for k in logits[0].argmax(-1)]
+        assert [x.decode() for x in labels[i, : len(ids)]] == want
+        assert [x.decode() for x in tokens[i, : len(ids)]] == [tok.id_to_token(k) for k in ids]
+        assert all(x == b"" for x in labels[i, len(ids) :])  # padding has no label
+
+
+# -- bad input -----------------------------------------------------------------------------------
+
+
+def _raw_binary(server, model: str, items: list[bytes]) -> tuple[int, dict]:
+    blob = b"".join(len(b).to_bytes(4, "little") + b for b in items)
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "text",
+                    "shape": [len(items)],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": len(blob)},
+                }
+            ]
+        }
+    ).encode()
+    status, _, reply = http(
+        server,
+        "POST",
+        f"/v2/models/{model}/infer",
+        header + blob,
+        {"Inference-Header-Content-Length": str(len(header))},
+    )
+    return status, json.loads(reply)
+
+
+def test_bytes_that_are_not_utf8_are_a_400(server) -> None:
+    status, reply = _raw_binary(server, "clf", [b"fine", b"caf\xe9 au lait"])
+    assert status == 400 and reply["error"] == "input 'text' element 1 is not valid UTF-8 (byte 0xe9 at 3)"
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        (
+            [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [" ".join(TEXTS * 4)]}],
+            r"^input 'text' element 0 is \d+ tokens long; model 'clf' takes at most 32 \(its 'seq' range is "
+            r"1\.\.32, and its tokenizer does not truncate\)$",
+        ),
+        (
+            [
+                {"name": "text", "shape": [1], "datatype": "BYTES", "data": ["hello"]},
+                {"name": "input_ids", "shape": [1, 2], "datatype": "INT64", "data": [1, 2]},
+            ],
+            r"^give either 'text' or the model's tensor inputs \(input_ids, attention_mask, token_type_ids\), "
+            r"not both \(got 'text' and 'input_ids'\)$",
+        ),
+        (
+            [
+                {"name": "input_ids", "shape": [1, 2], "datatype": "INT64", "data": [1, 2]},
+                {"name": "text", "shape": [1], "datatype": "BYTES", "data": ["hello"]},
+            ],
+            r"^give either 'text' or the model's tensor inputs .* not both \(got 'text' and 'input_ids'\)$",
+        ),
+        (
+            [{"name": "text", "shape": [1, 2], "datatype": "BYTES", "data": ["a", "b"]}],
+            r"^input 'text' has shape \[1, 2\]; expected \[batch\] or \[batch, 1\]$",
+        ),
+        (
+            [{"name": "text", "shape": [9], "datatype": "BYTES", "data": ["a"] * 9}],
+            r"^input 'text' has 9 element\(s\); model 'clf' takes a batch of 1\.\.8$",
+        ),
+        (
+            [{"name": "text", "shape": [1], "datatype": "INT64", "data": [3]}],
+            r"^input 'text' has datatype INT64, the model expects BYTES$",
+        ),
+    ],
+)
+def test_bad_text_requests_are_one_line_400s(server, inputs: list, message: str) -> None:
+    status, reply = _post(server, "clf", {"inputs": inputs})
+    assert status == 400 and re.search(message, reply["error"]), reply
+    assert "\n" not in reply["error"]
