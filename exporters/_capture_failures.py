@@ -44,6 +44,7 @@ class CaptureFailure:
         location: the user's source line, when found.
         hint: what to try.
         detail: extra lines (suggested fixes from torch.export, the failing graph node...).
+        dims: the dynamic dims torch.export could not keep symbolic (``"dynamic dim specialized"``).
     """
 
     kind: str
@@ -52,6 +53,7 @@ class CaptureFailure:
     location: SourceLocation | None = None
     hint: str = ""
     detail: list[str] = field(default_factory=list)
+    dims: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -165,11 +167,19 @@ def analyze_failure(exc: BaseException, stage: str) -> CaptureFailure:
                 )
             )
         )
+        m = re.search(r"Constraints violated \(([^)]*)\)", text)
+        dims = [d.strip() for d in m.group(1).split(",") if d.strip()] if m else []
+        dims = list(dict.fromkeys([d for d, _ in specialized] + dims))
+        tied = re.search(r"The values of (\w+) = .*? and (\w+) = .*? must always be equal", text)
         if specialized:
             what = ", ".join(f"{d!r} to {v}" for d, v in specialized)
             summary = f"the model fixes dynamic dim {what} (torch.export had to specialize it)"
+        elif tied:
+            summary = (
+                f"the model ties dynamic dim {tied.group(1)!r} to {tied.group(2)!r} (torch.export requires them "
+                "always equal)"
+            )
         else:
-            m = re.search(r"Constraints violated \(([^)]*)\)", text)
             summary = (
                 f"torch.export could not keep dynamic dim(s) {m.group(1) if m else ''} symbolic".replace(
                     "  ", " "
@@ -179,7 +189,8 @@ def analyze_failure(exc: BaseException, stage: str) -> CaptureFailure:
         hint = (
             "make the dim fixed (write its size in --input) or narrow its --dim range to what the model allows"
             + (" (torch.export suggests: " + "; ".join(fixes) + ")" if fixes else "")
-            + "; torchport also retries with --strategy torchscript, which keeps dims dynamic by tracing"
+            + "; torchport also retries at other example sizes, then with --strategy torchscript, which "
+            "keeps dims dynamic by tracing"
         )
         return CaptureFailure(
             "dynamic dim specialized",
@@ -188,6 +199,7 @@ def analyze_failure(exc: BaseException, stage: str) -> CaptureFailure:
             location=loc,
             hint=hint,
             detail=detail,
+            dims=dims,
         )
     if "Cannot view a tensor with shape" in text:
         return CaptureFailure(

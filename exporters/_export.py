@@ -279,7 +279,8 @@ def stage_export(
     progress: Progress,
     scripted: bool,
 ) -> tuple[Any, str, list[Attempt], list[list[int | str | None]] | None]:
-    """Capture and translate to ONNX, trying the strategies in order.
+    """Capture and translate to ONNX, trying the strategies in order (capture retries at other example
+    sizes when torch.export specializes a dynamic dim at the first ones).
 
     Returns ``(onnx model, strategy, attempts, output dims from the captured program or None)``."""
     module: torch.nn.Module = flat
@@ -300,6 +301,8 @@ def stage_export(
         output_names=list(flat.output_names),
         opset=opset,
         scripted=scripted,
+        example_sizes=example.example_dims(),
+        resize=lambda sizes: flat.flat_inputs(*example.make(sizes, rng=0)),
     )
     model, used, attempts = run_strategies(plan, strategy=strategy, on_retry=progress.note)
     return model, used, attempts, plan.output_dims()

@@ -15,6 +15,9 @@
                            model branches on tensor values (tracing would bake in one branch)
 =========================  ==========================================================================
 
+The dynamo strategies capture at the example sizes, and when torch.export specializes a dynamic dim
+there, at other sizes well inside each range (:func:`~torchport.exporters._capture.capture_resizing`)
+before the next strategy is tried; the sizes that worked are printed and recorded with the attempt.
 Every attempt is printed with its reason when it fails, and recorded (``Attempt``) for the manifest's
 ``export`` section. ``strategy=NAME`` forces one.
 """
@@ -29,7 +32,7 @@ from typing import Any
 import onnx_ir as ir
 import torch
 
-from torchport.exporters._capture import capture
+from torchport.exporters._capture import capture_resizing
 from torchport.exporters._capture_failures import export_error
 from torchport.exporters._onnx_export import onnx_from_program, onnx_from_torchscript
 from torchport.exporters._registries import STRATEGIES
@@ -84,8 +87,13 @@ class ExportPlan:
     output_names: list[str]
     opset: int | None = None
     scripted: bool = False  #: the user's model is a TorchScript module (torch.export cannot capture it)
+    #: the size of each dynamic dim in ``flat_inputs``
+    example_sizes: dict[str, int] = field(default_factory=dict)
+    #: flat inputs with the dynamic dims at other sizes (capture retries there); ``None``: no retry
+    resize: Callable[[Mapping[str, int]], tuple[torch.Tensor, ...]] | None = None
     # runtime state
     captures: dict[str, Any] = field(default_factory=dict)  #: "non-strict"/"strict" -> program | ExportError
+    capture_notes: dict[str, list[str]] = field(default_factory=dict)  #: mode -> the sizes that worked
     failures: list[ExportError] = field(default_factory=list)
     used_program: torch.export.ExportedProgram | None = None  #: the program that was translated
 
@@ -99,13 +107,24 @@ class ExportPlan:
             return None
 
     def captured(self, mode: str) -> torch.export.ExportedProgram:
+        """The program captured in ``mode`` (once; later strategies use the inputs that worked)."""
         if mode not in self.captures:
             try:
-                self.captures[mode] = capture(
-                    self.module, self.flat_inputs, self.specs, self.dynamic_dims, strict=mode == "strict"
+                got = capture_resizing(
+                    self.module,
+                    self.flat_inputs,
+                    self.specs,
+                    self.dynamic_dims,
+                    sizes=self.example_sizes,
+                    resize=self.resize,
+                    strict=mode == "strict",
                 )
             except ExportError as e:
                 self.captures[mode] = e
+            else:
+                self.captures[mode] = got.program
+                self.flat_inputs, self.example_sizes = got.flat_inputs, got.sizes
+                self.capture_notes[mode] = [got.note] if got.note else []
         result = self.captures[mode]
         if isinstance(result, ExportError):
             raise result
@@ -164,11 +183,11 @@ def _translate(plan: ExportPlan, program: torch.export.ExportedProgram) -> ir.Mo
 
 
 def _nonstrict(plan: ExportPlan) -> tuple[ir.Model, list[str]]:
-    return _translate(plan, plan.captured("non-strict")), []
+    return _translate(plan, plan.captured("non-strict")), plan.capture_notes["non-strict"]
 
 
 def _strict(plan: ExportPlan) -> tuple[ir.Model, list[str]]:
-    return _translate(plan, plan.captured("strict")), []
+    return _translate(plan, plan.captured("strict")), plan.capture_notes["strict"]
 
 
 def rewrite_contiguous(program: torch.export.ExportedProgram) -> int:
@@ -196,7 +215,8 @@ def _decomp_workaround(plan: ExportPlan) -> tuple[ir.Model, list[str]]:
     if program is None:
         program = plan.captured("non-strict")
     n = rewrite_contiguous(program)
-    notes = [f"rewrote {n} contiguous() call(s) to clone()"] if n else []
+    notes = [note for mode_notes in plan.capture_notes.values() for note in mode_notes][:1]
+    notes += [f"rewrote {n} contiguous() call(s) to clone()"] if n else []
     return _translate(plan, program), notes
 
 
