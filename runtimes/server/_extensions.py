@@ -82,6 +82,11 @@ def config_response(app: InferenceApp, name: str, version: str | None) -> Respon
 
 def stats_response(app: InferenceApp, name: str | None, version: str | None) -> Response:
     """``{"model_stats": [...]}`` for one model (one or every version) or for every model."""
+    return Response(200, json_dumps(model_stats(app, name, version)))
+
+
+def model_stats(app: InferenceApp, name: str | None, version: str | None) -> dict[str, Any]:
+    """Triton's statistics JSON: one model (one or every version), or every model (``name`` None)."""
     repo = app.repository
     if name is None:
         entries = sorted(repo.entries, key=lambda e: (e.name, e.version))
@@ -90,22 +95,12 @@ def stats_response(app: InferenceApp, name: str | None, version: str | None) -> 
     else:
         app.model_entry(name, None, need_ready=False)  # 404 for an unknown model
         entries = [e for e in repo.entries if e.name == name]
-    return Response(200, json_dumps({"model_stats": [e.stats.to_triton(e.name, e.version) for e in entries]}))
+    return {"model_stats": [e.stats.to_triton(e.name, e.version) for e in entries]}
 
 
 def repository_action(app: InferenceApp, name: str, action: str) -> Deferred:
     """``POST /v2/repository/models/{name}/load|unload``: answered when the (un)load is done."""
-    control = app.control
-    if control is None:
-        raise HTTPError(
-            400,
-            "model control is off: start the server with --model-control explicit to load and unload models",
-        )
-    if app.model_control == "poll":
-        raise HTTPError(
-            400, f"cannot {action} {name!r} with --model-control poll: the folder decides what is served"
-        )
-    task = asyncio.ensure_future(control.load(name) if action == "load" else control.unload(name))
+    task = start_repository_action(app, name, action)
 
     def finish(fut: asyncio.Future) -> Response:
         exc = fut.exception()
@@ -116,3 +111,22 @@ def repository_action(app: InferenceApp, name: str, action: str) -> Deferred:
         return Response(200, b"")
 
     return Deferred(task, finish)
+
+
+def start_repository_action(app: InferenceApp, name: str, action: str) -> asyncio.Future:
+    """Start loading or unloading ``name``; the future fails with a TorchportError when that fails.
+
+    Raises:
+        HTTPError: model control is off, or the folder decides (poll).
+    """
+    control = app.control
+    if control is None:
+        raise HTTPError(
+            400,
+            "model control is off: start the server with --model-control explicit to load and unload models",
+        )
+    if app.model_control == "poll":
+        raise HTTPError(
+            400, f"cannot {action} {name!r} with --model-control poll: the folder decides what is served"
+        )
+    return asyncio.ensure_future(control.load(name) if action == "load" else control.unload(name))

@@ -1,51 +1,83 @@
 """The Open Inference Protocol over gRPC (KServe v2 / Triton's ``GRPCInferenceService``).
 
-Runs on the same event loop as the HTTP server and shares its models, dynamic batching, API key,
-metrics, statistics and request size limit. Implemented rpcs: ServerLive, ServerReady, ModelReady,
+Served by our own HTTP/2 server (:mod:`._h2`) on the same event loop as the HTTP server: it shares
+the models, dynamic batching (gRPC and HTTP requests merge into the same batches), API key,
+metrics, statistics and request size limit. Unary rpcs: ServerLive, ServerReady, ModelReady,
 ServerMetadata, ModelMetadata, ModelInfer (``raw_input_contents``/``raw_output_contents``, and
-typed ``contents`` for inputs); the others answer UNIMPLEMENTED.
+typed ``contents`` for inputs), ModelConfig, ModelStatistics, RepositoryIndex,
+RepositoryModelLoad and RepositoryModelUnload (the handlers of the HTTP endpoints, answered as
+protobuf). grpcio is not needed to serve (clients use it); protobuf and hpack are.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from torchport.runtimes._errors import InferenceInputError, ServingError
+from torchport.runtimes._errors import InferenceInputError, ServingError, TorchportError, first_line
+from torchport.runtimes.server._extensions import (
+    EXTENSIONS,
+    model_config,
+    model_stats,
+    start_repository_action,
+)
+from torchport.runtimes.server._grpc_messages import MESSAGES, METHODS, SERVICE
+from torchport.runtimes.server._h2 import (
+    INTERNAL,
+    INVALID_ARGUMENT,
+    NOT_FOUND,
+    OK,
+    RESOURCE_EXHAUSTED,
+    STATUS_NAMES,
+    UNAUTHENTICATED,
+    UNAVAILABLE,
+    UNIMPLEMENTED,
+    Call,
+    GrpcError,
+    H2Server,
+    Pending,
+)
+from torchport.runtimes.server._http import HttpLimits
 from torchport.runtimes.server._protocol import (
     HTTPError,
     _binary_data,
     _decode_binary_tensor,
     _decode_json_tensor,
 )
+from torchport.runtimes.server._repository import READY
 from torchport.runtimes.server._text_infer import TEXT
 
+if TYPE_CHECKING:
+    from torchport.runtimes.server._repository import ModelEntry
+    from torchport.runtimes.server._routes import InferenceApp
+
 try:
-    import grpc
-    from grpc import aio
+    from google.protobuf import json_format
+    from google.protobuf.message import DecodeError
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ServingError(
-        "--grpc-port needs grpcio: pip install 'torchport[serve]' (or pip install grpcio)"
+        "--grpc-port needs protobuf: pip install 'torchport[serve]' (or pip install protobuf)"
     ) from e
-
-from torchport.runtimes.server._grpc_messages import MESSAGES, METHODS, SERVICE
-
-if TYPE_CHECKING:
-    from torchport.runtimes.server._routes import InferenceApp
 
 log = logging.getLogger("torchport.server")
 
 _M = MESSAGES
 _STATUS = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    401: grpc.StatusCode.UNAUTHENTICATED,
-    404: grpc.StatusCode.NOT_FOUND,
-    503: grpc.StatusCode.UNAVAILABLE,
+    400: INVALID_ARGUMENT,
+    401: UNAUTHENTICATED,
+    404: NOT_FOUND,
+    413: RESOURCE_EXHAUSTED,
+    503: UNAVAILABLE,
 }
+_UNAUTHORIZED = "missing or wrong API key: send the metadata 'authorization: Bearer <key>'"
+#: rpcs answered without the API key (orchestrator probes, as /v2/health on HTTP)
+_OPEN = frozenset({"ServerLive", "ServerReady"})
 _CONTENTS = {
     "BOOL": "bool_contents",
     "INT8": "int_contents",
@@ -64,100 +96,86 @@ _CONTENTS = {
 }
 
 
-class GrpcServer:
-    """``inference.GRPCInferenceService`` for one :class:`InferenceApp`."""
+def _snake(rpc: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", rpc).lower()
+
+
+class GrpcService:
+    """``inference.GRPCInferenceService`` for one :class:`InferenceApp` (the :class:`._h2.Service`)."""
 
     def __init__(self, app: InferenceApp) -> None:
         self.app = app
-        self.inflight = 0
-        self._server: aio.Server | None = None
-        self._idle: asyncio.Event | None = None
+        #: path -> (rpc name, request class, handler, metrics endpoint)
+        self._rpcs: dict[str, tuple[str, type, Callable[[Call, Any], bytes | Pending], str]] = {
+            f"/{SERVICE}/{rpc}": (rpc, _M[req], getattr(self, rpc), f"grpc_{_snake(rpc)}")
+            for rpc, (req, _) in METHODS.items()
+        }
+        self._rpcs[f"/{SERVICE}/ModelInfer"] = (*self._rpcs[f"/{SERVICE}/ModelInfer"][:3], "grpc_infer")
 
-    async def start(self, host: str, port: int, max_message_bytes: int) -> int:
-        """Listen on ``host:port`` (0: a free port); returns the port."""
-        limit = max_message_bytes + 64 * 1024  # the body limit, plus room for the message's framing
-        self._server = aio.server(
-            options=[
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", -1),
-                ("grpc.so_reuseport", 0),
-            ]
-        )
-        handlers = {}
-        for rpc, (req, resp) in METHODS.items():
-            handlers[rpc] = grpc.unary_unary_rpc_method_handler(
-                getattr(self, rpc),
-                request_deserializer=_M[req].FromString,
-                response_serializer=_M[resp].SerializeToString,
-            )
-        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    # -- the Service protocol ---------------------------------------------------------------------
+
+    def check(self, call: Call) -> GrpcError | None:
+        rpc = self._rpcs.get(call.path)
+        if rpc is None:
+            call.endpoint = "grpc_unknown"
+            return GrpcError(UNIMPLEMENTED, f"Method not found: {call.path[:200]}")
+        call.endpoint = rpc[3]
+        auth = self.app.auth
+        if auth is not None and rpc[0] not in _OPEN and not auth.allowed(call.metadata.get("authorization")):
+            return GrpcError(UNAUTHENTICATED, _UNAUTHORIZED)
+        return None
+
+    def handle(self, call: Call) -> bytes | Pending:
+        _, request_type, handler, _ = self._rpcs[call.path]
         try:
-            bound = self._server.add_insecure_port(f"{host}:{port}")
-        except RuntimeError:  # grpcio raises on a port in use
-            bound = 0
-        if not bound:
-            raise ServingError(
-                f"cannot listen for gRPC on {host}:{port} (in use?); choose another --grpc-port"
-            )
-        await self._server.start()
-        return bound
+            request = request_type.FromString(call.message)
+        except DecodeError:
+            raise GrpcError(INVALID_ARGUMENT, f"cannot parse the {request_type.__name__} message") from None
+        return handler(call, request)
 
-    async def drain(self, timeout: float) -> bool:
-        if self.inflight == 0:
-            return True
-        self._idle = asyncio.Event()
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-            return True
-        except asyncio.TimeoutError:
-            return False
-
-    async def close(self) -> None:
-        if self._server is not None:
-            await self._server.stop(grace=1.0)
+    def finished(self, call: Call, code: int) -> None:
+        metrics = self.app.metrics
+        label = call.model if call.model in self.app.repository.known else ""
+        name = STATUS_NAMES.get(code, "UNKNOWN")
+        metrics.requests.inc(label, call.endpoint or "grpc_unknown", name)
+        if code != OK:
+            metrics.errors.inc(label, name)
 
     # -- helpers ----------------------------------------------------------------------------------
 
-    async def _check_auth(self, context: aio.ServicerContext) -> None:
-        auth = self.app.auth
-        if auth is None:
-            return
-        md = dict(context.invocation_metadata() or ())
-        if not auth.allowed(md.get("authorization")):
-            await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "missing or wrong API key: send the metadata 'authorization: Bearer <key>'",
-            )
-
-    async def _entry(self, context, name: str, version: str, *, need_ready: bool = True):
+    def _entry(self, name: str, version: str, *, need_ready: bool = True) -> ModelEntry:
         try:
             return self.app.model_entry(name, version or None, need_ready=need_ready)
         except HTTPError as e:
-            await context.abort(_STATUS.get(e.status, grpc.StatusCode.INTERNAL), e.message)
+            raise GrpcError(_STATUS.get(e.status, INTERNAL), e.message) from None
+
+    @staticmethod
+    def _from_json(message: str, obj: dict) -> bytes:
+        return json_format.ParseDict(obj, _M[message](), ignore_unknown_fields=True).SerializeToString()
 
     # -- rpcs -------------------------------------------------------------------------------------
 
-    async def ServerLive(self, request, context):
-        return _M["ServerLiveResponse"](live=True)
+    def ServerLive(self, call: Call, request: Any) -> bytes:
+        return _M["ServerLiveResponse"](live=True).SerializeToString()
 
-    async def ServerReady(self, request, context):
-        return _M["ServerReadyResponse"](ready=self.app.ready)
+    def ServerReady(self, call: Call, request: Any) -> bytes:
+        return _M["ServerReadyResponse"](ready=self.app.ready).SerializeToString()
 
-    async def ModelReady(self, request, context):
-        await self._check_auth(context)
-        entry = await self._entry(context, request.name, request.version, need_ready=False)
-        return _M["ModelReadyResponse"](ready=entry.ready and not self.app.draining)
+    def ModelReady(self, call: Call, request: Any) -> bytes:
+        call.model = request.name
+        entry = self._entry(request.name, request.version, need_ready=False)
+        return _M["ModelReadyResponse"](ready=entry.ready and not self.app.draining).SerializeToString()
 
-    async def ServerMetadata(self, request, context):
-        await self._check_auth(context)
+    def ServerMetadata(self, call: Call, request: Any) -> bytes:
         from torchport import __version__
-        from torchport.runtimes.server._extensions import EXTENSIONS
 
-        return _M["ServerMetadataResponse"](name="torchport", version=__version__, extensions=EXTENSIONS)
+        return _M["ServerMetadataResponse"](
+            name="torchport", version=__version__, extensions=EXTENSIONS
+        ).SerializeToString()
 
-    async def ModelMetadata(self, request, context):
-        await self._check_auth(context)
-        entry = await self._entry(context, request.name, request.version)
+    def ModelMetadata(self, call: Call, request: Any) -> bytes:
+        call.model = request.name
+        entry = self._entry(request.name, request.version)
         md = entry.metadata(self.app.repository.versions(entry.name))
         tm = _M["TensorMetadata"]
         return _M["ModelMetadataResponse"](
@@ -166,87 +184,114 @@ class GrpcServer:
             platform=md["platform"],
             inputs=[tm(name=t["name"], datatype=t["datatype"], shape=t["shape"]) for t in md["inputs"]],
             outputs=[tm(name=t["name"], datatype=t["datatype"], shape=t["shape"]) for t in md["outputs"]],
-        )
+        ).SerializeToString()
 
-    async def ModelInfer(self, request, context):
-        started = time.perf_counter()
-        name = request.model_name
-        metrics = self.app.metrics
-        label = name if name in self.app.repository.known else ""
-        code = "OK"
-        self.inflight += 1
+    def ModelConfig(self, call: Call, request: Any) -> bytes:
+        call.model = request.name
+        entry = self._entry(request.name, request.version)
+        return self._from_json("ModelConfigResponse", {"config": model_config(entry)})
+
+    def ModelStatistics(self, call: Call, request: Any) -> bytes:
+        call.model = request.name
         try:
-            await self._check_auth(context)
-            entry = await self._entry(context, name, request.model_version)
-            if self.app.draining:
-                await context.abort(
-                    grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry on another replica"
-                )
-            try:
-                inputs = _decode_inputs(request, entry.input_datatypes)
-                outputs_wanted = [o.name for o in request.outputs]
-                for o in outputs_wanted:
-                    if o not in entry.output_datatypes:
-                        raise HTTPError(
-                            400,
-                            f"unknown output {o!r}; model {name!r} has: {', '.join(entry.output_datatypes)}",
-                        )
-                text = entry.text
-                is_text = text is not None and TEXT in inputs
-                if is_text:
-                    inputs = text.encode(inputs)  # checked where it is built
-                else:
-                    entry.session.validate_inputs(inputs)
-            except (HTTPError, InferenceInputError) as e:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, getattr(e, "message", str(e)))
-            runner = entry.runner
-            rows = next(iter(inputs.values())).shape[0] if runner.batching and inputs else 1
-            try:
-                results, queued = await runner.submit(inputs)
-            except InferenceInputError as e:
-                entry.stats.request_failed(time.perf_counter() - started)
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-            except Exception as e:
-                entry.stats.request_failed(time.perf_counter() - started)
+            stats = model_stats(self.app, request.name or None, request.version or None)
+        except HTTPError as e:
+            raise GrpcError(_STATUS.get(e.status, INTERNAL), e.message) from None
+        return self._from_json("ModelStatisticsResponse", stats)
+
+    def RepositoryIndex(self, call: Call, request: Any) -> bytes:
+        models = self.app.repository.index()
+        if request.ready:
+            models = [m for m in models if m.get("state") == READY]
+        return self._from_json("RepositoryIndexResponse", {"models": models})
+
+    def RepositoryModelLoad(self, call: Call, request: Any) -> Pending:
+        return self._repository_action(call, request.model_name, "load", "RepositoryModelLoadResponse")
+
+    def RepositoryModelUnload(self, call: Call, request: Any) -> Pending:
+        return self._repository_action(call, request.model_name, "unload", "RepositoryModelUnloadResponse")
+
+    def _repository_action(self, call: Call, name: str, action: str, response: str) -> Pending:
+        call.model = name
+        try:
+            task = start_repository_action(self.app, name, action)
+        except HTTPError as e:
+            raise GrpcError(_STATUS.get(e.status, INTERNAL), e.message) from None
+
+        def finish(fut: asyncio.Future) -> bytes:
+            exc = fut.exception()
+            if isinstance(exc, TorchportError):
+                raise GrpcError(INVALID_ARGUMENT, str(exc))
+            if exc is not None:
+                raise exc
+            return _M[response]().SerializeToString()
+
+        return task, finish
+
+    def ModelInfer(self, call: Call, request: Any) -> Pending:
+        app = self.app
+        name = request.model_name
+        call.model = name
+        entry = self._entry(name, request.model_version)
+        if app.draining:
+            raise GrpcError(UNAVAILABLE, "the server is shutting down; retry on another replica")
+        datatypes = entry.output_datatypes
+        try:
+            inputs = _decode_inputs(request, entry.input_datatypes)
+            wanted = [o.name for o in request.outputs]
+            for o in wanted:
+                if o not in datatypes:
+                    raise HTTPError(400, f"unknown output {o!r}; model {name!r} has: {', '.join(datatypes)}")
+            text = entry.text
+            is_text = text is not None and TEXT in inputs
+            if is_text:
+                inputs = text.encode(inputs)  # checked where it is built
+            else:
+                entry.session.validate_inputs(inputs)
+        except HTTPError as e:
+            raise GrpcError(_STATUS.get(e.status, INVALID_ARGUMENT), e.message) from None
+        except InferenceInputError as e:
+            raise GrpcError(INVALID_ARGUMENT, str(e)) from None
+        runner = entry.runner
+        rows = next(iter(inputs.values())).shape[0] if runner.batching and inputs else 1
+        request_id = request.id
+
+        def finish(fut: asyncio.Future) -> bytes:
+            exc = fut.exception()
+            if exc is not None:
+                entry.stats.request_failed(time.perf_counter() - call.started)
+                if isinstance(exc, InferenceInputError):
+                    raise GrpcError(INVALID_ARGUMENT, str(exc))
                 log.error(
-                    "model %r failed on gRPC request %s: %s: %s", name, request.id or "-", type(e).__name__, e
+                    "model %r failed on gRPC request %s: %s: %s",
+                    name,
+                    request_id or "-",
+                    type(exc).__name__,
+                    first_line(exc),
+                    exc_info=exc,
                 )
-                await context.abort(
-                    grpc.StatusCode.INTERNAL,
-                    f"model {name!r} failed while running this request (see the server log)",
+                raise GrpcError(
+                    INTERNAL, f"model {name!r} failed while running this request (see the server log)"
                 )
+            results, queued = fut.result()
             if text is not None:
-                results = text.outputs(inputs, results, outputs_wanted or None, is_text=is_text)
-            names = outputs_wanted or list(results)
+                results = text.outputs(inputs, results, wanted or None, is_text=is_text)
+            names = wanted or list(results)
             out_tensor = _M["InferOutputTensor"]
             response = _M["ModelInferResponse"](
                 model_name=name,
                 model_version=entry.version,
-                id=request.id,
-                outputs=[
-                    out_tensor(name=n, datatype=entry.output_datatypes[n], shape=results[n].shape)
-                    for n in names
-                ],
-                raw_output_contents=[_binary_data(results[n], entry.output_datatypes[n]) for n in names],
-            )
-            duration = time.perf_counter() - started
-            metrics.queue_time.observe(queued, name)
-            metrics.latency.observe(duration, name)
+                id=request_id,
+                outputs=[out_tensor(name=n, datatype=datatypes[n], shape=results[n].shape) for n in names],
+                raw_output_contents=[_binary_data(results[n], datatypes[n]) for n in names],
+            ).SerializeToString()
+            duration = time.perf_counter() - call.started
+            app.metrics.queue_time.observe(queued, name)
+            app.metrics.latency.observe(duration, name)
             entry.stats.request_done(duration, queued, rows)
             return response
-        except asyncio.CancelledError:
-            code = "CANCELLED"
-            raise
-        except BaseException:
-            code = context.code().name if context.code() is not None else "INTERNAL"
-            raise
-        finally:
-            self.inflight -= 1
-            metrics.requests.inc(label, "grpc_infer", code)
-            if code != "OK":
-                metrics.errors.inc(label, code)
-            if self._idle is not None and self.inflight == 0:
-                self._idle.set()
+
+        return runner.submit(inputs), finish
 
 
 def _decode_inputs(request: Any, expected: dict[str, str]) -> dict[str, np.ndarray]:
@@ -272,3 +317,53 @@ def _decode_inputs(request: Any, expected: dict[str, str]) -> dict[str, np.ndarr
             values = list(getattr(t.contents, _CONTENTS[t.datatype]))
             inputs[t.name] = _decode_json_tensor(t.name, t.datatype, shape, values)
     return inputs
+
+
+class GrpcServer:
+    """The gRPC endpoint: a :class:`GrpcService` behind an :class:`H2Server`.
+
+    Args:
+        app: the application whose models, limits, auth and metrics the endpoint shares.
+        limits: the HTTP server's limits (deadlines, idle timeout, connection cap).
+        reserve, release: the HTTP server's budget of request bytes in flight.
+    """
+
+    def __init__(
+        self,
+        app: InferenceApp,
+        limits: HttpLimits | None = None,
+        reserve: Callable[[int], bool] | None = None,
+        release: Callable[[int], None] | None = None,
+    ) -> None:
+        self.app = app
+        self.service = GrpcService(app)
+        self.limits = limits or HttpLimits()
+        self._reserve, self._release = reserve, release
+        self._h2: H2Server | None = None
+
+    @property
+    def inflight(self) -> int:
+        return self._h2.inflight if self._h2 is not None else 0
+
+    async def start(self, host: str, port: int, max_message_bytes: int | None) -> int:
+        """Listen on ``host:port`` (0: a free port); returns the port.
+
+        Raises:
+            ServingError: the port cannot be bound.
+        """
+        self._h2 = H2Server(
+            self.service,
+            self.limits,
+            # the body limit, plus room for the message's own framing
+            max_message_bytes=None if max_message_bytes is None else max_message_bytes + 64 * 1024,
+            reserve=self._reserve,
+            release=self._release,
+        )
+        return await self._h2.start(host, port)
+
+    async def drain(self, timeout: float) -> bool:
+        return await self._h2.drain(timeout) if self._h2 is not None else True
+
+    async def close(self) -> None:
+        if self._h2 is not None:
+            await self._h2.close()

@@ -193,7 +193,7 @@ class InferenceServer:
             if cfg.grpc_port is not None:
                 from torchport.runtimes.server._grpc import GrpcServer
 
-                self.grpc = GrpcServer(self.app)
+                self.grpc = GrpcServer(self.app, cfg.http_limits(), self.http.reserve, self.http.release)
                 self.grpc_port = await self.grpc.start(cfg.host, cfg.grpc_port, cfg.max_request_bytes)
                 log.info("gRPC on %s", self.grpc_url)
             log.info(
