@@ -15,15 +15,18 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
 from torchport.runtimes._bench import BenchResult, random_array, summarize
 from torchport.runtimes._errors import ServingError, UsageError
+from torchport.runtimes._h2client import H2Connection, request_frames
+from torchport.runtimes.server._h2 import STATUS_NAMES
 from torchport.runtimes.server._protocol import _binary_data
 
 PROTOCOLS = ("json", "binary", "grpc")
+_SERVICE = "inference.GRPCInferenceService"
 
 
 @dataclass
@@ -76,28 +79,27 @@ def http_model_inputs(target: Target, headers: dict[str, str]) -> tuple[str, lis
 
 
 def grpc_model_inputs(target: Target, headers: dict[str, str]) -> tuple[str, list[dict]]:
-    import grpc
-
     from torchport.runtimes.server._grpc_messages import MESSAGES
 
     if target.model is None:
         raise UsageError("name the model with --model for a grpc:// URL")
-    with grpc.insecure_channel(f"{target.host}:{target.port}") as channel:
-        call = channel.unary_unary(
-            "/inference.GRPCInferenceService/ModelMetadata",
-            request_serializer=MESSAGES["ModelMetadataRequest"].SerializeToString,
-            response_deserializer=MESSAGES["ModelMetadataResponse"].FromString,
-        )
+    request = MESSAGES["ModelMetadataRequest"](name=target.model).SerializeToString()
+
+    async def ask():
+        conn = await H2Connection.open(target.host, target.port)
         try:
-            md = call(
-                MESSAGES["ModelMetadataRequest"](name=target.model),
-                metadata=list(headers.items()),
-                timeout=30,
+            block, _, data = request_frames(
+                f"{target.host}:{target.port}", f"/{_SERVICE}/ModelMetadata", request, headers
             )
-        except grpc.RpcError as e:
-            raise ServingError(
-                f"gRPC ModelMetadata({target.model!r}): {e.code().name}: {e.details()}"
-            ) from None
+            return await asyncio.wait_for(conn.call(block, data), 30)
+        finally:
+            await conn.close()
+
+    result = _run(ask())
+    if result.status != 0:
+        name = STATUS_NAMES.get(result.status, str(result.status))
+        raise ServingError(f"gRPC ModelMetadata({target.model!r}): {name}: {unquote(result.message)}")
+    md = MESSAGES["ModelMetadataResponse"].FromString(bytes(result.data[5:]))
     return target.model, [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in md.inputs]
 
 
@@ -195,24 +197,22 @@ async def _http_worker(
 
 
 async def _grpc_load(
-    address: str, request: bytes, headers: dict[str, str], concurrency: int, duration: float
+    host: str, port: int, request: bytes, headers: dict[str, str], concurrency: int, duration: float
 ):
-    from grpc import aio
-
+    """``concurrency`` calls in flight on one HTTP/2 connection (as one gRPC channel carries them)."""
     lat: list[float] = []
     errors = [0]
-    metadata = tuple(headers.items())
-    async with aio.insecure_channel(address, options=[("grpc.max_receive_message_length", -1)]) as channel:
-        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
-        await call(request, metadata=metadata)  # connect before the clock starts
+    conn = await H2Connection.open(host, port)
+    try:
+        first, block, data = request_frames(f"{host}:{port}", f"/{_SERVICE}/ModelInfer", request, headers)
+        await conn.call(first, data)  # connects and fills the server's header table before the clock starts
         deadline = time.perf_counter() + duration
 
         async def worker() -> None:
             while time.perf_counter() < deadline:
                 t0 = time.perf_counter()
-                try:
-                    await call(request, metadata=metadata)
-                except aio.AioRpcError:
+                result = await conn.call(block, data)
+                if result.status != 0:
                     errors[0] += 1
                     continue
                 lat.append(time.perf_counter() - t0)
@@ -220,6 +220,8 @@ async def _grpc_load(
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         return lat, time.perf_counter() - start, errors[0]
+    finally:
+        await conn.close()
 
 
 async def _http_load(target: Target, request: bytes, concurrency: int, duration: float):
@@ -283,7 +285,7 @@ def bench_server(
                 if proto == "grpc":
                     req = grpc_request_bytes(name, inputs)
                     lat, elapsed, errors = _run(
-                        _grpc_load(f"{target.host}:{target.port}", req, headers, c, duration)
+                        _grpc_load(target.host, target.port, req, headers, c, duration)
                     )
                 else:
                     req = http_request_bytes(target, name, inputs, proto == "binary", headers)

@@ -163,8 +163,15 @@ class GrpcService:
 
     def ModelReady(self, call: Call, request: Any) -> bytes:
         call.model = request.name
-        entry = self._entry(request.name, request.version, need_ready=False)
-        return _M["ModelReadyResponse"](ready=entry.ready and not self.app.draining).SerializeToString()
+        try:
+            entry = self._entry(request.name, request.version, need_ready=False)
+        except GrpcError as e:
+            if e.code != UNAVAILABLE:
+                raise
+            ready = False  # known but not loaded: not ready, as in Triton
+        else:
+            ready = entry.ready and not self.app.draining
+        return _M["ModelReadyResponse"](ready=ready).SerializeToString()
 
     def ServerMetadata(self, call: Call, request: Any) -> bytes:
         from torchport import __version__

@@ -16,7 +16,7 @@ from tests.torchless_venv import torchless_venv
 def test_serve_in_a_virtualenv_without_torch(tmp_path):
     bin_dir = torchless_venv(
         tmp_path / "venv",
-        ["numpy", "onnx", "onnxruntime", "httptools", "typer", "rich", "grpcio", "protobuf"],
+        ["numpy", "onnx", "onnxruntime", "httptools", "typer", "rich", "hpack", "protobuf"],
     )
     py = bin_dir / "python"
     torchport = bin_dir / "torchport"
