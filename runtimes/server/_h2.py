@@ -238,10 +238,7 @@ class H2Protocol(asyncio.Protocol):
             self._write_settings()
             self._goaway(ENHANCE_YOUR_CALM, "too many connections; retry later")
             return
-        self.server.connections.add(self)
-        self._write_settings()
-        self._write(_frame(_WINDOW, 0, 0, (_CONN_WINDOW - 65535).to_bytes(4, "big")))
-        self._flush()
+        self.server.connections.add(self)  # our SETTINGS go out once the client's preface is in
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
@@ -279,6 +276,8 @@ class H2Protocol(asyncio.Protocol):
                     return
                 del self.buf[: len(PREFACE)]
                 self.preface_ok = True
+                self._write_settings()
+                self._write(_frame(_WINDOW, 0, 0, (_CONN_WINDOW - 65535).to_bytes(4, "big")))
             self._parse()
         except _ConnectionError as e:
             self._goaway(e.code, str(e))

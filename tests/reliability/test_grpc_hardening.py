@@ -1,0 +1,253 @@
+"""The gRPC port (our HTTP/2 server) against hostile and broken clients, over raw sockets.
+
+Each test checks what the client sees (GOAWAY with the right error code, a gRPC status in the
+trailers, a reset stream) and that the server keeps serving well-behaved clients afterwards.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import struct
+import time
+
+import numpy as np
+import pytest
+
+tg = pytest.importorskip("tritonclient.grpc")
+
+from tests.reliability._net import API_KEY, wait_closed  # noqa: E402
+from tests.runtimes.conftest import running_server  # noqa: E402
+from torchport.runtimes._h2client import PREFACE, frame, request_frames  # noqa: E402
+from torchport.runtimes.server._grpc_messages import MESSAGES  # noqa: E402
+from torchport.runtimes.server._hpack import Decoder  # noqa: E402
+
+_DATA, _HEADERS, _RST, _SETTINGS, _PUSH, _GOAWAY, _WINDOW, _CONT = 0, 1, 3, 4, 5, 7, 8, 9
+_INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+
+class RawH2:
+    """A raw HTTP/2 client socket: sends bytes as given, reads frames back."""
+
+    def __init__(self, port: int, *, window: int | None = None) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.buf = b""
+        self.decoder = Decoder()
+        settings = b"" if window is None else struct.pack(">HI", 4, window)
+        self.sock.sendall(PREFACE + frame(_SETTINGS, 0, 0, settings))
+        if window is not None:
+            self.sock.sendall(frame(_WINDOW, 0, 0, (window - 65535).to_bytes(4, "big")))
+
+    def read_until(self, want, timeout: float = 10.0) -> list[tuple[int, int, int, bytes]]:
+        """Frames read until ``want(frame)`` is true (or the connection closes)."""
+        self.sock.settimeout(timeout)
+        frames = []
+        while True:
+            while len(self.buf) >= 9:
+                lt, flags, sid = struct.unpack(">IBI", self.buf[:9])
+                n = lt >> 8
+                if len(self.buf) < 9 + n:
+                    break
+                f = (lt & 0xFF, flags, sid, self.buf[9 : 9 + n])
+                self.buf = self.buf[9 + n :]
+                frames.append(f)
+                if want(f):
+                    return frames
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return frames
+            self.buf += chunk
+
+    def status(self, frames, sid: int) -> tuple[int, str]:
+        """(grpc-status, grpc-message) from the header blocks of stream ``sid``."""
+        fields = {}
+        for ftype, _, s, payload in frames:
+            if ftype == _HEADERS:
+                block = dict(self.decoder.decode(payload))
+                if s == sid:
+                    fields.update(block)
+        return int(fields["grpc-status"]), fields.get("grpc-message", "")
+
+
+def _goaway_code(frames) -> int | None:
+    for ftype, _, _, payload in frames:
+        if ftype == _GOAWAY:
+            return int.from_bytes(payload[4:8], "big")
+    return None
+
+
+def _infer_message(model: str = "add", rows: int = 1) -> bytes:
+    x = np.ones((rows, 4), np.float32)
+    return (
+        MESSAGES["ModelInferRequest"](
+            model_name=model,
+            inputs=[MESSAGES["InferInputTensor"](name="x", datatype="FP32", shape=[rows, 4])],
+            raw_input_contents=[x.tobytes()],
+        )
+    ).SerializeToString()
+
+
+def _still_serves(srv) -> None:
+    c = tg.InferenceServerClient(srv.grpc_url)
+    inp = tg.InferInput("x", [1, 4], "FP32")
+    inp.set_data_from_numpy(np.ones((1, 4), np.float32))
+    np.testing.assert_array_equal(c.infer("add", [inp]).as_numpy("z"), np.full((1, 4), 2, np.float32))
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def grpc_server(repo):
+    with running_server(repo, grpc_port=0, max_batch_size=8) as srv:
+        yield srv
+
+
+def test_an_http1_request_gets_a_readable_400(grpc_server):
+    s = socket.create_connection(("127.0.0.1", grpc_server.grpc_port), timeout=5)
+    s.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = s.recv(4096)
+    assert data.startswith(b"HTTP/1.1 400 ") and b"this port serves gRPC (HTTP/2" in data
+    assert wait_closed(s)
+
+
+@pytest.mark.parametrize(
+    "frames, code",
+    [
+        (struct.pack(">IBI", 20000 << 8 | _DATA, 0, 1), 6),  # a frame over 16384 bytes: FRAME_SIZE_ERROR
+        (frame(_HEADERS, 0x4, 1, b"\xbf"), 9),  # an index past both tables: COMPRESSION_ERROR
+        (frame(_CONT, 0x4, 1, b"\x82"), 1),  # CONTINUATION with no header block open
+        (frame(_PUSH, 0, 1, b"\x00\x00\x00\x02"), 1),
+        (frame(_HEADERS, 0x4, 2, b"\x83"), 1),  # a client stream id must be odd
+        (frame(_SETTINGS, 0, 0, b"\x00\x04\x00"), 6),
+        (frame(_HEADERS, 0, 1, b"\x83") + frame(_DATA, 0, 1, b"x"), 1),  # a header block interrupted
+        (frame(_WINDOW, 0, 0, b"\x00\x00\x00\x00"), 1),
+    ],
+    ids=[
+        "oversized",
+        "hpack",
+        "continuation",
+        "push",
+        "even-stream",
+        "settings-length",
+        "interrupted",
+        "window-0",
+    ],
+)
+def test_protocol_violations_end_the_connection_with_goaway(grpc_server, frames, code):
+    c = RawH2(grpc_server.grpc_port)
+    c.sock.sendall(frames)
+    got = c.read_until(lambda f: f[0] == _GOAWAY)
+    assert _goaway_code(got) == code
+    assert wait_closed(c.sock)
+    _still_serves(grpc_server)
+
+
+def test_random_garbage_after_the_preface_leaves_nothing_behind(grpc_server):
+    rng = random.Random(8)
+    socks = []
+    for _ in range(60):
+        s = socket.create_connection(("127.0.0.1", grpc_server.grpc_port), timeout=5)
+        s.sendall(PREFACE + bytes(rng.randrange(256) for _ in range(rng.randrange(1, 400))))
+        socks.append(s)
+    for s in socks[::2]:
+        s.close()  # half of them vanish at once, the others stay open and silent
+    _still_serves(grpc_server)
+    for s in socks[1::2]:
+        s.close()
+    h2 = grpc_server.grpc._h2
+    deadline = time.monotonic() + 10
+    while h2.connections and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not h2.connections and h2.inflight == 0
+    assert grpc_server.http.body_bytes == 0
+
+
+def test_a_message_over_the_limit_is_refused_from_its_length_prefix(repo):
+    with running_server(repo, grpc_port=0, max_request_bytes=4096) as srv:
+        c = RawH2(srv.grpc_port)
+        block, _, _ = request_frames("t", _INFER, b"")
+        head = b"\x00" + (50_000_000).to_bytes(4, "big") + b"\x00" * 100  # declares 50 MB, sends 105 B
+        c.sock.sendall(frame(_HEADERS, 0x4, 1, block) + frame(_DATA, 0, 1, head))
+        got = c.read_until(lambda f: f[0] == _RST and f[2] == 1)
+        code, message = c.status(got, 1)
+        assert code == 8 and "Received message larger than max (50000000 vs." in message
+        assert int.from_bytes(got[-1][3], "big") == 0  # RST_STREAM(NO_ERROR): stop sending
+        _still_serves(srv)
+
+
+def test_an_unauthenticated_call_is_answered_from_its_headers(repo, monkeypatch):
+    monkeypatch.setenv("TP_GRPC_RAW_KEY", API_KEY)
+    with running_server(repo, grpc_port=0, api_key_env="TP_GRPC_RAW_KEY") as srv:
+        c = RawH2(srv.grpc_port)
+        block, _, _ = request_frames("t", _INFER, b"")
+        c.sock.sendall(frame(_HEADERS, 0x4, 1, block))  # no message yet, no END_STREAM
+        got = c.read_until(lambda f: f[0] == _RST and f[2] == 1)
+        code, message = c.status(got, 1)
+        assert code == 16 and "missing or wrong API key" in message
+        first, _, data = request_frames("t", _INFER, _infer_message(), {"authorization": f"Bearer {API_KEY}"})
+        c.sock.sendall(frame(_HEADERS, 0x4, 3, first) + frame(_DATA, 0x1, 3, data))
+        got = c.read_until(lambda f: f[0] == _HEADERS and f[1] & 0x1 and f[2] == 3)
+        assert c.status(got, 3) == (0, "")
+
+
+def test_grpc_timeout_is_enforced_by_the_server(repo):
+    # a lone request waits up to 5 s for its batch: the deadline of 300 ms comes first
+    with running_server(repo, grpc_port=0, max_batch_size=8, max_queue_delay_ms=5000) as srv:
+        c = RawH2(srv.grpc_port)
+        first, _, data = request_frames("t", _INFER, _infer_message(), {"grpc-timeout": "300m"})
+        t0 = time.monotonic()
+        c.sock.sendall(frame(_HEADERS, 0x4, 1, first) + frame(_DATA, 0x1, 1, data))
+        got = c.read_until(lambda f: f[0] == _HEADERS and f[1] & 0x1)
+        assert c.status(got, 1) == (4, "Deadline Exceeded")
+        assert 0.25 <= time.monotonic() - t0 < 3
+        client = tg.InferenceServerClient(srv.grpc_url)
+        inp = tg.InferInput("x", [1, 4], "FP32")
+        inp.set_data_from_numpy(np.ones((1, 4), np.float32))
+        with pytest.raises(Exception, match="Deadline Exceeded"):
+            client.infer("add", [inp], client_timeout=0.3)
+        client.close()
+
+
+def test_too_many_concurrent_streams_are_refused(grpc_server):
+    c = RawH2(grpc_server.grpc_port)
+    block, _, _ = request_frames("t", _INFER, b"")
+    # 129 calls whose messages never come: the 129th is over MAX_CONCURRENT_STREAMS (128)
+    c.sock.sendall(b"".join(frame(_HEADERS, 0x4, 2 * i + 1, block) for i in range(129)))
+    got = c.read_until(lambda f: f[0] == _RST)
+    assert got[-1][2] == 257 and int.from_bytes(got[-1][3], "big") == 7  # REFUSED_STREAM
+    c.sock.close()
+    _still_serves(grpc_server)
+
+
+def test_a_client_that_never_reads_is_dropped_and_holds_no_budget(repo):
+    with running_server(repo, grpc_port=0, idle_timeout=1.0, max_batch_size=1) as srv:
+        # a huge window (so the server writes), then requests for 256 KiB answers, never read
+        c = RawH2(srv.grpc_port, window=(1 << 31) - 1)
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        blob = b"z" * (256 * 1024)
+        message = MESSAGES["ModelInferRequest"](
+            model_name="bag",
+            inputs=[MESSAGES["InferInputTensor"](name="s", datatype="BYTES", shape=[1])],
+            raw_input_contents=[len(blob).to_bytes(4, "little") + blob],
+        ).SerializeToString()
+        first, later, data = request_frames("t", _INFER, message)
+        c.sock.settimeout(2)
+        sent = 0
+        try:
+            for i in range(64):
+                payload = frame(_HEADERS, 0x4, 2 * i + 1, first if i == 0 else later)
+                for k in range(0, len(data), 16384):
+                    flags = 0x1 if k + 16384 >= len(data) else 0
+                    payload += frame(_DATA, flags, 2 * i + 1, data[k : k + 16384])
+                c.sock.sendall(payload)
+                sent += 1
+        except (TimeoutError, ConnectionResetError, BrokenPipeError):
+            pass  # the server stopped reading (its answers are not being read), then dropped us
+        assert sent < 64, "the server kept reading although its answers were never read"
+        _still_serves(srv)
+        h2 = srv.grpc._h2
+        deadline = time.monotonic() + 10
+        while h2.connections and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not h2.connections, "the connection that never reads was not dropped"
+        assert srv.http.body_bytes == 0
+        c.sock.close()
