@@ -143,18 +143,20 @@ class DecoderSignature:
         ]
 
     def input_names(self) -> list[str]:
-        return [s.name for s in self.input_specs((0, 0))]
+        return [s.name for s in self.input_specs((0, 0), 1)]
 
     def output_names(self) -> list[str]:
         return [s.name for s in self.output_specs()]
 
-    def input_specs(self, vocab_range: tuple[int, int]) -> list[TensorSpec]:
+    def input_specs(self, vocab_range: tuple[int, int], max_positions: int) -> list[TensorSpec]:
+        """The decoder's inputs with the values each accepts: masks are 0/1 (left padding is 0),
+        positions run up to the model's last position."""
         specs = [
             TensorSpec("input_ids", "int64", ["batch", "seq"], vocab_range),
-            TensorSpec("attention_mask", "int64", ["batch", "past_seq+seq"], (1, 1)),
+            TensorSpec("attention_mask", "int64", ["batch", "past_seq+seq"], (0, 1)),
         ]
         if self.position_ids:
-            specs.append(TensorSpec("position_ids", "int64", ["batch", "seq"], (0, 0)))
+            specs.append(TensorSpec("position_ids", "int64", ["batch", "seq"], (0, max_positions - 1)))
         return specs + self._cache_specs("past_key_values", "past_seq")
 
     def output_specs(self) -> list[TensorSpec]:
@@ -538,7 +540,7 @@ def export_decoder(loaded: Any, writer: Any, progress: Any, options: DecoderOpti
         st.detail = f"strategy {STRATEGY}, opset {opset}" + (f"; {'; '.join(notes)}" if notes else "")
     seconds = time.perf_counter() - start
     vocab_range = (0, sig.vocab - 1)
-    specs = sig.input_specs(vocab_range)
+    specs = sig.input_specs(vocab_range, dims["seq"].max)
     with progress.stage("save") as st:
         finalize_model(
             onnx_model,

@@ -266,9 +266,10 @@ def _hf_defaults(config: Any, signature: inspect.Signature | None) -> dict[str, 
     if getattr(config, "is_encoder_decoder", False):
         dec_max = getattr(config, "max_target_positions", None) or max_pos
         dims["decoder_seq"] = DimRange(1, min(int(dec_max), MAX_SEQ) if isinstance(dec_max, int) else MAX_SEQ)
+    # masks take 0 (padding) and 1; generated examples are all ones (see runtimes' random_tensor)
     value_ranges: dict[str, tuple[float, float]] = {
-        "attention_mask": (1, 1),
-        "decoder_attention_mask": (1, 1),
+        "attention_mask": (0, 1),
+        "decoder_attention_mask": (0, 1),
     }
     vocab = getattr(text, "vocab_size", None)
     if isinstance(vocab, int) and vocab > 0:

@@ -233,7 +233,36 @@ class Fp16Pass:
             op_block_list=self.keep_float32_ops,
             disable_shape_infer=_is_large(proto),
         )
+        drop_duplicate_nodes(out)
         return out, True
+
+
+def drop_duplicate_nodes(model: onnx.ModelProto) -> int:
+    """Remove nodes that repeat an earlier node exactly (same op, inputs, outputs and attributes).
+
+    onnxruntime's float16 converter before 1.32 adds one ``<init>_cast_to_fp32_node`` Cast per
+    consumer of a shared float16 initializer, all writing the same output: ONNX Runtime then
+    refuses the model ("two nodes with same node name"). Returns how many nodes were dropped.
+
+    Example:
+        >>> from onnx import helper
+        >>> cast = helper.make_node("Cast", ["w"], ["w32"], to=1, name="w_cast")
+        >>> g = helper.make_graph([cast, cast], "g", [], [])
+        >>> drop_duplicate_nodes(helper.make_model(g))
+        1
+    """
+    seen: set[bytes] = set()
+    keep = []
+    for node in model.graph.node:
+        key = node.SerializeToString(deterministic=True)
+        if key not in seen:
+            seen.add(key)
+            keep.append(node)
+    dropped = len(model.graph.node) - len(keep)
+    if dropped:
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
+    return dropped
 
 
 #: ops ``int8_dynamic`` quantizes by default: ORT's dynamic int8 kernels pay off for matrix products

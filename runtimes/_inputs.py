@@ -104,7 +104,15 @@ def check_value_range(spec: TensorSpec, arr: np.ndarray) -> None:
 
 
 def random_tensor(spec: TensorSpec, shape: Sequence[int], rng: np.random.Generator) -> np.ndarray:
-    """A random array for ``spec``: floats ~ N(0, 1), ints in ``value_range`` (default 0..9), bools."""
+    """A random array for ``spec``: floats ~ N(0, 1), ints in ``value_range`` (default 0..9), bools.
+
+    Attention masks (integer inputs named ``...mask`` that take 0..1) are all ones: random zeros and
+    ones make rows that mask everything, which is not an input a model is meant to see.
+
+    Example:
+        >>> random_tensor(TensorSpec("attention_mask", "int64", [1, 3], (0, 1)), [1, 3], np.random.default_rng(0))
+        array([[1, 1, 1]])
+    """
     if spec.dtype == "bool":
         return rng.integers(0, 2, size=shape).astype(bool)
     if spec.dtype == "string":
@@ -112,6 +120,8 @@ def random_tensor(spec: TensorSpec, shape: Sequence[int], rng: np.random.Generat
     dtype = to_numpy(spec.dtype)
     if dtype.kind in "iu":
         low, high = spec.value_range or (0, 9)
+        if spec.name.lower().endswith("mask") and (low, high) == (0, 1):
+            return np.ones(shape, dtype)
         return rng.integers(int(low), int(high) + 1, size=shape).astype(dtype)
     if spec.value_range is not None:
         low, high = spec.value_range

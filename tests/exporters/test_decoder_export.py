@@ -133,3 +133,26 @@ def test_parity_catches_a_different_model(root: Path) -> None:
     assert not parity
     assert "parity FAILED" in str(parity) and "elements beyond atol" in str(parity)
     assert parity.cases == ["prompt batch 3 seq 8", "decode step 1", "decode step 2"]
+
+
+def test_manifest_accepts_padded_masks_and_real_positions(root: Path) -> None:
+    """A left-padded batch (mask 0) and positions past 0 pass the package's own input checks,
+    as a client of ``/infer`` or ``Session.run`` sends them; a mask value of 2 does not."""
+    from torchport.runtimes import InferenceInputError, Session
+
+    sess = Session.from_package(exported_lm("llama", root).path)
+    specs = {s.name: s for s in sess.input_specs}
+    assert specs["attention_mask"].value_range == (0, 1)
+    assert specs["position_ids"].value_range == (0, sess.manifest.extra["generation"]["max_positions"] - 1)
+    mask = np.array([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]], np.int64)
+    feeds = {
+        "input_ids": np.array([[0, 0, 5, 9, 14], [1, 5, 9, 14, 3]], np.int64),
+        "attention_mask": mask,
+        "position_ids": np.where(mask == 0, 1, np.cumsum(mask, axis=-1) - 1),
+    }
+    for s in sess.input_specs:
+        if s.name.startswith("past_key_values"):
+            feeds[s.name] = np.zeros((2, s.shape[1], 0, s.shape[3]), np.float32)
+    assert sess.run(feeds)["logits"].shape == (2, 5, 96)
+    with pytest.raises(InferenceInputError, match="'attention_mask' has values outside its range 0..1"):
+        sess.run({**feeds, "attention_mask": mask * 2})

@@ -430,10 +430,13 @@ def test_hf_bert(hf_folders: dict[str, Path]) -> None:
     assert loaded.hf_config.model_type == "bert"
     assert _spec_table(loaded) == [
         ("input_ids", "int64", ["batch", "seq"], (0, 98)),
-        ("attention_mask", "int64", ["batch", "seq"], (1, 1)),
+        ("attention_mask", "int64", ["batch", "seq"], (0, 1)),  # padding (0) is a valid mask value
         ("token_type_ids", "int64", ["batch", "seq"], (0, 1)),
     ]
     ex = loaded.example_inputs
+    args, _ = ex.make(rng=0)
+    mask = args[ex.input_names.index("attention_mask")]
+    assert bool((mask == 1).all())  # examples still attend everywhere
     assert ex.dynamic_dims == {"batch": DimRange(1, 32), "seq": DimRange(1, 64)}
     sizes = ex.example_dims()
     assert sizes["batch"] >= 2 and sizes["seq"] >= 2 and sizes["batch"] != sizes["seq"]

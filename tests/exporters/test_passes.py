@@ -171,6 +171,33 @@ def test_fp16_keeps_float32_io_and_sensitive_ops(bert_onnx):
         assert cos > 0.999
 
 
+def test_duplicate_casts_of_older_float16_converters_are_merged():
+    """onnxruntime < 1.32 writes one Cast per consumer of a shared float16 weight kept in float32:
+    ONNX Runtime refuses that model; the fp16 pass drops the repeats."""
+    from torchport.exporters._onnx_passes import drop_duplicate_nodes
+
+    w = numpy_helper.from_array(np.ones(4, np.float16), "w")
+    cast = helper.make_node(
+        "Cast", ["w"], ["w_cast_to_fp32"], to=TensorProto.FLOAT, name="w_cast_to_fp32_node"
+    )
+    nodes = [
+        cast,
+        helper.make_node("Add", ["x", "w_cast_to_fp32"], ["a"]),
+        cast,
+        helper.make_node("Mul", ["a", "w_cast_to_fp32"], ["y"]),
+    ]
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [4]) for n in ("x", "y")]
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", io[:1], io[1:], [w]), opset_imports=[helper.make_opsetid("", 17)]
+    )
+    model.ir_version = 9
+    with pytest.raises(Exception, match="same node name|more than one node|duplicate"):
+        _run(model, {"x": np.ones(4, np.float32)})
+    assert drop_duplicate_nodes(model) == 1
+    assert [n.op_type for n in model.graph.node] == ["Cast", "Add", "Mul"]
+    np.testing.assert_array_equal(_run(model, {"x": np.ones(4, np.float32)})[0], np.full(4, 2.0, np.float32))
+
+
 def test_int8_dynamic_and_static(bert_onnx):
     dyn, modified = Int8DynamicPass()(bert_onnx)
     assert modified and op_counts(dyn)["MatMulInteger"] >= 8

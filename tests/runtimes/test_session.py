@@ -170,6 +170,8 @@ def test_cuda_iobinding_matches_cpu(add_package):
     x = np.random.default_rng(2).standard_normal((8, 4)).astype(np.float32)
     gpu = Session.from_package(add_package, providers="cuda")
     assert gpu.provider == "CUDAExecutionProvider" and gpu._use_iobinding
+    # float32 stays float32 on the GPU (no TF32 matrix products): it must match the validated CPU run
+    assert gpu._sess.get_provider_options()["CUDAExecutionProvider"]["use_tf32"] == "0"
     cpu = Session.from_package(add_package, providers="cpu")
     np.testing.assert_allclose(gpu.run({"x": x})["y"], cpu.run({"x": x})["y"], rtol=1e-5, atol=1e-5)
 
