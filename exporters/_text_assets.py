@@ -71,7 +71,13 @@ def copy_text_assets(reference: str, dest: Path, config: Any, *, task: str) -> d
     tok_config: dict[str, Any] = {}
     if (folder / "tokenizer_config.json").is_file():
         tok_config = json.loads((folder / "tokenizer_config.json").read_text())
+    if (folder / "special_tokens_map.json").is_file():  # older folders keep special tokens there
+        legacy = json.loads((folder / "special_tokens_map.json").read_text())
+        tok_config = {**legacy, **tok_config} if isinstance(legacy, dict) else tok_config
     template = tok_config.get("chat_template")
+    if isinstance(template, list):  # named templates: transformers uses "default"
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
     if (folder / "chat_template.jinja").is_file():
         template = (folder / "chat_template.jinja").read_text()
     text: dict[str, Any] = {
@@ -80,7 +86,8 @@ def copy_text_assets(reference: str, dest: Path, config: Any, *, task: str) -> d
         "task": task,
         "chat_template": template if isinstance(template, str) else None,
         "special_tokens": {
-            k: _token_text(tok_config.get(f"{k}_token")) for k in ("bos", "eos", "pad", "unk", "cls", "sep")
+            k: _token_text(tok_config.get(f"{k}_token"))
+            for k in ("bos", "eos", "pad", "unk", "cls", "sep", "mask")
         },
     }
     if task in ("text-classification", "token-classification"):

@@ -70,6 +70,27 @@ class TextCodec:
     def token_id(self, token: str | None) -> int | None:
         return None if token is None else self.tokenizer.token_to_id(token)
 
+    def apply_chat_template(self, messages: Any, *, add_generation_prompt: bool = True) -> str:
+        """The prompt text of a conversation, rendered with the package's chat template as
+        transformers' ``apply_chat_template(messages, tokenize=False, add_generation_prompt=True)``
+        renders it. Encode it with ``add_special_tokens=False`` (the template writes them).
+
+        Raises:
+            InferenceInputError: the package has no chat template, or the messages are not a list of
+                ``{role, content}`` objects the template accepts.
+        """
+        from torchport.runtimes._chat_template import check_messages, render_chat
+
+        template = self.info.get("chat_template")
+        if not isinstance(template, str) or not template:
+            raise InferenceInputError("this model has no chat template; send the prompt as text")
+        return render_chat(
+            template,
+            check_messages(messages),
+            self.info.get("special_tokens"),
+            add_generation_prompt=add_generation_prompt,
+        )
+
 
 class IncrementalDecoder:
     """Turn a growing list of token ids into text pieces for streaming.

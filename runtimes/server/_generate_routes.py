@@ -1,6 +1,8 @@
 """Triton's generate extension for text-generation packages:
 
-- ``POST /v2/models/{m}[/versions/{v}]/generate``: JSON ``{"text_input": ..., "max_tokens": ...}`` →
+- ``POST /v2/models/{m}[/versions/{v}]/generate``: JSON ``{"text_input": ..., "max_tokens": ...}`` (or
+  ``"messages": [{"role", "content"}, ...]`` instead of ``text_input``: rendered with the package's chat
+  template, as transformers' ``apply_chat_template(..., add_generation_prompt=True)`` does) →
   ``{"model_name", "model_version", "text_output", "finish_reason", "usage"}`` (the generated text only,
   special tokens skipped);
 - ``POST .../generate_stream``: the same request, answered as server-sent events, one
@@ -40,7 +42,7 @@ _SAMPLING = (
     "repetition_penalty",
     "ignore_eos",
 )
-_TOP_LEVEL = frozenset({"text_input", "parameters", "id", "stream", *_SAMPLING})
+_TOP_LEVEL = frozenset({"text_input", "messages", "parameters", "id", "stream", *_SAMPLING})
 _MAX_STOPS = 16
 
 
@@ -111,7 +113,7 @@ def parse_generate(body: bytes, engine: GenerationEngine, codec: TextCodec) -> G
     except json.JSONDecodeError as e:
         raise HTTPError(400, f"the request body is not valid JSON: {e.msg} at line {e.lineno}") from None
     if not isinstance(data, dict):
-        raise HTTPError(400, "the request body must be a JSON object with text_input")
+        raise HTTPError(400, "the request body must be a JSON object with text_input or messages")
     unknown = sorted(set(data) - _TOP_LEVEL)
     if unknown:
         raise HTTPError(
@@ -124,9 +126,18 @@ def parse_generate(body: bytes, engine: GenerationEngine, codec: TextCodec) -> G
     if bad:
         raise HTTPError(400, f"unknown parameter(s) {', '.join(bad)}; accepted: {', '.join(_SAMPLING)}")
     merged = {**{k: v for k, v in data.items() if k in _SAMPLING}, **params}
-    prompt = data.get("text_input")
-    if not isinstance(prompt, str) or not prompt:
-        raise HTTPError(400, "text_input must be a non-empty string")
+    if "messages" in data and "text_input" in data:
+        raise HTTPError(400, "send either text_input or messages, not both")
+    chat = "messages" in data
+    if chat:
+        try:
+            prompt = codec.apply_chat_template(data["messages"])
+        except InferenceInputError as e:
+            raise HTTPError(400, str(e)) from None
+    else:
+        prompt = data.get("text_input")
+        if not isinstance(prompt, str) or not prompt:
+            raise HTTPError(400, "text_input must be a non-empty string")
     stops = merged.get("stop") or []
     if isinstance(stops, str):
         stops = [stops]
@@ -152,7 +163,7 @@ def parse_generate(body: bytes, engine: GenerationEngine, codec: TextCodec) -> G
         repetition_penalty=float(_number(merged, "repetition_penalty", float, 1.0)),
     )
     try:
-        ids = codec.encode(prompt)
+        ids = codec.encode(prompt, add_special_tokens=not chat)  # a chat template writes its own
         request = GenRequest(ids, sampling)
         engine.check(request)
     except InferenceInputError as e:
