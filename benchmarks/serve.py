@@ -9,7 +9,8 @@ Prints one table:
   (4) the concurrency-1 latency floor: the tiny model through torchport vs a bare httptools server that
       answers the same request with the same response bytes (ratio of p50s, target <= 1.3);
   (5) gRPC (Triton's GRPCInferenceService) vs HTTP binary tensors on the CNN, both driven by `torchport
-      bench`'s load generator (ratio of req/s, target >= 1 at c=32);
+      bench`'s load generator (pre-encoded requests; ratio of req/s, target >= 1 at c=32), interleaved
+      rounds, with the server's CPU per request and the mean batch; plus one row through grpcio's client;
   (6) a hot reload under c=32 load: a new version lands in a --model-control poll repository mid-run;
       requests lost must be 0;
   (7) the breakdown of one c=1 request: each step timed in process (the rest of (4)'s gap is glue:
@@ -556,55 +557,128 @@ def server_cpu(server: ServerProcess) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _grpcio_load(address: str, request: bytes, concurrency: int, duration: float) -> dict:
+    """Closed-loop load through grpcio's asyncio client (the transport tritonclient.grpc uses)."""
+    import asyncio
+
+    from grpc import aio
+
+    async def run() -> dict:
+        lat: list[float] = []
+        async with aio.insecure_channel(address) as channel:
+            call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+            await call(request)
+            deadline = time.perf_counter() + duration
+
+            async def worker() -> None:
+                while time.perf_counter() < deadline:
+                    t0 = time.perf_counter()
+                    await call(request)
+                    lat.append(time.perf_counter() - t0)
+
+            start = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            elapsed = time.perf_counter() - start
+        lat.sort()
+        return {
+            "rps": len(lat) / elapsed,
+            "p50": lat[len(lat) // 2],
+            "p99": lat[int(len(lat) * 0.99)],
+            "n": len(lat),
+        }
+
+    return asyncio.run(run())
+
+
 def grpc_rows(cnn_pkg: Path, args, results: dict) -> list[tuple[str, ...]]:
-    """(5) gRPC vs HTTP binary on one server, both loaded by torchport bench's generator."""
-    from torchport.runtimes._loadgen import bench_server
+    """(5) gRPC vs HTTP binary on one server: rounds interleaved (median of ``--repeat``, at least 3),
+    HTTP binary and gRPC both from torchport bench's generator (pre-encoded requests: raw HTTP/1.1
+    connections, one h2c connection carrying the gRPC calls); a last row with grpcio's own client."""
+    from torchport.runtimes._loadgen import bench_server, grpc_request_bytes, request_inputs
 
     gport = free_port()
     srv = torchport_server(cnn_pkg, batching=True, extra=("--grpc-port", str(gport)))
     out = []
+    rounds = max(3, args.repeat)
     try:
+
+        def measure(run, *run_args, **run_kwargs):
+            cpu0, n0 = server_cpu(srv), srv.metric("torchport_batch_size_count")
+            rows0 = srv.metric("torchport_batch_size_sum")
+            r = run(*run_args, **run_kwargs)
+            cpu = server_cpu(srv) - cpu0
+            batches = srv.metric("torchport_batch_size_count") - n0
+            mean_batch = (srv.metric("torchport_batch_size_sum") - rows0) / max(batches, 1)
+            return r, cpu, mean_batch
+
         for c in sorted({1, 32} | set(args.concurrency)):
-            cpu0 = server_cpu(srv)
-            (binary,) = bench_server(
-                f"http://127.0.0.1:{srv.port}",
-                model="cnn",
-                protocols=["binary"],
-                concurrency=[c],
-                duration=args.duration,
-            )
-            cpu1 = server_cpu(srv)
-            (grpc,) = bench_server(
-                f"grpc://127.0.0.1:{gport}", model="cnn", concurrency=[c], duration=args.duration
-            )
-            cpu2 = server_cpu(srv)
-            if binary.errors or grpc.errors:
-                raise RuntimeError(f"failed requests: binary {binary.errors}, grpc {grpc.errors}")
-            ratio = grpc.rps / binary.rps
-            cpu_binary = (cpu1 - cpu0) / max(binary.requests, 1) * 1e6
-            cpu_grpc = (cpu2 - cpu1) / max(grpc.requests, 1) * 1e6
-            results.setdefault("grpc", {})[f"c{c}"] = {
-                "grpc": grpc.to_dict(),
-                "binary": binary.to_dict(),
-                "ratio": ratio,
-                "server_cpu_us_per_request": {"binary": cpu_binary, "grpc": cpu_grpc},
-            }
-            for name, r, vs, cpu in (
-                ("HTTP binary", binary, "1.00x", cpu_binary),
-                ("gRPC", grpc, f"{ratio:.2f}x binary", cpu_grpc),
+            samples: dict[str, list] = {"binary": [], "grpc": []}
+            for _ in range(rounds):
+                for proto in ("binary", "grpc"):
+                    url = f"grpc://127.0.0.1:{gport}" if proto == "grpc" else f"http://127.0.0.1:{srv.port}"
+                    (r,), cpu, mb = measure(
+                        bench_server,
+                        url,
+                        model="cnn",
+                        protocols=[proto],
+                        concurrency=[c],
+                        duration=args.duration,
+                    )
+                    if r.errors:
+                        raise RuntimeError(f"failed {proto} requests: {r.errors}")
+                    samples[proto].append((r, cpu / max(r.requests, 1) * 1e6, mb))
+            summary = {}
+            for proto, got in samples.items():
+                summary[proto] = {
+                    "rps": statistics.median(r.rps for r, _, _ in got),
+                    "p50_ms": statistics.median(r.p50_ms for r, _, _ in got),
+                    "p99_ms": statistics.median(r.p99_ms for r, _, _ in got),
+                    "server_cpu_us_per_request": statistics.median(u for _, u, _ in got),
+                    "mean_batch": statistics.median(m for _, _, m in got),
+                    "rounds_rps": [r.rps for r, _, _ in got],
+                }
+            ratio = summary["grpc"]["rps"] / summary["binary"]["rps"]
+            results.setdefault("grpc", {})[f"c{c}"] = {**summary, "ratio": ratio}
+            for label, proto, vs in (
+                ("HTTP binary (bench generator)", "binary", "1.00x"),
+                ("gRPC (bench generator, h2c)", "grpc", f"{ratio:.2f}x binary (target >= 1 at c=32)"),
             ):
+                sm = summary[proto]
                 out.append(
                     (
                         "5 grpc vs binary",
-                        f"torchport {name} (bench generator), server {cpu:.0f} us CPU/req",
+                        f"torchport {label}, server {sm['server_cpu_us_per_request']:.0f} us CPU/req",
                         str(c),
-                        f"{r.rps:.0f}",
-                        f"{r.p50_ms:.2f}",
-                        f"{r.p99_ms:.2f}",
+                        f"{sm['rps']:.0f}",
+                        f"{sm['p50_ms']:.2f}",
+                        f"{sm['p99_ms']:.2f}",
                         vs,
-                        "",
+                        f"{sm['mean_batch']:.1f}",
                     )
                 )
+            try:
+                import grpc  # noqa: F401
+            except ImportError:
+                continue
+            meta = [{"name": "image", "datatype": "FP32", "shape": [-1, 3, 32, 32]}]
+            request = grpc_request_bytes("cnn", request_inputs(meta, 1, {}))
+            g, cpu, mb = measure(_grpcio_load, f"127.0.0.1:{gport}", request, c, args.duration)
+            results["grpc"][f"c{c}"]["grpcio_client"] = {
+                **g,
+                "server_cpu_us_per_request": cpu / max(g["n"], 1) * 1e6,
+            }
+            out.append(
+                (
+                    "5 grpc vs binary",
+                    f"torchport gRPC (grpcio aio client, 1 round), server {cpu / max(g['n'], 1) * 1e6:.0f} us CPU/req",
+                    str(c),
+                    f"{g['rps']:.0f}",
+                    f"{g['p50'] * 1e3:.2f}",
+                    f"{g['p99'] * 1e3:.2f}",
+                    f"{g['rps'] / summary['binary']['rps']:.2f}x binary",
+                    f"{mb:.1f}",
+                )
+            )
     finally:
         srv.stop()
     return out

@@ -37,7 +37,8 @@ _ENTRYPOINT = """#!/bin/sh
 #   TORCHPORT_PORT (default {port}), TORCHPORT_HOST (0.0.0.0), TORCHPORT_PROVIDER ({provider}),
 #   TORCHPORT_VARIANT, TORCHPORT_MAX_BATCH_SIZE, TORCHPORT_MAX_QUEUE_DELAY_MS, TORCHPORT_THREADS,
 #   TORCHPORT_INTRA_OP_THREADS, TORCHPORT_API_KEY_FILE (Bearer key; health stays open),
-#   TORCHPORT_ACCESS_LOG (1/0). Extra arguments go to `torchport serve`.
+#   TORCHPORT_ACCESS_LOG (1/0), TORCHPORT_GRPC_PORT (also serve gRPC there; off by default).
+#   Extra arguments go to `torchport serve`.
 set -eu
 set -- --host "${{TORCHPORT_HOST:-0.0.0.0}}" --port "${{TORCHPORT_PORT:-{port}}}" \\
   --provider "${{TORCHPORT_PROVIDER:-{provider}}}" --variant "${{TORCHPORT_VARIANT:-{variant}}}" \\
@@ -47,6 +48,7 @@ set -- --host "${{TORCHPORT_HOST:-0.0.0.0}}" --port "${{TORCHPORT_PORT:-{port}}}
 if [ -n "${{TORCHPORT_THREADS:-}}" ]; then set -- "$@" --threads "$TORCHPORT_THREADS"; fi
 if [ -n "${{TORCHPORT_API_KEY_FILE:-}}" ]; then set -- "$@" --api-key-file "$TORCHPORT_API_KEY_FILE"; fi
 if [ "${{TORCHPORT_ACCESS_LOG:-1}}" = 0 ]; then set -- "$@" --no-access-log; fi
+if [ -n "${{TORCHPORT_GRPC_PORT:-}}" ]; then set -- "$@" --grpc-port "$TORCHPORT_GRPC_PORT"; fi
 exec {venv}/bin/torchport serve --installed {name} "$@"
 """
 

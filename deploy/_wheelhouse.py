@@ -3,7 +3,8 @@
 Only what serving needs goes in: torchport's own wheel (installed without its dependencies: the
 ``onnx`` package is for export and inspection, not serving), the model wheel, ONNX Runtime (CPU or
 GPU build, without the packages only its offline tools use: sympy, coloredlogs, flatbuffers...),
-numpy, ml_dtypes (bfloat16), the CLI's typer/rich and the server extras (httptools, orjson, uvloop), each at the version
+numpy, ml_dtypes (bfloat16), the CLI's typer/rich and the server extras (httptools, orjson, uvloop; protobuf
+and hpack for gRPC), each at the version
 installed here when there is one. Never torch. pip honours ``PIP_INDEX_URL``/``PIP_FIND_LINKS``/
 ``PIP_NO_INDEX`` for mirrors and offline wheel folders.
 """
@@ -18,7 +19,10 @@ from pathlib import Path
 from torchport.runtimes import UsageError
 
 #: resolved with their dependencies
-SERVE_REQUIREMENTS = ("numpy", "ml_dtypes", "typer", "rich", "httptools", "orjson", "uvloop")
+SERVE_REQUIREMENTS = (
+    "numpy", "ml_dtypes", "typer", "rich", "httptools", "orjson", "uvloop",
+    "protobuf", "hpack",  # the gRPC endpoint (--grpc-port): messages and HTTP/2 header compression
+)  # fmt: skip
 #: installed without their dependencies (ONNX Runtime needs only numpy to run a model)
 NO_DEPS_REQUIREMENTS = {"cpu": ("onnxruntime",), "gpu": ("onnxruntime-gpu",)}
 #: manylinux tags up to glibc 2.36 (Debian bookworm), newest first: pip does not widen --platform itself

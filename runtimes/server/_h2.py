@@ -208,6 +208,9 @@ class H2Protocol(asyncio.Protocol):
         self.buf = bytearray()
         self.preface_ok = False
         self.decoder = Decoder(max_header_list_size=_MAX_HEADER_LIST)
+        #: header block -> (decoder table generation, (method, path, metadata)); metadata is shared
+        #: by the calls of identical blocks and read-only
+        self.head_cache: dict[bytes, tuple[int, tuple[str, str, dict[str, str]]]] = {}
         self.streams: dict[int, _Stream] = {}
         self.last_stream_id = 0
         self.peer_max_frame = 16384
@@ -407,14 +410,40 @@ class H2Protocol(asyncio.Protocol):
             block, self.headers_block = bytes(self.headers_block), bytearray()
             self._header_block(sid, block)
 
+    def _decode_request_head(self, block: bytes) -> tuple[str, str, dict[str, str]]:
+        """(:method, :path, metadata) of a header block. A block that leaves the HPACK table as it
+        was (indexed fields, literals without indexing: what clients send once their table is
+        warm) decodes the same every time until the table changes, so it is looked up, not decoded.
+
+        Raises:
+            HpackError, HeaderListTooLarge: see :meth:`Decoder.decode`.
+        """
+        generation = self.decoder.generation
+        hit = self.head_cache.get(block)
+        if hit is not None and hit[0] == generation:
+            return hit[1]
+        pseudo: dict[str, str] = {}
+        metadata: dict[str, str] = {}
+        for name, value in self.decoder.decode(block):
+            if name.startswith(":"):
+                pseudo[name] = value
+            else:
+                metadata[name] = f"{metadata[name]},{value}" if name in metadata else value
+        head = (pseudo.get(":method", ""), pseudo.get(":path", ""), metadata)
+        if self.decoder.generation == generation:
+            if len(self.head_cache) >= 64:
+                self.head_cache.clear()
+            self.head_cache[block] = (generation, head)
+        return head
+
     def _header_block(self, sid: int, block: bytes) -> None:
         try:
-            fields = self.decoder.decode(block)
+            method, path, metadata = self._decode_request_head(block)
             too_large = None
         except HpackError as e:
             raise _ConnectionError(COMPRESSION_ERROR, str(e)) from None
         except HeaderListTooLarge as e:
-            fields, too_large = [], str(e)
+            method, path, metadata, too_large = "", "", {}, str(e)
         st = self.streams.get(sid)
         if st is not None or sid <= self.last_stream_id:
             # trailers of a request (gRPC clients send none) or frames of a stream we reset
@@ -433,15 +462,7 @@ class H2Protocol(asyncio.Protocol):
         if too_large is not None:
             self._answer_error(st, RESOURCE_EXHAUSTED, too_large)
             return
-        pseudo: dict[str, str] = {}
-        metadata: dict[str, str] = {}
-        for name, value in fields:
-            if name.startswith(":"):
-                pseudo[name] = value
-            else:
-                metadata[name] = f"{metadata[name]},{value}" if name in metadata else value
-        path = pseudo.get(":path", "")
-        if pseudo.get(":method") != "POST" or not path:
+        if method != "POST" or not path:
             self._answer_http(st, 405, "gRPC calls are POST requests with a :path")
             return
         if not metadata.get("content-type", "").startswith("application/grpc"):

@@ -52,6 +52,9 @@ class Decoder:
         self.max_header_list_size = max_header_list_size
         self._dynamic: deque[tuple[str, str]] = deque()
         self._used = 0
+        #: changes whenever the dynamic table does (a block decoded at the same generation without
+        #: changing it decodes the same again)
+        self.generation = 0
 
     def decode(self, block: bytes) -> list[tuple[str, str]]:
         """The (name, value) fields of ``block`` (names lower-case, latin-1 text).
@@ -83,6 +86,7 @@ class Decoder:
                             f"table size update to {new} exceeds the advertised {self.max_table_size}"
                         )
                     self.table_size = new
+                    self.generation += 1
                     self._evict(0)
                     continue
                 else:  # literal without indexing (0000) or never indexed (0001)
@@ -152,6 +156,7 @@ class Decoder:
         return self._dynamic[i]
 
     def _add(self, field: tuple[str, str]) -> None:
+        self.generation += 1
         size = len(field[0]) + len(field[1]) + _ENTRY_OVERHEAD
         if size > self.table_size:  # an entry larger than the table empties it (RFC 7541 4.4)
             self._dynamic.clear()

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 import yaml
 
@@ -113,14 +114,14 @@ def test_the_context_builds_without_network(image, base_image):
 
 def test_image_serves_as_non_root_equal_to_onnxruntime(image, tmp_path):
     tag, pkg, _ = image
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     key = tmp_path / "key"
     key.write_text("s3cret-test-key-0123\n")
     key.chmod(0o644)
     name = f"torchport-test-{uuid.uuid4().hex[:8]}"
     podman(
         "run", "-d", "--name", name, "-e", f"TORCHPORT_PORT={port}", "-e", "TORCHPORT_API_KEY_FILE=/run/key",
-        "-e", "TORCHPORT_MAX_BATCH_SIZE=4",
+        "-e", "TORCHPORT_MAX_BATCH_SIZE=4", "-e", f"TORCHPORT_GRPC_PORT={grpc_port}",
         "-v", f"{key}:/run/key:ro", tag,
     )  # fmt: skip
     try:
@@ -136,6 +137,17 @@ def test_image_serves_as_non_root_equal_to_onnxruntime(image, tmp_path):
             "add", headers={"Authorization": "Bearer s3cret-test-key-0123"}
         )
         assert meta["parameters"]["max_batch_size"] == 4  # TORCHPORT_MAX_BATCH_SIZE reached the server
+        # the gRPC endpoint inside the image, called from the host with tritonclient.grpc
+        gc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        inp = grpcclient.InferInput("x", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        with pytest.raises(Exception, match="UNAUTHENTICATED"):
+            gc.infer("add", [inp])
+        res = gc.infer("add", [inp], headers={"authorization": "Bearer s3cret-test-key-0123"})
+        np.testing.assert_allclose(res.as_numpy("y"), expected[0], rtol=1e-6, atol=1e-7)
+        config = gc.get_model_config("add", headers={"authorization": "Bearer s3cret-test-key-0123"})
+        assert config.config.max_batch_size == 4
+        gc.close()
         assert podman("exec", name, "id", "-u").stdout.strip() == "10001"
         assert podman("inspect", name, "--format", "{{.Config.User}}").stdout.strip() == "10001:10001"
         podman("stop", "-t", "20", name)
