@@ -194,7 +194,9 @@ class DecoderModule(torch.nn.Module):
         kwargs: dict[str, Any] = {}
         if sig.position_ids:
             kwargs["position_ids"], rest = rest[0], rest[1:]
-        cache = DynamicCache(config=self.model.config)
+        # full layers even for sliding-window models: the attention mask applies the window, the
+        # cache keeps every position (a sliding layer crops it, which no dynamic shape can express)
+        cache = DynamicCache()
         for i in range(sig.num_layers):
             cache.update(rest[2 * i], rest[2 * i + 1], i)
         out = self.model(
@@ -566,6 +568,7 @@ def export_decoder(loaded: Any, writer: Any, progress: Any, options: DecoderOpti
         import onnx
 
         from torchport.exporters._onnx_files import save_onnx
+        from torchport.exporters._onnx_passes import DECODER_INT8_BLOCK_SIZE
         from torchport.exporters._optimize import VARIANT_FILES, optimize_model
 
         with progress.stage("optimize") as st:
@@ -575,7 +578,7 @@ def export_decoder(loaded: Any, writer: Any, progress: Any, options: DecoderOpti
                 fp16=options.fp16,
                 int8=options.int8,
                 disable=options.disable,
-                int8_per_channel=True,
+                int8_block_size=DECODER_INT8_BLOCK_SIZE,
             )
             for vname, proto in built.items():
                 file = VARIANT_FILES[vname]
@@ -661,6 +664,9 @@ def generation_extra(sig: DecoderSignature, config: Any, dims: Mapping[str, DimR
         "task": "text-generation",
         **sig.to_dict(),
         "max_positions": dims["seq"].max,
+        # attention sees at most this many positions back (the exported mask applies it; the cache
+        # keeps every position up to max_positions)
+        "sliding_window": getattr(text, "sliding_window", None),
         "eos_token_id": ids(getattr(text, "eos_token_id", None)),
         "bos_token_id": ids(getattr(text, "bos_token_id", None)),
         "pad_token_id": ids(getattr(text, "pad_token_id", None)),

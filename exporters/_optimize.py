@@ -19,6 +19,7 @@ import onnx
 
 from torchport.exporters._onnx_files import save_onnx
 from torchport.exporters._onnx_passes import (
+    DECODER_INT8_BLOCK_SIZE,
     Fp16Pass,
     Int8DynamicPass,
     Int8StaticPass,
@@ -213,12 +214,14 @@ def optimize_model(
     calibration_samples: Sequence[Mapping[str, np.ndarray]] | None = None,
     disable: Iterable[str] = (),
     provider: str = "cpu",
-    int8_per_channel: bool = False,
+    int8_block_size: int | None = None,
 ) -> tuple[dict[str, onnx.ModelProto], list[dict[str, Any]]]:
     """Optimize one ONNX model in memory; return ``({variant: model}, pass records)``.
 
-    ``int8_per_channel`` quantizes int8 dynamic weights per output channel (text-generation exports
-    use it: per-tensor scales flip greedy tokens of decoders within a few steps).
+    ``int8_block_size`` switches int8 dynamic to the decoder recipe (text-generation packages use
+    it, see :class:`Int8DynamicPass`): int8 weights and run-time activation scales per block of
+    that many input rows, output head and embeddings in float32 (per-tensor activation scales
+    flipped a decoder's greedy tokens within a few steps).
 
     The fp32 variant goes through ``optimize`` (level basic and all), ``ort_fusions`` and
     ``ort_offline`` (level all). fp16 starts from the graph after the onnxscript passes (before
@@ -259,7 +262,7 @@ def optimize_model(
             raise UsageError(
                 "--int8 dynamic asks for a pass that --disable int8_dynamic switches off; drop one"
             )
-        int8_passes: list[Any] = [Int8DynamicPass(per_channel=int8_per_channel)]
+        int8_passes: list[Any] = [Int8DynamicPass(block_size=int8_block_size)]
         if level == "all" and "ort_fusions" not in disable:
             # Q/K/V kept as separate MatMuls (MultiHeadAttention) so they are quantized too
             int8_passes.insert(0, OrtFusionsPass(pack_qkv=False))
@@ -331,6 +334,7 @@ def optimize_folder(
         calibration_samples=samples,
         disable=options.disable,
         provider=options.provider,
+        int8_block_size=DECODER_INT8_BLOCK_SIZE if _is_decoder(manifest) else None,
     )
     old = manifest.variants
     base_history = list(old["fp32"].passes)
@@ -394,6 +398,11 @@ def optimize_folder(
     new_manifest = manifest.replace(variants=new_variants, passes=records, extra=extra)
     new_manifest = _with_chain_summary(new_manifest)
     return FolderOptimization(new_manifest, records, parity, new_report, warnings)
+
+
+def _is_decoder(manifest: Manifest) -> bool:
+    generation = (manifest.extra or {}).get("generation")
+    return isinstance(generation, dict) and generation.get("task") == "text-generation"
 
 
 def _passed(variant: Variant) -> bool:

@@ -46,6 +46,7 @@ CONFIGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "llama": ("LlamaForCausalLM", _llama_like("LlamaConfig")),
     "qwen2": ("Qwen2ForCausalLM", _llama_like("Qwen2Config")),
     "mistral": ("MistralForCausalLM", _llama_like("MistralConfig", sliding_window=None)),
+    "mistral_sw": ("MistralForCausalLM", _llama_like("MistralConfig", sliding_window=16)),
     "phi3": ("Phi3ForCausalLM", _llama_like("Phi3Config")),
     "gemma": ("GemmaForCausalLM", _llama_like("GemmaConfig", head_dim=8)),
     "mixtral": (

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
@@ -21,7 +22,8 @@ from torchport.exporters._decoder_export import (  # noqa: E402
     decoder_signature,
 )
 from torchport.exporters._loading import load_model  # noqa: E402
-from torchport.runtimes import ModelPackage, UsageError  # noqa: E402
+from torchport.exporters._onnx_passes import output_head  # noqa: E402
+from torchport.runtimes import ModelPackage, Session, UsageError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -88,13 +90,33 @@ def test_decoder_with_cache(name: str, root: Path) -> None:
     assert out[1].shape[2] == prompt.shape[1] + len(steps) - 1 + 1
 
 
+def _greedy(sess: Session, prompts: list[list[int]], n: int) -> list[list[int]]:
+    return sess.generate(prompts, max_new_tokens=n, ignore_eos=True).tokens
+
+
 def test_int8_dynamic_decoder(root: Path) -> None:
+    """The decoder recipe: block-wise int8 linear layers, the logits head in float32, and greedy tokens
+    that follow fp32's (per-tensor activation scales agreed on ~60% of these tokens)."""
     result = exported_lm("llama", root, int8="dynamic", level="basic")
     m = result.manifest
     assert set(m.variants) == {"fp32", "int8"} and m.variants["int8"].parity["passed"]
     report = result.package.parity_report()
     logits = report["variants"]["int8"]["outputs"][0]
     assert logits["name"] == "logits" and logits["cosine"] >= 0.99 and logits["top1"] >= 0.9
+    record = next(p for p in m.passes if p["name"] == "int8_dynamic")
+    assert record["details"]["block_size"] == 16
+    graph = onnx.load(str(result.path / "model.int8.onnx"), load_external_data=False).graph
+    ops = {n.op_type for n in graph.node}
+    assert "MatMulNBits" in ops and not ops & {"MatMulInteger", "DynamicQuantizeLinear"}
+    head = output_head(onnx.load(str(result.path / "model.int8.onnx")), "logits")
+    assert head is not None and next(n for n in graph.node if n.name == head).op_type == "MatMul"
+
+    rng = np.random.default_rng(0)
+    prompts = [[1, *rng.integers(3, 96, 7).tolist()] for _ in range(8)]
+    fp32 = _greedy(Session.from_package(result.path), prompts, 48)
+    int8 = _greedy(Session.from_package(result.path, variant="int8"), prompts, 48)
+    agreement = np.mean([np.mean(np.array(a) == np.array(b)) for a, b in zip(fp32, int8, strict=True)])
+    assert agreement >= 0.9, f"int8 greedy tokens agree with fp32 on {agreement:.0%}"
 
 
 def test_outputs_logits_keeps_the_plain_export(root: Path) -> None:

@@ -24,11 +24,16 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("lm-gen")
 
 
-def _hf_generate(folder: Path, prompts: list[list[int]], **kwargs: object) -> list[list[int]]:
-    """Hugging Face generate on the same prompts, left-padded with the pad id 0."""
+def _hf_generate(
+    folder: Path, prompts: list[list[int]], config: dict[str, object] | None = None, **kwargs: object
+) -> list[list[int]]:
+    """Hugging Face generate on the same prompts, left-padded with the pad id 0 (``config``: fields
+    changed on the model's config before generating)."""
     import transformers
 
     model = transformers.AutoModelForCausalLM.from_pretrained(str(folder)).eval()
+    for key, value in (config or {}).items():
+        setattr(model.config, key, value)
     longest = max(map(len, prompts))
     ids = torch.tensor([[0] * (longest - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompts])
@@ -50,6 +55,23 @@ def test_greedy_equals_hugging_face(name: str, root: Path) -> None:
     assert got.finish_reasons == ["length"] * 3 and all(len(t) == N for t in got.tokens)
     # each prompt alone gives the tokens it gives in the padded batch
     assert sess.generate(PROMPTS[1], max_new_tokens=N, ignore_eos=True).tokens[0] == want[1]
+
+
+def test_sliding_window_past_the_window_equals_hugging_face(root: Path) -> None:
+    """Mistral with a 16-token window: 40 tokens past the window, batched prompts of different lengths,
+    equal to Hugging Face generate (whose cache drops what leaves the window)."""
+    result = exported_lm("mistral_sw", root)
+    generation = result.manifest.extra["generation"]
+    assert generation["sliding_window"] == 16 and generation["max_positions"] == 128
+    sess = Session.from_package(result.path)
+    got = sess.generate(PROMPTS, max_new_tokens=40, ignore_eos=True)
+    greedy = {"do_sample": False, "max_new_tokens": 40, "min_new_tokens": 40, "eos_token_id": None}
+    want = _hf_generate(root / "src-mistral_sw", PROMPTS, **greedy)
+    assert got.tokens == want
+    # the window matters: the same weights attending to every position give other tokens
+    assert _hf_generate(root / "src-mistral_sw", PROMPTS, config={"sliding_window": None}, **greedy) != want
+    with pytest.raises(InferenceInputError, match=r"exceeds the model's 128 positions; ask for at most 120"):
+        sess.generate(PROMPTS[0], max_new_tokens=121)
 
 
 def test_eos_and_repetition_penalty_as_hugging_face(root: Path) -> None:
