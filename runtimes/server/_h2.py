@@ -673,13 +673,15 @@ class H2Protocol(asyncio.Protocol):
     def _answer_http(self, st: _Stream, status: int, message: str) -> None:
         block = encode_literal(":status", str(status)) + encode_literal("content-type", "text/plain")
         body = message.encode()
-        self._write(_frame(_HEADERS, _END_HEADERS, st.id, block))
-        if len(body) <= min(self.send_window, st.send_window):
+        fits = len(body) <= min(self.send_window, st.send_window)
+        if fits:
             self.send_window -= len(body)
-            self._write(_frame(_DATA, _END_STREAM, st.id, body))
-        else:
-            self._write(_frame(_RST, 0, st.id, NO_ERROR.to_bytes(4, "big")))
-        if st.state == "receiving":
+            self._write(
+                _frame(_HEADERS, _END_HEADERS, st.id, block) + _frame(_DATA, _END_STREAM, st.id, body)
+            )
+        else:  # no window for the text: the status alone
+            self._write(_frame(_HEADERS, _END_HEADERS | _END_STREAM, st.id, block))
+        if st.state == "receiving":  # the client may stop sending its message (RFC 9113 8.1)
             self._write(_frame(_RST, 0, st.id, NO_ERROR.to_bytes(4, "big")))
         self._close_stream(st, INTERNAL)
 

@@ -20,7 +20,7 @@ from tests.reliability._net import API_KEY, wait_closed  # noqa: E402
 from tests.runtimes.conftest import running_server  # noqa: E402
 from torchport.runtimes._h2client import PREFACE, frame, request_frames  # noqa: E402
 from torchport.runtimes.server._grpc_messages import MESSAGES  # noqa: E402
-from torchport.runtimes.server._hpack import Decoder  # noqa: E402
+from torchport.runtimes.server._hpack import Decoder, encode_literal  # noqa: E402
 
 _DATA, _HEADERS, _RST, _SETTINGS, _PUSH, _GOAWAY, _WINDOW, _CONT = 0, 1, 3, 4, 5, 7, 8, 9
 _INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -251,3 +251,48 @@ def test_a_client_that_never_reads_is_dropped_and_holds_no_budget(repo):
         assert not h2.connections, "the connection that never reads was not dropped"
         assert srv.http.body_bytes == 0
         c.sock.close()
+
+
+@pytest.mark.parametrize(
+    "fields, status",
+    [
+        ([(":method", "GET"), (":path", _INFER), ("content-type", "application/grpc")], "405"),
+        ([(":method", "POST"), (":path", _INFER), ("content-type", "application/json")], "415"),
+    ],
+)
+def test_requests_that_are_not_grpc_get_an_http_status(grpc_server, fields, status):
+    c = RawH2(grpc_server.grpc_port)
+    block = b"".join(encode_literal(k, v) for k, v in fields)
+    c.sock.sendall(frame(_HEADERS, 0x5, 1, block))
+    got = c.read_until(lambda f: f[0] in (_DATA, _HEADERS) and f[1] & 0x1)
+    head = dict(c.decoder.decode(next(p for t, _, _, p in got if t == _HEADERS)))
+    assert head[":status"] == status
+
+
+def test_unknown_rpcs_and_bad_messages_get_grpc_statuses(grpc_server):
+    c = RawH2(grpc_server.grpc_port)
+    for sid, path, message, want in (
+        (1, "/inference.GRPCInferenceService/Nope", b"", (12, "Method not found")),
+        (3, _INFER, b"\xff\xff\xff", (3, "cannot parse the ModelInferRequest message")),
+    ):
+        first, _, data = request_frames("t", path, message)
+        c.sock.sendall(frame(_HEADERS, 0x4, sid, first) + frame(_DATA, 0x1, sid, data))
+        got = c.read_until(lambda f, sid=sid: f[0] == _HEADERS and f[1] & 0x1 and f[2] == sid)
+        code, text = c.status(got, sid)
+        assert code == want[0] and want[1] in text
+    # a message split over many DATA frames with padding, then a compressed one (gzip)
+    import gzip
+
+    first, _, data = request_frames("t", _INFER, b"", {"grpc-encoding": "gzip"})
+    packed = gzip.compress(_infer_message(rows=3))
+    body = b"\x01" + len(packed).to_bytes(4, "big") + packed
+    c.sock.sendall(frame(_HEADERS, 0x4, 5, first))
+    for k in range(0, len(body), 7):
+        chunk = body[k : k + 7]
+        flags = 0x8 | (0x1 if k + 7 >= len(body) else 0)
+        c.sock.sendall(frame(_DATA, flags, 5, bytes([2]) + chunk + b"\x00\x00"))
+    got = c.read_until(lambda f: f[0] == _HEADERS and f[1] & 0x1 and f[2] == 5)
+    assert c.status(got, 5) == (0, "")
+    answer = b"".join(p for t, _, s, p in got if t == _DATA and s == 5)
+    response = MESSAGES["ModelInferResponse"].FromString(answer[5:])
+    assert {o.name: list(o.shape) for o in response.outputs}["z"] == [3, 4]
