@@ -27,6 +27,7 @@ import onnx
 from onnx import numpy_helper
 
 from torchport.exporters._source_lines import location_in_text
+from torchport.exporters._torch_logs import quiet_torch_logs
 from torchport.runtimes._parity import InputRange, Localization, cosine
 
 _FX_NAME = re.compile(r"^%([A-Za-z0-9_]+)\s*:")
@@ -44,12 +45,9 @@ def exported_program_for(
     the model was exported with: FX node names depend on them (symbolic shape arithmetic takes
     names from the same counters, ``mul`` becomes ``mul_4``).
     """
-    import warnings
-
     import torch
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet_torch_logs():  # torch.onnx's registry logs (torchvision ops skipped...) on first use
         # the same two steps as ``export``: torch.export (non-strict), then the ONNX translation
         ep = torch.export.export(
             module,

@@ -23,7 +23,6 @@ name           what it does
 
 from __future__ import annotations
 
-import logging
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -34,6 +33,7 @@ import onnx
 import onnx_ir as ir
 
 from torchport.exporters._onnx_files import EXTERNAL_DATA_THRESHOLD, save_onnx, weights_nbytes
+from torchport.exporters._ort_logs import quiet_ort_logs
 from torchport.exporters._passes import AnyModel, as_ir, as_proto, op_counts
 from torchport.runtimes import OptimizationError, UsageError
 from torchport.runtimes._providers import normalize_provider
@@ -449,12 +449,8 @@ def _quantize_via_files(proto: onnx.ModelProto, quantize: Callable[[Path, Path],
     with tempfile.TemporaryDirectory(prefix="torchport-q-") as tmp:
         src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
         save_onnx(proto, src)
-        previous = logging.root.manager.disable
-        logging.disable(logging.WARNING)  # the quantizer's advice to pre-process, printed every run
-        try:
+        with quiet_ort_logs():  # its advice to pre-process, its sessions' C++ warnings
             quantize(src, dst)
-        finally:
-            logging.disable(previous)
         return onnx.load(str(dst))
 
 
