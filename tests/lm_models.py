@@ -66,6 +66,23 @@ CONFIGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
 }
 
 
+def tiny_bert(cls_name: str, **extra: Any) -> Any:
+    """A one-layer BERT (``BertModel``, ``BertForSequenceClassification``...) of ``VOCAB`` tokens,
+    random weights; ``extra`` goes to its config (``num_labels``, ``id2label``...)."""
+    import transformers as T
+
+    config = T.BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        **extra,
+    )
+    return getattr(T, cls_name)(config).eval()
+
+
 def train_tokenizer(folder: Path) -> None:
     """A byte-level BPE tokenizer of ``VOCAB`` tokens (ids 0..2: pad, bos, eos) with a chat template."""
     import json

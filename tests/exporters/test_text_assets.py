@@ -11,31 +11,16 @@ pytest.importorskip("transformers")
 
 import torch  # noqa: E402
 
-from tests.lm_models import train_tokenizer  # noqa: E402
+from tests.lm_models import tiny_bert, train_tokenizer  # noqa: E402
 from torchport.exporters import export_model  # noqa: E402
 from torchport.runtimes import ModelPackage, TextCodec  # noqa: E402
 
 
-def _bert(T, cls_name: str, **extra):
-    config = T.BertConfig(
-        vocab_size=96,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        **extra,
-    )
-    return getattr(T, cls_name)(config).eval()
-
-
 def test_classifier_records_labels_and_carries_the_tokenizer(tmp_path: Path) -> None:
-    import transformers as T
-
     torch.manual_seed(0)
     src = tmp_path / "clf"
-    _bert(
-        T, "BertForSequenceClassification", num_labels=3, id2label={0: "neg", 1: "neu", 2: "pos"}
+    tiny_bert(
+        "BertForSequenceClassification", num_labels=3, id2label={0: "neg", 1: "neu", 2: "pos"}
     ).save_pretrained(src)
     train_tokenizer(src)
     pkg = ModelPackage.load(export_model(str(src), tmp_path / "pkg", quiet=True, dims=["seq=1..32"]).path)
@@ -55,11 +40,9 @@ def test_classifier_records_labels_and_carries_the_tokenizer(tmp_path: Path) -> 
 
 
 def test_embeddings_record_pooling_from_sentence_transformers(tmp_path: Path) -> None:
-    import transformers as T
-
     torch.manual_seed(0)
     src = tmp_path / "emb"
-    _bert(T, "BertModel").save_pretrained(src)
+    tiny_bert("BertModel").save_pretrained(src)
     train_tokenizer(src)
     (src / "1_Pooling").mkdir()
     (src / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
@@ -76,10 +59,8 @@ def test_embeddings_record_pooling_from_sentence_transformers(tmp_path: Path) ->
 
 
 def test_no_tokenizer_no_text_section(tmp_path: Path) -> None:
-    import transformers as T
-
     torch.manual_seed(0)
     src = tmp_path / "bare"
-    _bert(T, "BertModel").save_pretrained(src)
+    tiny_bert("BertModel").save_pretrained(src)
     manifest = export_model(str(src), tmp_path / "pkg", quiet=True, dims=["seq=1..32"]).manifest
     assert "text" not in manifest.extra and "tokenizer.json" not in manifest.files

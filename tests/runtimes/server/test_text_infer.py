@@ -24,7 +24,7 @@ pytest.importorskip("transformers")
 
 import torch  # noqa: E402
 
-from tests.lm_models import train_tokenizer  # noqa: E402
+from tests.lm_models import tiny_bert, train_tokenizer  # noqa: E402
 from tests.runtimes.conftest import http, running_server  # noqa: E402
 from torchport.exporters import export_model  # noqa: E402
 
@@ -34,32 +34,17 @@ TEXTS = ["the quick brown fox", "hello world", "one two three four five six seve
 SEQ_MAX = 32
 
 
-def _bert(T, cls_name: str, **extra):
-    config = T.BertConfig(
-        vocab_size=96,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        **extra,
-    )
-    return getattr(T, cls_name)(config).eval()
-
-
 def _export(src: Path, dest: Path, seq_max: int = SEQ_MAX) -> None:
     export_model(str(src), dest, quiet=True, dims=[f"seq=1..{seq_max}", "batch=1..8"], validate=False)
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import transformers as T
-
     root = tmp_path_factory.mktemp("text-infer")
     repo = root / "repo"
     torch.manual_seed(0)
     clf = root / "src-clf"
-    _bert(T, "BertForSequenceClassification", num_labels=3, id2label=LABELS).save_pretrained(clf)
+    tiny_bert("BertForSequenceClassification", num_labels=3, id2label=LABELS).save_pretrained(clf)
     train_tokenizer(clf)
     _export(clf, repo / "clf")
     # the same classifier with a tokenizer that records truncation (at 512: the served model's
@@ -71,7 +56,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tok.save(str(trunc / "tokenizer.json"))
     _export(trunc, repo / "trunc", seq_max=16)
     emb = root / "src-emb"
-    _bert(T, "BertModel").save_pretrained(emb)
+    tiny_bert("BertModel").save_pretrained(emb)
     train_tokenizer(emb)
     (emb / "modules.json").write_text(
         json.dumps(
@@ -83,7 +68,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     _export(emb, repo / "emb")
     tok_clf = root / "src-ner"
-    _bert(T, "BertForTokenClassification", num_labels=4, id2label=TAGS).save_pretrained(tok_clf)
+    tiny_bert("BertForTokenClassification", num_labels=4, id2label=TAGS).save_pretrained(tok_clf)
     train_tokenizer(tok_clf)
     _export(tok_clf, repo / "ner")
     return repo
