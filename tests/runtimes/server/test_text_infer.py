@@ -80,6 +80,18 @@ def server(repo: Path):
         yield srv
 
 
+@pytest.fixture
+def repo_server_batched(repo: Path):
+    """Only the classifier, batching with a long queue delay (a batch fills by size, so the test
+    does not depend on timing; the delay only bounds a hang)."""
+    one = repo.parent / "only-clf"
+    if not one.exists():
+        one.mkdir()
+        shutil.copytree(repo / "clf", one / "clf")
+    with running_server(one, max_batch_size=6, max_queue_delay_ms=2000) as srv:
+        yield srv
+
+
 # -- the independent reference: tokenizers + onnxruntime on the package's files ------------------
 
 
@@ -182,6 +194,24 @@ def test_tensor_inputs_keep_working_unchanged(repo: Path, server) -> None:
     assert status == 200 and reply["outputs"] == [
         {"name": "label", "datatype": "BYTES", "shape": [1], "data": [want_label]}
     ]
+
+
+def test_concurrent_text_requests_of_different_lengths_batch_together(
+    repo: Path, repo_server_batched
+) -> None:
+    srv = repo_server_batched
+    texts = [TEXTS[i % 3][: 4 + 3 * i] for i in range(6)]
+    client = th.InferenceServerClient(srv.url.removeprefix("http://"), concurrency=6)
+    handles = [client.async_infer("clf", [_text([t], binary=True)]) for t in texts]
+    results = [h.get_result() for h in handles]
+    metrics = http(srv, "GET", "/metrics")[2].decode()
+    client.close()
+    for text, result in zip(texts, results, strict=True):
+        want_logits, want_label, _ = _classify(repo, "clf", text)
+        np.testing.assert_allclose(result.as_numpy("logits")[0], want_logits, atol=1e-5, rtol=1e-4)
+        assert result.as_numpy("label")[0].decode() == want_label
+    runs = float(re.search(r'^torchport_batch_size_count\{model="clf"\} (\S+)$', metrics, re.M).group(1))
+    assert runs < len(texts), f"{runs:g} runs for {len(texts)} requests"
 
 
 def test_text_longer_than_the_model_is_truncated_when_the_tokenizer_says_so(repo: Path, server) -> None:
