@@ -71,7 +71,8 @@ def run_outputs(
     provider: str = "cpu",
 ) -> list[list[np.ndarray]]:
     """The outputs of the ONNX model at ``path`` for each feed, in manifest order."""
-    sess = Session(path, manifest, providers=provider)
+    # fatal only: a failing run is recorded in the parity result, ORT's own error line would repeat it
+    sess = Session(path, manifest, providers=provider, log_severity=4)
     names = sess.output_names
     keys = [spec.name if spec.name in names else names[j] for j, spec in enumerate(manifest.outputs)]
     return [[run[k] for k in keys] for run in (sess.run(dict(f)) for f in feeds)]

@@ -87,7 +87,10 @@ class Session:
         device_id: int = 0,
         package: ModelPackage | None = None,
         variant: str = "fp32",
+        log_severity: int = 3,
     ) -> None:
+        """See :meth:`from_package`; ``log_severity`` is ONNX Runtime's log level for this session
+        (3: errors, the default; 4: fatal only, for callers that report ORT's failures themselves)."""
         import onnxruntime as ort
 
         self.model_path = Path(model_path)
@@ -106,7 +109,7 @@ class Session:
         if not spinning:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        opts.log_severity_level = 3
+        opts.log_severity_level = int(log_severity)
         provider_options = [_provider_options(p, device_id) for p in requested]
         try:
             self._sess = ort.InferenceSession(

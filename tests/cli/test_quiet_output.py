@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tests.exporters.test_capture import SQUARE_MODEL
+
 #: a linear layer then a product with a vector: ONNX Runtime's static quantizer asks for per-channel
 #: axis 1 of the rank-1 weight and warns "Axis 1 is out-of-range" on every run
 VEC_MODEL = """
@@ -45,6 +47,7 @@ NOISE = (
     "pre-processing",
     "WARNING:root",
     "[W:onnxruntime",
+    "[E:onnxruntime",
     "torchvision",
 )
 TORCH_LOG_LINE = re.compile(r"^[WIE]\d{4} \d\d:\d\d:\d\d", re.M)  # torch's glog-style lines
@@ -90,4 +93,15 @@ def test_export_optimize_validate_print_no_onnxruntime_or_torch_noise(tmp_path: 
     # tolerances no float model meets: validation fails and localizes (re-exports with torch.onnx)
     out = _torchport("validate", str(pkg), "--atol", "1e-12", "--rtol", "1e-12")
     assert "parity FAILED" in out and "first diverging node" in out
+    _assert_quiet(out)
+
+
+def test_a_failing_onnx_runtime_run_is_reported_once(tmp_path: Path) -> None:
+    """Traced at its square example, the model breaks at other sizes inside ONNX Runtime: the parity
+    table says so, without ORT's own colored error line before it."""
+    (tmp_path / "square.py").write_text(SQUARE_MODEL)
+    source = f"{tmp_path / 'square.py'}:make_model"
+    out = _torchport("export", source, "-o", str(tmp_path / "sq"), "--strategy", "torchscript")
+    assert "ONNX Runtime failed: " in out and "Attempting to broadcast an axis" in out
+    assert out.count("Attempting to broadcast an axis") == 1
     _assert_quiet(out)
