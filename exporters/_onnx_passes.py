@@ -336,9 +336,7 @@ class Int8DynamicPass:
         head = output_head(proto, "logits")
         work = onnx.ModelProto()
         work.CopyFrom(proto)  # the quantizer rewrites the model it is given
-        previous = logging.root.manager.disable
-        logging.disable(logging.INFO)  # the quantizer logs every node it looks at
-        try:
+        with quiet_ort_logs():  # the quantizer logs every node it looks at
             quantizer = MatMulNBitsQuantizer(
                 work,
                 bits=8,
@@ -349,8 +347,6 @@ class Int8DynamicPass:
                 op_types_to_quantize=("MatMul",),
             )
             quantizer.process()
-        finally:
-            logging.disable(previous)
         out = quantizer.model.model
         self.details = {
             "recipe": "MatMulNBits int8 weights, block-wise activations",
