@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 import venv
@@ -111,7 +113,9 @@ def test_model_version_names_the_wheel_and_old_version_spelling_still_works(add_
     proc = torchport("package", str(add_pkg.path), "-o", str(tmp_path / "a"), "--model-version", "1.2.0")
     assert proc.returncode == 0, proc.stderr
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["add-1.2.0-py3-none-any.whl"]
-    assert "--model-version" in torchport("package", "--help").stdout
+    for command in (["package"], ["deploy", "container"]):  # the old spelling is hidden
+        text = torchport(*command, "--help", env={**os.environ, "COLUMNS": "200"}).stdout
+        assert "--model-version" in text and not re.search(r"(?<![\w-])--version\b", text)
     proc = torchport("package", str(add_pkg.path), "-o", str(tmp_path / "b"), "--version", "2.0")
     assert (
         proc.returncode == 0 and "warning: --version is deprecated here; use --model-version" in proc.stderr
