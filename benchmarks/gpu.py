@@ -158,7 +158,15 @@ def server_section(pkg: Path, provider: str, duration: float) -> list[tuple]:
             server.stop()
         for row in result:
             rows.append(
-                (prov, row.concurrency, round(row.p50_ms, 2), round(row.p99_ms, 2), round(row.rps, 1))
+                (
+                    prov,
+                    row.concurrency,
+                    row.requests,
+                    row.errors,
+                    round(row.p50_ms, 2),
+                    round(row.p99_ms, 2),
+                    round(row.rps, 1),
+                )
             )
     return rows
 
