@@ -71,7 +71,11 @@ def strategy_option() -> Any:
 
 def n_option() -> Any:
     return typer.Option(
-        20, "--n", min=1, help="Parity: generated inputs (dim boundaries + random points), e.g. --n 50."
+        20,
+        "--n",
+        min=1,
+        help="Parity: generated inputs (dim boundaries + random points), e.g. --n 50; for a "
+        "text-generation package, the decode steps after the prompt step.",
     )
 
 

@@ -49,6 +49,9 @@ def validate(
     """Compare a package with eager PyTorch; write parity.json; exit 1 when parity fails.
 
     Example: torchport validate out/cnn --n 20   (the model recorded at export; --model to name another)
+
+    A text-generation package runs a batched prompt and --n decode steps with the cache fed back:
+    fp32 against eager PyTorch, other variants against model.onnx. Example: torchport validate out/llama --n 8
     """
     from torchport.exporters import validate as run_validate
 

@@ -416,45 +416,51 @@ def check_decoder_parity(
     seed: int = 0,
     atol: float | None = None,
     rtol: float | None = None,
+    tolerances: Mapping[str, Any] | None = None,
     provider: str = "cpu",
+    fp32_reference: Path | None = None,
 ) -> ParityResult:
     """Eager vs ONNX Runtime over a prompt step and ``steps`` decode steps, for each variant file.
 
     Each side feeds its own presents back as the next past, so differences that grow over the
     steps show. Logits and presents are compared at the positions the attention mask keeps.
 
+    With ``fp32_reference`` (the validated ``model.onnx``) every variant other than ``fp32`` is
+    compared with that ONNX model over the same steps instead (the trust chain's variant link,
+    recorded as ``reference: "fp32"``); ``fp32`` itself is always compared with eager PyTorch.
+
     Example:
         >>> check_decoder_parity(DecoderModule(model, sig), {"fp32": Path("out/m/model.onnx")},
         ...                      dims=dims)                                                # doctest: +SKIP
     """
-    from torchport.runtimes import Session
-
     start = time.perf_counter()
     sig = module.signature
     plan = _plan_steps(sig, dims, steps, seed)
+    names = sig.output_names()
 
     def eager(feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         tensors = [torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in sig.input_names()]
         with torch.no_grad():
             return [t.detach().numpy() for t in module(*tensors)]
 
-    reference = _run_steps(eager, sig, plan)
-    cases = [step.description for step, _ in reference]
-    names = sig.output_names()
+    references: dict[str, Any] = {"eager": _run_steps(eager, sig, plan)}
+    cases = [step.description for step, _ in references["eager"]]
     variants: dict[str, VariantParity] = {}
     for variant, path in files.items():
-        tol = tolerance_for(variant, atol, rtol, None)
-        vp = VariantParity(variant=variant, file=Path(path).name, tolerance=tol)
+        against = "fp32" if fp32_reference is not None and variant != "fp32" else "eager"
+        tol = tolerance_for(variant, atol, rtol, tolerances)
+        vp = VariantParity(variant=variant, file=Path(path).name, tolerance=tol, reference=against)
         variants[variant] = vp
         try:
-            sess = Session(path, providers=provider)
-            got = _run_steps(lambda f, s=sess: [s.run(f, validate=False)[n] for n in names], sig, plan)
+            if against not in references:
+                references[against] = _run_steps(_onnx_runner(fp32_reference, names, provider), sig, plan)
+            got = _run_steps(_onnx_runner(path, names, provider), sig, plan)
         except Exception as e:  # noqa: BLE001 - reported in the table
             vp.error = describe_error(e)
             continue
         for j, name in enumerate(names):
             ref_rows, got_rows = [], []
-            for (step, ref_values), (_, got_values) in zip(reference, got, strict=True):
+            for (step, ref_values), (_, got_values) in zip(references[against], got, strict=True):
                 keep, axis = (step.keep, 1) if j == 0 else (step.keep_total, 2)
                 ref_rows.append(_gather(ref_values[j], keep, axis))
                 got_rows.append(_gather(got_values[j], keep, axis))
@@ -469,6 +475,13 @@ def check_decoder_parity(
         provider=provider,
         seconds=time.perf_counter() - start,
     )
+
+
+def _onnx_runner(path: Any, names: Sequence[str], provider: str) -> Any:
+    from torchport.runtimes import Session
+
+    sess = Session(path, providers=provider)
+    return lambda feeds: [sess.run(feeds, validate=False)[n] for n in names]
 
 
 def _no_top1(tol: Any) -> Any:
@@ -591,7 +604,13 @@ def export_decoder(loaded: Any, writer: Any, progress: Any, options: DecoderOpti
         with progress.stage("validate") as st:
             files = {k: writer.path / v.file for k, v in variants.items()}
             result = check_decoder_parity(
-                module, files, dims=dims, steps=options.steps, atol=options.atol, rtol=options.rtol
+                module,
+                files,
+                dims=dims,
+                steps=options.steps,
+                atol=options.atol,
+                rtol=options.rtol,
+                fp32_reference=files["fp32"],
             )
             st.detail = (
                 f"{'passed' if result else 'FAILED'} over {len(result.cases)} steps ({', '.join(files)})"

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from torchport.exporters._decoder_validate import check_decoder_package, is_text_generation
 from torchport.exporters._dynamic_shapes import flat_dynamic_shapes
 from torchport.exporters._eager_reference import EagerReference, eager_outputs, eager_reference
 from torchport.exporters._loading import load_model
@@ -201,6 +202,11 @@ def validate(
     variant is judged by its tolerance (:data:`DEFAULT_TOLERANCES`). On a failure, the first
     diverging ONNX node is localized (:func:`torchport.exporters.localize`).
 
+    A text-generation package (a decoder with a key/value cache) is run over a batched prompt
+    step and ``n`` decode steps instead, each side feeding its own cache back; logits and presents
+    are compared, fp32 against eager PyTorch and the other variants against the package's
+    ``model.onnx`` (:mod:`torchport.exporters._decoder_validate`).
+
     With ``write`` (default) ``parity.json`` is written into the package and the manifest's
     ``parity``, ``validated`` and each ``Variant.parity`` are updated, atomically.
 
@@ -210,7 +216,7 @@ def validate(
             or a ``torch.nn.Module``; default: the source the manifest records (an absolute path).
         variants: which variants to check (default: all in the package).
         samples: ``.npz`` of user inputs keyed by input name (a leading axis holds several samples).
-        n: number of generated cases (boundaries included).
+        n: number of generated cases (boundaries included); decode steps for a text-generation package.
         atol / rtol: override the elementwise tolerance (for every checked variant).
         tolerances: full per-variant :class:`Tolerance` overrides.
         provider: ONNX Runtime execution provider.
@@ -264,19 +270,37 @@ def validate(
                 f"package {pkg.path} has no variant {v!r}; available: {', '.join(pkg.manifest.variants)}"
             )
     files = {v: pkg.model_path(v) for v in names}
-    result = check_parity(
-        pkg.manifest,
-        files,
-        model,
-        samples=samples,
-        n=n,
-        atol=atol,
-        rtol=rtol,
-        tolerances=tolerances,
-        provider=provider,
-        seed=seed,
-        localize_failures=localize_failures,
-    )
+    if is_text_generation(pkg.manifest):
+        if samples is not None:
+            raise UsageError(
+                "--samples is not used for a text-generation package: it is validated over a prompt step and "
+                "--n decode steps, each fed the previous step's cache"
+            )
+        result = check_decoder_package(
+            pkg,
+            files,
+            model,
+            steps=n,
+            seed=seed,
+            atol=atol,
+            rtol=rtol,
+            tolerances=tolerances,
+            provider=provider,
+        )
+    else:
+        result = check_parity(
+            pkg.manifest,
+            files,
+            model,
+            samples=samples,
+            n=n,
+            atol=atol,
+            rtol=rtol,
+            tolerances=tolerances,
+            provider=provider,
+            seed=seed,
+            localize_failures=localize_failures,
+        )
     result.notes = notes + result.notes
     if write and (record or not source_differs):
         record_parity(pkg, result)
