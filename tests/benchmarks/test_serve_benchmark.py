@@ -37,3 +37,6 @@ def test_serve_benchmark_runs(tmp_path):
     results = json.loads(out.read_text())
     assert results["cnn"]["batched0ms_binary_c4"]["rps"] > 0
     assert results["tiny_server_JSON"]["p50"] > results["tiny_in_process"]["p50"]
+    grpc = results["grpc"]["c4"]
+    assert grpc["grpc"]["rps"] > 0 and grpc["binary"]["rps"] > 0 and grpc["ratio"] > 0
+    assert grpc["grpc"]["server_cpu_us_per_request"] > 0
