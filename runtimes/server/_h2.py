@@ -38,7 +38,7 @@ from torchport.runtimes.server._hpack import (
     HpackError,
     encode_literal,
 )
-from torchport.runtimes.server._http import HttpLimits
+from torchport.runtimes.server._http import HttpLimits, HttpServer
 
 log = logging.getLogger("torchport.server")
 
@@ -888,15 +888,9 @@ class H2Server:
         self._sweeper = loop.call_later(self._sweep_interval(), self._sweep)
         return self._server.sockets[0].getsockname()[1]
 
-    def _sweep_interval(self) -> float:
-        lim = self.limits
-        return max(0.05, min(1.0, lim.idle_timeout / 2, lim.header_timeout / 2, lim.body_timeout / 2))
-
-    def _sweep(self) -> None:
-        now = time.monotonic()
-        for conn in list(self.connections):
-            conn.check_timers(now)
-        self._sweeper = asyncio.get_running_loop().call_later(self._sweep_interval(), self._sweep)
+    # the HTTP server's deadline sweep: every connection's check_timers, at an interval from the limits
+    _sweep_interval = HttpServer._sweep_interval
+    _sweep = HttpServer._sweep
 
     def idle_check(self) -> None:
         if self._idle is not None and self.inflight == 0:
