@@ -296,3 +296,30 @@ def test_unknown_rpcs_and_bad_messages_get_grpc_statuses(grpc_server):
     answer = b"".join(p for t, _, s, p in got if t == _DATA and s == 5)
     response = MESSAGES["ModelInferResponse"].FromString(answer[5:])
     assert {o.name: list(o.shape) for o in response.outputs}["z"] == [3, 4]
+
+
+def test_large_messages_flow_both_ways_under_flow_control(grpc_server):
+    """Answers of MBs go out as the client's windows open (several at once, interleaved)."""
+    import threading
+
+    c = tg.InferenceServerClient(grpc_server.grpc_url)
+    blobs = [bytes([65 + i]) * (3 * 1024 * 1024 + i) for i in range(4)]
+    results: list = [None] * len(blobs)
+    done = threading.Event()
+
+    def callback(i):
+        def inner(result, error):
+            results[i] = error or result
+            if all(r is not None for r in results):
+                done.set()
+
+        return inner
+
+    for i, blob in enumerate(blobs):
+        inp = tg.InferInput("s", [1], "BYTES")
+        inp.set_data_from_numpy(np.array([blob], dtype=object))
+        c.async_infer("bag", [inp], callback=callback(i))
+    assert done.wait(60)
+    for blob, r in zip(blobs, results, strict=True):
+        assert r.as_numpy("out")[0] == blob
+    c.close()
