@@ -11,16 +11,18 @@ against Hugging Face eager fp32 measured in the same run; greedy-token agreement
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
@@ -189,24 +191,70 @@ def genai_run(folder: Path, work: Path, prompt: list[int], new: int) -> Callable
     return run
 
 
-def server_streams(
-    package: Path, prompt_text: str, new: int, levels: tuple[int, ...], rounds: int
-) -> dict[int, tuple[float, float]]:
-    """For each number of concurrent streams: (median time to first token in ms, aggregate tokens/s),
-    from the best of ``rounds`` interleaved rounds on one server."""
+@contextlib.contextmanager
+def serve_process(repo: Path) -> Iterator[int]:
+    """``torchport serve REPO`` in its own process (as users run it: the clients' threads do not share
+    its interpreter lock); yields its port once ready."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torchport.cli", "serve", str(repo), "--port", str(port)]
+    cmd += ["--intra-op-threads", str(THREADS), "--no-access-log"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"torchport serve exited: {proc.stderr.read().decode()[-500:]}")
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                conn.request("GET", "/v2/health/ready")
+                if conn.getresponse().status == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.2)
+        else:
+            raise RuntimeError("torchport serve did not get ready in 120 s")
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def serve_thread(repo: Path) -> Iterator[int]:
+    """The server on a thread of this process (the clients' threads share its interpreter lock)."""
     from torchport.runtimes.server import InferenceServer, ServerConfig
 
+    server = InferenceServer(
+        repo, ServerConfig(port=0, access_log=False, warmup=1, intra_op_threads=THREADS)
+    ).start_in_thread()
+    try:
+        yield server.port
+    finally:
+        server.stop()
+
+
+def server_streams(
+    package: Path,
+    prompt_text: str,
+    new: int,
+    levels: tuple[int, ...],
+    rounds: int,
+    in_process: bool = False,
+) -> dict[int, tuple[float, float]]:
+    """For each number of concurrent streams: (median time to first token in ms, aggregate tokens/s),
+    from the best of ``rounds`` interleaved rounds on one server (``torchport serve`` in its own
+    process, or with ``in_process`` on a thread of this one)."""
     repo = package.parent / "repo"
     if not repo.exists():
         repo.mkdir()
         shutil.copytree(package, repo / "llama")
-    server = InferenceServer(
-        repo, ServerConfig(port=0, access_log=False, warmup=1, intra_op_threads=THREADS)
-    ).start_in_thread()
     body = json.dumps({"text_input": prompt_text, "max_tokens": new, "ignore_eos": True})
 
-    def one(out: list[tuple[float, int]]) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=300)
+    def one(port: int, out: list[tuple[float, int]]) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
         start = time.perf_counter()
         conn.request("POST", "/v2/models/llama/generate_stream", body=body)
         resp = conn.getresponse()
@@ -220,10 +268,10 @@ def server_streams(
         out.append((first or 0.0, events[-1]["usage"]["completion_tokens"]))
         conn.close()
 
-    def measure(concurrency: int) -> tuple[float, float]:
+    def measure(port: int, concurrency: int) -> tuple[float, float]:
         out: list[tuple[float, int]] = []
         start = time.perf_counter()
-        threads = [threading.Thread(target=one, args=(out,)) for _ in range(concurrency)]
+        threads = [threading.Thread(target=one, args=(port, out)) for _ in range(concurrency)]
         for t in threads:
             t.start()
         for t in threads:
@@ -231,17 +279,15 @@ def server_streams(
         wall = time.perf_counter() - start
         return float(np.median([f for f, _ in out])) * 1e3, sum(n for _, n in out) / wall
 
-    try:
-        measure(1)  # warm-up
+    with (serve_thread if in_process else serve_process)(repo) as port:
+        measure(port, 1)  # warm-up
         best: dict[int, tuple[float, float]] = {}
         for _ in range(rounds):
             for c in levels:
-                got = measure(c)
+                got = measure(port, c)
                 if c not in best or got[1] > best[c][1]:
                     best[c] = got
         return best
-    finally:
-        server.stop()
 
 
 def main() -> None:
@@ -331,17 +377,21 @@ def main() -> None:
 
         if not args.no_server:
             text = " ".join(f"<{t}>" for t in prompt[1:])
-            best = server_streams(package, text, args.new_tokens, (1, 8), args.repeats)
-            srows = [(c, round(ttft, 1), round(tps, 1)) for c, (ttft, tps) in best.items()]
-            print()
-            print(
-                format_table(
-                    ["streams", "TTFT p50 ms", "aggregate tokens/s"],
-                    srows,
-                    title="torchport serve, /generate_stream (fp32, continuous batching)",
+            for title, in_process in (
+                ("torchport serve process", False),
+                ("server on a thread of the benchmark's process (clients share its interpreter lock)", True),
+            ):
+                best = server_streams(package, text, args.new_tokens, (1, 8), args.repeats, in_process)
+                srows = [(c, round(ttft, 1), round(tps, 1)) for c, (ttft, tps) in best.items()]
+                print()
+                print(
+                    format_table(
+                        ["streams", "TTFT p50 ms", "aggregate tokens/s"],
+                        srows,
+                        title=f"/generate_stream (fp32, continuous batching): {title}",
+                    )
                 )
-            )
-            print(f"\n8 streams / 1 stream aggregate tokens/s: {srows[1][2] / srows[0][2]:.2f}x")
+                print(f"8 streams / 1 stream aggregate tokens/s: {srows[1][2] / srows[0][2]:.2f}x")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
