@@ -117,42 +117,53 @@ def log_access(
     model: str | None,
     request_id: str | None,
 ) -> None:
+    """Write one access line: a JSON object with ``ts``, ``client``, ``method``, ``path``, ``status``,
+    ``duration_ms``, ``bytes_in``, ``bytes_out`` and, when known, ``model`` and ``request_id``.
+
+    The part that repeats from request to request (client, method, path, model) is escaped once and
+    kept, so a line costs little more than formatting its numbers.
+    """
     if not access_log.isEnabledFor(logging.INFO):
         return
-    now = time.time()
-    second = int(now)
-    if second != _ts_cache[0]:
-        _ts_cache[0], _ts_cache[1] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-    entry = {
-        "ts": f"{_ts_cache[1]}.{int(now * 1000) % 1000:03d}Z",
-        "client": client,
-        "method": method,
-        "path": path,
-        "status": status,
-        "duration_ms": round(duration * 1000, 3),
-        "bytes_in": bytes_in,
-        "bytes_out": bytes_out,
-    }
-    if model is not None:
-        entry["model"] = model
-    if request_id is not None:
-        entry["request_id"] = request_id
-    line = _dumps(entry)
+    ms = int(time.time() * 1000)
+    if ms != _ts_cache[0]:  # the timestamp text changes once a millisecond, its date once a second
+        if ms // 1000 != _ts_cache[2]:
+            _ts_cache[2] = ms // 1000
+            _ts_cache[3] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000))
+        _ts_cache[0], _ts_cache[1] = ms, f"{_ts_cache[3]}.{ms % 1000:03d}Z"
+    key = (client, method, path, model)
+    parts = _parts_cache.get(key)
+    if parts is None:
+        if len(_parts_cache) >= _PARTS_CACHE_SIZE:
+            _parts_cache.clear()
+        middle = f'","client":{_dumps(client)},"method":{_dumps(method)},"path":{_dumps(path)},"status":'
+        tail = "" if model is None else f',"model":{_dumps(model)}'
+        parts = _parts_cache[key] = (middle, tail)
+    middle, tail = parts
+    line = (
+        f'{{"ts":"{_ts_cache[1]}{middle}{status},'
+        f'"duration_ms":{int(duration * 1e6 + 0.5) / 1000!r},"bytes_in":{bytes_in},"bytes_out":{bytes_out}{tail}'
+        + ("}" if request_id is None else f',"request_id":{_dumps(request_id)}}}')
+    )
     if _writer is not None and access_log.handlers == [_writer]:
         _writer.write_line(line)  # skips building a LogRecord per request
     else:
         access_log.info(line)
 
 
-_ts_cache: list = [0, ""]
+#: [millisecond, its text, second, its text]
+_ts_cache: list = [0, "", 0, ""]
+#: escaped (client, method, path, model) parts of recent lines
+_parts_cache: dict[tuple, tuple[str, str]] = {}
+_PARTS_CACHE_SIZE = 1024
 
 try:
     import orjson as _orjson
 
-    def _dumps(obj: dict) -> str:
+    def _dumps(obj: object) -> str:
         return _orjson.dumps(obj).decode()
 
 except ImportError:  # pragma: no cover - orjson is optional
 
-    def _dumps(obj: dict) -> str:
+    def _dumps(obj: object) -> str:
         return json.dumps(obj)

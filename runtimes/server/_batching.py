@@ -15,10 +15,12 @@ Rules:
 - a text model whose inputs are all ``[batch, seq]`` and include ``attention_mask`` merges requests of
   different lengths: each is right-padded with zeros (mask 0) to the longest, and outputs with the
   ``seq`` dim at axis 1 are cut back to each request's length (see :func:`padding_dim`);
-- a model whose runs average under ``inline_below`` seconds runs on the event loop thread itself
-  (a thread hand-off would cost more than the run); when such a runner is idle, the first
-  request of a loop iteration runs at once, in the iteration that read it (concurrency 1 pays no
-  extra iteration); the requests read after it in that iteration batch as usual;
+- a model whose typical run (the median of its recent runs, so one run slowed down by a busy
+  machine does not change the decision) takes under ``inline_below`` seconds runs on the event
+  loop thread itself (a thread hand-off would cost more than the run); when such a runner is idle,
+  the first request of a loop iteration runs at once, in the iteration that read it (concurrency 1
+  pays no extra iteration, no future and no thread): :meth:`ModelRunner.run_now`; the requests read
+  after it in that iteration batch as usual;
 - when a merged run fails, its requests are re-run one by one so only the bad one gets the error.
 """
 
@@ -37,6 +39,9 @@ import numpy as np
 from torchport.runtimes._session import Session
 
 log = logging.getLogger("torchport.server")
+
+#: runs whose median decides whether the model is small enough to run on the event loop
+_RECENT_RUNS = 15
 
 
 @dataclass
@@ -106,10 +111,12 @@ class ModelRunner:
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._dispatch_pending = False
-        #: runs whose average compute time is below this many seconds happen on the event loop
+        #: runs whose typical compute time is below this many seconds happen on the event loop
         #: (a thread hand-off costs more than such a run); 0 always uses the thread pool
         self.inline_below = inline_below
-        self._compute_avg: float | None = None
+        #: the median of recent run times (None before the first run)
+        self.typical_run: float | None = None
+        self._recent: list[float] = []
         self._submitted_this_iteration = False
         #: libuv (uvloop) timers tick in whole milliseconds and may fire up to 1 ms late: aim 1 ms
         #: early there, so no request waits longer than max_queue_delay
@@ -147,8 +154,7 @@ class ModelRunner:
             and len(self._queues) == 1
             and len(queue) == 1
             and self.max_queue_delay == 0.0
-            and self._compute_avg is not None
-            and self._compute_avg < self.inline_below
+            and self._inline()
         ):
             # an idle runner, a tiny model, the first request of this loop iteration (always so at
             # concurrency 1): run it now, so the answer goes out in this iteration, not two later
@@ -159,6 +165,54 @@ class ModelRunner:
             self._dispatch_pending = True
             loop.call_soon(self._dispatch)
         return fut
+
+    def run_now(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        """Run ``inputs`` at once on the calling (event loop) thread and return the outputs, when
+        :meth:`submit` would do so too (an idle runner, a tiny model, the first request of this loop
+        iteration, no queue delay), without a future; ``None``: use :meth:`submit`.
+
+        Raises:
+            Exception: whatever the model run raised.
+        """
+        if (
+            self._submitted_this_iteration
+            or self._dispatch_pending
+            or self.busy
+            or self._queues
+            or self.max_queue_delay
+            or self._loop is None
+            or not self._inline()
+        ):
+            return None
+        self._submitted_this_iteration = True
+        self._loop.call_soon(self._new_iteration)
+        self.busy = 1
+        started = time.perf_counter()
+        try:
+            out = self.session.run_prepared(inputs)
+        finally:
+            self.busy = 0
+        compute = time.perf_counter() - started
+        self._timed(compute)
+        if self.on_batch is not None:
+            rows = next(iter(inputs.values())).shape[0] if self.batching and inputs else 1
+            try:
+                self.on_batch(rows, 1, compute)
+            except Exception:  # pragma: no cover - metrics must never break serving
+                log.exception("metrics callback failed")
+        return out
+
+    def _inline(self) -> bool:
+        return self.typical_run is not None and self.typical_run < self.inline_below
+
+    def _timed(self, compute: float) -> None:
+        """Record one run's time; every few runs the median of them becomes :attr:`typical_run`."""
+        recent = self._recent
+        recent.append(compute)
+        if self.typical_run is None or len(recent) >= _RECENT_RUNS:
+            self.typical_run = sorted(recent)[len(recent) // 2]
+            if len(recent) >= _RECENT_RUNS:
+                recent.clear()
 
     def _new_iteration(self) -> None:
         self._submitted_this_iteration = False
@@ -194,7 +248,7 @@ class ModelRunner:
                 del self._rows[key]
             self.busy += 1
             started = time.perf_counter()
-            if self._compute_avg is not None and self._compute_avg < self.inline_below:
+            if self._inline():
                 cf: Future = Future()
                 try:
                     cf.set_result(self._run(batch))
@@ -229,7 +283,7 @@ class ModelRunner:
         t0 = time.perf_counter()
         if len(batch) == 1:
             outputs: list[dict[str, np.ndarray] | BaseException] = [
-                self.session.run(batch[0].inputs, validate=False)
+                self.session.run_prepared(batch[0].inputs)
             ]
             return outputs, time.perf_counter() - t0
         names = list(batch[0].inputs)
@@ -242,12 +296,12 @@ class ModelRunner:
             for n in names
         }
         try:
-            result = self.session.run(merged, validate=False)
+            result = self.session.run_prepared(merged)
         except Exception:
             outputs = []
             for it in batch:
                 try:
-                    outputs.append(self.session.run(it.inputs, validate=False))
+                    outputs.append(self.session.run_prepared(it.inputs))
                 except Exception as e:
                     outputs.append(e)
             return outputs, time.perf_counter() - t0
@@ -280,8 +334,7 @@ class ModelRunner:
                     it.future.set_exception(out)
                 else:
                     it.future.set_result((out, started - it.enqueued))
-            avg = self._compute_avg
-            self._compute_avg = compute if avg is None else 0.9 * avg + 0.1 * compute
+            self._timed(compute)
             if self.on_batch is not None:
                 try:
                     self.on_batch(rows, len(batch), compute)

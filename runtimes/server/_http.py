@@ -98,7 +98,7 @@ class HttpLimits:
         return max(16, min(10_000, soft - 100))
 
 
-@dataclass
+@dataclass(slots=True)
 class Request:
     method: str
     path: str
@@ -116,9 +116,11 @@ class Request:
     reserved: int = 0
     #: a tighter body limit the application set in ``check_head`` (413 above it, chunked bodies too)
     max_body: int | None = None
+    #: what the application's ``check_head`` resolved from the head, for its ``handle``
+    route: Any = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Response:
     status: int
     body: bytes = b""
@@ -160,17 +162,32 @@ class Application(Protocol):
     def on_response(self, request: Request, response: Response, nbytes: int) -> None: ...
 
 
+#: the first lines of a response head, up to ``content-length: ``, by (status, content type)
+_HEAD_STARTS: dict[tuple[int, str], bytes] = {}
+
+
 def _head(status: int, resp: Response, length: int, keep_alive: bool) -> bytes:
-    lines = [
-        f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n",
-        f"content-type: {resp.content_type}\r\ncontent-length: {length}\r\n",
-    ]
+    start = _HEAD_STARTS.get((status, resp.content_type))
+    if start is None:
+        if len(_HEAD_STARTS) >= 256:
+            _HEAD_STARTS.clear()
+        start = _HEAD_STARTS[(status, resp.content_type)] = (
+            f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n"
+            f"content-type: {resp.content_type}\r\ncontent-length: "
+        ).encode("latin-1")
+    if not resp.headers and keep_alive:
+        return b"%b%d\r\n\r\n" % (start, length)
+    lines = [f"{length}\r\n"]
     for k, v in resp.headers:
         lines.append(f"{k}: {v}\r\n")
     if not keep_alive:
         lines.append("connection: close\r\n")
     lines.append("\r\n")
-    return "".join(lines).encode("latin-1")
+    return start + "".join(lines).encode("latin-1")
+
+
+#: ``(path, query)`` of recently seen request targets (a server sees the same few URLs over and over)
+_TARGETS: dict[bytes, tuple[str, str]] = {}
 
 
 class _Abort(Exception):
@@ -216,6 +233,8 @@ class HttpProtocol(asyncio.Protocol):
         self.started = 0.0
         self.last_active = time.monotonic()
         self.stream: Stream | None = None  # the streamed response being sent
+        #: optional (the metrics-only app has none)
+        self.check_head: Callable[[Request], Response | None] | None = getattr(app, "check_head", None)
 
     # -- asyncio.Protocol -------------------------------------------------------------------------
 
@@ -265,11 +284,16 @@ class HttpProtocol(asyncio.Protocol):
         if self.closing or self.failed:
             return  # closing after an error: discard what the client still sends
         self.last_active = time.monotonic()
-        if self.backlog is not None:  # only while reading is paused; keep the order anyway
-            self.backlog = memoryview(bytes(self.backlog) + data)
+        if self.backlog is None and len(data) <= _FEED_SLICE and len(self.queue) < _MAX_QUEUED:
+            self._feed_chunk(data)  # the common case: one slice, fed at once
+            if self.read_paused and not self.failed:
+                self._maybe_resume_reading()
         else:
-            self.backlog = memoryview(data)
-        self._feed()
+            if self.backlog is not None:  # only while reading is paused; keep the order anyway
+                self.backlog = memoryview(bytes(self.backlog) + data)
+            else:
+                self.backlog = memoryview(data)
+            self._feed()
         self._turn()
 
     # -- parsing ----------------------------------------------------------------------------------
@@ -287,7 +311,7 @@ class HttpProtocol(asyncio.Protocol):
         if self.backlog is None and not self.failed:
             self._maybe_resume_reading()
 
-    def _feed_chunk(self, chunk: memoryview) -> None:
+    def _feed_chunk(self, chunk: memoryview | bytes) -> None:
         self.began_in_feed = False
         try:
             self.parser.feed_data(chunk)
@@ -369,7 +393,7 @@ class HttpProtocol(asyncio.Protocol):
         if limit and declared is not None and declared > limit:
             self._fail(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes", req)
             raise _Abort
-        check_head = getattr(self.app, "check_head", None)  # optional (the metrics-only app has none)
+        check_head = self.check_head
         try:
             early = check_head(req) if check_head is not None else None
         except Exception:
@@ -381,8 +405,13 @@ class HttpProtocol(asyncio.Protocol):
         if declared and not self._reserve(declared, req):
             raise _Abort
         self.current = req
-        expect = self.headers.get("expect", "").lower()
-        if expect == "100-continue" and self.transport is not None and not self._pending():
+        expect = self.headers.get("expect")
+        if (
+            expect is not None
+            and expect.lower() == "100-continue"
+            and self.transport is not None
+            and not self._pending()
+        ):
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
@@ -419,7 +448,7 @@ class HttpProtocol(asyncio.Protocol):
     def _request_head(self) -> Request | None:
         """The request being received, without its body; ``None`` after answering a bad head."""
         method = (self.parser.get_method() or b"?").decode("latin-1")
-        url = b"".join(self.url)
+        url = self.url[0] if len(self.url) == 1 else b"".join(self.url)
         req = Request(
             method=method,
             path="?",
@@ -436,13 +465,20 @@ class HttpProtocol(asyncio.Protocol):
         if not url.startswith(b"/"):
             self._fail(400, "the request target must be a path (origin-form, e.g. /v2/health/ready)", req)
             return None
-        try:
-            parsed = httptools.parse_url(url)
-        except httptools.HttpParserInvalidURLError:
-            self._fail(400, "malformed request URL", req)
-            return None
-        req.path = (parsed.path or b"/").decode("latin-1")
-        req.query = (parsed.query or b"").decode("latin-1")
+        target = _TARGETS.get(url)
+        if target is None:
+            try:
+                parsed = httptools.parse_url(url)
+            except httptools.HttpParserInvalidURLError:
+                self._fail(400, "malformed request URL", req)
+                return None
+            if len(_TARGETS) >= 256:
+                _TARGETS.clear()
+            target = _TARGETS[url] = (
+                (parsed.path or b"/").decode("latin-1"),
+                (parsed.query or b"").decode("latin-1"),
+            )
+        req.path, req.query = target
         if self.parser.get_http_version() == "1.1" and "host" not in self.headers:
             self._fail(400, "HTTP/1.1 requests must have a Host header", req)
             return None

@@ -111,6 +111,8 @@ class InferRequest:
     outputs: list[RequestedOutput] | None
     binary_output: bool = False
     parameters: dict[str, Any] | None = None
+    #: ``inputs`` were built from a text model's ``text`` input (set by the server)
+    text: bool = False
 
 
 # -- BYTES ---------------------------------------------------------------------------------------

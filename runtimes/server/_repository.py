@@ -58,6 +58,8 @@ class ModelEntry:
     services: dict[str, Any] = field(default_factory=dict)
     #: no longer served (a service made for it later is retired at once)
     retired: bool = False
+    #: ``(session, its InputSignature)``, cached by the HTTP routes
+    signature: tuple | None = field(default=None, repr=False, compare=False)
 
     def retire(self) -> None:
         """This version is no longer served: its services stop once the work they hold is done."""
@@ -267,6 +269,8 @@ class ModelRepository:
         if not versions:
             return None
         if version is None:
+            if len(versions) == 1:
+                return next(iter(versions.values()))
             ready = [v for v in versions if versions[v].ready]
             version = max(ready or versions, key=_version_key)
         return versions.get(version)

@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache, partial
 from typing import Any
 from urllib.parse import unquote
 
@@ -53,6 +53,20 @@ def _json(status: int, obj: Any) -> Response:
     return Response(status, json_dumps(obj))
 
 
+@lru_cache(maxsize=256)
+def _parse_model_path(rest: str) -> tuple[str, str | None, tuple[str, ...]]:
+    """``name[/versions/v][/tail...]`` -> (name, version or None, tail parts); cached, as a server
+    sees the same few paths over and over."""
+    parts = rest.split("/")
+    name = unquote(parts[0]) if "%" in parts[0] else parts[0]
+    version = None
+    tail = tuple(parts[1:])
+    if len(tail) >= 2 and tail[0] == "versions":
+        version = unquote(tail[1])
+        tail = tail[2:]
+    return name, version, tail
+
+
 class InferenceApp:
     """Answers requests for one :class:`ModelRepository`."""
 
@@ -80,7 +94,6 @@ class InferenceApp:
         #: loads and unloads models (None: --model-control none)
         self.control = None
         self.model_control = "none"
-        self._signatures: weakref.WeakKeyDictionary[Any, InputSignature] = weakref.WeakKeyDictionary()
         self._decoder: ThreadPoolExecutor | None = None
         self._metadata = json_dumps(
             {"name": server_name, "version": server_version, "extensions": EXTENSIONS}
@@ -103,8 +116,9 @@ class InferenceApp:
             return None
         name, version, tail = self._parse_model_path(req.path[len(_MODELS) :])
         entry = self.repository.get(name, version)
-        if tail != ["infer"] or entry is None or not entry.ready or entry.session is None:
+        if tail != ("infer",) or entry is None or not entry.ready or entry.session is None:
             return None  # the route answers it with its own status
+        req.route = (name, version)  # handle() goes straight to the infer route
         cap = self._signature(entry).max_body_bytes
         req.max_body = cap  # also bounds a chunked body as it arrives
         if cap is not None and length.isdigit() and int(length) > cap:
@@ -116,12 +130,12 @@ class InferenceApp:
             )
         return None
 
-    def _signature(self, entry: ModelEntry) -> InputSignature:
-        sess = entry.session
-        sig = self._signatures.get(sess)
-        if sig is None:
-            sig = self._signatures[sess] = InputSignature.of(sess, entry.text)
-        return sig
+    @staticmethod
+    def _signature(entry: ModelEntry) -> InputSignature:
+        cached = entry.signature
+        if cached is None or cached[0] is not entry.session:
+            cached = entry.signature = (entry.session, InputSignature.of(entry.session, entry.text))
+        return cached[1]
 
     def error_response(self, status: int, message: str) -> Response:
         return Response(status, json_dumps({"error": message}))
@@ -163,6 +177,11 @@ class InferenceApp:
 
     def handle(self, req: Request) -> Response | Deferred | Stream:
         try:
+            if req.route is not None:  # an infer request of a served model, authorized by check_head
+                name, version = req.route
+                req.model, req.endpoint = name, "infer"
+                self._method(req, "POST")
+                return self._infer(req, name, version)
             return self._route(req)
         except HTTPError as e:
             resp = self.error_response(e.status, e.message)
@@ -222,40 +241,33 @@ class InferenceApp:
             )
 
     @staticmethod
-    def _parse_model_path(rest: str) -> tuple[str, str | None, list[str]]:
+    def _parse_model_path(rest: str) -> tuple[str, str | None, tuple[str, ...]]:
         """``name[/versions/v][/tail...]`` -> (name, version or None, tail parts)."""
-        parts = rest.split("/")
-        name = unquote(parts[0]) if "%" in parts[0] else parts[0]
-        version = None
-        tail = parts[1:]
-        if len(tail) >= 2 and tail[0] == "versions":
-            version = unquote(tail[1])
-            tail = tail[2:]
-        return name, version, tail
+        return _parse_model_path(rest)
 
     def _model_route(self, req: Request, rest: str) -> Response | Deferred | Stream:
         name, version, tail = self._parse_model_path(rest)
         req.model = name
         req.endpoint = tail[0] if tail and tail[0] in ("ready", "infer", "config", "stats") else "metadata"
-        if not tail or tail == [""]:
+        if not tail or tail == ("",):
             self._method(req, "GET", "HEAD")
             entry = self._entry(name, version, need_ready=True)
             return _json(200, entry.metadata(self.repository.versions(name)))
-        if tail == ["ready"]:
+        if tail == ("ready",):
             self._method(req, "GET", "HEAD")
             entry = self._entry(name, version, need_ready=False)
             ready = entry.ready and not self.draining
             return _json(200 if ready else 503, {"name": name, "version": entry.version, "ready": ready})
-        if tail == ["infer"]:
+        if tail == ("infer",):
             self._method(req, "POST")
             return self._infer(req, name, version)
-        if tail == ["config"]:
+        if tail == ("config",):
             self._method(req, "GET")
             return config_response(self, name, version)
-        if tail == ["stats"]:
+        if tail == ("stats",):
             self._method(req, "GET")
             return stats_response(self, name, version)
-        if tail in (["generate"], ["generate_stream"]):
+        if tail in (("generate",), ("generate_stream",)):
             from torchport.runtimes.server._generate_routes import generate_route
 
             self._method(req, "POST")
@@ -293,9 +305,8 @@ class InferenceApp:
         entry = self._entry(name, version, need_ready=True)
         if self.draining:
             raise HTTPError(503, "the server is shutting down; retry on another replica")
-        sess = entry.session
         runner = entry.runner
-        assert sess is not None and runner is not None
+        assert entry.session is not None and runner is not None
         signature = self._signature(entry)
         hl = req.headers.get(HEADER_LENGTH)
         header_length = None
@@ -306,90 +317,107 @@ class InferenceApp:
                 raise HTTPError(
                     400, f"Inference-Header-Content-Length must be an integer, got {hl[:64]!r}"
                 ) from None
+        if len(req.body) > _DECODE_INLINE_BYTES:
+            decoded: list[InferRequest] = []
+            decode = partial(self._decode, req, entry, signature, header_length)
+            future = self._decode_then_run(req, decode, decoded, runner.submit)
+            return Deferred(
+                future, lambda fut: self._finish(req, entry, decoded[0] if decoded else None, fut)
+            )
+        ireq = self._decode(req, entry, signature, header_length)
+        req.request_id = ireq.id
+        try:
+            # an idle runner and a tiny model: run now, no future and no thread (concurrency 1)
+            outputs = runner.run_now(ireq.inputs)
+        except Exception as e:
+            return self._failed(req, entry, e)
+        if outputs is not None:
+            return self._respond(req, entry, ireq, outputs, 0.0)
+        future = runner.submit(ireq.inputs)
+        if future.done():
+            return self._finish(req, entry, ireq, future)
+        return Deferred(future, partial(self._finish, req, entry, ireq))
 
-        text = entry.text
-        is_text: list[bool] = []
-
-        def decode() -> InferRequest:
-            body = self._body(req, signature.max_body_bytes)
-            ireq = decode_infer_request(body, header_length, entry.input_datatypes, signature=signature)
-            if ireq.outputs is not None:
-                for o in ireq.outputs:
-                    if o.name not in entry.output_datatypes:
-                        raise HTTPError(
-                            400,
-                            f"unknown output {o.name!r}; model {name!r} has: {', '.join(entry.output_datatypes)}",
-                        )
+    def _decode(
+        self, req: Request, entry: ModelEntry, signature: InputSignature, header_length: int | None
+    ) -> InferRequest:
+        """Decode and check an infer body (HTTPError 400/413/415 when it is refused); a ``text``
+        input of a text model becomes its token inputs here."""
+        body = self._body(req, signature.max_body_bytes)
+        ireq = decode_infer_request(body, header_length, entry.input_datatypes, signature=signature)
+        if ireq.outputs is not None:
+            for o in ireq.outputs:
+                if o.name not in entry.output_datatypes:
+                    raise HTTPError(
+                        400,
+                        f"unknown output {o.name!r}; model {req.model!r} has: {', '.join(entry.output_datatypes)}",
+                    )
+        if not signature.complete(ireq.inputs):
+            # decoding checked names, datatypes and shapes; what is left (a missing input, value
+            # ranges, text) is the session's full check
+            text = entry.text
             try:
                 if text is not None and TEXT in ireq.inputs:
                     ireq.inputs = text.encode(ireq.inputs)  # checked where it is built
-                    is_text.append(True)
+                    ireq.text = True
                 else:
-                    sess.validate_inputs(ireq.inputs)
+                    entry.session.validate_inputs(ireq.inputs)
             except InferenceInputError as e:
                 raise HTTPError(400, str(e)) from None
-            return ireq
+        return ireq
 
-        decoded: list[InferRequest] = []
-        if len(req.body) <= _DECODE_INLINE_BYTES:
-            ireq = decode()
-            req.request_id = ireq.id
-            decoded.append(ireq)
-            future = runner.submit(ireq.inputs)
+    def _finish(
+        self, req: Request, entry: ModelEntry, ireq: InferRequest | None, fut: asyncio.Future
+    ) -> Response:
+        """The response of a request that waited for a batch (or for the decoder thread)."""
+        exc = fut.exception()
+        if exc is not None or ireq is None:
+            return self._failed(req, entry, exc)
+        outputs, queued = fut.result()
+        return self._respond(req, entry, ireq, outputs, queued)
+
+    def _failed(self, req: Request, entry: ModelEntry, exc: BaseException | None) -> Response:
+        if isinstance(exc, HTTPError):  # the body, decoded off the loop, was refused
+            resp = self.error_response(exc.status, exc.message)
+            resp.headers.extend(exc.headers)
+            return resp
+        entry.stats.request_failed(time.perf_counter() - req.started)
+        if isinstance(exc, InferenceInputError):
+            return self.error_response(400, str(exc))
+        name = req.model
+        log.error(
+            "model %r failed on request %s: %s: %s",
+            name,
+            req.request_id or "-",
+            type(exc).__name__,
+            first_line(exc),
+            exc_info=exc,
+        )
+        return self.error_response(
+            500, f"model {name!r} failed while running this request (see the server log)"
+        )
+
+    def _respond(
+        self, req: Request, entry: ModelEntry, ireq: InferRequest, outputs: dict, queued: float
+    ) -> Response:
+        name = req.model
+        self.metrics.queue_time.observe(queued, name)
+        inputs = ireq.inputs
+        rows = next(iter(inputs.values())).shape[0] if entry.runner.batching and inputs else 1
+        entry.stats.request_done(time.perf_counter() - req.started, queued, rows)
+        requested = ireq.outputs
+        text = entry.text
+        if text is not None:
+            wanted = [o.name for o in requested] if requested is not None else None
+            results = text.outputs(inputs, outputs, wanted, is_text=ireq.text)
         else:
-            future = self._decode_then_run(req, decode, decoded, runner.submit)
-
-        def finish(fut: asyncio.Future) -> Response:
-            exc = fut.exception()
-            if exc is not None:
-                if isinstance(exc, HTTPError):  # the body, decoded off the loop, was refused
-                    resp = self.error_response(exc.status, exc.message)
-                    resp.headers.extend(exc.headers)
-                    return resp
-                entry.stats.request_failed(time.perf_counter() - req.started)
-                if isinstance(exc, InferenceInputError):
-                    return self.error_response(400, str(exc))
-                log.error(
-                    "model %r failed on request %s: %s: %s",
-                    name,
-                    req.request_id or "-",
-                    type(exc).__name__,
-                    first_line(exc),
-                    exc_info=exc,
-                )
-                return self.error_response(
-                    500, f"model {name!r} failed while running this request (see the server log)"
-                )
-            ireq = decoded[0]
-            outputs, queued = fut.result()
-            self.metrics.queue_time.observe(queued, name)
-            rows = next(iter(ireq.inputs.values())).shape[0] if runner.batching and ireq.inputs else 1
-            entry.stats.request_done(time.perf_counter() - req.started, queued, rows)
-            wanted = [o.name for o in ireq.outputs] if ireq.outputs is not None else None
-            if text is not None:
-                results = text.outputs(ireq.inputs, outputs, wanted, is_text=bool(is_text))
-            elif wanted is not None:
-                results = {o: outputs[o] for o in wanted}
-            else:
-                results = outputs
-            body, hlen = encode_infer_response(
-                name,
-                entry.version,
-                ireq.id,
-                results,
-                entry.output_datatypes,
-                ireq.outputs,
-                ireq.binary_output,
-            )
-            if hlen is None:
-                return Response(200, body)
-            return Response(
-                200, body, "application/octet-stream", [("inference-header-content-length", str(hlen))]
-            )
-
-        if future.done():  # ran inline at once (an idle runner, a tiny model): answer in this iteration
-            return finish(future)
-        return Deferred(future, finish)
+            results = outputs if requested is None else {o.name: outputs[o.name] for o in requested}
+        body, hlen = encode_infer_response(
+            name, entry.version, ireq.id, results, entry.output_datatypes, requested, ireq.binary_output
+        )
+        if hlen is None:
+            return Response(200, body)
+        return Response(200, body, "application/octet-stream", [(HEADER_LENGTH, str(hlen))])
 
     def _decode_then_run(
         self,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from torchport.runtimes._dtypes import PROTOCOL_DATATYPES
@@ -77,7 +78,16 @@ class InputSignature:
             raise InferenceInputError(f"input {name!r} has datatype {datatype}, the model expects {want}")
         check_shape(spec, shape, self.dynamic_dims, seen)
 
-    @property
+    def complete(self, inputs: Mapping[str, object]) -> bool:
+        """True when ``inputs``, each already passed :meth:`check_declared`, need no further check:
+        every input is there, none has a value range to enforce and none is a ``text`` input."""
+        return self.text is None and len(inputs) == len(self.specs) and not self._has_value_ranges
+
+    @cached_property
+    def _has_value_ranges(self) -> bool:
+        return any(spec.value_range is not None for spec in self.specs)
+
+    @cached_property
     def max_body_bytes(self) -> int | None:
         """The largest body a valid request can have, or ``None`` when unbounded (a BYTES input,
         a dim without a range, a ``text`` input)."""
