@@ -37,16 +37,19 @@ class JsonFormatter(logging.Formatter):
 class BufferedLineHandler(logging.StreamHandler):
     """Writes access lines in batches: at most every ``interval`` seconds from the event loop
     (one write and flush for many requests, not one per request), at once outside a loop, and
-    whatever is left at :meth:`flush` (called on server stop and at exit)."""
+    whatever is left at :meth:`flush` (called on server stop and at exit).
+
+    A line may be queued as a tuple of :func:`access_line`'s arguments: it is formatted when
+    written out, off the request's path."""
 
     def __init__(self, stream: IO[str], interval: float = 0.02) -> None:
         super().__init__(stream)
         self.interval = interval
-        self._lines: list[str] = []
+        self._lines: list[str | tuple] = []
         self._scheduled = False
         atexit.register(self.flush)
 
-    def write_line(self, line: str) -> None:
+    def write_line(self, line: str | tuple) -> None:
         self._lines.append(line)
         if self._scheduled:
             return
@@ -67,8 +70,8 @@ class BufferedLineHandler(logging.StreamHandler):
     def flush(self) -> None:
         self._scheduled = False
         if self._lines:
-            data = "\n".join(self._lines) + "\n"
-            self._lines.clear()
+            lines, self._lines = self._lines, []
+            data = "\n".join(line if type(line) is str else access_line(*line) for line in lines) + "\n"
             try:
                 self.stream.write(data)
             except ValueError:  # pragma: no cover - the stream was closed at exit
@@ -117,15 +120,49 @@ def log_access(
     model: str | None,
     request_id: str | None,
 ) -> None:
-    """Write one access line: a JSON object with ``ts``, ``client``, ``method``, ``path``, ``status``,
-    ``duration_ms``, ``bytes_in``, ``bytes_out`` and, when known, ``model`` and ``request_id``.
+    """Log one request: a JSON line with ``ts``, ``client``, ``method``, ``path``, ``status``,
+    ``duration_ms``, ``bytes_in``, ``bytes_out`` and, when known, ``model`` and ``request_id``."""
+    queue_access(client, method, path, status, duration, bytes_in, bytes_out, model, request_id)
 
-    The part that repeats from request to request (client, method, path, model) is escaped once and
-    kept, so a line costs little more than formatting its numbers.
-    """
+
+def queue_access(
+    client: str,
+    method: str,
+    path: str,
+    status: int,
+    duration: float,
+    bytes_in: int,
+    bytes_out: int,
+    model: str | None,
+    request_id: str | None,
+) -> None:
+    """:func:`log_access` with positional arguments (the server's per-request call): with the
+    server's own handler the line is queued as its values and formatted when written out."""
     if not access_log.isEnabledFor(logging.INFO):
         return
-    ms = int(time.time() * 1000)
+    record = (time.time(), client, method, path, status, duration, bytes_in, bytes_out, model, request_id)
+    writer = _writer
+    if writer is not None and access_log.handlers == [writer]:
+        writer.write_line(record)  # skips building a LogRecord per request
+    else:
+        access_log.info(access_line(*record))
+
+
+def access_line(
+    now: float,
+    client: str,
+    method: str,
+    path: str,
+    status: int,
+    duration: float,
+    bytes_in: int,
+    bytes_out: int,
+    model: str | None,
+    request_id: str | None,
+) -> str:
+    """One access line (JSON). What repeats from request to request (client, method, path, model)
+    is escaped once and kept, and the timestamp's text changes once a millisecond."""
+    ms = int(now * 1000)
     if ms != _ts_cache[0]:  # the timestamp text changes once a millisecond, its date once a second
         if ms // 1000 != _ts_cache[2]:
             _ts_cache[2] = ms // 1000
@@ -140,15 +177,11 @@ def log_access(
         tail = "" if model is None else f',"model":{_dumps(model)}'
         parts = _parts_cache[key] = (middle, tail)
     middle, tail = parts
-    line = (
+    return (
         f'{{"ts":"{_ts_cache[1]}{middle}{status},'
         f'"duration_ms":{int(duration * 1e6 + 0.5) / 1000!r},"bytes_in":{bytes_in},"bytes_out":{bytes_out}{tail}'
         + ("}" if request_id is None else f',"request_id":{_dumps(request_id)}}}')
     )
-    if _writer is not None and access_log.handlers == [_writer]:
-        _writer.write_line(line)  # skips building a LogRecord per request
-    else:
-        access_log.info(line)
 
 
 #: [millisecond, its text, second, its text]

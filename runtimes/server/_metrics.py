@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+#: queued observations per histogram that trigger folding them into the buckets
+_FOLD_AT = 256
 
 
 def _escape(value: str) -> str:
@@ -57,20 +59,41 @@ class Gauge(Counter):
 
 
 class Histogram:
+    """A histogram per label set. Observations are queued and folded into the buckets in bulk
+    (when the queue fills up and before rendering): one list append per observation on the
+    request path instead of a bucket search and three updates."""
+
     def __init__(self, name: str, help: str, labels: Sequence[str], buckets: Sequence[float]) -> None:
         self.name, self.help, self.labels = name, help, tuple(labels)
         self.buckets = tuple(buckets)
-        self.series: dict[tuple[str, ...], list[float]] = {}  # per-bucket counts + [sum, count]
+        #: per label set: per-bucket counts, an overflow count, then [sum, count]
+        self._series: dict[tuple[str, ...], list[float]] = {}
+        self._pending: list[tuple[float, tuple[str, ...]]] = []
 
     def observe(self, value: float, *labels: str) -> None:
-        s = self.series.get(labels)
-        if s is None:
-            s = self.series[labels] = [0.0] * (len(self.buckets) + 2)
-        i = bisect.bisect_left(self.buckets, value)
-        if i < len(self.buckets):
-            s[i] += 1
-        s[-2] += value
-        s[-1] += 1
+        pending = self._pending
+        pending.append((value, labels))
+        if len(pending) >= _FOLD_AT:
+            self.fold()
+
+    def fold(self) -> None:
+        """Add the queued observations to the buckets."""
+        pending, self._pending = self._pending, []
+        buckets = self.buckets
+        for value, labels in pending:
+            s = self._series.get(labels)
+            if s is None:
+                s = self._series[labels] = [0.0] * (len(buckets) + 3)
+            s[bisect.bisect_left(buckets, value)] += 1
+            s[-2] += value
+            s[-1] += 1
+
+    @property
+    def series(self) -> dict[tuple[str, ...], list[float]]:
+        """Per label set: the count in each bucket (not cumulative), the count above the last
+        bucket, the sum and the count of observations."""
+        self.fold()
+        return self._series
 
     def render(self, out: list[str]) -> None:
         out.append(f"# HELP {self.name} {self.help}\n# TYPE {self.name} histogram\n")

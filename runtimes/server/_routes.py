@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from torchport.runtimes._errors import InferenceInputError, first_line
-from torchport.runtimes.server._accesslog import log_access
+from torchport.runtimes.server._accesslog import queue_access
 from torchport.runtimes.server._auth import OPEN_PATHS, ApiKeyAuth
 from torchport.runtimes.server._extensions import (
     EXTENSIONS,
@@ -46,6 +46,8 @@ _MODELS = "/v2/models/"
 _REPOSITORY_MODELS = "/v2/repository/models/"
 #: bodies larger than this are decoded on a worker thread, one at a time, not on the event loop
 _DECODE_INLINE_BYTES = 64 * 1024
+#: status codes as metric label values
+_STATUS_TEXT = {code: str(code) for code in range(100, 600)}
 _UNAUTHORIZED = "missing or wrong API key: send the header 'Authorization: Bearer <key>'"
 
 
@@ -145,23 +147,24 @@ class InferenceApp:
         # label values are bounded: unknown model names and paths are not echoed into metrics
         model = req.model if req.model in self.repository.known else ""
         endpoint = req.endpoint or "unknown"
-        status = str(resp.status)
+        code = resp.status
+        status = _STATUS_TEXT.get(code) or str(code)
         m = self.metrics
         m.requests.inc(model, endpoint, status)
-        if resp.status >= 400:
+        if code >= 400:
             m.errors.inc(model, status)
-        if model and endpoint == "infer" and resp.status < 400:
+        elif model and endpoint == "infer":
             m.latency.observe(duration, model)
-        log_access(
-            client=req.client,
-            method=req.method,
-            path=req.path,
-            status=resp.status,
-            duration=duration,
-            bytes_in=len(req.body),
-            bytes_out=nbytes,
-            model=req.model,
-            request_id=req.request_id or req.headers.get("x-request-id"),
+        queue_access(
+            req.client,
+            req.method,
+            req.path,
+            code,
+            duration,
+            len(req.body),
+            nbytes,
+            req.model,
+            req.request_id or req.headers.get("x-request-id"),
         )
 
     @property
@@ -470,10 +473,15 @@ class InferenceApp:
         return out
 
 
-def on_batch_metrics(metrics: ServerMetrics, model: str):
+def on_batch_metrics(metrics: ServerMetrics, model: str, entry: ModelEntry | None = None):
+    """A runner's ``on_batch`` callback: the batch metrics of ``model`` and, with ``entry``, its
+    statistics (looked up at each call: a reload may hand the entry its predecessor's)."""
+
     def record(rows: int, requests: int, compute: float) -> None:
         metrics.batch_size.observe(rows, model)
         metrics.requests_per_batch.observe(requests, model)
         metrics.compute_time.observe(compute, model)
+        if entry is not None:
+            entry.stats.batch_done(rows, requests, compute)
 
     return record

@@ -127,19 +127,13 @@ class InferenceServer:
 
     def _make_runner(self, entry: ModelEntry, session: Session) -> ModelRunner:
         st = entry.settings
-        metrics = on_batch_metrics(self.metrics, entry.name)
-
-        def on_batch(rows: int, requests: int, compute: float) -> None:
-            metrics(rows, requests, compute)
-            entry.stats.batch_done(rows, requests, compute)
-
         return ModelRunner(
             session,
             self.executor,
             max_batch_size=st.max_batch_size,
             max_queue_delay=st.max_queue_delay_ms / 1000.0,
             workers=st.instances or self.config.worker_threads,
-            on_batch=on_batch,
+            on_batch=on_batch_metrics(self.metrics, entry.name, entry),
             inline_below=self.config.inline_below_us / 1e6,
         )
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+#: queued requests (or runs) that trigger adding them to the totals
+_FOLD_AT = 256
+
 
 @dataclass
 class _Duration:
@@ -35,25 +38,48 @@ class ModelStats:
     queue: _Duration = field(default_factory=_Duration)
     compute_infer: _Duration = field(default_factory=_Duration)
     batches: dict[int, _Duration] = field(default_factory=dict)
+    #: requests and runs not added to the totals yet (see :meth:`fold`)
+    _done: list[tuple[float, float, int]] = field(default_factory=list, repr=False, compare=False)
+    _runs: list[tuple[int, int, float]] = field(default_factory=list, repr=False, compare=False)
+    _last_time: float = field(default=0.0, repr=False, compare=False)
 
     def request_done(self, seconds: float, queued: float, rows: int) -> None:
         """A request answered successfully after ``seconds`` (``queued`` of them in the batch queue)."""
-        self.success.add(seconds)
-        self.queue.add(queued)
-        self.inference_count += rows
-        self.last_inference_ms = int(time.time() * 1000)
+        self._done.append((seconds, queued, rows))
+        self._last_time = time.time()
+        if len(self._done) >= _FOLD_AT:
+            self.fold()
 
     def request_failed(self, seconds: float) -> None:
         self.fail.add(seconds)
 
     def batch_done(self, rows: int, requests: int, compute: float) -> None:
         """One model run of ``rows`` rows merged from ``requests`` requests took ``compute`` s."""
-        self.execution_count += 1
-        self.compute_infer.add(compute, requests)
-        self.batches.setdefault(rows, _Duration()).add(compute)
+        self._runs.append((rows, requests, compute))
+        if len(self._runs) >= _FOLD_AT:
+            self.fold()
+
+    def fold(self) -> None:
+        """Add the queued requests and runs to the totals (the request path only queues them)."""
+        done, self._done = self._done, []
+        for seconds, queued, rows in done:
+            self.success.add(seconds)
+            self.queue.add(queued)
+            self.inference_count += rows
+        if done:
+            self.last_inference_ms = int(self._last_time * 1000)
+        runs, self._runs = self._runs, []
+        for rows, requests, compute in runs:
+            self.execution_count += 1
+            self.compute_infer.add(compute, requests)
+            d = self.batches.get(rows)
+            if d is None:
+                d = self.batches[rows] = _Duration()
+            d.add(compute)
 
     def to_triton(self, name: str, version: str) -> dict:
         """One element of Triton's ``model_stats`` list."""
+        self.fold()
         zero = {"count": 0, "ns": 0}
         return {
             "name": name,
