@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -112,7 +112,7 @@ class InferRequest:
     binary_output: bool = False
     parameters: dict[str, Any] | None = None
     #: ``inputs`` were built from a text model's ``text`` input (set by the server)
-    text: bool = False
+    text: bool = field(default=False, init=False)
 
 
 # -- BYTES ---------------------------------------------------------------------------------------

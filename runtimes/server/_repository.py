@@ -59,7 +59,7 @@ class ModelEntry:
     #: no longer served (a service made for it later is retired at once)
     retired: bool = False
     #: ``(session, its InputSignature)``, cached by the HTTP routes
-    signature: tuple | None = field(default=None, repr=False, compare=False)
+    signature: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def retire(self) -> None:
         """This version is no longer served: its services stop once the work they hold is done."""
