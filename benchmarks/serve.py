@@ -7,7 +7,9 @@ Prints one table:
   (3) the same CNN behind a naive FastAPI + uvicorn server that parses the JSON and runs the eager PyTorch
       model per request, same load. Ratios are against (3) at the same concurrency;
   (4) the concurrency-1 latency floor: the tiny model through torchport vs a bare httptools server that
-      answers the same request with the same response bytes (ratio of p50s, target <= 1.3);
+      answers the same request with the same response bytes, head and body (ratio of p50s, target <= 1.3),
+      and vs that echo also running the model once per request; with --baseline-ref REF, torchport at
+      another commit too (c=1 p50, and c=32 req/s as a ratio);
   (5) gRPC (Triton's GRPCInferenceService) vs HTTP binary tensors on the CNN, both driven by `torchport
       bench`'s load generator (pre-encoded requests; ratio of req/s, target >= 1 at c=32), interleaved
       rounds, with the server's CPU per request and the mean batch; plus one row through grpcio's client;
@@ -23,6 +25,7 @@ generator sends a fixed number of requests (slower: it competes for the same cor
     python benchmarks/serve.py                  # ~2 minutes
     python benchmarks/serve.py --repeat 3 --delays 0 2   # median of 3, batching also with a 2 ms queue delay
     python benchmarks/serve.py --duration 3 --concurrency 1 32
+    python benchmarks/serve.py --sections floor breakdown --repeat 3 --baseline-ref main~10   # before/after
 """
 
 from __future__ import annotations
@@ -126,6 +129,16 @@ import httptools, uvloop
 
 BODY = open(sys.argv[2], "rb").read()
 ANSWER = f"HTTP/1.1 200 OK\\r\\ncontent-type: application/json\\r\\ncontent-length: {len(BODY)}\\r\\n\\r\\n".encode() + BODY
+RUN = None
+if len(sys.argv) > 3:  # also run this ONNX model once per request (its answer is not used)
+    import numpy as np, onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(sys.argv[3], opts, providers=["CPUExecutionProvider"])
+    feed = {i.name: np.ones([1] + i.shape[1:], np.float32) for i in sess.get_inputs()}
+    RUN = lambda: sess.run(None, feed)
 
 
 class Echo(asyncio.Protocol):
@@ -137,6 +150,8 @@ class Echo(asyncio.Protocol):
         self.parser.feed_data(data)
 
     def on_message_complete(self):
+        if RUN is not None:
+            RUN()
         self.transport.write(ANSWER)
 
 
@@ -308,13 +323,34 @@ def torchport_server(
     delay_ms: float = 0.0,
     threads: int | None = None,
     extra: tuple[str, ...] = (),
+    pythonpath: Path | None = None,
 ) -> ServerProcess:
+    """``torchport serve`` in a subprocess (with ``pythonpath``: the torchport found there, see
+    :func:`baseline_tree`)."""
     port = free_port()
     argv = [sys.executable, "-m", "torchport.cli", "serve", str(package), "--port", str(port)]
     argv += ["--max-batch-size", "32" if batching else "1", "--max-queue-delay-ms", f"{delay_ms:g}"]
     if threads:
         argv += ["--threads", str(threads)]
-    return ServerProcess(argv + list(extra), port, "/v2/health/ready")
+    env = {"PYTHONPATH": str(pythonpath)} if pythonpath is not None else None
+    return ServerProcess(argv + list(extra), port, "/v2/health/ready", env=env)
+
+
+def baseline_tree(ref: str, workdir: Path) -> Path:
+    """Another commit of this repository, importable as ``torchport`` from the returned folder
+    (``git archive`` plus the package layout the editable install maps), to compare in one run."""
+    src = workdir / "baseline-src"
+    src.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "archive", ref], capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+    shim = workdir / "baseline-path"
+    (shim / "torchport").mkdir(parents=True)
+    (shim / "torchport" / "__init__.py").symlink_to(src / "torchport" / "__init__.py")
+    for sub in ("runtimes", "exporters", "deploy", "cli"):
+        (shim / "torchport" / sub).symlink_to(src / sub)
+    return shim
 
 
 def kserve_server(workdir: Path, package: Path) -> ServerProcess | None:
@@ -353,13 +389,34 @@ def kserve_baseline(
     return out
 
 
-def echo_server(workdir: Path, response: bytes) -> ServerProcess:
-    """A bare httptools + uvloop server answering every request with ``response`` (the c=1 floor)."""
+def echo_server(workdir: Path, response: bytes, model: Path | None = None) -> ServerProcess:
+    """A bare httptools + uvloop server answering every request with ``response`` (the c=1 floor);
+    with ``model``, it also runs that ONNX model once per request (ONNX Runtime, one thread)."""
     (workdir / "echo_app.py").write_text(ECHO_APP)
     (workdir / "echo_response.json").write_bytes(response)
     port = free_port()
     argv = [sys.executable, str(workdir / "echo_app.py"), str(port), str(workdir / "echo_response.json")]
+    if model is not None:
+        argv.append(str(model))
     return ServerProcess(argv, port, "/")
+
+
+def raw_response(port: int, path: str, body: bytes) -> bytes:
+    """The whole HTTP response (head and body) to one JSON POST, as bytes."""
+    request = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+        head, _, rest = data.partition(b"\r\n\r\n")
+        length = int(re.search(rb"content-length: (\d+)", head, re.I).group(1))
+        while len(rest) < length:
+            rest += sock.recv(65536)
+    return head + b"\r\n\r\n" + rest
 
 
 def naive_server(workdir: Path, torch_threads: int | None = None) -> ServerProcess:
@@ -497,58 +554,97 @@ def in_process_throughput(package: Path, batch: int, seconds: float = 1.0) -> fl
 
 
 def floor_rows(tiny: Path, args, workdir: Path, results: dict) -> list[tuple[str, ...]]:
-    """(4) c=1 p50 of torchport vs a bare httptools server sending the same response bytes."""
+    """(4) c=1 p50 of torchport vs a bare httptools echo sending the very same response bytes (head
+    and body, checked), and vs that echo also running the model once per request (the floor with
+    the model's own run in it). With --baseline-ref, torchport at that commit too, and the c=32
+    req/s of both versions (ratio new / baseline). Every load point is interleaved over rounds."""
     xt = np.random.default_rng(1).standard_normal((1, 4)).astype(np.float32)
     body, _ = json_body("x", xt)
+    path = "/v2/models/tiny/infer"
+    servers: dict[str, ServerProcess] = {}
     out = []
-    for label, extra in (("default flags", ()), ("--no-access-log", ("--no-access-log",))):
-        srv = torchport_server(tiny, batching=True, extra=extra)
-        echo = None
-        try:
-            response = srv.post("/v2/models/tiny/infer", body)
-            echo = echo_server(workdir, response)
-            tp, floor = [], []
-            for _ in range(max(3, args.repeat)):  # interleaved, so both see the same machine
-                tp.append(load(srv, "/v2/models/tiny/infer", body, "", 1, args, workdir))
-                floor.append(load(echo, "/v2/models/tiny/infer", body, "", 1, args, workdir))
-            tp_p50 = statistics.median(r["p50"] for r in tp)
-            floor_p50 = statistics.median(r["p50"] for r in floor)
-            ratio = tp_p50 / floor_p50
+    try:
+        servers["torchport JSON, default flags"] = torchport_server(tiny, batching=True)
+        servers["torchport JSON, --no-access-log"] = torchport_server(
+            tiny, batching=True, extra=("--no-access-log",)
+        )
+        if args.baseline_ref:
+            base_path = baseline_tree(args.baseline_ref, workdir)
+            servers[f"torchport JSON at {args.baseline_ref}, default flags"] = torchport_server(
+                tiny, batching=True, pythonpath=base_path
+            )
+        response = raw_response(servers["torchport JSON, default flags"].port, path, body)
+        answer = response.partition(b"\r\n\r\n")[2]
+        echo_label = f"bare httptools echo, same {len(response)} B"
+        servers[echo_label] = echo_server(workdir, answer)
+        servers["echo + the same ORT run"] = echo_server(workdir, answer, tiny / "model.onnx")
+        for label, srv in servers.items():
+            got = raw_response(srv.port, path, body)
+            if got != response:  # the comparison is only fair for identical bytes on the wire
+                raise RuntimeError(f"{label} answers {got!r}, torchport answers {response!r}")
+        runs: dict[str, list[dict]] = {label: [] for label in servers}
+        for _ in range(max(3, args.repeat)):  # interleaved, so all see the same machine
+            for label, srv in servers.items():
+                runs[label].append(load(srv, path, body, "", 1, args, workdir))
+        p50 = {label: statistics.median(r["p50"] for r in rs) for label, rs in runs.items()}
+        floor = p50[echo_label]
+        floor_run = p50["echo + the same ORT run"]
+        for label, rs in runs.items():
+            ratio = p50[label] / floor
             results.setdefault("floor", {})[label] = {
-                "torchport_p50": tp_p50,
-                "echo_p50": floor_p50,
+                "p50": p50[label],
+                "echo_p50": floor,
                 "ratio": ratio,
+                "ratio_vs_echo_with_run": p50[label] / floor_run,
                 "response_bytes": len(response),
             }
-            out.append(
-                (
-                    "4 c=1 floor",
-                    f"torchport JSON, {label}",
-                    "1",
-                    f"{statistics.median(r['rps'] for r in tp):.0f}",
-                    f"{tp_p50 * 1e3:.3f}",
-                    "",
-                    f"{ratio:.2f}x echo p50 (target <= 1.3)",
-                    "",
-                )
-            )
-            out.append(
-                (
-                    "4 c=1 floor",
-                    f"bare httptools echo, same {len(response)} B",
-                    "1",
-                    f"{statistics.median(r['rps'] for r in floor):.0f}",
-                    f"{floor_p50 * 1e3:.3f}",
-                    "",
-                    "1.00x",
-                    "",
-                )
-            )
-        finally:
+            note = f"{ratio:.2f}x echo p50"
+            if label.startswith("torchport"):
+                note += f" (target <= 1.3), {p50[label] / floor_run:.2f}x echo+run"
+            rps = statistics.median(r["rps"] for r in rs)
+            out.append(("4 c=1 floor", label, "1", f"{rps:.0f}", f"{p50[label] * 1e3:.3f}", "", note, ""))
+        if args.baseline_ref:
+            out.extend(_baseline_throughput(servers, args, workdir, body, path, results))
+    finally:
+        for srv in servers.values():
             srv.stop()
-            if echo is not None:
-                echo.stop()
     return out
+
+
+def _baseline_throughput(
+    servers: dict[str, ServerProcess], args, workdir: Path, body: bytes, path: str, results: dict
+) -> list[tuple[str, ...]]:
+    """c=32 req/s of this tree vs --baseline-ref on the tiny model (interleaved rounds)."""
+    new = servers["torchport JSON, default flags"]
+    base = servers[f"torchport JSON at {args.baseline_ref}, default flags"]
+    rps: dict[str, list[float]] = {"new": [], "base": []}
+    for _ in range(max(6, args.repeat)):  # c=32 on a shared machine is noisy: more rounds
+        rps["new"].append(load(new, path, body, "", 32, args, workdir)["rps"])
+        rps["base"].append(load(base, path, body, "", 32, args, workdir)["rps"])
+    new_rps, base_rps = statistics.median(rps["new"]), statistics.median(rps["base"])
+    results.setdefault("floor", {})["c32_rps"] = {"new": new_rps, "baseline": base_rps}
+    return [
+        (
+            "4 c=32 vs baseline",
+            f"torchport JSON at {args.baseline_ref}",
+            "32",
+            f"{base_rps:.0f}",
+            "",
+            "",
+            "1.00x",
+            "",
+        ),
+        (
+            "4 c=32 vs baseline",
+            "torchport JSON, this tree",
+            "32",
+            f"{new_rps:.0f}",
+            "",
+            "",
+            f"{new_rps / base_rps:.2f}x baseline req/s",
+            "",
+        ),
+    ]
 
 
 def server_cpu(server: ServerProcess) -> float:
@@ -850,6 +946,11 @@ def main() -> None:
         "--generator", choices=["wrk", "python"], default="wrk" if shutil.which("wrk") else "python"
     )
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    parser.add_argument(
+        "--baseline-ref",
+        help="also run torchport at this git commit in the floor section (c=1 p50 vs the echo, and "
+        "c=32 req/s vs this tree), e.g. --baseline-ref main~5",
+    )
     parser.add_argument(
         "--sections",
         nargs="+",
