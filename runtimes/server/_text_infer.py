@@ -110,8 +110,13 @@ class TextInfer:
     """
 
     def __init__(
-        self, model: str, codec: TextCodec, specs: list[TensorSpec], outputs: list[TensorSpec], dims
-    ):
+        self,
+        model: str,
+        codec: TextCodec,
+        specs: list[TensorSpec],
+        outputs: list[TensorSpec],
+        dims: Mapping[str, DimRange],
+    ) -> None:
         self.model = model
         self.codec = codec
         info = codec.info
@@ -149,7 +154,9 @@ class TextInfer:
         else:
             self.defaults = [o.name for o in outputs] + extra
 
-    def _task_outputs(self, by_name: dict[str, TensorSpec], outputs: list[TensorSpec]):
+    def _task_outputs(
+        self, by_name: dict[str, TensorSpec], outputs: list[TensorSpec]
+    ) -> tuple[str | None, list[_Extra]]:
         """The model output the task reads and the outputs added from it."""
         if self.task == "feature-extraction":
             hidden = by_name.get("last_hidden_state")
