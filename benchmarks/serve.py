@@ -272,10 +272,16 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, argv: list[str], port: int, ready_path: str, env: dict | None = None) -> None:
+    def __init__(
+        self, argv: list[str], port: int, ready_path: str, env: dict | None = None, cwd: Path | None = None
+    ) -> None:
         self.port = port
         self.proc = subprocess.Popen(
-            argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})}
+            argv,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
         )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -333,7 +339,8 @@ def torchport_server(
     if threads:
         argv += ["--threads", str(threads)]
     env = {"PYTHONPATH": str(pythonpath)} if pythonpath is not None else None
-    return ServerProcess(argv + list(extra), port, "/v2/health/ready", env=env)
+    # run from that folder: ``python -m`` puts the working directory first on sys.path
+    return ServerProcess(argv + list(extra), port, "/v2/health/ready", env=env, cwd=pythonpath)
 
 
 def baseline_tree(ref: str, workdir: Path) -> Path:
@@ -350,6 +357,15 @@ def baseline_tree(ref: str, workdir: Path) -> Path:
     (shim / "torchport" / "__init__.py").symlink_to(src / "torchport" / "__init__.py")
     for sub in ("runtimes", "exporters", "deploy", "cli"):
         (shim / "torchport" / sub).symlink_to(src / sub)
+    where = subprocess.run(
+        [sys.executable, "-c", "import torchport.runtimes.server as m; print(m.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=shim,
+        env={**os.environ, "PYTHONPATH": str(shim)},
+    ).stdout.strip()
+    if not where.startswith(str(shim)):  # never compare this tree with itself by mistake
+        raise RuntimeError(f"the baseline tree imports torchport from {where!r}, not from {shim}")
     return shim
 
 
@@ -844,8 +860,10 @@ SECTIONS = ("latency", "throughput", "floor", "grpc", "reload", "breakdown")
 
 def breakdown_rows(tiny: Path, results: dict, n: int = 20000) -> list[tuple[str, ...]]:
     """(7) what one c=1 JSON request of the tiny model costs, step by step, in this process (µs, median
-    of 5 timings of n calls). The server's p50 minus the echo's p50 minus these steps is the glue: the
-    request/response objects, routing, the event loop and its syscalls."""
+    of 5 timings of n calls, CPU time), then the whole request through the server's real HTTP
+    protocol and application objects without a socket (CPU time per request, see
+    :func:`in_process_request_cpu`): that minus the steps is the glue (request/response objects,
+    routing, callbacks, one event-loop iteration). The rest of (4)'s gap is the socket's syscalls."""
     import io
     import timeit
 
@@ -856,6 +874,8 @@ def breakdown_rows(tiny: Path, results: dict, n: int = 20000) -> list[tuple[str,
     from torchport.runtimes.server._http import Response, _head
     from torchport.runtimes.server._metrics import ServerMetrics
     from torchport.runtimes.server._protocol import decode_infer_request, encode_infer_response
+    from torchport.runtimes.server._signature import InputSignature
+    from torchport.runtimes.server._stats import ModelStats
 
     sess = Session.from_package(tiny, intra_op_threads=1, inter_op_threads=1, spinning=False)
     body, _ = json_body("x", np.ones((1, 4), np.float32))
@@ -873,9 +893,11 @@ def breakdown_rows(tiny: Path, results: dict, n: int = 20000) -> list[tuple[str,
             pass
 
     parser = httptools.HttpRequestParser(Sink())
-    ireq = decode_infer_request(body, None, {"x": "FP32"})
-    out = sess.run(ireq.inputs, validate=False)
+    signature = InputSignature.of(sess)
+    ireq = decode_infer_request(body, None, {"x": "FP32"}, signature=signature)
+    out = sess.run_prepared(ireq.inputs)
     m = ServerMetrics()
+    stats = ModelStats()
     configure_logging(True, io.StringIO())
 
     def metrics() -> None:
@@ -885,6 +907,8 @@ def breakdown_rows(tiny: Path, results: dict, n: int = 20000) -> list[tuple[str,
         m.batch_size.observe(1, "tiny")
         m.requests_per_batch.observe(1, "tiny")
         m.compute_time.observe(1e-5, "tiny")
+        stats.batch_done(1, 1, 1e-5)
+        stats.request_done(1e-4, 0.0, 1)
 
     def access() -> None:
         log_access(
@@ -901,20 +925,22 @@ def breakdown_rows(tiny: Path, results: dict, n: int = 20000) -> list[tuple[str,
 
     steps = [
         ("HTTP parse (httptools)", lambda: parser.feed_data(raw)),
-        ("decode JSON request", lambda: decode_infer_request(body, None, {"x": "FP32"})),
-        ("validate inputs", lambda: sess.validate_inputs(ireq.inputs)),
-        ("ONNX Runtime run", lambda: sess.run(ireq.inputs, validate=False)),
+        (
+            "decode + check JSON request",
+            lambda: decode_infer_request(body, None, {"x": "FP32"}, signature=signature),
+        ),
+        ("ONNX Runtime run", lambda: sess.run_prepared(ireq.inputs)),
         (
             "encode JSON response",
             lambda: encode_infer_response("tiny", "1", None, out, {"y": "FP32"}, None, False),
         ),
         ("response head", lambda: _head(200, Response(200), 126, True)),
-        ("metrics (6 updates)", metrics),
-        ("access log line", access),
+        ("metrics and statistics (8 updates)", metrics),
+        ("access log line (format and write)", access),
     ]
     rows, total = [], 0.0
     for label, fn in steps:
-        us = statistics.median(timeit.repeat(fn, number=n, repeat=5)) / n * 1e6
+        us = statistics.median(timeit.repeat(fn, number=n, repeat=5, timer=time.thread_time)) / n * 1e6
         total += us
         results.setdefault("breakdown_us", {})[label] = us
         rows.append(("7 c=1 breakdown", label, "1", "", f"{us / 1e3:.4f}", "", f"{us:.2f} us", ""))
@@ -923,7 +949,84 @@ def breakdown_rows(tiny: Path, results: dict, n: int = 20000) -> list[tuple[str,
     rows.append(
         ("7 c=1 breakdown", "sum of the steps", "1", "", f"{total / 1e3:.4f}", "", f"{total:.2f} us", "")
     )
+    whole = in_process_request_cpu(tiny, raw) * 1e6
+    results["breakdown_us"]["whole request, in process"] = whole
+    rows.append(
+        (
+            "7 c=1 breakdown",
+            "whole request through HttpProtocol + app, no socket (CPU)",
+            "1",
+            "",
+            f"{whole / 1e3:.4f}",
+            "",
+            f"{whole:.2f} us, glue {whole - total:.2f} us",
+            "",
+        )
+    )
     return rows
+
+
+def in_process_request_cpu(package: Path, raw: bytes, n: int = 3000) -> float:
+    """CPU seconds per request of ``raw`` (one HTTP request) through the server's own protocol and
+    application objects on a running event loop, one at a time (concurrency 1), without a socket:
+    the transport only records what is written. Median of 5 timings of n requests."""
+    import io
+
+    from torchport.runtimes.server import InferenceServer, ServerConfig
+    from torchport.runtimes.server._accesslog import configure_logging
+    from torchport.runtimes.server._http import HttpProtocol
+
+    class Transport:
+        written = 0
+
+        def write(self, data: bytes) -> None:
+            self.written += 1
+
+        def get_extra_info(self, name: str, default=None):
+            return ("127.0.0.1", 50000) if name == "peername" else default
+
+        def pause_reading(self) -> None:
+            pass
+
+        def resume_reading(self) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    async def measure() -> float:
+        configure_logging(True, io.StringIO())  # the default: access lines on
+        server = InferenceServer(package, ServerConfig(port=0))
+        task = asyncio.ensure_future(server.serve(install_signal_handlers=False))
+        while not server.app.loaded:
+            await asyncio.sleep(0.01)
+        transport = Transport()
+        conn = HttpProtocol(server.app, server.http)
+        conn.connection_made(transport)
+
+        async def requests(count: int) -> float:
+            t0 = time.thread_time()
+            for _ in range(count):
+                before = transport.written
+                conn.data_received(raw)
+                await asyncio.sleep(0)  # the loop iteration a real request also goes through
+                while transport.written == before:
+                    await asyncio.sleep(0)
+            return (time.thread_time() - t0) / count
+
+        await requests(n)  # warm up (the runner times its runs before running inline)
+        timings = [await requests(n) for _ in range(5)]
+        server._begin_shutdown()
+        await task
+        configure_logging(False)
+        return statistics.median(timings)
+
+    try:
+        import uvloop  # type: ignore[import-not-found]
+
+        return uvloop.run(measure())
+    except ImportError:
+        return asyncio.run(measure())
 
 
 # -- main ----------------------------------------------------------------------------------------
