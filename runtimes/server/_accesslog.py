@@ -109,7 +109,6 @@ def configure_logging(enabled: bool = True, stream: IO[str] | None = None, level
 
 
 def log_access(
-    *,
     client: str,
     method: str,
     path: str,
@@ -121,23 +120,10 @@ def log_access(
     request_id: str | None,
 ) -> None:
     """Log one request: a JSON line with ``ts``, ``client``, ``method``, ``path``, ``status``,
-    ``duration_ms``, ``bytes_in``, ``bytes_out`` and, when known, ``model`` and ``request_id``."""
-    queue_access(client, method, path, status, duration, bytes_in, bytes_out, model, request_id)
+    ``duration_ms``, ``bytes_in``, ``bytes_out`` and, when known, ``model`` and ``request_id``.
 
-
-def queue_access(
-    client: str,
-    method: str,
-    path: str,
-    status: int,
-    duration: float,
-    bytes_in: int,
-    bytes_out: int,
-    model: str | None,
-    request_id: str | None,
-) -> None:
-    """:func:`log_access` with positional arguments (the server's per-request call): with the
-    server's own handler the line is queued as its values and formatted when written out."""
+    With the server's own handler the line is queued as its values and formatted when written out
+    (see :class:`BufferedLineHandler`), off the request's path."""
     if not access_log.isEnabledFor(logging.INFO):
         return
     record = (time.time(), client, method, path, status, duration, bytes_in, bytes_out, model, request_id)

@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from torchport.runtimes._errors import InferenceInputError, first_line
-from torchport.runtimes.server._accesslog import queue_access
+from torchport.runtimes.server._accesslog import log_access
 from torchport.runtimes.server._auth import OPEN_PATHS, ApiKeyAuth
 from torchport.runtimes.server._extensions import (
     EXTENSIONS,
@@ -155,7 +155,7 @@ class InferenceApp:
             m.errors.inc(model, status)
         elif model and endpoint == "infer":
             m.latency.observe(duration, model)
-        queue_access(
+        log_access(
             req.client,
             req.method,
             req.path,
