@@ -186,6 +186,8 @@ def _head(status: int, resp: Response, length: int, keep_alive: bool) -> bytes:
     return start + "".join(lines).encode("latin-1")
 
 
+#: lower-case text of header names seen so far (clients send the same few)
+_HEADER_NAMES: dict[bytes, str] = {}
 #: ``(path, query)`` of recently seen request targets (a server sees the same few URLs over and over)
 _TARGETS: dict[bytes, tuple[str, str]] = {}
 
@@ -368,18 +370,24 @@ class HttpProtocol(asyncio.Protocol):
         self.url.append(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.header_count += 1
-        self.header_bytes += len(name) + len(value) + 4
-        if self.header_count > self.limits.max_headers:
-            self._fail(431, f"request has more than {self.limits.max_headers} header fields")
+        count = self.header_count = self.header_count + 1
+        size = self.header_bytes = self.header_bytes + len(name) + len(value) + 4
+        limits = self.limits
+        if count > limits.max_headers:
+            self._fail(431, f"request has more than {limits.max_headers} header fields")
             raise _Abort
-        if self.header_bytes > self.limits.max_header_bytes:
-            self._fail(431, f"request headers exceed {self.limits.max_header_bytes} bytes")
+        if size > limits.max_header_bytes:
+            self._fail(431, f"request headers exceed {limits.max_header_bytes} bytes")
             raise _Abort
-        key = name.decode("latin-1").lower()
+        key = _HEADER_NAMES.get(name)
+        if key is None:
+            key = name.decode("latin-1").lower()
+            if len(_HEADER_NAMES) < 256:
+                _HEADER_NAMES[name] = key
         text = value.decode("latin-1")
+        headers = self.headers
         # repeated fields join with a comma (RFC 9110 5.3); Content-Length duplicates are refused by the parser
-        self.headers[key] = f"{self.headers[key]}, {text}" if key in self.headers else text
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
 
     def on_headers_complete(self) -> None:
         self.phase = _BODY

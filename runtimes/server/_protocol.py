@@ -160,7 +160,16 @@ def bf16_bits_to_float(bits: np.ndarray) -> np.ndarray:
 # -- decoding ------------------------------------------------------------------------------------
 
 
+_INTS = frozenset({int})
+
+
 def _shape(value: Any, name: str) -> tuple[int, ...]:
+    if type(value) is list and set(map(type, value)) <= _INTS and (not value or min(value) >= 0):
+        if len(value) > MAX_DIMS:
+            raise bad_request(
+                f"input {name!r}: 'shape' has {len(value)} dims; at most {MAX_DIMS} are supported"
+            )
+        return tuple(value)
     if not isinstance(value, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
     ):

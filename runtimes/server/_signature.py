@@ -23,6 +23,8 @@ from torchport.runtimes._manifest import DimRange, TensorSpec
 JSON_BYTES_PER_ELEMENT = 64
 #: room for names, shapes, parameters and whitespace around the data of a valid request
 ENVELOPE_BYTES = 64 * 1024
+#: accepted (name, datatype, shape) declarations remembered per model
+_ACCEPTED_SHAPES = 256
 
 
 @dataclass(frozen=True)
@@ -72,11 +74,29 @@ class InputSignature:
                 self.text.check_declared(datatype, shape, seen)
                 return
             self.text.check_token_input(name, seen)
+        accepted = self._accepted
+        key = (name, datatype, shape)
+        named = accepted.get(key)
+        if named is not None:  # passed before: only the named dims' agreement is left to check
+            for dim, value in named:
+                if dim in seen and seen[dim][0] != value:
+                    break  # the full check below says which inputs disagree
+            else:
+                for dim, value in named:
+                    seen.setdefault(dim, (value, name))
+                return
         spec = self._spec(name)
         want = PROTOCOL_DATATYPES[spec.dtype]
         if datatype != want:
             raise InferenceInputError(f"input {name!r} has datatype {datatype}, the model expects {want}")
         check_shape(spec, shape, self.dynamic_dims, seen)
+        if len(accepted) < _ACCEPTED_SHAPES:
+            accepted[key] = tuple((d, shape[i]) for i, d in enumerate(spec.shape) if isinstance(d, str))
+
+    @cached_property
+    def _accepted(self) -> dict[tuple, tuple[tuple[str, int], ...]]:
+        """Declarations that passed :meth:`check_declared`, with the value of each named dim."""
+        return {}
 
     def complete(self, inputs: Mapping[str, object]) -> bool:
         """True when ``inputs``, each already passed :meth:`check_declared`, need no further check:

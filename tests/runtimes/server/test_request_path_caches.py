@@ -1,5 +1,6 @@
 """Metrics and statistics queue observations and fold them in bulk; access lines are queued as
-values and formatted when written out. What a reader sees is the same as with immediate updates."""
+values and formatted when written out; signatures remember accepted declarations. What a reader
+sees is the same as with immediate updates and full checks."""
 
 from __future__ import annotations
 
@@ -7,8 +8,13 @@ import asyncio
 import io
 import json
 
+import pytest
+
+from torchport.runtimes import DimRange, TensorSpec
+from torchport.runtimes._errors import InferenceInputError
 from torchport.runtimes.server._accesslog import configure_logging, flush_access_log, log_access
 from torchport.runtimes.server._metrics import _FOLD_AT, Histogram
+from torchport.runtimes.server._signature import InputSignature
 from torchport.runtimes.server._stats import ModelStats
 
 
@@ -88,3 +94,21 @@ def test_access_lines_are_json_with_escaped_values_when_formatted_later():
         "bytes_in": 0,
         "bytes_out": 16,
     }
+
+
+def test_remembered_declarations_still_check_that_named_dims_agree():
+    sig = InputSignature(
+        "m",
+        [TensorSpec("a", "float32", ["batch", 4]), TensorSpec("b", "float32", ["batch", 2])],
+        {"batch": DimRange(1, 8)},
+    )
+    for batch in (2, 3):  # both requests pass and are remembered
+        seen: dict = {}
+        sig.check_declared("a", "FP32", (batch, 4), seen)
+        sig.check_declared("b", "FP32", (batch, 2), seen)
+    seen = {}
+    sig.check_declared("a", "FP32", (2, 4), seen)
+    with pytest.raises(InferenceInputError, match=r"'batch'\) is 3 but input 'a' has batch=2"):
+        sig.check_declared("b", "FP32", (3, 2), seen)  # each remembered, together inconsistent
+    with pytest.raises(InferenceInputError, match="outside its range 1..8"):
+        sig.check_declared("a", "FP32", (9, 4), {})
