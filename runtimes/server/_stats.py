@@ -27,21 +27,41 @@ class _Duration:
 
 
 @dataclass
-class ModelStats:
-    """Statistics of one model version (see :meth:`to_triton`)."""
-
+class _Totals:
     last_inference_ms: int = 0
     inference_count: int = 0
     execution_count: int = 0
     success: _Duration = field(default_factory=_Duration)
-    fail: _Duration = field(default_factory=_Duration)
     queue: _Duration = field(default_factory=_Duration)
     compute_infer: _Duration = field(default_factory=_Duration)
     batches: dict[int, _Duration] = field(default_factory=dict)
-    #: requests and runs not added to the totals yet (see :meth:`fold`)
-    _done: list[tuple[float, float, int]] = field(default_factory=list, repr=False, compare=False)
-    _runs: list[tuple[int, int, float]] = field(default_factory=list, repr=False, compare=False)
-    _last_time: float = field(default=0.0, repr=False, compare=False)
+
+
+def _total(name: str) -> property:
+    return property(lambda self: getattr(self._folded(), name), doc=f"``{name}``, queued requests included.")
+
+
+class ModelStats:
+    """Statistics of one model version (see :meth:`to_triton`).
+
+    Successful requests and runs are queued (one list append each on the request path) and added to
+    the totals in bulk: every few hundred, and whenever a total is read.
+    """
+
+    def __init__(self) -> None:
+        self._totals = _Totals()
+        self.fail = _Duration()
+        self._done: list[tuple[float, float, int]] = []
+        self._runs: list[tuple[int, int, float]] = []
+        self._last_time = 0.0
+
+    last_inference_ms = _total("last_inference_ms")
+    inference_count = _total("inference_count")
+    execution_count = _total("execution_count")
+    success = _total("success")
+    queue = _total("queue")
+    compute_infer = _total("compute_infer")
+    batches = _total("batches")
 
     def request_done(self, seconds: float, queued: float, rows: int) -> None:
         """A request answered successfully after ``seconds`` (``queued`` of them in the batch queue)."""
@@ -60,26 +80,31 @@ class ModelStats:
             self.fold()
 
     def fold(self) -> None:
-        """Add the queued requests and runs to the totals (the request path only queues them)."""
+        """Add the queued requests and runs to the totals."""
+        t = self._totals
         done, self._done = self._done, []
         for seconds, queued, rows in done:
-            self.success.add(seconds)
-            self.queue.add(queued)
-            self.inference_count += rows
+            t.success.add(seconds)
+            t.queue.add(queued)
+            t.inference_count += rows
         if done:
-            self.last_inference_ms = int(self._last_time * 1000)
+            t.last_inference_ms = int(self._last_time * 1000)
         runs, self._runs = self._runs, []
         for rows, requests, compute in runs:
-            self.execution_count += 1
-            self.compute_infer.add(compute, requests)
-            d = self.batches.get(rows)
+            t.execution_count += 1
+            t.compute_infer.add(compute, requests)
+            d = t.batches.get(rows)
             if d is None:
-                d = self.batches[rows] = _Duration()
+                d = t.batches[rows] = _Duration()
             d.add(compute)
+
+    def _folded(self) -> _Totals:
+        if self._done or self._runs:
+            self.fold()
+        return self._totals
 
     def to_triton(self, name: str, version: str) -> dict:
         """One element of Triton's ``model_stats`` list."""
-        self.fold()
         zero = {"count": 0, "ns": 0}
         return {
             "name": name,
