@@ -211,7 +211,7 @@ def write_container_context(
     with atomic_dir(out, force=force) as tmp:
         wheels = tmp / "wheels"
         wheel = build_wheel(pkg.path, wheels, name=module, version=version, variant=variant)
-        build_wheelhouse(wheels, gpu=gpu, python_version=py)
+        build_wheelhouse(wheels, gpu=gpu, python_version=py, text=bool(pkg.manifest.extra.get("text")))
         text = containerfile(
             name=wheel.name,
             version=wheel.version,

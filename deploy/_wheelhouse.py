@@ -4,7 +4,7 @@ Only what serving needs goes in: torchport's own wheel (installed without its de
 ``onnx`` package is for export and inspection, not serving), the model wheel, ONNX Runtime (CPU or
 GPU build, without the packages only its offline tools use: sympy, coloredlogs, flatbuffers...),
 numpy, ml_dtypes (bfloat16), the CLI's typer/rich and the server extras (httptools, orjson, uvloop; protobuf
-and hpack for gRPC), each at the version
+and hpack for gRPC; tokenizers and jinja2 for text models only), each at the version
 installed here when there is one. Never torch. pip honours ``PIP_INDEX_URL``/``PIP_FIND_LINKS``/
 ``PIP_NO_INDEX`` for mirrors and offline wheel folders.
 """
@@ -25,6 +25,11 @@ SERVE_REQUIREMENTS = (
 )  # fmt: skip
 #: installed without their dependencies (ONNX Runtime needs only numpy to run a model)
 NO_DEPS_REQUIREMENTS = {"cpu": ("onnxruntime",), "gpu": ("onnxruntime-gpu",)}
+#: text models only (the package carries a tokenizer): the ``text`` input on infer, generate and chat
+#: templates. ``tokenizers`` goes without its huggingface_hub dependency, which only downloads from the
+#: hub (``from_pretrained``); serving reads the package's own tokenizer.json.
+TEXT_REQUIREMENTS = ("jinja2",)
+TEXT_NO_DEPS_REQUIREMENTS = ("tokenizers",)
 #: manylinux tags up to glibc 2.36 (Debian bookworm), newest first: pip does not widen --platform itself
 PLATFORMS = [f"manylinux_2_{minor}_x86_64" for minor in range(36, 16, -1)] + [
     "manylinux2014_x86_64",
@@ -124,16 +129,23 @@ def rewheel_installed(dest: Path) -> Path:
     return wheel
 
 
-def build_wheelhouse(dest: Path, *, gpu: bool = False, python_version: str = "3.11") -> list[str]:
+def build_wheelhouse(
+    dest: Path, *, gpu: bool = False, python_version: str = "3.11", text: bool = False
+) -> list[str]:
     """Fill ``dest`` with every wheel the serving image installs; returns the file names.
+
+    ``text``: the model is a text model (its package carries a tokenizer): add the tokenizer and
+    chat-template libraries, which other images do without.
 
     Raises:
         UsageError: pip could not get a wheel (no network and no ``PIP_FIND_LINKS``, say).
     """
     dest.mkdir(parents=True, exist_ok=True)
     _download([_pinned(r) for r in SERVE_REQUIREMENTS], dest, python_version, deps=True)
-    _download(
-        [_pinned(r) for r in NO_DEPS_REQUIREMENTS["gpu" if gpu else "cpu"]], dest, python_version, deps=False
-    )
+    no_deps = list(NO_DEPS_REQUIREMENTS["gpu" if gpu else "cpu"])
+    if text:
+        _download([_pinned(r) for r in TEXT_REQUIREMENTS], dest, python_version, deps=True)
+        no_deps += TEXT_NO_DEPS_REQUIREMENTS
+    _download([_pinned(r) for r in no_deps], dest, python_version, deps=False)
     torchport_wheel(dest)
     return sorted(p.name for p in dest.glob("*.whl"))
