@@ -36,6 +36,7 @@ from torchport.exporters._onnx_files import EXTERNAL_DATA_THRESHOLD, save_onnx, 
 from torchport.exporters._ort_logs import quiet_ort_logs
 from torchport.exporters._passes import AnyModel, as_ir, as_proto, op_counts
 from torchport.runtimes import OptimizationError, UsageError
+from torchport.runtimes._errors import first_line
 from torchport.runtimes._providers import normalize_provider
 
 #: ops kept in float32 by the fp16 pass (numerically sensitive: reductions, exponentials, norms)
@@ -147,12 +148,36 @@ class OrtFusionsPass:
         original = core.fuse_attention
         if not self.pack_qkv:  # optimize_for_ort has no switch for the last (QKV-packing) step
             core.fuse_attention = lambda model, debug=False: 0
+        # checked (and kept to fall back on) below the external-data size only: a copy of a
+        # multi-GB graph and an in-memory session of it cost too much
+        checked = weights_nbytes(model) <= EXTERNAL_DATA_THRESHOLD
+        unfused = as_proto(model) if checked else None
         try:
             model, counts = core.optimize_for_ort(model)
         finally:
             core.fuse_attention = original
         self.details = {k: int(v) for k, v in counts.items() if v}
-        return model, _fingerprint(model) != before
+        modified = _fingerprint(model) != before
+        refusal = _ort_refuses(model) if modified and unfused is not None else None
+        if refusal is not None and unfused is not None:  # a fusion rule broke the graph: keep the old one
+            self.details = {"refused_by_onnxruntime": refusal, "kept": "the unfused graph"}
+            return as_ir(unfused), False
+        return model, modified
+
+
+def _ort_refuses(model: AnyModel) -> str | None:
+    """ONNX Runtime's first line of refusal when it cannot load ``model`` as sessions load it (with its
+    default graph optimizations, which can break on a fused graph that is valid ONNX), else ``None``."""
+    import onnxruntime as ort
+
+    proto = as_proto(model)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4
+    try:
+        ort.InferenceSession(proto.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises untyped errors; the reason is reported
+        return first_line(e)
+    return None
 
 
 class OrtOfflinePass:

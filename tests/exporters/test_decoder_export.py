@@ -178,3 +178,16 @@ def test_manifest_accepts_padded_masks_and_real_positions(root: Path) -> None:
     assert sess.run(feeds)["logits"].shape == (2, 5, 96)
     with pytest.raises(InferenceInputError, match="'attention_mask' has values outside its range 0..1"):
         sess.run({**feeds, "attention_mask": mask * 2})
+
+
+def test_level_all_keeps_the_unfused_graph_when_onnxruntime_refuses_the_fused_one(tmp_path: Path) -> None:
+    """onnxscript's fusions turn GPT-2's cached decoder into a graph ONNX Runtime's own optimizer
+    then breaks on (a Gemm fed rank 3): the pass keeps the unfused graph, says why, and the
+    package exports, loads and validates at --level all."""
+    src = save_causal_lm("gpt2", tmp_path / "src")
+    result = export_model(str(src), tmp_path / "pkg", level="all", quiet=True)
+    assert result
+    fusions = [p for p in result.manifest.passes if p["name"] == "ort_fusions"]
+    assert fusions and not fusions[0]["modified"]
+    assert "Gemm" in fusions[0]["details"]["refused_by_onnxruntime"]
+    assert ort.InferenceSession(str(tmp_path / "pkg" / "model.onnx"), providers=["CPUExecutionProvider"])
