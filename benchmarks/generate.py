@@ -82,12 +82,14 @@ def interleaved(
     return {name: (best[name], tokens[name]) for name, _ in runners}
 
 
-def hf_eager(folder: Path, prompt: list[int], new: int) -> Callable[[], list[int]]:
+def hf_eager(folder: Path, prompt: list[int], new: int, device: str = "cpu") -> Callable[[], list[int]]:
+    """Hugging Face eager greedy ``generate`` of ``new`` tokens (on ``device``; on the CPU with THREADS)."""
     import transformers as T
 
-    torch.set_num_threads(THREADS)
-    model = T.AutoModelForCausalLM.from_pretrained(str(folder)).eval()
-    ids = torch.tensor([prompt])
+    if device == "cpu":
+        torch.set_num_threads(THREADS)
+    model = T.AutoModelForCausalLM.from_pretrained(str(folder)).eval().to(device)
+    ids = torch.tensor([prompt], device=device)
 
     def run() -> list[int]:
         with torch.no_grad():

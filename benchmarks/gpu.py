@@ -173,8 +173,8 @@ def server_section(pkg: Path, provider: str, duration: float) -> list[tuple]:
 
 def generate_section(work: Path, provider: str, new: int) -> list[tuple]:
     sys.path.insert(0, str(Path(__file__).parent))
-    import transformers as T
-    from generate import build_model  # the same ~50M Llama-style model as benchmarks/generate.py
+    # the same ~50M Llama-style model, HF runner and interleaved timing as benchmarks/generate.py
+    from generate import build_model, hf_eager, interleaved
 
     from torchport.exporters import export_model
     from torchport.runtimes import Session
@@ -187,38 +187,19 @@ def generate_section(work: Path, provider: str, new: int) -> list[tuple]:
     export_model(str(folder), package, quiet=True, overwrite=True)
     print(f"decoder export (validated) {time.perf_counter() - t:.1f} s")
     prompt = [1] + [int(x) for x in np.random.default_rng(0).integers(3, 32000, 31)]
-    model = T.AutoModelForCausalLM.from_pretrained(str(folder)).eval().to(device)
-    ids = torch.tensor([prompt], device=device)
-
-    def hf() -> list[int]:
-        with torch.inference_mode():
-            out = model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                do_sample=False,
-                max_new_tokens=new,
-                min_new_tokens=new,
-                pad_token_id=0,
-            )
-        return out[0, len(prompt) :].tolist()
-
     sess = Session.from_package(package, providers=provider)
     print(f"decoder session: {sess.provider}")
 
     def ours() -> list[int]:
         return sess.generate([prompt], max_new_tokens=new, ignore_eos=True).tokens[0]
 
-    runners = {"Hugging Face eager fp32": hf, "torchport fp32": ours}
-    tokens = {k: fn() for k, fn in runners.items()}
-    best = {k: float("inf") for k in runners}
-    for _ in range(3):
-        for k, fn in runners.items():
-            t = time.perf_counter()
-            fn()
-            best[k] = min(best[k], time.perf_counter() - t)
+    runners = [("Hugging Face eager fp32", hf_eager(folder, prompt, new, device)), ("torchport fp32", ours)]
+    results = interleaved(runners, repeats=3)
+    best = {k: s for k, (s, _) in results.items()}
+    tokens = {k: t for k, (_, t) in results.items()}
     base_s, base_tok = best["Hugging Face eager fp32"], tokens["Hugging Face eager fp32"]
     rows = []
-    for k in runners:
+    for k in best:
         agree = sum(a == b for a, b in zip(tokens[k], base_tok, strict=False)) / len(base_tok)
         rows.append(
             (
