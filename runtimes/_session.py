@@ -311,8 +311,7 @@ class Session:
         Raises:
             InferenceInputError: an input does not match the signature, or an unknown output is asked for.
         """
-        if type(inputs) is not dict or any(type(v) is not np.ndarray for v in inputs.values()):
-            inputs = self._as_arrays(inputs)
+        inputs = self._as_arrays(inputs)
         if validate:
             self.validate_inputs(inputs)
         if output_names is None:

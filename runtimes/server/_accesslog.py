@@ -39,7 +39,7 @@ class BufferedLineHandler(logging.StreamHandler):
     (one write and flush for many requests, not one per request), at once outside a loop, and
     whatever is left at :meth:`flush` (called on server stop and at exit).
 
-    A line may be queued as a tuple of :func:`access_line`'s arguments: it is formatted when
+    A line may be queued as the record tuple :func:`access_line` takes: it is formatted when
     written out, off the request's path."""
 
     def __init__(self, stream: IO[str], interval: float = 0.02) -> None:
@@ -71,7 +71,7 @@ class BufferedLineHandler(logging.StreamHandler):
         self._scheduled = False
         if self._lines:
             lines, self._lines = self._lines, []
-            data = "\n".join(line if type(line) is str else access_line(*line) for line in lines) + "\n"
+            data = "\n".join(line if type(line) is str else access_line(line) for line in lines) + "\n"
             try:
                 self.stream.write(data)
             except ValueError:  # pragma: no cover - the stream was closed at exit
@@ -109,6 +109,7 @@ def configure_logging(enabled: bool = True, stream: IO[str] | None = None, level
 
 
 def log_access(
+    *,
     client: str,
     method: str,
     path: str,
@@ -131,23 +132,15 @@ def log_access(
     if writer is not None and access_log.handlers == [writer]:
         writer.write_line(record)  # skips building a LogRecord per request
     else:
-        access_log.info(access_line(*record))
+        access_log.info(access_line(record))
 
 
-def access_line(
-    now: float,
-    client: str,
-    method: str,
-    path: str,
-    status: int,
-    duration: float,
-    bytes_in: int,
-    bytes_out: int,
-    model: str | None,
-    request_id: str | None,
-) -> str:
-    """One access line (JSON). What repeats from request to request (client, method, path, model)
-    is escaped once and kept, and the timestamp's text changes once a millisecond."""
+def access_line(record: tuple) -> str:
+    """One access line (JSON) of a record ``(time, client, method, path, status, duration, bytes_in,
+    bytes_out, model, request_id)`` as :func:`log_access` queues it. What repeats from request to
+    request (client, method, path, model) is escaped once and kept, and the timestamp's text changes
+    once a millisecond."""
+    now, client, method, path, status, duration, bytes_in, bytes_out, model, request_id = record
     ms = int(now * 1000)
     if ms != _ts_cache[0]:  # the timestamp text changes once a millisecond, its date once a second
         if ms // 1000 != _ts_cache[2]:

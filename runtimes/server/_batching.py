@@ -193,14 +193,17 @@ class ModelRunner:
         finally:
             self.busy = 0
         compute = time.perf_counter() - started
+        self._record(next(iter(inputs.values())).shape[0] if self.batching and inputs else 1, 1, compute)
+        return out
+
+    def _record(self, rows: int, requests: int, compute: float) -> None:
+        """One finished run: its time for :attr:`typical_run`, then the ``on_batch`` callback."""
         self._timed(compute)
         if self.on_batch is not None:
-            rows = next(iter(inputs.values())).shape[0] if self.batching and inputs else 1
             try:
-                self.on_batch(rows, 1, compute)
+                self.on_batch(rows, requests, compute)
             except Exception:  # pragma: no cover - metrics must never break serving
                 log.exception("metrics callback failed")
-        return out
 
     def _inline(self) -> bool:
         return self.typical_run is not None and self.typical_run < self.inline_below
@@ -334,11 +337,6 @@ class ModelRunner:
                     it.future.set_exception(out)
                 else:
                     it.future.set_result((out, started - it.enqueued))
-            self._timed(compute)
-            if self.on_batch is not None:
-                try:
-                    self.on_batch(rows, len(batch), compute)
-                except Exception:  # pragma: no cover - metrics must never break serving
-                    log.exception("metrics callback failed")
+            self._record(rows, len(batch), compute)
         if redispatch:
             self._dispatch()

@@ -164,14 +164,10 @@ _INTS = frozenset({int})
 
 
 def _shape(value: Any, name: str) -> tuple[int, ...]:
-    if type(value) is list and set(map(type, value)) <= _INTS and (not value or min(value) >= 0):
-        if len(value) > MAX_DIMS:
-            raise bad_request(
-                f"input {name!r}: 'shape' has {len(value)} dims; at most {MAX_DIMS} are supported"
-            )
-        return tuple(value)
-    if not isinstance(value, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
+    plain = type(value) is list and set(map(type, value)) <= _INTS and (not value or min(value) >= 0)
+    if not plain and (  # the fast test above covers the usual list of plain ints
+        not isinstance(value, list)
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value)
     ):
         shown = repr(value) if len(repr(value)) <= 200 else repr(value)[:200] + "..."
         raise bad_request(f"input {name!r}: 'shape' must be a list of non-negative integers, got {shown}")

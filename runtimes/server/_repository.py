@@ -24,6 +24,7 @@ from torchport.runtimes._manifest_schema import read_manifest
 from torchport.runtimes._session import Session
 from torchport.runtimes.server._batching import ModelRunner
 from torchport.runtimes.server._config import ModelSettings, _version_key
+from torchport.runtimes.server._signature import InputSignature
 from torchport.runtimes.server._stats import ModelStats
 from torchport.runtimes.server._text_infer import TextInfer
 from torchport.runtimes.server._triton_layout import triton_versions
@@ -58,8 +59,8 @@ class ModelEntry:
     services: dict[str, Any] = field(default_factory=dict)
     #: no longer served (a service made for it later is retired at once)
     retired: bool = False
-    #: ``(session, its InputSignature)``, cached by the HTTP routes
-    signature: tuple | None = field(default=None, init=False, repr=False, compare=False)
+    #: what the loaded session accepts, for the request path (set with ``session`` on load)
+    signature: InputSignature | None = field(default=None, init=False, repr=False, compare=False)
 
     def retire(self) -> None:
         """This version is no longer served: its services stop once the work they hold is done."""
@@ -321,6 +322,7 @@ class ModelRepository:
             entry.input_datatypes = {s.name: PROTOCOL_DATATYPES[s.dtype] for s in session.input_specs}
             entry.output_datatypes = {s.name: PROTOCOL_DATATYPES[s.dtype] for s in session.output_specs}
             entry.text = TextInfer.of(session, entry.name)
+            entry.signature = InputSignature.of(session, entry.text)
             if entry.text is not None:
                 ins, outs = entry.text.metadata()
                 entry.input_datatypes.update((t["name"], t["datatype"]) for t in ins)

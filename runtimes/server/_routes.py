@@ -116,12 +116,12 @@ class InferenceApp:
         length = req.headers.get("content-length", "")
         if not (req.path.startswith(_MODELS) and req.path.endswith("/infer")):
             return None
-        name, version, tail = self._parse_model_path(req.path[len(_MODELS) :])
+        name, version, tail = _parse_model_path(req.path[len(_MODELS) :])
         entry = self.repository.get(name, version)
-        if tail != ("infer",) or entry is None or not entry.ready or entry.session is None:
+        if tail != ("infer",) or entry is None or not entry.ready or entry.signature is None:
             return None  # the route answers it with its own status
         req.route = (name, version)  # handle() goes straight to the infer route
-        cap = self._signature(entry).max_body_bytes
+        cap = entry.signature.max_body_bytes
         req.max_body = cap  # also bounds a chunked body as it arrives
         if cap is not None and length.isdigit() and int(length) > cap:
             req.model, req.endpoint = name, "infer"
@@ -131,13 +131,6 @@ class InferenceApp:
                 f"(at most {cap} bytes at its largest input shapes)",
             )
         return None
-
-    @staticmethod
-    def _signature(entry: ModelEntry) -> InputSignature:
-        cached = entry.signature
-        if cached is None or cached[0] is not entry.session:
-            cached = entry.signature = (entry.session, InputSignature.of(entry.session, entry.text))
-        return cached[1]
 
     def error_response(self, status: int, message: str) -> Response:
         return Response(status, json_dumps({"error": message}))
@@ -156,15 +149,15 @@ class InferenceApp:
         elif model and endpoint == "infer":
             m.latency.observe(duration, model)
         log_access(
-            req.client,
-            req.method,
-            req.path,
-            code,
-            duration,
-            len(req.body),
-            nbytes,
-            req.model,
-            req.request_id or req.headers.get("x-request-id"),
+            client=req.client,
+            method=req.method,
+            path=req.path,
+            status=code,
+            duration=duration,
+            bytes_in=len(req.body),
+            bytes_out=nbytes,
+            model=req.model,
+            request_id=req.request_id or req.headers.get("x-request-id"),
         )
 
     @property
@@ -243,13 +236,8 @@ class InferenceApp:
                 [("allow", ", ".join(allowed))],
             )
 
-    @staticmethod
-    def _parse_model_path(rest: str) -> tuple[str, str | None, tuple[str, ...]]:
-        """``name[/versions/v][/tail...]`` -> (name, version or None, tail parts)."""
-        return _parse_model_path(rest)
-
     def _model_route(self, req: Request, rest: str) -> Response | Deferred | Stream:
-        name, version, tail = self._parse_model_path(rest)
+        name, version, tail = _parse_model_path(rest)
         req.model = name
         req.endpoint = tail[0] if tail and tail[0] in ("ready", "infer", "config", "stats") else "metadata"
         if not tail or tail == ("",):
@@ -309,8 +297,8 @@ class InferenceApp:
         if self.draining:
             raise HTTPError(503, "the server is shutting down; retry on another replica")
         runner = entry.runner
-        assert entry.session is not None and runner is not None
-        signature = self._signature(entry)
+        signature = entry.signature
+        assert entry.session is not None and runner is not None and signature is not None
         hl = req.headers.get(HEADER_LENGTH)
         header_length = None
         if hl is not None:
