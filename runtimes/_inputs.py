@@ -103,11 +103,16 @@ def check_value_range(spec: TensorSpec, arr: np.ndarray) -> None:
         )
 
 
+#: the inputs that generated examples fill with ones (see :func:`random_tensor`)
+ATTENTION_MASKS = frozenset({"attention_mask", "decoder_attention_mask"})
+
+
 def random_tensor(spec: TensorSpec, shape: Sequence[int], rng: np.random.Generator) -> np.ndarray:
     """A random array for ``spec``: floats ~ N(0, 1), ints in ``value_range`` (default 0..9), bools.
 
-    Attention masks (integer inputs named ``...mask`` that take 0..1) are all ones: random zeros and
-    ones make rows that mask everything, which is not an input a model is meant to see.
+    Attention masks (integer inputs named ``attention_mask`` / ``decoder_attention_mask`` that take
+    0..1) are all ones: random zeros and ones make rows that mask everything, which is not an input
+    a model is meant to see. Other 0..1 inputs get random zeros and ones.
 
     Example:
         >>> random_tensor(TensorSpec("attention_mask", "int64", [1, 3], (0, 1)), [1, 3], np.random.default_rng(0))
@@ -120,7 +125,7 @@ def random_tensor(spec: TensorSpec, shape: Sequence[int], rng: np.random.Generat
     dtype = to_numpy(spec.dtype)
     if dtype.kind in "iu":
         low, high = spec.value_range or (0, 9)
-        if spec.name.lower().endswith("mask") and (low, high) == (0, 1):
+        if spec.name in ATTENTION_MASKS and (low, high) == (0, 1):
             return np.ones(shape, dtype)
         return rng.integers(int(low), int(high) + 1, size=shape).astype(dtype)
     if spec.value_range is not None:
