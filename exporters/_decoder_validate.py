@@ -16,17 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from torchport.runtimes._errors import ValidationError
-from torchport.runtimes._manifest import Manifest
+from torchport.runtimes._generate import is_text_generation
 from torchport.runtimes._package import ModelPackage
 from torchport.runtimes._parity import ParityResult, Tolerance
 
 __all__ = ["check_decoder_package", "is_text_generation"]
-
-
-def is_text_generation(manifest: Manifest) -> bool:
-    """Whether the package was exported with ``--task text-generation``."""
-    generation = (manifest.extra or {}).get("generation")
-    return isinstance(generation, dict) and generation.get("task") == "text-generation"
 
 
 def _mismatch(sig: Any, recorded: Mapping[str, Any]) -> str | None:

@@ -32,6 +32,7 @@ from torchport.exporters._registries import INT8_MODES as INT8_HELP
 from torchport.exporters._registries import LEVELS as LEVEL_HELP
 from torchport.exporters._registries import ONNX_PASSES
 from torchport.runtimes._errors import OptimizationError, UsageError, describe_error
+from torchport.runtimes._generate import is_text_generation
 from torchport.runtimes._inputs import dim_sample_points, random_inputs
 from torchport.runtimes._manifest import PARITY_NAME, Manifest, Variant
 from torchport.runtimes._onnx_parity import check_variants
@@ -334,7 +335,7 @@ def optimize_folder(
         calibration_samples=samples,
         disable=options.disable,
         provider=options.provider,
-        int8_block_size=DECODER_INT8_BLOCK_SIZE if _is_decoder(manifest) else None,
+        int8_block_size=DECODER_INT8_BLOCK_SIZE if is_text_generation(manifest) else None,
     )
     old = manifest.variants
     base_history = list(old["fp32"].passes)
@@ -398,11 +399,6 @@ def optimize_folder(
     new_manifest = manifest.replace(variants=new_variants, passes=records, extra=extra)
     new_manifest = _with_chain_summary(new_manifest)
     return FolderOptimization(new_manifest, records, parity, new_report, warnings)
-
-
-def _is_decoder(manifest: Manifest) -> bool:
-    generation = (manifest.extra or {}).get("generation")
-    return isinstance(generation, dict) and generation.get("task") == "text-generation"
 
 
 def _passed(variant: Variant) -> bool:

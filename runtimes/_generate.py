@@ -87,6 +87,12 @@ class SamplingParams:
             raise InferenceInputError(f"seed must be an integer >= 0, got {self.seed!r}")
 
 
+def is_text_generation(manifest: Any) -> bool:
+    """Whether the package's manifest was exported with ``--task text-generation``."""
+    generation = (manifest.extra or {}).get("generation")
+    return isinstance(generation, dict) and generation.get("task") == "text-generation"
+
+
 @dataclass(frozen=True)
 class DecoderSpec:
     """The decoder signature a package's manifest records (``extra["generation"]``)."""
@@ -107,12 +113,12 @@ class DecoderSpec:
     @classmethod
     def from_manifest(cls, manifest: Any) -> DecoderSpec:
         """Raises :class:`UsageError` for a package that was not exported for text generation."""
-        gen = (manifest.extra or {}).get("generation") if manifest is not None else None
-        if not isinstance(gen, dict) or gen.get("task") != "text-generation":
+        if manifest is None or not is_text_generation(manifest):
             name = manifest.name if manifest is not None else "this model"
             raise UsageError(
                 f"{name!r} is not a text-generation package (export the causal LM with --task text-generation)"
             )
+        gen = manifest.extra["generation"]
         n = int(gen["num_layers"])
         past = tuple(f"past_key_values.{i}.{kv}" for i in range(n) for kv in ("key", "value"))
         eos = tuple(int(t) for t in gen.get("eos_token_id") or [])
