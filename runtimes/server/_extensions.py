@@ -26,27 +26,36 @@ def _triton_type(datatype: str) -> str:
     return "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"
 
 
+def _config_tensor(tensor: dict[str, Any], batched: bool) -> dict[str, Any]:
+    """A metadata tensor (``name``, ``datatype``, ``shape``) as a config input/output."""
+    dims = list(tensor["shape"][1:] if batched else tensor["shape"])
+    out: dict[str, Any] = {"name": tensor["name"], "data_type": _triton_type(tensor["datatype"])}
+    if batched and not dims:  # only the batch dim: Triton writes [1] reshaped to []
+        out.update(dims=[1], reshape={"shape": []})
+    else:
+        out["dims"] = dims
+    if tensor.get("optional"):
+        out["optional"] = True
+    return out
+
+
 def model_config(entry: ModelEntry) -> dict[str, Any]:
     """Triton's model configuration (the JSON form of config.pbtxt) of a loaded version.
 
-    With dynamic batching, ``max_batch_size`` > 0 and ``dims`` leave out the batch dim, as in Triton.
+    With dynamic batching, ``max_batch_size`` > 0 and ``dims`` leave out the batch dim, as in Triton;
+    a tensor of the batch dim alone is ``dims: [1]`` with ``reshape: {shape: []}`` (Triton's form).
+    A text model (see :mod:`~torchport.runtimes.server._text_infer`) also lists its BYTES ``text``
+    input and the outputs the server adds, as model metadata does; ``text`` and the token inputs are
+    then ``optional`` (a request gives one or the other).
     """
     sess, runner = entry.session, entry.runner
     assert sess is not None and runner is not None
     batched = runner.batching
-
-    def tensors(specs, datatypes):
-        out = []
-        for s in specs:
-            dims = [d if isinstance(d, int) else -1 for d in s.shape]
-            out.append(
-                {
-                    "name": s.name,
-                    "data_type": _triton_type(datatypes[s.name]),
-                    "dims": dims[1:] if batched else dims,
-                }
-            )
-        return out
+    ins, outs = entry.tensors()
+    if entry.text is not None:
+        ins = [{**t, "optional": True} for t in ins]
+    inputs = [_config_tensor(t, batched) for t in ins]
+    outputs = [_config_tensor(t, batched) for t in outs]
 
     st = entry.settings
     gpu = sess.provider in GPU_PROVIDERS
@@ -56,8 +65,8 @@ def model_config(entry: ModelEntry) -> dict[str, Any]:
         "backend": "onnxruntime",
         "version_policy": st.version_policy.to_triton(),
         "max_batch_size": runner.max_batch_size if batched else 0,
-        "input": tensors(sess.input_specs, entry.input_datatypes),
-        "output": tensors(sess.output_specs, entry.output_datatypes),
+        "input": inputs,
+        "output": outputs,
         "instance_group": [
             {"name": entry.name, "kind": "KIND_GPU" if gpu else "KIND_CPU", "count": runner.workers}
         ],

@@ -118,8 +118,20 @@ _MESSAGES: dict[str, list[tuple[str, int, Any, bool]]] = {
         ("all", 2, "ModelVersionPolicyAll", False),
         ("specific", 3, "ModelVersionPolicySpecific", False),
     ],
-    "ModelInput": [("name", 1, _STR, False), ("data_type", 2, "DataType", False), ("dims", 4, _I64, True)],
-    "ModelOutput": [("name", 1, _STR, False), ("data_type", 2, "DataType", False), ("dims", 3, _I64, True)],
+    "ModelTensorReshape": [("shape", 1, _I64, True)],
+    "ModelInput": [
+        ("name", 1, _STR, False),
+        ("data_type", 2, "DataType", False),
+        ("dims", 4, _I64, True),
+        ("reshape", 5, "ModelTensorReshape", False),
+        ("optional", 8, _BOOL, False),
+    ],
+    "ModelOutput": [
+        ("name", 1, _STR, False),
+        ("data_type", 2, "DataType", False),
+        ("dims", 3, _I64, True),
+        ("reshape", 5, "ModelTensorReshape", False),
+    ],
     "ModelInstanceGroup": [
         ("name", 1, _STR, False),
         ("count", 2, _I32, False),

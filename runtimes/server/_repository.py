@@ -72,28 +72,39 @@ class ModelEntry:
     def ready(self) -> bool:
         return self.state == READY
 
-    def metadata(self, versions: list[str]) -> dict:
+    def tensors(self) -> tuple[list[dict], list[dict]]:
+        """The inputs and outputs as model metadata lists them (``name``, ``datatype``, ``shape``
+        with ``-1`` for dynamic dims): the model's, then a text model's ``text`` and added outputs."""
         sess = self.session
         assert sess is not None
 
-        def tensors(specs):
+        def tensors(specs, datatypes):
             return [
                 {
                     "name": s.name,
-                    "datatype": PROTOCOL_DATATYPES[s.dtype],
+                    "datatype": datatypes[s.name],
                     "shape": [d if isinstance(d, int) else -1 for d in s.shape],
                 }
                 for s in specs
             ]
 
-        runner = self.runner
         text_inputs, text_outputs = self.text.metadata() if self.text is not None else ([], [])
+        return (
+            tensors(sess.input_specs, self.input_datatypes) + text_inputs,
+            tensors(sess.output_specs, self.output_datatypes) + text_outputs,
+        )
+
+    def metadata(self, versions: list[str]) -> dict:
+        sess = self.session
+        assert sess is not None
+        runner = self.runner
+        inputs, outputs = self.tensors()
         return {
             "name": self.name,
             "versions": versions,
             "platform": "onnxruntime_onnx",
-            "inputs": tensors(sess.input_specs) + text_inputs,
-            "outputs": tensors(sess.output_specs) + text_outputs,
+            "inputs": inputs,
+            "outputs": outputs,
             "parameters": {
                 "version": self.version,
                 "variant": sess.variant,

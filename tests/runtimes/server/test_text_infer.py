@@ -172,6 +172,68 @@ def test_metadata_lists_the_text_input_and_the_added_outputs(server) -> None:
     assert meta["parameters"]["text_task"] == "text-classification"
 
 
+def _config_tensors(config: dict) -> tuple[dict, dict]:
+    """The config's inputs and outputs by name, dims as ints (gRPC's JSON writes int64 as strings)."""
+
+    def by_name(tensors: list[dict]) -> dict:
+        out = {}
+        for t in tensors:
+            t = {**t, "dims": [int(d) for d in t.get("dims", [])]}
+            if "reshape" in t:
+                t["reshape"] = {"shape": [int(d) for d in t["reshape"].get("shape", [])]}
+            out[t["name"]] = t
+        return out
+
+    return by_name(config["input"]), by_name(config["output"])
+
+
+@pytest.mark.parametrize("model", ["clf", "emb", "ner"])
+def test_config_lists_what_metadata_lists_over_http_and_grpc(server, model: str) -> None:
+    hc = _client(server)
+    meta = hc.get_model_metadata(model)
+    http_config = hc.get_model_config(model)
+    hc.close()
+    gc = tg.InferenceServerClient(server.grpc_url)
+    grpc_config = gc.get_model_config(model, as_json=True)["config"]
+    typed = gc.get_model_config(model).config  # tritonclient's own protobuf parses it
+    gc.close()
+    assert http_config["max_batch_size"] == 8  # batched: dims leave out the batch dim
+    http_in, http_out = _config_tensors(http_config)
+    grpc_in, grpc_out = _config_tensors(grpc_config)
+    assert [t["name"] for t in meta["inputs"]] == list(http_in) == list(grpc_in)
+    assert [t["name"] for t in meta["outputs"]] == list(http_out) == list(grpc_out)
+    for listed, config in ((meta["inputs"], http_in), (meta["outputs"], http_out)):
+        for t in listed:
+            want = "TYPE_STRING" if t["datatype"] == "BYTES" else f"TYPE_{t['datatype']}"
+            assert config[t["name"]]["data_type"] == want, t
+            full = [-1] + (config[t["name"]]["dims"] if "reshape" not in config[t["name"]] else [])
+            assert full == t["shape"], t
+    for name in http_in:  # text or the token inputs: each is optional
+        assert http_in[name]["optional"] is True and grpc_in[name]["optional"] is True
+    assert http_in["text"] == {
+        "name": "text",
+        "data_type": "TYPE_STRING",
+        "dims": [1],
+        "reshape": {"shape": []},
+        "optional": True,
+    }
+    assert http_in == grpc_in and http_out == grpc_out
+    typed_in = {t.name: t for t in typed.input}
+    assert typed_in["text"].optional and list(typed_in["text"].dims) == [1]
+    assert typed_in["text"].HasField("reshape") and list(typed_in["text"].reshape.shape) == []
+    added = {
+        "clf": {"label": ("TYPE_STRING", [1]), "score": ("TYPE_FP32", [1])},
+        "emb": {"embedding": ("TYPE_FP32", [32])},
+        "ner": {
+            "labels": ("TYPE_STRING", [-1]),
+            "scores": ("TYPE_FP32", [-1]),
+            "tokens": ("TYPE_STRING", [-1]),
+        },
+    }[model]
+    for name, (dtype, dims) in added.items():
+        assert (http_out[name]["data_type"], http_out[name]["dims"]) == (dtype, dims)
+
+
 def test_tensor_inputs_keep_working_unchanged(repo: Path, server) -> None:
     ids = np.array([_ids(repo, "clf", TEXTS[0])], np.int64)
     body = {
