@@ -13,18 +13,26 @@ import asyncio
 import struct
 
 from torchport.runtimes._errors import ServingError
+from torchport.runtimes._h2wire import (
+    ACK,
+    CONTINUATION,
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    FRAME_HEADER,
+    GOAWAY,
+    HEADERS,
+    INTERNAL,
+    PING,
+    PREFACE,
+    RST_STREAM,
+    SETTINGS,
+    WINDOW_UPDATE,
+    frame,
+)
 from torchport.runtimes.server._hpack import Decoder, encode_literal
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-_FRAME = struct.Struct(">IBI")
-_DATA, _HEADERS, _SETTINGS, _PING, _GOAWAY, _WINDOW, _RST, _CONT = 0, 1, 4, 6, 7, 8, 3, 9
-_END_STREAM, _END_HEADERS, _ACK = 0x1, 0x4, 0x1
 _WINDOW_SIZE = 16 << 20
-
-
-def frame(ftype: int, flags: int, sid: int, payload: bytes) -> bytes:
-    """One HTTP/2 frame."""
-    return _FRAME.pack((len(payload) << 8) | ftype, flags, sid) + payload
 
 
 def request_frames(
@@ -89,8 +97,8 @@ class H2Connection(asyncio.Protocol):
         # the preface goes first, before anything this connection answers to the server's frames
         self.transport.write(
             PREFACE
-            + frame(_SETTINGS, 0, 0, settings)
-            + frame(_WINDOW, 0, 0, (_WINDOW_SIZE - 65535).to_bytes(4, "big"))
+            + frame(SETTINGS, 0, 0, settings)
+            + frame(WINDOW_UPDATE, 0, 0, (_WINDOW_SIZE - 65535).to_bytes(4, "big"))
         )
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -106,9 +114,7 @@ class H2Connection(asyncio.Protocol):
         self.next_id += 2
         fut = asyncio.get_running_loop().create_future()
         self.waiting[sid] = (fut, GrpcResult())
-        self.transport.write(
-            frame(_HEADERS, _END_HEADERS, sid, headers) + frame(_DATA, _END_STREAM, sid, data)
-        )
+        self.transport.write(frame(HEADERS, END_HEADERS, sid, headers) + frame(DATA, END_STREAM, sid, data))
         return fut
 
     def data_received(self, data: bytes) -> None:
@@ -117,7 +123,7 @@ class H2Connection(asyncio.Protocol):
         pos, n = 0, len(buf)
         try:
             while n - pos >= 9:
-                lt, flags, sid = _FRAME.unpack_from(buf, pos)
+                lt, flags, sid = FRAME_HEADER.unpack_from(buf, pos)
                 length = lt >> 8
                 if n - pos < 9 + length:
                     break
@@ -130,18 +136,19 @@ class H2Connection(asyncio.Protocol):
         del buf[:pos]
 
     def _on_frame(self, ftype: int, flags: int, sid: int, payload: bytes) -> None:
-        if ftype == _DATA:
+        if ftype == DATA:
             self.unacked += len(payload)
             if self.unacked >= _WINDOW_SIZE // 4:  # both windows: every stream is short-lived
                 inc = self.unacked.to_bytes(4, "big")
                 self.transport.write(
-                    frame(_WINDOW, 0, 0, inc) + (frame(_WINDOW, 0, sid, inc) if sid in self.waiting else b"")
+                    frame(WINDOW_UPDATE, 0, 0, inc)
+                    + (frame(WINDOW_UPDATE, 0, sid, inc) if sid in self.waiting else b"")
                 )
                 self.unacked = 0
             entry = self.waiting.get(sid)
             if entry is not None:
                 entry[1].data += payload
-        elif ftype in (_HEADERS, _CONT):
+        elif ftype in (HEADERS, CONTINUATION):
             fields = self.decoder.decode(payload)  # gRPC servers send short blocks: no CONTINUATION here
             entry = self.waiting.get(sid)
             if entry is not None:
@@ -150,19 +157,19 @@ class H2Connection(asyncio.Protocol):
                         entry[1].status = int(value)
                     elif name == "grpc-message":
                         entry[1].message = value
-                if flags & _END_STREAM:
+                if flags & END_STREAM:
                     self._finish(sid)
-        elif ftype == _RST:
+        elif ftype == RST_STREAM:
             entry = self.waiting.get(sid)
             if entry is not None and entry[1].status is None:
-                entry[1].status = 13
+                entry[1].status = INTERNAL
                 entry[1].message = f"stream reset (error {int.from_bytes(payload, 'big')})"
             self._finish(sid)
-        elif ftype == _SETTINGS and not flags & _ACK:
-            self.transport.write(frame(_SETTINGS, _ACK, 0, b""))
-        elif ftype == _PING and not flags & _ACK:
-            self.transport.write(frame(_PING, _ACK, 0, payload))
-        elif ftype == _GOAWAY:  # calls above the last stream the server takes will not be answered
+        elif ftype == SETTINGS and not flags & ACK:
+            self.transport.write(frame(SETTINGS, ACK, 0, b""))
+        elif ftype == PING and not flags & ACK:
+            self.transport.write(frame(PING, ACK, 0, payload))
+        elif ftype == GOAWAY:  # calls above the last stream the server takes will not be answered
             last = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
             self.error = ServingError(f"the server sent GOAWAY: {payload[8:].decode(errors='replace')}")
             for sid in [s for s in self.waiting if s > last]:

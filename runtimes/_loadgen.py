@@ -22,7 +22,7 @@ import numpy as np
 from torchport.runtimes._bench import BenchResult, random_array, summarize
 from torchport.runtimes._errors import ServingError, UsageError
 from torchport.runtimes._h2client import H2Connection, request_frames
-from torchport.runtimes.server._h2 import STATUS_NAMES
+from torchport.runtimes._h2wire import STATUS_NAMES
 from torchport.runtimes.server._protocol import _binary_data
 
 PROTOCOLS = ("json", "binary", "grpc")

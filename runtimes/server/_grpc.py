@@ -21,14 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from torchport.runtimes._errors import InferenceInputError, ServingError, TorchportError, first_line
-from torchport.runtimes.server._extensions import (
-    EXTENSIONS,
-    model_config,
-    model_stats,
-    start_repository_action,
-)
-from torchport.runtimes.server._grpc_messages import MESSAGES, METHODS, SERVICE
-from torchport.runtimes.server._h2 import (
+from torchport.runtimes._h2wire import (
     INTERNAL,
     INVALID_ARGUMENT,
     NOT_FOUND,
@@ -38,11 +31,15 @@ from torchport.runtimes.server._h2 import (
     UNAUTHENTICATED,
     UNAVAILABLE,
     UNIMPLEMENTED,
-    Call,
-    GrpcError,
-    H2Server,
-    Pending,
 )
+from torchport.runtimes.server._extensions import (
+    EXTENSIONS,
+    model_config,
+    model_stats,
+    start_repository_action,
+)
+from torchport.runtimes.server._grpc_messages import MESSAGES, METHODS, SERVICE
+from torchport.runtimes.server._h2 import Call, GrpcError, H2Server, Pending
 from torchport.runtimes.server._http import HttpLimits
 from torchport.runtimes.server._protocol import (
     HTTPError,

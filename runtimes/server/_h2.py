@@ -31,6 +31,31 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from torchport.runtimes._errors import ServingError
+from torchport.runtimes._h2wire import (
+    ACK,
+    CANCELLED,
+    CONTINUATION,
+    DATA,
+    DEADLINE_EXCEEDED,
+    END_HEADERS,
+    END_STREAM,
+    FRAME_HEADER,
+    GOAWAY,
+    HEADERS,
+    INTERNAL,
+    OK,
+    PADDED,
+    PING,
+    PREFACE,
+    PRIORITY_FLAG,
+    PUSH_PROMISE,
+    RESOURCE_EXHAUSTED,
+    RST_STREAM,
+    SETTINGS,
+    UNIMPLEMENTED,
+    WINDOW_UPDATE,
+    frame,
+)
 from torchport.runtimes.server._hpack import (
     STATUS_200,
     Decoder,
@@ -42,10 +67,6 @@ from torchport.runtimes.server._http import HttpLimits, HttpServer
 
 log = logging.getLogger("torchport.server")
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-_FRAME = struct.Struct(">IBI")  # (length << 8 | type), flags, stream id
-_DATA, _HEADERS, _PRIORITY, _RST, _SETTINGS, _PUSH, _PING, _GOAWAY, _WINDOW, _CONT = range(10)
-_END_STREAM, _ACK, _END_HEADERS, _PADDED, _PRIO_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
 # error codes (RFC 9113 7)
 NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR = 0, 1, 2, 3
 FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL, COMPRESSION_ERROR, ENHANCE_YOUR_CALM = 6, 7, 8, 9, 11
@@ -60,29 +81,6 @@ _MAX_HEADER_LIST = 16 * 1024
 #: raw header block bytes (HEADERS + CONTINUATION) one request may take
 _MAX_HEADER_BLOCK = 64 * 1024
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
-
-# gRPC status codes
-OK, CANCELLED, INVALID_ARGUMENT, DEADLINE_EXCEEDED, NOT_FOUND = 0, 1, 3, 4, 5
-RESOURCE_EXHAUSTED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, UNAUTHENTICATED = 8, 12, 13, 14, 16
-STATUS_NAMES = {
-    0: "OK",
-    1: "CANCELLED",
-    2: "UNKNOWN",
-    3: "INVALID_ARGUMENT",
-    4: "DEADLINE_EXCEEDED",
-    5: "NOT_FOUND",
-    6: "ALREADY_EXISTS",
-    7: "PERMISSION_DENIED",
-    8: "RESOURCE_EXHAUSTED",
-    9: "FAILED_PRECONDITION",
-    10: "ABORTED",
-    11: "OUT_OF_RANGE",
-    12: "UNIMPLEMENTED",
-    13: "INTERNAL",
-    14: "UNAVAILABLE",
-    15: "DATA_LOSS",
-    16: "UNAUTHENTICATED",
-}
 
 _CONTENT_TYPE = encode_literal("content-type", "application/grpc")
 _RESPONSE_HEADERS = STATUS_200 + _CONTENT_TYPE
@@ -280,7 +278,7 @@ class H2Protocol(asyncio.Protocol):
                 del self.buf[: len(PREFACE)]
                 self.preface_ok = True
                 self._write_settings()
-                self._write(_frame(_WINDOW, 0, 0, (_CONN_WINDOW - 65535).to_bytes(4, "big")))
+                self._write(frame(WINDOW_UPDATE, 0, 0, (_CONN_WINDOW - 65535).to_bytes(4, "big")))
             self._parse()
         except _ConnectionError as e:
             self._goaway(e.code, str(e))
@@ -295,7 +293,7 @@ class H2Protocol(asyncio.Protocol):
     def _parse(self) -> None:
         buf = self.buf
         pos, n = 0, len(buf)
-        unpack = _FRAME.unpack_from
+        unpack = FRAME_HEADER.unpack_from
         while n - pos >= 9 and not self.closing:
             lt, flags, sid = unpack(buf, pos)
             length, ftype = lt >> 8, lt & 0xFF
@@ -306,34 +304,34 @@ class H2Protocol(asyncio.Protocol):
                 break
             payload = bytes(buf[pos + 9 : pos + 9 + length])
             pos += 9 + length
-            if self.headers_sid and ftype != _CONT:
+            if self.headers_sid and ftype != CONTINUATION:
                 raise _ConnectionError(PROTOCOL_ERROR, "a header block was interrupted by another frame")
-            if ftype == _DATA:
+            if ftype == DATA:
                 self._on_data(sid, flags, payload)
-            elif ftype == _HEADERS:
+            elif ftype == HEADERS:
                 self._on_headers(sid, flags, payload)
-            elif ftype == _CONT:
+            elif ftype == CONTINUATION:
                 self._on_continuation(sid, flags, payload)
-            elif ftype == _SETTINGS:
+            elif ftype == SETTINGS:
                 self._on_settings(sid, flags, payload)
-            elif ftype == _PING:
+            elif ftype == PING:
                 if sid or length != 8:
                     raise _ConnectionError(PROTOCOL_ERROR if sid else FRAME_SIZE_ERROR, "bad PING frame")
-                if not flags & _ACK:
-                    self._write(_frame(_PING, _ACK, 0, payload))
-            elif ftype == _WINDOW:
+                if not flags & ACK:
+                    self._write(frame(PING, ACK, 0, payload))
+            elif ftype == WINDOW_UPDATE:
                 self._on_window_update(sid, payload)
-            elif ftype == _RST:
+            elif ftype == RST_STREAM:
                 if not sid or length != 4:
                     raise _ConnectionError(PROTOCOL_ERROR, "bad RST_STREAM frame")
                 st = self.streams.get(sid)
                 if st is not None:
                     self._drop(st, CANCELLED)
-            elif ftype == _GOAWAY:
+            elif ftype == GOAWAY:
                 self.goaway_received = True
                 if not self.streams:
                     self._close()
-            elif ftype == _PUSH:
+            elif ftype == PUSH_PROMISE:
                 raise _ConnectionError(PROTOCOL_ERROR, "a client must not send PUSH_PROMISE")
             # PRIORITY and unknown frame types are ignored (RFC 9113 5.5)
         del buf[:pos]
@@ -341,7 +339,7 @@ class H2Protocol(asyncio.Protocol):
     def _on_settings(self, sid: int, flags: int, payload: bytes) -> None:
         if sid:
             raise _ConnectionError(PROTOCOL_ERROR, "SETTINGS on a stream")
-        if flags & _ACK:
+        if flags & ACK:
             if payload:
                 raise _ConnectionError(FRAME_SIZE_ERROR, "a SETTINGS ACK with a payload")
             return
@@ -362,7 +360,7 @@ class H2Protocol(asyncio.Protocol):
                 self.peer_max_frame = value
             elif key == 2 and value > 1:
                 raise _ConnectionError(PROTOCOL_ERROR, "ENABLE_PUSH must be 0 or 1")
-        self._write(_frame(_SETTINGS, _ACK, 0, b""))
+        self._write(frame(SETTINGS, ACK, 0, b""))
         self._send_blocked()
 
     def _on_window_update(self, sid: int, payload: bytes) -> None:
@@ -389,10 +387,10 @@ class H2Protocol(asyncio.Protocol):
         if sid == 0 or not sid & 1:
             raise _ConnectionError(PROTOCOL_ERROR, f"HEADERS on stream {sid}")
         payload = _unpad(payload, flags)
-        if flags & _PRIO_FLAG:
+        if flags & PRIORITY_FLAG:
             payload = payload[5:]
-        self.headers_end_stream = bool(flags & _END_STREAM)
-        if flags & _END_HEADERS:
+        self.headers_end_stream = bool(flags & END_STREAM)
+        if flags & END_HEADERS:
             self._header_block(sid, payload)
         else:
             self.headers_sid = sid
@@ -405,7 +403,7 @@ class H2Protocol(asyncio.Protocol):
         self.headers_block += payload
         if len(self.headers_block) > _MAX_HEADER_BLOCK:
             raise _ConnectionError(ENHANCE_YOUR_CALM, f"a header block exceeds {_MAX_HEADER_BLOCK} bytes")
-        if flags & _END_HEADERS:
+        if flags & END_HEADERS:
             self.headers_sid = 0
             block, self.headers_block = bytes(self.headers_block), bytearray()
             self._header_block(sid, block)
@@ -452,10 +450,10 @@ class H2Protocol(asyncio.Protocol):
             return
         self.last_stream_id = sid
         if self.goaway_sent or self.goaway_received:
-            self._write(_frame(_RST, 0, sid, REFUSED_STREAM.to_bytes(4, "big")))
+            self._write(frame(RST_STREAM, 0, sid, REFUSED_STREAM.to_bytes(4, "big")))
             return
         if len(self.streams) >= MAX_STREAMS:
-            self._write(_frame(_RST, 0, sid, REFUSED_STREAM.to_bytes(4, "big")))
+            self._write(frame(RST_STREAM, 0, sid, REFUSED_STREAM.to_bytes(4, "big")))
             return
         st = _Stream(sid, self.peer_initial_window)
         self.streams[sid] = st
@@ -494,7 +492,7 @@ class H2Protocol(asyncio.Protocol):
             raise _ConnectionError(PROTOCOL_ERROR, "DATA on stream 0")
         self.conn_unacked += len(payload)  # padding counts toward flow control too
         if self.conn_unacked >= _CONN_WINDOW // 2:
-            self._write(_frame(_WINDOW, 0, 0, self.conn_unacked.to_bytes(4, "big")))
+            self._write(frame(WINDOW_UPDATE, 0, 0, self.conn_unacked.to_bytes(4, "big")))
             self.conn_unacked = 0
         st = self.streams.get(sid)
         if st is None:
@@ -508,10 +506,10 @@ class H2Protocol(asyncio.Protocol):
             st.recv_unacked += len(payload)
             if not self._accept(st, data):
                 return
-            if st.recv_unacked >= _STREAM_WINDOW // 2 and not flags & _END_STREAM:
-                self._write(_frame(_WINDOW, 0, sid, st.recv_unacked.to_bytes(4, "big")))
+            if st.recv_unacked >= _STREAM_WINDOW // 2 and not flags & END_STREAM:
+                self._write(frame(WINDOW_UPDATE, 0, sid, st.recv_unacked.to_bytes(4, "big")))
                 st.recv_unacked = 0
-        if flags & _END_STREAM:
+        if flags & END_STREAM:
             self._complete(st)
 
     def _accept(self, st: _Stream, data: bytes) -> bool:
@@ -641,13 +639,12 @@ class H2Protocol(asyncio.Protocol):
         """Headers, the length-prefixed message and OK trailers (held back by flow control if need be)."""
         payload = b"\x00" + len(message).to_bytes(4, "big") + message
         sid = st.id
-        self._write(_frame(_HEADERS, _END_HEADERS, sid, _RESPONSE_HEADERS))
+        self._write(frame(HEADERS, END_HEADERS, sid, _RESPONSE_HEADERS))
         n = len(payload)
         if n <= self.send_window and n <= st.send_window and n <= self.peer_max_frame and not self.blocked:
             self.send_window -= n
             self._write(
-                _frame(_DATA, 0, sid, payload)
-                + _frame(_HEADERS, _END_HEADERS | _END_STREAM, sid, _TRAILERS_OK)
+                frame(DATA, 0, sid, payload) + frame(HEADERS, END_HEADERS | END_STREAM, sid, _TRAILERS_OK)
             )
             self._close_stream(st, OK)
             return
@@ -665,9 +662,9 @@ class H2Protocol(asyncio.Protocol):
             return
         receiving = st.state == "receiving"
         block = _status_block(code, message, with_headers=True)
-        self._write(_frame(_HEADERS, _END_HEADERS | _END_STREAM, st.id, block))
+        self._write(frame(HEADERS, END_HEADERS | END_STREAM, st.id, block))
         if receiving:
-            self._write(_frame(_RST, 0, st.id, NO_ERROR.to_bytes(4, "big")))
+            self._write(frame(RST_STREAM, 0, st.id, NO_ERROR.to_bytes(4, "big")))
         self._close_stream(st, code)
 
     def _answer_http(self, st: _Stream, status: int, message: str) -> None:
@@ -676,13 +673,11 @@ class H2Protocol(asyncio.Protocol):
         fits = len(body) <= min(self.send_window, st.send_window)
         if fits:
             self.send_window -= len(body)
-            self._write(
-                _frame(_HEADERS, _END_HEADERS, st.id, block) + _frame(_DATA, _END_STREAM, st.id, body)
-            )
+            self._write(frame(HEADERS, END_HEADERS, st.id, block) + frame(DATA, END_STREAM, st.id, body))
         else:  # no window for the text: the status alone
-            self._write(_frame(_HEADERS, _END_HEADERS | _END_STREAM, st.id, block))
+            self._write(frame(HEADERS, END_HEADERS | END_STREAM, st.id, block))
         if st.state == "receiving":  # the client may stop sending its message (RFC 9113 8.1)
-            self._write(_frame(_RST, 0, st.id, NO_ERROR.to_bytes(4, "big")))
+            self._write(frame(RST_STREAM, 0, st.id, NO_ERROR.to_bytes(4, "big")))
         self._close_stream(st, INTERNAL)
 
     def _send_blocked(self) -> None:
@@ -693,19 +688,19 @@ class H2Protocol(asyncio.Protocol):
                 continue
             while st.pending is not None and self.send_window > 0 and st.send_window > 0:
                 n = min(len(st.pending), self.send_window, st.send_window, self.peer_max_frame)
-                self._write(_frame(_DATA, 0, st.id, bytes(st.pending[:n])))
+                self._write(frame(DATA, 0, st.id, bytes(st.pending[:n])))
                 self.send_window -= n
                 st.send_window -= n
                 st.pending = st.pending[n:] if n < len(st.pending) else None
             if st.pending is None:
-                self._write(_frame(_HEADERS, _END_HEADERS | _END_STREAM, st.id, st.trailers))
+                self._write(frame(HEADERS, END_HEADERS | END_STREAM, st.id, st.trailers))
                 self._close_stream(st, OK)
             else:
                 still.append(st)
         self.blocked = still
 
     def _reset(self, st: _Stream, code: int) -> None:
-        self._write(_frame(_RST, 0, st.id, code.to_bytes(4, "big")))
+        self._write(frame(RST_STREAM, 0, st.id, code.to_bytes(4, "big")))
         self._drop(st, CANCELLED)
 
     def _drop(self, st: _Stream, code: int) -> None:
@@ -755,7 +750,7 @@ class H2Protocol(asyncio.Protocol):
             6,  # MAX_HEADER_LIST_SIZE
             _MAX_HEADER_LIST,
         )
-        self._write(_frame(_SETTINGS, 0, 0, settings))
+        self._write(frame(SETTINGS, 0, 0, settings))
 
     def _goaway(self, code: int, message: str) -> None:
         """Refuse new streams; with an error, close the connection now."""
@@ -764,7 +759,7 @@ class H2Protocol(asyncio.Protocol):
         if not self.goaway_sent:
             self.goaway_sent = True
             payload = struct.pack(">II", self.last_stream_id, code) + message.encode()[:256]
-            self._write(_frame(_GOAWAY, 0, 0, payload))
+            self._write(frame(GOAWAY, 0, 0, payload))
         if code != NO_ERROR:
             if message:
                 log.info("gRPC connection closed: %s", message)
@@ -824,12 +819,8 @@ class H2Protocol(asyncio.Protocol):
             self._goaway(NO_ERROR, "")
 
 
-def _frame(ftype: int, flags: int, sid: int, payload: bytes) -> bytes:
-    return _FRAME.pack((len(payload) << 8) | ftype, flags, sid) + payload
-
-
 def _unpad(payload: bytes, flags: int) -> bytes:
-    if not flags & _PADDED:
+    if not flags & PADDED:
         return payload
     if not payload or payload[0] >= len(payload):
         raise _ConnectionError(PROTOCOL_ERROR, "padding longer than the frame")

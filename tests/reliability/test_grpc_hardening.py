@@ -18,7 +18,8 @@ tg = pytest.importorskip("tritonclient.grpc")
 
 from tests.reliability._net import API_KEY, wait_closed  # noqa: E402
 from tests.runtimes.conftest import running_server  # noqa: E402
-from torchport.runtimes._h2client import PREFACE, frame, request_frames  # noqa: E402
+from torchport.runtimes._h2client import request_frames  # noqa: E402
+from torchport.runtimes._h2wire import PREFACE, frame  # noqa: E402
 from torchport.runtimes.server._grpc_messages import MESSAGES  # noqa: E402
 from torchport.runtimes.server._hpack import Decoder, encode_literal  # noqa: E402
 
