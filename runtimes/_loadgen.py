@@ -8,6 +8,7 @@ installed). A non-2xx answer or a gRPC error counts as an error, never as a late
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import time
 import urllib.error
@@ -21,7 +22,6 @@ import numpy as np
 
 from torchport.runtimes._bench import BenchResult, random_array, summarize
 from torchport.runtimes._errors import ServingError, UsageError
-from torchport.runtimes._h2client import H2Connection, request_frames
 from torchport.runtimes._h2wire import STATUS_NAMES
 from torchport.runtimes.server._protocol import _binary_data
 
@@ -78,7 +78,26 @@ def http_model_inputs(target: Target, headers: dict[str, str]) -> tuple[str, lis
     return model, md["inputs"]
 
 
+def _require_grpc_client() -> None:
+    """gRPC load needs hpack (the HTTP/2 client's header decoder) and protobuf (the messages); HTTP
+    load needs neither, so they are imported only here and in the gRPC functions after this check.
+
+    Raises:
+        ServingError: one of them is not installed (says what to install).
+    """
+    for module, package in (("hpack", "hpack"), ("google.protobuf", "protobuf")):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise ServingError(
+                f"gRPC load (a grpc:// URL) needs {package}: pip install 'torchport[serve]' "
+                f"(or pip install {package})"
+            ) from None
+
+
 def grpc_model_inputs(target: Target, headers: dict[str, str]) -> tuple[str, list[dict]]:
+    _require_grpc_client()
+    from torchport.runtimes._h2client import H2Connection, request_frames
     from torchport.runtimes.server._grpc_messages import MESSAGES
 
     if target.model is None:
@@ -200,6 +219,8 @@ async def _grpc_load(
     host: str, port: int, request: bytes, headers: dict[str, str], concurrency: int, duration: float
 ):
     """``concurrency`` calls in flight on one HTTP/2 connection (as one gRPC channel carries them)."""
+    from torchport.runtimes._h2client import H2Connection, request_frames
+
     lat: list[float] = []
     errors = [0]
     conn = await H2Connection.open(host, port)

@@ -41,6 +41,19 @@ def _bench(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+def _bench_without(module: str, *args: str) -> subprocess.CompletedProcess:
+    """`torchport bench ARGS` in a process where ``module`` cannot be imported (as if not installed)."""
+    code = (
+        "import runpy, sys\n"
+        f"sys.modules[{module!r}] = None\n"
+        f"sys.argv = ['torchport', 'bench', *{list(args)!r}]\n"
+        "runpy.run_module('torchport.cli', run_name='__main__')\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT
+    )
+
+
 def test_in_process_rows_per_variant_batch_and_concurrency(tmp_path):
     pkg = make_scale_package(tmp_path / "scale", 2.0, int8_factor=3.0)
     proc = _bench(str(pkg.path), "--batch", "1,4", "--concurrency", "1,2", "--duration", "0.2", "--json")
@@ -109,6 +122,21 @@ def test_errors_are_counted_and_misuse_is_one_line(tmp_path, monkeypatch):
     assert proc.returncode == 1 and "error: cannot reach" in proc.stderr and "Traceback" not in proc.stderr
     proc = _bench(str(pkg.path), "--concurrency", "0")
     assert proc.returncode == 1 and "--concurrency '0': expected integers >= 1" in proc.stderr
+
+
+def test_http_load_needs_no_hpack_and_grpc_load_says_what_to_install(tmp_path):
+    """hpack is for the gRPC client only: HTTP load runs without it; gRPC load names the package."""
+    pkg = make_scale_package(tmp_path / "scale", 2.0)
+    with running_server(pkg.path, grpc_port=0) as srv:
+        proc = _bench_without("hpack", srv.url, "--protocol", "binary", "--duration", "0.2", "--json")
+        assert proc.returncode == 0, proc.stderr
+        rows = json.loads(proc.stdout)
+        assert [r["mode"] for r in rows] == ["binary"] and rows[0]["requests"] > 0 and rows[0]["errors"] == 0
+        proc = _bench_without("hpack", f"grpc://{srv.grpc_url}", "--model", "scale", "--duration", "0.2")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: gRPC load (a grpc:// URL) needs hpack: pip install 'torchport[serve]' (or pip install hpack)"
+    ]
 
 
 def test_help_renders_with_examples():
