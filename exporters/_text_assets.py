@@ -8,6 +8,8 @@ with the ``tokenizers`` library alone (no transformers, no torch):
     {"tokenizer": "tokenizer.json", "task": "text-generation" | "text-classification" |
      "token-classification" | "feature-extraction", "chat_template": str | None,
      "special_tokens": {"bos": ..., "eos": ..., "pad": ...}, "id2label": {...} (classifiers),
+     "problem_type": "single_label_classification" | "multi_label_classification" | "regression" |
+     None (sequence classifiers: Hugging Face's ``config.problem_type``),
      "pooling": "mean" | "cls", "normalize": bool (embeddings)}
 """
 
@@ -17,6 +19,8 @@ import json
 import shutil
 from pathlib import Path
 from typing import Any
+
+from torchport.runtimes._manifest_schema import PROBLEM_TYPES
 
 __all__ = ["copy_text_assets", "source_folder", "text_task", "package_text_assets"]
 
@@ -93,6 +97,9 @@ def copy_text_assets(reference: str, dest: Path, config: Any, *, task: str) -> d
     if task in ("text-classification", "token-classification"):
         labels = getattr(config, "id2label", None) or {}
         text["id2label"] = {str(k): str(v) for k, v in labels.items()}
+    if task == "text-classification":  # picks softmax, sigmoid or none, as Hugging Face's pipeline
+        problem = getattr(config, "problem_type", None)
+        text["problem_type"] = problem if problem in PROBLEM_TYPES else None
     if (folder / "generation_config.json").is_file():
         gen = json.loads((folder / "generation_config.json").read_text())
         defaults = {k: _ids(gen.get(k)) for k in ("eos_token_id", "bos_token_id", "pad_token_id") if k in gen}

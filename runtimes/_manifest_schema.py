@@ -257,6 +257,20 @@ def _mapping(check: Check, *, keys_are_files: bool = False) -> Check:
     return entries
 
 
+#: Hugging Face's ``config.problem_type`` values a classifier's ``extra.text.problem_type`` may hold
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
+
+
+def _extra(field: str, value: Any) -> None:
+    """``extra`` is free-form; only what the server reads from ``extra.text`` is checked."""
+    text = _object(field, value).get("text")
+    if text is None:
+        return
+    problem = _object(f"{field}.text", text).get("problem_type")
+    if problem is not None and problem not in PROBLEM_TYPES:
+        raise _bad(f"{field}.text.problem_type", f"one of {', '.join(PROBLEM_TYPES)} or null", problem)
+
+
 #: field -> (check, required); fields not listed are kept as they are (forward compatible)
 SCHEMA: dict[str, tuple[Check, bool]] = {
     "name": (lambda f, v: _string(f, v, max_len=256), True),
@@ -264,7 +278,7 @@ SCHEMA: dict[str, tuple[Check, bool]] = {
     "producer": (_object, False),
     "source": (_object, False),
     "export": (_object, False),
-    "extra": (_object, False),
+    "extra": (_extra, False),
     "inputs": (_each(_tensor), False),
     "outputs": (_each(_tensor), False),
     "dynamic_dims": (_mapping(_dim_range), False),

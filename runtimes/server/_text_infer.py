@@ -6,8 +6,12 @@ its package carries ``tokenizer.json``, see :mod:`torchport.exporters._text_asse
 package's tokenizer (``tokenizers`` only), right-pads them to the longest with the attention mask,
 runs the model and adds outputs by the task recorded in the manifest:
 
-- ``text-classification``: ``label`` (BYTES ``[batch]``, from ``id2label``) and ``score`` (FP32
-  ``[batch]``, the softmax probability of that label), next to ``logits``;
+- ``text-classification``: ``label`` (BYTES ``[batch]``, from ``id2label``: the top label) and
+  ``score`` (FP32 ``[batch]``, its score), next to ``logits``. The score follows Hugging Face's
+  text-classification pipeline by the recorded ``problem_type``: the sigmoid of the label's logit for
+  ``multi_label_classification`` (or a single label), which also answers ``scores`` (FP32
+  ``[batch, num_labels]``, every label's sigmoid: a text may carry several labels), the raw logit for
+  ``regression``, else the softmax probability (also for packages that predate ``problem_type``);
 - ``token-classification``: ``labels`` / ``scores`` / ``tokens`` (``[batch, seq]``; padding
   positions are ``""`` / 0), next to ``logits``;
 - ``feature-extraction``: ``embedding`` (FP32 ``[batch, hidden]``: mean, CLS or max pooling of
@@ -69,6 +73,25 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float32, copy=False)
+    return (0.5 * (1.0 + np.tanh(0.5 * x))).astype(np.float32)  # 1/(1+e^-x) without overflow
+
+
+def score_function(info: Mapping[str, Any], num_labels: int) -> str:
+    """``"softmax"``, ``"sigmoid"`` or ``"none"``: how a sequence classifier's logits become scores,
+    by Hugging Face's text-classification pipeline rule on the recorded ``problem_type`` (packages
+    without the field keep softmax, what they were served with)."""
+    if "problem_type" not in info:
+        return "softmax"
+    problem = info["problem_type"]
+    if problem == "regression":
+        return "none"
+    if problem == "multi_label_classification" or (problem is None and num_labels == 1):
+        return "sigmoid"
+    return "softmax"
+
+
 def _utf8(item: Any, index: int) -> str:
     """``item`` as text; BYTES that are not UTF-8 (decoded with surrogateescape) are refused."""
     if isinstance(item, bytes):
@@ -101,6 +124,8 @@ class TextInfer:
         batch / seq: the ranges of ``input_ids``' two dims.
         truncates: whether over-long text is truncated (the tokenizer records truncation).
         extras: the outputs added by the task.
+        score_function: ``softmax``, ``sigmoid`` or ``none`` (a classifier's ``score``, see
+            :func:`score_function`); ``multi_label``: whether ``scores`` is added.
 
     Example:
         >>> text = TextInfer.of(session)                                # doctest: +SKIP
@@ -146,6 +171,8 @@ class TextInfer:
         self.id2label = {str(k): str(v) for k, v in (info.get("id2label") or {}).items()}
         self.pooling = str(info.get("pooling") or "mean")
         self.normalize = bool(info.get("normalize"))
+        self.multi_label = info.get("problem_type") == "multi_label_classification"
+        self.score_function = "softmax"
         by_name = {o.name: o for o in outputs}
         self.source, self.extras = self._task_outputs(by_name, outputs)
         extra = [e.name for e in self.extras]
@@ -166,7 +193,12 @@ class TextInfer:
             return None, []
         logits = by_name.get("logits") or (outputs[0] if outputs else None)
         if self.task == "text-classification" and logits is not None and len(logits.shape) == 2:
-            return logits.name, [_Extra("label", "BYTES", [-1]), _Extra("score", "FP32", [-1])]
+            labels = logits.shape[1] if isinstance(logits.shape[1], int) else -1
+            self.score_function = score_function(self.codec.info, labels)
+            extras = [_Extra("label", "BYTES", [-1]), _Extra("score", "FP32", [-1])]
+            if self.multi_label:
+                extras.append(_Extra("scores", "FP32", [-1, labels]))
+            return logits.name, extras
         if self.task == "token-classification" and logits is not None and len(logits.shape) == 3:
             return logits.name, [
                 _Extra("labels", "BYTES", [-1, -1]),
@@ -333,12 +365,16 @@ class TextInfer:
         src = np.asarray(results[self.source]).astype(np.float32, copy=False)
         if self.task == "feature-extraction":
             return {"embedding": self._embedding(src, self._mask(feeds, src.shape[:2]))}
-        probs = _softmax(src)
+        fn = self.score_function
+        probs = _sigmoid(src) if fn == "sigmoid" else src if fn == "none" else _softmax(src)
         best = probs.argmax(axis=-1)
         score = np.take_along_axis(probs, best[..., None], axis=-1)[..., 0].astype(np.float32)
         labels = np.array([self._label(int(i)) for i in best.reshape(-1)], dtype=object).reshape(best.shape)
         if self.task == "text-classification":
-            return {"label": labels, "score": score}
+            added = {"label": labels, "score": score}
+            if self.multi_label:
+                added["scores"] = np.ascontiguousarray(probs, dtype=np.float32)
+            return added
         mask = self._mask(feeds, best.shape)
         vocab = self.codec.tokenizer
         ids = np.asarray(feeds["input_ids"])

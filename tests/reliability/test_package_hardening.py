@@ -122,6 +122,17 @@ EDITS: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
         _files_edit("sha256", "zz"),
         r"torchport\.json: files\['model\.onnx'\]\.sha256 must be 64 lowercase hex digits, got the string 'zz'",
     ),
+    (
+        "extra.text.problem_type=multi",
+        lambda d: d.setdefault("extra", {}).update(text={"problem_type": "multi"}),
+        r"torchport\.json: extra\.text\.problem_type must be one of single_label_classification, "
+        r"multi_label_classification, regression or null, got the string 'multi'",
+    ),
+    (
+        "extra.text=[]",
+        lambda d: d.setdefault("extra", {}).update(text=[]),
+        r"torchport\.json: extra\.text must be an object, got an array",
+    ),
     ("no name", lambda d: d.pop("name"), r"torchport\.json: name is missing"),
     ("no schema_version", lambda d: d.pop("schema_version"), r"torchport\.json has no schema_version"),
 ]

@@ -30,6 +30,7 @@ from torchport.exporters import export_model  # noqa: E402
 
 LABELS = {0: "negative", 1: "neutral", 2: "positive"}
 TAGS = {0: "O", 1: "B-X", 2: "I-X", 3: "B-Y"}
+TOPICS = {0: "sports", 1: "politics", 2: "science", 3: "music"}
 TEXTS = ["the quick brown fox", "hello world", "one two three four five six seven"]
 SEQ_MAX = 32
 
@@ -71,6 +72,16 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tiny_bert("BertForTokenClassification", num_labels=4, id2label=TAGS).save_pretrained(tok_clf)
     train_tokenizer(tok_clf)
     _export(tok_clf, repo / "ner")
+    multi = root / "src-multi"
+    config = {"num_labels": 4, "id2label": TOPICS, "problem_type": "multi_label_classification"}
+    tiny_bert("BertForSequenceClassification", **config).save_pretrained(multi)
+    train_tokenizer(multi)
+    _export(multi, repo / "multi")
+    # the same package as exported before problem_type was recorded (the manifest is not hashed)
+    shutil.copytree(repo / "multi", repo / "multi-old")
+    manifest = json.loads((repo / "multi-old" / "torchport.json").read_text())
+    del manifest["extra"]["text"]["problem_type"]
+    (repo / "multi-old" / "torchport.json").write_text(json.dumps(manifest))
     return repo
 
 
@@ -187,7 +198,7 @@ def _config_tensors(config: dict) -> tuple[dict, dict]:
     return by_name(config["input"]), by_name(config["output"])
 
 
-@pytest.mark.parametrize("model", ["clf", "emb", "ner"])
+@pytest.mark.parametrize("model", ["clf", "emb", "ner", "multi"])
 def test_config_lists_what_metadata_lists_over_http_and_grpc(server, model: str) -> None:
     hc = _client(server)
     meta = hc.get_model_metadata(model)
@@ -223,6 +234,7 @@ def test_config_lists_what_metadata_lists_over_http_and_grpc(server, model: str)
     assert typed_in["text"].HasField("reshape") and list(typed_in["text"].reshape.shape) == []
     added = {
         "clf": {"label": ("TYPE_STRING", [1]), "score": ("TYPE_FP32", [1])},
+        "multi": {"label": ("TYPE_STRING", [1]), "score": ("TYPE_FP32", [1]), "scores": ("TYPE_FP32", [4])},
         "emb": {"embedding": ("TYPE_FP32", [32])},
         "ner": {
             "labels": ("TYPE_STRING", [-1]),
@@ -301,6 +313,67 @@ def test_grpc_takes_the_same_text_input(repo: Path, server) -> None:
         bad = tg.InferInput("text", [1], "BYTES")
         bad.set_data_from_numpy(np.array([b"ok \xff"], dtype=object))
         tg.InferenceServerClient(server.grpc_url).infer("clf", [bad])
+
+
+# -- multi-label classification ------------------------------------------------------------------
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
+
+
+def test_the_package_records_the_problem_type(repo: Path) -> None:
+    text = {
+        m: json.loads((repo / m / "torchport.json").read_text())["extra"]["text"] for m in ("clf", "multi")
+    }
+    assert text["multi"]["problem_type"] == "multi_label_classification"
+    assert text["clf"]["problem_type"] is None  # the config sets none: softmax over 3 labels, as before
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_multi_label_classifier_answers_sigmoid_scores(repo: Path, server, protocol: str) -> None:
+    if protocol == "http":
+        client = _client(server)
+        result = client.infer("multi", [_text(TEXTS, binary=True)])
+    else:
+        client = tg.InferenceServerClient(server.grpc_url)
+        inp = tg.InferInput("text", [len(TEXTS)], "BYTES")
+        inp.set_data_from_numpy(np.array(TEXTS, dtype=object))
+        result = client.infer("multi", [inp])
+    client.close()
+    labels = [x.decode() for x in result.as_numpy("label")]
+    score, scores = result.as_numpy("score"), result.as_numpy("scores")
+    assert score.shape == (3,) and scores.shape == (3, 4) and scores.dtype == np.float32
+    for i, text in enumerate(TEXTS):
+        (logits,) = _run(repo, "multi", _ids(repo, "multi", text))
+        want = _sigmoid(logits[0])  # each label on its own: Hugging Face's pipeline, sigmoid
+        np.testing.assert_allclose(scores[i], want, atol=1e-5)
+        assert labels[i] == TOPICS[int(want.argmax())]
+        assert score[i] == pytest.approx(want.max(), abs=1e-5)
+        assert abs(score[i] - _softmax(logits[0]).max()) > 0.05  # not the softmax any more
+    assert not np.allclose(scores.sum(axis=1), 1.0, atol=0.05)
+
+
+def test_a_package_without_the_problem_type_keeps_the_softmax_score(repo: Path, server) -> None:
+    client = _client(server)
+    result = client.infer("multi-old", [_text(TEXTS[:1], binary=True)])
+    meta = client.get_model_metadata("multi-old")
+    client.close()
+    (logits,) = _run(repo, "multi-old", _ids(repo, "multi-old", TEXTS[0]))
+    assert result.as_numpy("score")[0] == pytest.approx(_softmax(logits[0]).max(), abs=1e-5)
+    assert result.as_numpy("scores") is None
+    assert "scores" not in {t["name"] for t in meta["outputs"]}
+
+
+def test_scores_follow_the_pipeline_rule_for_each_problem_type() -> None:
+    from torchport.runtimes.server._text_infer import score_function
+
+    assert score_function({}, 1) == "softmax"  # packages from before problem_type: as they were served
+    assert score_function({"problem_type": "multi_label_classification"}, 4) == "sigmoid"
+    assert score_function({"problem_type": None}, 1) == "sigmoid"  # one label: sigmoid, as the pipeline
+    assert score_function({"problem_type": None}, 3) == "softmax"
+    assert score_function({"problem_type": "single_label_classification"}, 1) == "softmax"
+    assert score_function({"problem_type": "regression"}, 1) == "none"
 
 
 # -- embeddings and token classification ---------------------------------------------------------
