@@ -128,7 +128,10 @@ class GrpcService:
             request = request_type.FromString(call.message)
         except DecodeError:
             raise GrpcError(INVALID_ARGUMENT, f"cannot parse the {request_type.__name__} message") from None
-        return handler(call, request)
+        try:
+            return handler(call, request)
+        except HTTPError as e:  # the HTTP endpoints' handlers and checks, shared by the rpcs
+            raise GrpcError(_STATUS.get(e.status, INTERNAL), e.message) from None
 
     def finished(self, call: Call, code: int) -> None:
         metrics = self.app.metrics
@@ -141,10 +144,7 @@ class GrpcService:
     # -- helpers ----------------------------------------------------------------------------------
 
     def _entry(self, name: str, version: str, *, need_ready: bool = True) -> ModelEntry:
-        try:
-            return self.app.model_entry(name, version or None, need_ready=need_ready)
-        except HTTPError as e:
-            raise GrpcError(_STATUS.get(e.status, INTERNAL), e.message) from None
+        return self.app.model_entry(name, version or None, need_ready=need_ready)
 
     @staticmethod
     def _from_json(message: str, obj: dict) -> bytes:
@@ -162,8 +162,8 @@ class GrpcService:
         call.model = request.name
         try:
             entry = self._entry(request.name, request.version, need_ready=False)
-        except GrpcError as e:
-            if e.code != UNAVAILABLE:
+        except HTTPError as e:
+            if e.status != 503:
                 raise
             ready = False  # known but not loaded: not ready, as in Triton
         else:
@@ -197,10 +197,7 @@ class GrpcService:
 
     def ModelStatistics(self, call: Call, request: Any) -> bytes:
         call.model = request.name
-        try:
-            stats = model_stats(self.app, request.name or None, request.version or None)
-        except HTTPError as e:
-            raise GrpcError(_STATUS.get(e.status, INTERNAL), e.message) from None
+        stats = model_stats(self.app, request.name or None, request.version or None)
         return self._from_json("ModelStatisticsResponse", stats)
 
     def RepositoryIndex(self, call: Call, request: Any) -> bytes:
@@ -217,10 +214,7 @@ class GrpcService:
 
     def _repository_action(self, call: Call, name: str, action: str, response: str) -> Pending:
         call.model = name
-        try:
-            task = start_repository_action(self.app, name, action)
-        except HTTPError as e:
-            raise GrpcError(_STATUS.get(e.status, INTERNAL), e.message) from None
+        task = start_repository_action(self.app, name, action)
 
         def finish(fut: asyncio.Future) -> bytes:
             exc = fut.exception()
@@ -252,8 +246,6 @@ class GrpcService:
                 inputs = text.encode(inputs)  # checked where it is built
             else:
                 entry.session.validate_inputs(inputs)
-        except HTTPError as e:
-            raise GrpcError(_STATUS.get(e.status, INVALID_ARGUMENT), e.message) from None
         except InferenceInputError as e:
             raise GrpcError(INVALID_ARGUMENT, str(e)) from None
         runner = entry.runner
