@@ -48,7 +48,6 @@ from torchport.runtimes.server._protocol import (
     _decode_json_tensor,
 )
 from torchport.runtimes.server._repository import READY
-from torchport.runtimes.server._text_infer import TEXT
 
 if TYPE_CHECKING:
     from torchport.runtimes.server._repository import ModelEntry
@@ -234,20 +233,8 @@ class GrpcService:
         if app.draining:
             raise GrpcError(UNAVAILABLE, "the server is shutting down; retry on another replica")
         datatypes = entry.output_datatypes
-        try:
-            inputs = _decode_inputs(request, entry.input_datatypes)
-            wanted = [o.name for o in request.outputs]
-            for o in wanted:
-                if o not in datatypes:
-                    raise HTTPError(400, f"unknown output {o!r}; model {name!r} has: {', '.join(datatypes)}")
-            text = entry.text
-            is_text = text is not None and TEXT in inputs
-            if is_text:
-                inputs = text.encode(inputs)  # checked where it is built
-            else:
-                entry.session.validate_inputs(inputs)
-        except InferenceInputError as e:
-            raise GrpcError(INVALID_ARGUMENT, str(e)) from None
+        wanted = [o.name for o in request.outputs]
+        inputs, is_text = entry.request_inputs(name, _decode_inputs(request, entry.input_datatypes), wanted)
         runner = entry.runner
         rows = next(iter(inputs.values())).shape[0] if runner.batching and inputs else 1
         request_id = request.id
@@ -270,9 +257,8 @@ class GrpcService:
                     INTERNAL, f"model {name!r} failed while running this request (see the server log)"
                 )
             results, queued = fut.result()
-            if text is not None:
-                results = text.outputs(inputs, results, wanted or None, is_text=is_text)
-            names = wanted or list(results)
+            results = entry.answer_outputs(inputs, results, wanted or None, is_text=is_text)
+            names = list(results)
             out_tensor = _M["InferOutputTensor"]
             response = _M["ModelInferResponse"](
                 model_name=name,

@@ -12,21 +12,24 @@ objects, and requests already running keep the entry (session and runner) they s
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from torchport.runtimes._dtypes import PROTOCOL_DATATYPES
-from torchport.runtimes._errors import PackageError, ServingError, TorchportError
+from torchport.runtimes._errors import InferenceInputError, PackageError, ServingError, TorchportError
 from torchport.runtimes._manifest import MANIFEST_NAME
 from torchport.runtimes._manifest_schema import read_manifest
 from torchport.runtimes._session import Session
 from torchport.runtimes.server._batching import ModelRunner
 from torchport.runtimes.server._config import ModelSettings, _version_key
+from torchport.runtimes.server._protocol import HTTPError
 from torchport.runtimes.server._signature import InputSignature
 from torchport.runtimes.server._stats import ModelStats
-from torchport.runtimes.server._text_infer import TextInfer
+from torchport.runtimes.server._text_infer import TEXT, TextInfer
 from torchport.runtimes.server._triton_layout import triton_versions
 
 log = logging.getLogger("torchport.server")
@@ -71,6 +74,57 @@ class ModelEntry:
     @property
     def ready(self) -> bool:
         return self.state == READY
+
+    def request_inputs(
+        self,
+        model: str,
+        inputs: dict[str, np.ndarray],
+        wanted: Iterable[str],
+        *,
+        checked: bool = False,
+    ) -> tuple[dict[str, np.ndarray], bool]:
+        """An infer request's inputs as the session takes them, and whether they came as ``text``
+        (HTTP and gRPC alike): the requested outputs must exist; a text model's ``text`` input is
+        tokenized (checked where it is built), other inputs are checked by the session unless
+        ``checked`` (the request path's signature has checked them already).
+
+        Args:
+            model: the model as the request names it (for the messages).
+            inputs: the decoded input tensors.
+            wanted: the names of the outputs the request asks for.
+
+        Raises:
+            HTTPError: 400, an unknown output or inputs the model does not take.
+        """
+        for name in wanted:
+            if name not in self.output_datatypes:
+                raise HTTPError(
+                    400, f"unknown output {name!r}; model {model!r} has: {', '.join(self.output_datatypes)}"
+                )
+        if checked:
+            return inputs, False
+        text = self.text
+        try:
+            if text is not None and TEXT in inputs:
+                return text.encode(inputs), True
+            self.session.validate_inputs(inputs)
+        except InferenceInputError as e:
+            raise HTTPError(400, str(e)) from None
+        return inputs, False
+
+    def answer_outputs(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        results: Mapping[str, np.ndarray],
+        wanted: list[str] | None,
+        *,
+        is_text: bool,
+    ) -> Mapping[str, np.ndarray]:
+        """The outputs to answer, in order: ``wanted``, else a text request's default outputs or every
+        output of the model (``inputs`` are what the session ran on, for the outputs a text model adds)."""
+        if self.text is not None:
+            return self.text.outputs(inputs, results, wanted, is_text=is_text)
+        return results if wanted is None else {name: results[name] for name in wanted}
 
     def tensors(self) -> tuple[list[dict], list[dict]]:
         """The inputs and outputs as model metadata lists them (``name``, ``datatype``, ``shape``

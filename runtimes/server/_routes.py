@@ -37,7 +37,6 @@ from torchport.runtimes.server._protocol import (
 )
 from torchport.runtimes.server._repository import LOADING, ModelEntry, ModelRepository
 from torchport.runtimes.server._signature import InputSignature
-from torchport.runtimes.server._text_infer import TEXT
 
 log = logging.getLogger("torchport.server")
 
@@ -336,25 +335,14 @@ class InferenceApp:
         input of a text model becomes its token inputs here."""
         body = self._body(req, signature.max_body_bytes)
         ireq = decode_infer_request(body, header_length, entry.input_datatypes, signature=signature)
-        if ireq.outputs is not None:
-            for o in ireq.outputs:
-                if o.name not in entry.output_datatypes:
-                    raise HTTPError(
-                        400,
-                        f"unknown output {o.name!r}; model {req.model!r} has: {', '.join(entry.output_datatypes)}",
-                    )
-        if not signature.complete(ireq.inputs):
-            # decoding checked names, datatypes and shapes; what is left (a missing input, value
-            # ranges, text) is the session's full check
-            text = entry.text
-            try:
-                if text is not None and TEXT in ireq.inputs:
-                    ireq.inputs = text.encode(ireq.inputs)  # checked where it is built
-                    ireq.text = True
-                else:
-                    entry.session.validate_inputs(ireq.inputs)
-            except InferenceInputError as e:
-                raise HTTPError(400, str(e)) from None
+        # decoding checked names, datatypes and shapes; what may be left (a missing input, value
+        # ranges, text) is the session's full check
+        ireq.inputs, ireq.text = entry.request_inputs(
+            req.model,
+            ireq.inputs,
+            [o.name for o in ireq.outputs or ()],
+            checked=signature.complete(ireq.inputs),
+        )
         return ireq
 
     def _finish(
@@ -397,12 +385,8 @@ class InferenceApp:
         rows = next(iter(inputs.values())).shape[0] if entry.runner.batching and inputs else 1
         entry.stats.request_done(time.perf_counter() - req.started, queued, rows)
         requested = ireq.outputs
-        text = entry.text
-        if text is not None:
-            wanted = [o.name for o in requested] if requested is not None else None
-            results = text.outputs(inputs, outputs, wanted, is_text=ireq.text)
-        else:
-            results = outputs if requested is None else {o.name: outputs[o.name] for o in requested}
+        wanted = [o.name for o in requested] if requested is not None else None
+        results = entry.answer_outputs(inputs, outputs, wanted, is_text=ireq.text)
         body, hlen = encode_infer_response(
             name, entry.version, ireq.id, results, entry.output_datatypes, requested, ireq.binary_output
         )

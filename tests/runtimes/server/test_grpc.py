@@ -141,6 +141,18 @@ def test_errors_carry_status_and_message(client, model, inputs, message):
     assert info.value.status() in ("StatusCode.NOT_FOUND", "StatusCode.INVALID_ARGUMENT")
 
 
+def test_unknown_output_is_refused_as_on_http(client):
+    """gRPC and HTTP check the requested outputs with the same helper: same status, same message."""
+    wanted = [tg.InferRequestedOutput("w")]
+    with pytest.raises(InferenceServerException, match=r"unknown output 'w'; model 'add' has: y, z") as info:
+        client.infer("add", [_input("x", np.ones((1, 4), np.float32), "FP32")], outputs=wanted)
+    assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
+    result = client.infer(
+        "add", [_input("x", np.ones((1, 4), np.float32), "FP32")], outputs=[tg.InferRequestedOutput("z")]
+    )
+    assert result.as_numpy("z") is not None and result.as_numpy("y") is None
+
+
 def test_api_key_is_required_on_grpc(repo, monkeypatch):
     monkeypatch.setenv("TP_GRPC_KEY", "0123456789abcdef")
     with running_server(repo / "add", grpc_port=0, api_key_env="TP_GRPC_KEY") as srv:
