@@ -139,8 +139,9 @@ def _grpc_message(text: str) -> str:
     return "".join(out)
 
 
-def _status_block(code: int, message: str, *, with_headers: bool) -> bytes:
-    block = (_RESPONSE_HEADERS if with_headers else b"") + encode_literal("grpc-status", str(code))
+def _status_block(code: int, message: str) -> bytes:
+    """The header block of a trailers-only response: the response headers, then the status."""
+    block = _RESPONSE_HEADERS + encode_literal("grpc-status", str(code))
     if message:
         block += encode_literal("grpc-message", _grpc_message(message[:4096]))
     return block
@@ -164,7 +165,6 @@ class _Stream:
         "send_window",
         "state",
         "pending",
-        "trailers",
         "timer",
         "reserved",
         "phase_started",
@@ -182,7 +182,6 @@ class _Stream:
         #: receiving -> running -> sending (data held back by flow control) -> gone
         self.state = "receiving"
         self.pending: memoryview | None = None
-        self.trailers = b""
         self.timer: asyncio.TimerHandle | None = None
         self.reserved = 0
         self.phase_started = time.monotonic()
@@ -228,7 +227,6 @@ class H2Protocol(asyncio.Protocol):
         self.read_paused = False
         self.write_paused_since: float | None = None
         self.last_active = time.monotonic()
-        self.running = 0  # calls handed to the service and not answered yet
 
     # -- asyncio.Protocol -------------------------------------------------------------------------
 
@@ -561,7 +559,6 @@ class H2Protocol(asyncio.Protocol):
                 return
         call.message = message
         st.state = "running"
-        self.running += 1
         self.server.inflight += 1
         try:
             result = self.service.handle(call)
@@ -600,7 +597,6 @@ class H2Protocol(asyncio.Protocol):
     def _finish_running(self, st: _Stream) -> None:
         if st.state == "running":
             st.state = "answering"
-            self.running -= 1
             self.server.inflight -= 1
             self.server.idle_check()
 
@@ -651,7 +647,6 @@ class H2Protocol(asyncio.Protocol):
         st.state = "sending"
         st.phase_started = time.monotonic()
         st.pending = memoryview(payload)
-        st.trailers = _TRAILERS_OK
         self.blocked.append(st)
         self._send_blocked()
 
@@ -661,7 +656,7 @@ class H2Protocol(asyncio.Protocol):
         if st.id not in self.streams:
             return
         receiving = st.state == "receiving"
-        block = _status_block(code, message, with_headers=True)
+        block = _status_block(code, message)
         self._write(frame(HEADERS, END_HEADERS | END_STREAM, st.id, block))
         if receiving:
             self._write(frame(RST_STREAM, 0, st.id, NO_ERROR.to_bytes(4, "big")))
@@ -693,7 +688,7 @@ class H2Protocol(asyncio.Protocol):
                 st.send_window -= n
                 st.pending = st.pending[n:] if n < len(st.pending) else None
             if st.pending is None:
-                self._write(frame(HEADERS, END_HEADERS | END_STREAM, st.id, st.trailers))
+                self._write(frame(HEADERS, END_HEADERS | END_STREAM, st.id, _TRAILERS_OK))
                 self._close_stream(st, OK)
             else:
                 still.append(st)
