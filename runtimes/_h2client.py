@@ -121,18 +121,21 @@ class H2Connection(asyncio.Protocol):
         buf = self.buf
         buf += data
         pos, n = 0, len(buf)
+        view = memoryview(buf)  # a payload is one copy out of the buffer (a bytearray slice is one more)
         try:
             while n - pos >= 9:
                 lt, flags, sid = FRAME_HEADER.unpack_from(buf, pos)
                 length = lt >> 8
                 if n - pos < 9 + length:
                     break
-                self._on_frame(lt & 0xFF, flags, sid & 0x7FFFFFFF, bytes(buf[pos + 9 : pos + 9 + length]))
+                self._on_frame(lt & 0xFF, flags, sid & 0x7FFFFFFF, bytes(view[pos + 9 : pos + 9 + length]))
                 pos += 9 + length
         except Exception as e:  # a protocol error: surfaces to the waiting calls
             self._fail(e)
             if self.transport is not None:
                 self.transport.close()
+        finally:
+            view.release()  # before the buffer is resized
         del buf[:pos]
 
     def _on_frame(self, ftype: int, flags: int, sid: int, payload: bytes) -> None:

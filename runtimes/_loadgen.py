@@ -118,7 +118,7 @@ def grpc_model_inputs(target: Target, headers: dict[str, str]) -> tuple[str, lis
     if result.status != 0:
         name = STATUS_NAMES.get(result.status, str(result.status))
         raise ServingError(f"gRPC ModelMetadata({target.model!r}): {name}: {unquote(result.message)}")
-    md = MESSAGES["ModelMetadataResponse"].FromString(bytes(result.data[5:]))
+    md = MESSAGES["ModelMetadataResponse"].FromString(bytes(memoryview(result.data)[5:]))
     return target.model, [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in md.inputs]
 
 

@@ -292,46 +292,52 @@ class H2Protocol(asyncio.Protocol):
         buf = self.buf
         pos, n = 0, len(buf)
         unpack = FRAME_HEADER.unpack_from
-        while n - pos >= 9 and not self.closing:
-            lt, flags, sid = unpack(buf, pos)
-            length, ftype = lt >> 8, lt & 0xFF
-            sid &= 0x7FFFFFFF
-            if length > _MAX_FRAME:
-                raise _ConnectionError(FRAME_SIZE_ERROR, f"a frame of {length} bytes exceeds {_MAX_FRAME}")
-            if n - pos < 9 + length:
-                break
-            payload = bytes(buf[pos + 9 : pos + 9 + length])
-            pos += 9 + length
-            if self.headers_sid and ftype != CONTINUATION:
-                raise _ConnectionError(PROTOCOL_ERROR, "a header block was interrupted by another frame")
-            if ftype == DATA:
-                self._on_data(sid, flags, payload)
-            elif ftype == HEADERS:
-                self._on_headers(sid, flags, payload)
-            elif ftype == CONTINUATION:
-                self._on_continuation(sid, flags, payload)
-            elif ftype == SETTINGS:
-                self._on_settings(sid, flags, payload)
-            elif ftype == PING:
-                if sid or length != 8:
-                    raise _ConnectionError(PROTOCOL_ERROR if sid else FRAME_SIZE_ERROR, "bad PING frame")
-                if not flags & ACK:
-                    self._write(frame(PING, ACK, 0, payload))
-            elif ftype == WINDOW_UPDATE:
-                self._on_window_update(sid, payload)
-            elif ftype == RST_STREAM:
-                if not sid or length != 4:
-                    raise _ConnectionError(PROTOCOL_ERROR, "bad RST_STREAM frame")
-                st = self.streams.get(sid)
-                if st is not None:
-                    self._drop(st, CANCELLED)
-            elif ftype == GOAWAY:
-                self.goaway_received = True
-                if not self.streams:
-                    self._close()
-            elif ftype == PUSH_PROMISE:
-                raise _ConnectionError(PROTOCOL_ERROR, "a client must not send PUSH_PROMISE")
-            # PRIORITY and unknown frame types are ignored (RFC 9113 5.5)
+        view = memoryview(buf)  # a payload is one copy out of the buffer (a bytearray slice is one more)
+        try:
+            while n - pos >= 9 and not self.closing:
+                lt, flags, sid = unpack(buf, pos)
+                length, ftype = lt >> 8, lt & 0xFF
+                sid &= 0x7FFFFFFF
+                if length > _MAX_FRAME:
+                    raise _ConnectionError(
+                        FRAME_SIZE_ERROR, f"a frame of {length} bytes exceeds {_MAX_FRAME}"
+                    )
+                if n - pos < 9 + length:
+                    break
+                payload = bytes(view[pos + 9 : pos + 9 + length])
+                pos += 9 + length
+                if self.headers_sid and ftype != CONTINUATION:
+                    raise _ConnectionError(PROTOCOL_ERROR, "a header block was interrupted by another frame")
+                if ftype == DATA:
+                    self._on_data(sid, flags, payload)
+                elif ftype == HEADERS:
+                    self._on_headers(sid, flags, payload)
+                elif ftype == CONTINUATION:
+                    self._on_continuation(sid, flags, payload)
+                elif ftype == SETTINGS:
+                    self._on_settings(sid, flags, payload)
+                elif ftype == PING:
+                    if sid or length != 8:
+                        raise _ConnectionError(PROTOCOL_ERROR if sid else FRAME_SIZE_ERROR, "bad PING frame")
+                    if not flags & ACK:
+                        self._write(frame(PING, ACK, 0, payload))
+                elif ftype == WINDOW_UPDATE:
+                    self._on_window_update(sid, payload)
+                elif ftype == RST_STREAM:
+                    if not sid or length != 4:
+                        raise _ConnectionError(PROTOCOL_ERROR, "bad RST_STREAM frame")
+                    st = self.streams.get(sid)
+                    if st is not None:
+                        self._drop(st, CANCELLED)
+                elif ftype == GOAWAY:
+                    self.goaway_received = True
+                    if not self.streams:
+                        self._close()
+                elif ftype == PUSH_PROMISE:
+                    raise _ConnectionError(PROTOCOL_ERROR, "a client must not send PUSH_PROMISE")
+                # PRIORITY and unknown frame types are ignored (RFC 9113 5.5)
+        finally:
+            view.release()  # before the buffer is resized
         del buf[:pos]
 
     def _on_settings(self, sid: int, flags: int, payload: bytes) -> None:
