@@ -683,6 +683,8 @@ class H2Protocol(asyncio.Protocol):
 
     def _send_blocked(self) -> None:
         """Send what the windows allow of the responses waiting for flow control, in order."""
+        if not self.blocked:
+            return
         still: deque[_Stream] = deque()
         for st in self.blocked:
             if st.id not in self.streams or st.pending is None:

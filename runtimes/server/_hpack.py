@@ -21,7 +21,8 @@ except ImportError as e:  # pragma: no cover - depends on the environment
         "--grpc-port needs hpack: pip install 'torchport[serve]' (or pip install hpack)"
     ) from e
 
-_STATIC = HeaderTable.STATIC_TABLE
+#: the static table (RFC 7541 appendix A), decoded once
+_STATIC = tuple((name.decode("latin-1"), value.decode("latin-1")) for name, value in HeaderTable.STATIC_TABLE)
 _STATIC_LEN = len(_STATIC)
 #: the per-entry overhead of the dynamic table (RFC 7541 4.1)
 _ENTRY_OVERHEAD = 32
@@ -148,8 +149,7 @@ class Decoder:
 
     def _get(self, index: int) -> tuple[str, str]:
         if 0 < index <= _STATIC_LEN:
-            name, value = _STATIC[index - 1]
-            return name.decode("latin-1"), value.decode("latin-1")
+            return _STATIC[index - 1]
         i = index - _STATIC_LEN - 1
         if index == 0 or i >= len(self._dynamic):
             raise HpackError(f"header table index {index} is out of range")
