@@ -63,7 +63,7 @@ from torchport.runtimes.server._hpack import (
     HpackError,
     encode_literal,
 )
-from torchport.runtimes.server._http import HttpLimits, HttpServer
+from torchport.runtimes.server._http import HttpLimits, Listener
 
 log = logging.getLogger("torchport.server")
 
@@ -830,7 +830,7 @@ def _unpad(payload: bytes, flags: int) -> bytes:
     return payload[1 : len(payload) - payload[0]]
 
 
-class H2Server:
+class H2Server(Listener):
     """Holds the listening socket and the open HTTP/2 connections of one :class:`Service`.
 
     Args:
@@ -849,18 +849,13 @@ class H2Server:
         reserve: Callable[[int], bool] | None = None,
         release: Callable[[int], None] | None = None,
     ) -> None:
+        super().__init__(limits)
         self.service = service
-        self.limits = limits
         self.max_message_bytes = max_message_bytes
-        self.connection_cap = limits.connection_cap()
         self.connections: set[H2Protocol] = set()
-        self.inflight = 0
-        self.refused = 0
         self._reserve = reserve
         self._release = release
         self._idle: asyncio.Event | None = None
-        self._server: asyncio.base_events.Server | None = None
-        self._sweeper: asyncio.TimerHandle | None = None
 
     def reserve(self, nbytes: int) -> bool:
         return self._reserve(nbytes) if self._reserve is not None else True
@@ -870,21 +865,12 @@ class H2Server:
             self._release(nbytes)
 
     async def start(self, host: str, port: int, **kwargs: Any) -> int:
-        loop = asyncio.get_running_loop()
         try:
-            self._server = await loop.create_server(
-                lambda: H2Protocol(self), host, port, reuse_address=True, backlog=1024, **kwargs
-            )
+            return await self._listen(lambda: H2Protocol(self), host, port, **kwargs)
         except OSError as e:
             raise ServingError(
                 f"cannot listen for gRPC on {host}:{port}: {e.strerror or e}; choose another --grpc-port"
             ) from e
-        self._sweeper = loop.call_later(self._sweep_interval(), self._sweep)
-        return self._server.sockets[0].getsockname()[1]
-
-    # the HTTP server's deadline sweep: every connection's check_timers, at an interval from the limits
-    _sweep_interval = HttpServer._sweep_interval
-    _sweep = HttpServer._sweep
 
     def idle_check(self) -> None:
         if self._idle is not None and self.inflight == 0:
@@ -903,16 +889,6 @@ class H2Server:
         except asyncio.TimeoutError:
             return False
 
-    async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-        if self._server is not None:
-            self._server.close()
-        for conn in list(self.connections):
-            conn.drain()
-            conn._close()
-        if self._server is not None:
-            try:
-                await asyncio.wait_for(self._server.wait_closed(), 2.0)
-            except asyncio.TimeoutError:
-                pass
+    def _close_connection(self, conn: H2Protocol) -> None:
+        conn.drain()
+        conn._close()

@@ -751,51 +751,38 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.close()
 
 
-class HttpServer:
-    """Holds the listening socket, the open connections and the server-wide counters."""
+class Listener:
+    """A listening socket and its open connections, for the HTTP and the gRPC server alike: the
+    connection cap, the sweep that enforces each connection's deadlines (``check_timers``), and the
+    shutdown (each connection's own way of closing is :meth:`_close_connection`).
 
-    def __init__(
-        self,
-        app: Application,
-        *,
-        max_request_bytes: int | None = None,
-        idle_timeout: float = 75.0,
-        limits: HttpLimits | None = None,
-    ) -> None:
-        self.app = app
-        if limits is None:
-            limits = HttpLimits(max_request_bytes=max_request_bytes, idle_timeout=idle_timeout)
+    Args:
+        limits: timeouts and the connection cap.
+    """
+
+    def __init__(self, limits: HttpLimits) -> None:
         self.limits = limits
         self.connection_cap = limits.connection_cap()
-        self._sweeper: asyncio.TimerHandle | None = None
-        self.connections: set[HttpProtocol] = set()
+        self.connections: set[Any] = set()
         self.inflight = 0
-        self.body_bytes = 0
         self.refused = 0
-        self.closing_connections = False
         self._server: asyncio.base_events.Server | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
 
-    @property
-    def max_request_bytes(self) -> int | None:
-        return self.limits.max_request_bytes
+    async def _listen(
+        self, protocol: Callable[[], asyncio.Protocol], host: str, port: int, **kwargs: Any
+    ) -> int:
+        """Listen on ``host:port`` (0: a free port) and start the sweep; returns the port.
 
-    @property
-    def idle_timeout(self) -> float:
-        return self.limits.idle_timeout
-
-    async def start(self, host: str, port: int, **kwargs: Any) -> int:
+        Raises:
+            OSError: the port cannot be bound (the caller says which option to change).
+        """
         loop = asyncio.get_running_loop()
-        try:
-            self._server = await loop.create_server(
-                lambda: HttpProtocol(self.app, self), host, port, reuse_address=True, backlog=1024, **kwargs
-            )
-        except OSError as e:
-            raise ServingError(
-                f"cannot listen on {host}:{port}: {e.strerror or e}; choose another --port or --host"
-            ) from e
+        self._server = await loop.create_server(
+            protocol, host, port, reuse_address=True, backlog=1024, **kwargs
+        )
         self._sweeper = loop.call_later(self._sweep_interval(), self._sweep)
-        sock = self._server.sockets[0]
-        return sock.getsockname()[1]
+        return self._server.sockets[0].getsockname()[1]
 
     def _sweep_interval(self) -> float:
         lim = self.limits
@@ -808,6 +795,57 @@ class HttpServer:
             conn.check_timers(now)
         loop = asyncio.get_running_loop()
         self._sweeper = loop.call_later(self._sweep_interval(), self._sweep)
+
+    def _close_connection(self, conn: Any) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Stop listening and close every connection (waits up to 2 s for the socket to close)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            self._close_connection(conn)
+        if self._server is not None:
+            try:
+                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+            except asyncio.TimeoutError:
+                pass
+
+
+class HttpServer(Listener):
+    """Holds the listening socket, the open connections and the server-wide counters."""
+
+    def __init__(
+        self,
+        app: Application,
+        *,
+        max_request_bytes: int | None = None,
+        idle_timeout: float = 75.0,
+        limits: HttpLimits | None = None,
+    ) -> None:
+        super().__init__(limits or HttpLimits(max_request_bytes=max_request_bytes, idle_timeout=idle_timeout))
+        self.app = app
+        self.connections: set[HttpProtocol] = set()
+        self.body_bytes = 0
+        self.closing_connections = False
+
+    @property
+    def max_request_bytes(self) -> int | None:
+        return self.limits.max_request_bytes
+
+    @property
+    def idle_timeout(self) -> float:
+        return self.limits.idle_timeout
+
+    async def start(self, host: str, port: int, **kwargs: Any) -> int:
+        try:
+            return await self._listen(lambda: HttpProtocol(self.app, self), host, port, **kwargs)
+        except OSError as e:
+            raise ServingError(
+                f"cannot listen on {host}:{port}: {e.strerror or e}; choose another --port or --host"
+            ) from e
 
     def reserve(self, nbytes: int) -> bool:
         cap = self.limits.max_inflight_body_bytes
@@ -847,16 +885,9 @@ class HttpServer:
             await asyncio.sleep(0.02)
         return False
 
+    def _close_connection(self, conn: HttpProtocol) -> None:
+        conn.close_if_idle()
+
     async def close(self) -> None:
         self.closing_connections = True
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-        if self._server is not None:
-            self._server.close()
-        for conn in list(self.connections):
-            conn.close_if_idle()
-        if self._server is not None:
-            try:
-                await asyncio.wait_for(self._server.wait_closed(), 2.0)
-            except asyncio.TimeoutError:
-                pass
+        await super().close()
