@@ -455,19 +455,9 @@ class HttpProtocol(asyncio.Protocol):
 
     def _request_head(self) -> Request | None:
         """The request being received, without its body; ``None`` after answering a bad head."""
-        method = (self.parser.get_method() or b"?").decode("latin-1")
         url = self.url[0] if len(self.url) == 1 else b"".join(self.url)
-        req = Request(
-            method=method,
-            path="?",
-            query="",
-            headers=self.headers,
-            body=b"",
-            keep_alive=False,
-            client=self.client,
-            started=self.started,
-        )
-        if method == "CONNECT":
+        req = self._placeholder()  # its path and query are set once the target is checked
+        if req.method == "CONNECT":
             self._fail(400, "CONNECT is not supported: this is not a proxy", req)
             return None
         if not url.startswith(b"/"):
@@ -628,6 +618,7 @@ class HttpProtocol(asyncio.Protocol):
             log.exception("access log failed")
 
     def _placeholder(self) -> Request:
+        """The request being received (or a stand-in between requests) for an answer and its log line."""
         return Request(
             method=(self.parser.get_method() or b"?").decode("latin-1") if self.phase != _IDLE else "?",
             path="?",
