@@ -68,7 +68,7 @@ def build_model(folder: Path) -> int:
 
 
 def interleaved(
-    runners: list[tuple[str, Callable[[], list[int]]]], repeats: int
+    runners: list[tuple[str, Callable[..., list[int]]]], repeats: int
 ) -> dict[str, tuple[float, list[int]]]:
     """Warm each runner up, then time them in turns (``repeats`` rounds, so load spikes on this shared
     machine hit all of them alike); each gets its fastest round and its tokens."""
@@ -82,16 +82,16 @@ def interleaved(
     return {name: (best[name], tokens[name]) for name, _ in runners}
 
 
-def hf_eager(folder: Path, prompt: list[int], new: int, device: str = "cpu") -> Callable[[], list[int]]:
+def hf_eager(folder: Path, prompt: list[int], new: int, device: str = "cpu") -> Callable[..., list[int]]:
     """Hugging Face eager greedy ``generate`` of ``new`` tokens (on ``device``; on the CPU with THREADS)."""
     import transformers as T
 
     if device == "cpu":
         torch.set_num_threads(THREADS)
     model = T.AutoModelForCausalLM.from_pretrained(str(folder)).eval().to(device)
-    ids = torch.tensor([prompt], device=device)
 
-    def run() -> list[int]:
+    def run(other: list[int] | None = None) -> list[int]:
+        ids = torch.tensor([other or prompt], device=device)
         with torch.no_grad():
             out = model.generate(
                 input_ids=ids,
@@ -101,14 +101,35 @@ def hf_eager(folder: Path, prompt: list[int], new: int, device: str = "cpu") -> 
                 min_new_tokens=new,
                 pad_token_id=0,
             )
-        return out[0, len(prompt) :].tolist()
+        return out[0, ids.shape[1] :].tolist()
 
     return run
 
 
+def agreement(tokens: list[int], reference: list[int]) -> float:
+    """Share of ``reference``'s positions where ``tokens`` has the same token."""
+    return sum(a == b for a, b in zip(tokens, reference, strict=False)) / len(reference)
+
+
+def agreement_over_prompts(
+    runners: dict[str, Callable[..., list[int]]], count: int, length: int
+) -> dict[str, float]:
+    """Each runner's free-running greedy agreement with Hugging Face's tokens, averaged over ``count``
+    other random prompts of ``length`` tokens (one prompt's figure hangs on where its first near-tie falls)."""
+    rng = np.random.default_rng(1)
+    prompts = [[1] + [int(x) for x in rng.integers(3, 32000, length - 1)] for _ in range(count)]
+    if not prompts:
+        return {}
+    references = [runners["Hugging Face eager fp32"](p) for p in prompts]
+    return {
+        name: float(np.mean([agreement(fn(p), ref) for p, ref in zip(prompts, references, strict=True)]))
+        for name, fn in runners.items()
+    }
+
+
 def torchport_run(
     package: Path, variant: str, prompt: list[int], new: int, spinning: bool = False
-) -> Callable[[], list[int]]:
+) -> Callable[..., list[int]]:
     """Sessions do not spin by default here, as ``torchport serve`` runs them (spinning pool threads
     lose badly on a machine with more busy threads than cores)."""
     from torchport.runtimes import Session
@@ -116,7 +137,7 @@ def torchport_run(
     sess = Session.from_package(
         package, variant=variant, intra_op_threads=THREADS, inter_op_threads=1, spinning=spinning
     )
-    return lambda: sess.generate([prompt], max_new_tokens=new, ignore_eos=True).tokens[0]
+    return lambda other=None: sess.generate([other or prompt], max_new_tokens=new, ignore_eos=True).tokens[0]
 
 
 def forced_logits(package: Path, variant: str, prompt: list[int], reference: list[int]) -> np.ndarray:
@@ -150,12 +171,16 @@ def logit_gaps(package: Path, prompt: list[int], reference: list[int]) -> tuple[
     return float(np.median(gaps)), float(np.percentile(gaps, 5))
 
 
-def genai_run(folder: Path, work: Path, prompt: list[int], new: int) -> Callable[[], list[int]] | str:
+def genai_run(
+    folder: Path, work: Path, prompt: list[int], new: int, precision: str = "fp32"
+) -> Callable[..., list[int]] | str:
+    """onnxruntime-genai's model builder (``-p precision -e cpu``, its defaults otherwise) on the same
+    weights, and its generator, greedy; a string says why it could not run."""
     try:
         import onnxruntime_genai as og
     except ImportError:
-        return "onnxruntime-genai not installed"
-    out = work / "genai"
+        return "onnxruntime-genai not installed (pip install onnxruntime-genai)"
+    out = work / f"genai-{precision}"
     proc = subprocess.run(
         [
             sys.executable,
@@ -166,7 +191,7 @@ def genai_run(folder: Path, work: Path, prompt: list[int], new: int) -> Callable
             "-o",
             str(out),
             "-p",
-            "fp32",
+            precision,
             "-e",
             "cpu",
         ],
@@ -181,14 +206,15 @@ def genai_run(folder: Path, work: Path, prompt: list[int], new: int) -> Callable
     (out / "genai_config.json").write_text(json.dumps(cfg))
     model = og.Model(str(out))
 
-    def run() -> list[int]:
+    def run(other: list[int] | None = None) -> list[int]:
+        ids = other or prompt
         params = og.GeneratorParams(model)
-        params.set_search_options(do_sample=False, max_length=len(prompt) + new, min_length=len(prompt) + new)
+        params.set_search_options(do_sample=False, max_length=len(ids) + new, min_length=len(ids) + new)
         gen = og.Generator(model, params)
-        gen.append_tokens(np.asarray([prompt], np.int32))
+        gen.append_tokens(np.asarray([ids], np.int32))
         while not gen.is_done():
             gen.generate_next_token()
-        return [int(t) for t in gen.get_sequence(0)[len(prompt) :]]
+        return [int(t) for t in gen.get_sequence(0)[len(ids) :]]
 
     return run
 
@@ -300,6 +326,12 @@ def main() -> None:
     parser.add_argument("--no-genai", action="store_true")
     parser.add_argument("--no-server", action="store_true")
     parser.add_argument("--level", default="basic", help="torchport --level for both variants")
+    parser.add_argument(
+        "--agreement-prompts",
+        type=int,
+        default=8,
+        help="other random prompts the greedy agreement is averaged over",
+    )
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
     from torchport.exporters import export_model
@@ -329,19 +361,20 @@ def main() -> None:
                 torchport_run(package, "fp32", prompt, args.new_tokens, True),
             )
         )
-        if not args.no_genai:
-            got = genai_run(folder, work, prompt, args.new_tokens)
+        for precision in () if args.no_genai else ("fp32", "int8"):
+            got = genai_run(folder, work, prompt, args.new_tokens, precision)
             if isinstance(got, str):
-                print(f"onnxruntime-genai: skipped ({got})")
+                print(f"onnxruntime-genai {precision}: skipped ({got})")
             else:
-                runners.append(("onnxruntime-genai fp32", got))
+                runners.append((f"onnxruntime-genai {precision}", got))
         results = interleaved(runners, args.repeats)
         base_s, base_tokens = results["Hugging Face eager fp32"]
         gap_median, gap_p5 = logit_gaps(package, prompt, base_tokens)
+        more = agreement_over_prompts(dict(runners), args.agreement_prompts, args.prompt_tokens)
         rows = [(name, s, toks) for name, (s, toks) in results.items()]
         table = []
         for name, s, toks in rows:
-            agree = sum(a == b for a, b in zip(toks, base_tokens, strict=False)) / len(base_tokens)
+            agree = agreement(toks, base_tokens)
             first = next((i for i, (a, b) in enumerate(zip(toks, base_tokens)) if a != b), None)
             variant = name.split()[1].rstrip(",") if name.startswith("torchport") else None
             forced = teacher_forced_top1(package, variant, prompt, base_tokens) if variant else None
@@ -353,6 +386,7 @@ def main() -> None:
                     round(base_s / s, 2),
                     f"{agree:.0%}",
                     "none" if first is None else first,
+                    f"{more[name]:.0%}" if more else "-",
                     f"{forced:.0%}" if forced is not None else "-",
                 )
             )
@@ -366,6 +400,7 @@ def main() -> None:
                     "× HF eager",
                     "greedy agreement",
                     "first different token",
+                    f"agreement, {args.agreement_prompts} more prompts",
                     "teacher-forced top-1",
                 ],
                 table,
@@ -373,7 +408,8 @@ def main() -> None:
         )
         print(
             "greedy agreement: share of the 128 tokens equal to HF's at the same position (after one flip the "
-            "sequences part); teacher-forced top-1: each step from HF's own prefix. Top-1/top-2 logit gap of "
+            "sequences part); on more prompts: the mean of that share over other random prompts of the same length; "
+            "teacher-forced top-1: each step from HF's own prefix. Top-1/top-2 logit gap of "
             f"this random-weight model along HF's tokens: median {gap_median:.4f}, 5th percentile {gap_p5:.4f}."
         )
 

@@ -21,6 +21,7 @@ from torchport.cli._options import (
     rtol_option,
     strategy_option,
 )
+from torchport.exporters._registries import ATTENTION_MODES, describe
 from torchport.runtimes import TorchportError
 from torchport.runtimes._package import check_destination
 
@@ -87,6 +88,16 @@ def export(
             "present.N.key/value out (--outputs logits keeps a logits-only export), e.g. --task text-generation."
         ),
     ),
+    attention: str = typer.Option(
+        "fused",
+        "--attention",
+        help=(
+            "Attention of a text-generation export: "
+            + describe(ATTENTION_MODES)
+            + ". fused falls back to standard (with a note) where the model's attention does not fit it, "
+            "e.g. --attention standard for a package served on CUDA."
+        ),
+    ),
     output_names: Optional[str] = typer.Option(
         None,
         "--output-names",
@@ -142,6 +153,7 @@ def export(
             outputs=outputs,
             output_names=output_names.split(",") if output_names else None,
             task=task,
+            attention=attention,
             opset=opset,
             name=name,
             version=version,

@@ -37,7 +37,7 @@ from torchport.exporters._onnx_export import finalize_model, onnx_from_program, 
 from torchport.exporters._outputs import is_causal_lm
 from torchport.exporters._strategies import Attempt
 from torchport.exporters._torch_logs import quiet_torch_logs
-from torchport.runtimes._errors import ExportError, UsageError, ValidationError, describe_error
+from torchport.runtimes._errors import ExportError, UsageError, ValidationError, describe_error, first_line
 from torchport.runtimes._manifest import DimRange, TensorSpec, Variant
 from torchport.runtimes._parity import ParityResult, VariantParity, compare_output, tolerance_for
 
@@ -186,6 +186,9 @@ class DecoderModule(torch.nn.Module):
         super().__init__()
         self.model = model
         self.signature = signature
+        #: capture with one fused attention op per layer (see ``_decoder_attention``); eager runs
+        #: for parity keep the model's own attention
+        self.fused = False
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *rest: torch.Tensor) -> Any:
         from transformers import DynamicCache
@@ -196,6 +199,8 @@ class DecoderModule(torch.nn.Module):
             kwargs["position_ids"], rest = rest[0], rest[1:]
         # full layers even for sliding-window models: the attention mask applies the window, the
         # cache keeps every position (a sliding layer crops it, which no dynamic shape can express)
+        if self.fused:
+            return self._fused_forward(input_ids, attention_mask, rest, kwargs)
         cache = DynamicCache()
         for i in range(sig.num_layers):
             cache.update(rest[2 * i], rest[2 * i + 1], i)
@@ -211,6 +216,29 @@ class DecoderModule(torch.nn.Module):
         tensors = [out.logits]
         for layer in present.layers[: sig.num_layers]:
             tensors += [layer.keys, layer.values]
+        return tuple(tensors)
+
+    def _fused_forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, past: Any, kwargs: dict[str, Any]
+    ) -> Any:
+        from torchport.exporters._decoder_attention import FusedAttentionError, fused_attention, split_cache
+
+        sig = self.signature
+        cache = split_cache([(past[2 * i], past[2 * i + 1]) for i in range(sig.num_layers)])
+        with fused_attention(self.model, cache) as presents:
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                use_cache=True,
+                return_dict=True,
+                **{sig.cache_arg: cache},
+                **kwargs,
+            )
+        if sorted(presents) != list(range(sig.num_layers)):
+            raise FusedAttentionError(f"the fused attention ran for layers {sorted(presents)} only")
+        tensors = [out.logits]
+        for i in range(sig.num_layers):
+            tensors += list(presents[i])
         return tuple(tensors)
 
 
@@ -516,6 +544,7 @@ class DecoderOptions:
     rtol: float | None = None
     steps: int = 4
     external_data_threshold: int | None = None
+    attention: str = "fused"
 
 
 def export_decoder(loaded: Any, writer: Any, progress: Any, options: DecoderOptions) -> dict[str, Any]:
@@ -546,19 +575,7 @@ def export_decoder(loaded: Any, writer: Any, progress: Any, options: DecoderOpti
         )
     start = time.perf_counter()
     with progress.stage("export") as st:
-        program = capture_decoder(module, dims)
-        try:
-            with quiet_torch_logs():
-                onnx_model = onnx_from_program(
-                    program,
-                    input_names=sig.input_names(),
-                    output_names=sig.output_names(),
-                    opset=options.opset,
-                )
-        except Exception as e:  # noqa: BLE001
-            raise export_error(
-                "ONNX translation", e, prefix="torch.onnx dynamo exporter", program=program
-            ) from e
+        onnx_model, attention = _capture_and_translate(module, dims, options, notes)
         opset = int(onnx_model.opset_imports.get("", options.opset or 0))
         st.detail = f"strategy {STRATEGY}, opset {opset}" + (f"; {'; '.join(notes)}" if notes else "")
     seconds = time.perf_counter() - start
@@ -652,7 +669,45 @@ def export_decoder(loaded: Any, writer: Any, progress: Any, options: DecoderOpti
         "parity": result.to_dict() if result is not None else None,
         "opset": opset,
         "seconds": seconds,
+        "attention": attention,
     }
+
+
+def _capture_and_translate(
+    module: DecoderModule, dims: Mapping[str, DimRange], options: DecoderOptions, notes: list[str]
+) -> tuple[Any, str]:
+    """Capture and translate with the fused attention when asked (falling back to the model's own
+    attention, with a note, where the fused op does not fit); returns the ONNX model and the
+    attention used (``"fused"`` or ``"standard"``)."""
+    from torchport.exporters._decoder_attention import gqa_schema, onnx_translations
+
+    sig = module.signature
+    if options.attention == "fused":
+        module.fused = True
+        try:
+            program = capture_decoder(module, dims)
+            with quiet_torch_logs(), gqa_schema():
+                model = onnx_from_program(
+                    program,
+                    input_names=sig.input_names(),
+                    output_names=sig.output_names(),
+                    opset=options.opset,
+                    custom_translation_table=onnx_translations(),
+                )
+            return model, "fused"
+        except Exception as e:  # noqa: BLE001 - any failure of the fused path: the standard one decides
+            notes.append(f"fused attention not used ({first_line(e)[:160]})")
+        finally:
+            module.fused = False
+    program = capture_decoder(module, dims)
+    try:
+        with quiet_torch_logs():
+            model = onnx_from_program(
+                program, input_names=sig.input_names(), output_names=sig.output_names(), opset=options.opset
+            )
+    except Exception as e:  # noqa: BLE001
+        raise export_error("ONNX translation", e, prefix="torch.onnx dynamo exporter", program=program) from e
+    return model, "standard"
 
 
 def _name_total_dims(model: Any) -> None:
@@ -711,6 +766,7 @@ def export_text_generation(
     name: str,
     version: str,
     producer: Any,
+    attention: str = "fused",
 ) -> tuple[Any, str, list[Attempt]]:
     """``export_model``'s text-generation branch: export, gate and commit into ``writer``.
 
@@ -738,11 +794,13 @@ def export_text_generation(
             disable=tuple(gate.disable),
             atol=gate.atol,
             rtol=gate.rtol,
+            attention=attention,
         ),
     )
     extra: dict[str, Any] = {
         "generation": generation_extra(done["signature"], loaded.hf_config, done["dims"])
     }
+    extra["generation"]["attention"] = done["attention"]
     text = copy_text_assets(loaded.reference, writer.path, loaded.hf_config, task="text-generation")
     if text is not None:
         extra["generation"].update(text.pop("generation_defaults", {}))

@@ -38,6 +38,7 @@ from torchport.exporters._onnx_export import (
 )
 from torchport.exporters._outputs import FlatModule, OutputSelection
 from torchport.exporters._progress import Progress
+from torchport.exporters._registries import ATTENTION_MODES
 from torchport.exporters._source_lines import user_traceback
 from torchport.exporters._strategies import Attempt, ExportPlan, run_strategies
 from torchport.exporters._text_assets import package_text_assets
@@ -427,6 +428,7 @@ def export_model(
     atol: float | None = None,
     rtol: float | None = None,
     task: str | None = None,
+    attention: str = "fused",
 ) -> ExportResult:
     """Export a PyTorch model to an ONNX model package.
 
@@ -469,6 +471,10 @@ def export_model(
         task: ``"auto"`` (default: Hugging Face causal LMs export with their key/value cache unless
             ``outputs``/``inputs`` are given), ``"text-generation"`` (force it), ``"default"`` (never);
             see :mod:`torchport.exporters._decoder_export`.
+        attention: text-generation only: ``"fused"`` (default: one ONNX Runtime
+            ``GroupQueryAttention`` per layer, the fastest on the CPU; falls back to ``"standard"``
+            with a note where the model's attention does not fit it) or ``"standard"`` (the model's
+            own attention ops; use it for CUDA, where ONNX Runtime's GroupQueryAttention runs float16 only).
 
     Returns:
         An :class:`ExportResult`.
@@ -486,6 +492,8 @@ def export_model(
         >>> result.manifest.inputs[0].shape
         ['batch', 16]
     """
+    if attention not in ATTENTION_MODES:
+        raise UsageError(f"unknown attention {attention!r}; use one of: {', '.join(ATTENTION_MODES)}")
     gate = GateOptions(
         level=level,
         fp16=fp16,
@@ -516,6 +524,7 @@ def export_model(
                     name=name or default_name(loaded.reference),
                     version=version,
                     producer=_producer,
+                    attention=attention,
                 )
                 return ExportResult(
                     package, used, attempts, time.perf_counter() - start, dict(progress.times)

@@ -50,6 +50,7 @@ def onnx_from_program(
     output_names: Sequence[str],
     opset: int | None = None,
     optimize: bool = True,
+    custom_translation_table: dict[Any, Any] | None = None,
 ) -> ir.Model:
     """Translate an ExportedProgram to ONNX (in memory) with torch.onnx's dynamo exporter.
 
@@ -61,6 +62,8 @@ def onnx_from_program(
     kwargs: dict[str, Any] = {}
     if opset is not None:
         kwargs["opset_version"] = opset
+    if custom_translation_table:
+        kwargs["custom_translation_table"] = custom_translation_table
     onnx_program = torch.onnx.export(
         program,
         (),

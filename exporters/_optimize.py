@@ -23,6 +23,7 @@ from torchport.exporters._onnx_passes import (
     Fp16Pass,
     Int8DynamicPass,
     Int8StaticPass,
+    MergeMatMulsPass,
     OnnxscriptOptimizePass,
     OrtFusionsPass,
     OrtOfflinePass,
@@ -224,8 +225,8 @@ def optimize_model(
     that many input rows, output head and embeddings in float32 (per-tensor activation scales
     flipped a decoder's greedy tokens within a few steps).
 
-    The fp32 variant goes through ``optimize`` (level basic and all), ``ort_fusions`` and
-    ``ort_offline`` (level all). fp16 starts from the graph after the onnxscript passes (before
+    The fp32 variant goes through ``optimize`` (level basic and all), ``ort_fusions`` (level all),
+    ``merge_matmuls`` (level basic and all) and ``ort_offline`` (level all). fp16 starts from the graph after the onnxscript passes (before
     ``ort_offline``, whose ops are provider-specific); int8 dynamic from the graph after
     ``optimize``, fused again without packing Q/K/V (level all) so the attention projections are
     quantized too; int8 static from the graph after ``optimize`` (QDQ works on standard ONNX ops).
@@ -248,6 +249,8 @@ def optimize_model(
     pre_fusion = as_proto(m) if int8 is not None else None
     if level == "all":
         m = run(_filter([OrtFusionsPass()], disable), m, "fp32")
+    if level in ("basic", "all"):
+        m = run(_filter([MergeMatMulsPass()], disable), m, "fp32")
     graph = as_proto(m)
     variants: dict[str, onnx.ModelProto] = {}
     fp32 = graph
@@ -264,6 +267,9 @@ def optimize_model(
                 "--int8 dynamic asks for a pass that --disable int8_dynamic switches off; drop one"
             )
         int8_passes: list[Any] = [Int8DynamicPass(block_size=int8_block_size)]
+        if int8_block_size and level != "none" and "merge_matmuls" not in disable:
+            # block scales are per column: merged weights quantize exactly as the separate ones
+            int8_passes.insert(0, MergeMatMulsPass())
         if level == "all" and "ort_fusions" not in disable:
             # Q/K/V kept as separate MatMuls (MultiHeadAttention) so they are quantized too
             int8_passes.insert(0, OrtFusionsPass(pack_qkv=False))

@@ -8,7 +8,7 @@ they match.
 
 from __future__ import annotations
 
-__all__ = ["INT8_MODES", "LEVELS", "ONNX_PASSES", "STRATEGIES", "describe"]
+__all__ = ["ATTENTION_MODES", "INT8_MODES", "LEVELS", "ONNX_PASSES", "STRATEGIES", "describe"]
 
 #: export strategies, in the order they are tried
 STRATEGIES: dict[str, str] = {
@@ -31,10 +31,17 @@ INT8_MODES: dict[str, str] = {
     "static": "int8 QDQ with activation ranges calibrated on --calibration inputs",
 }
 
+#: attention of a text-generation export
+ATTENTION_MODES: dict[str, str] = {
+    "fused": "one ONNX Runtime GroupQueryAttention per layer (fastest on the CPU)",
+    "standard": "the model's own attention ops (for CUDA)",
+}
+
 #: ONNX passes, in pipeline order (the names --disable takes)
 ONNX_PASSES: dict[str, str] = {
     "optimize": "onnxscript optimizer",
     "ort_fusions": "ONNX Runtime transformer fusions",
+    "merge_matmuls": "one MatMul for the linear layers that read the same input",
     "ort_offline": "ONNX Runtime graph optimized offline",
     "fp16": "float16 variant",
     "int8_dynamic": "int8 dynamic variant",

@@ -49,6 +49,8 @@ CONFIGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "mistral_sw": ("MistralForCausalLM", _llama_like("MistralConfig", sliding_window=16)),
     "phi3": ("Phi3ForCausalLM", _llama_like("Phi3Config")),
     "gemma": ("GemmaForCausalLM", _llama_like("GemmaConfig", head_dim=8)),
+    # soft-capped attention scores: not what GroupQueryAttention fuses here (the capture falls back)
+    "gemma2": ("Gemma2ForCausalLM", _llama_like("Gemma2Config", head_dim=8, sliding_window=16)),
     "mixtral": (
         "MixtralForCausalLM",
         _llama_like("MixtralConfig", num_local_experts=4, num_experts_per_tok=2),

@@ -49,7 +49,9 @@ def _hf_incremental(folder: Path, prompt: np.ndarray, steps: list[int]) -> list[
 
 
 FAST = ["gpt2", "llama"]
-SLOW = ["qwen2", "mistral", "phi3", "gemma", "mixtral", "qwen2_moe"]
+SLOW = ["qwen2", "mistral", "phi3", "gemma", "gemma2", "mixtral", "qwen2_moe"]
+#: families whose attention the fused op does not cover (soft-capped scores): the capture falls back
+STANDARD_ATTENTION = {"gemma2"}
 
 
 @pytest.mark.parametrize("name", FAST + [pytest.param(n, marks=pytest.mark.slow) for n in SLOW])
@@ -72,6 +74,13 @@ def test_decoder_with_cache(name: str, root: Path) -> None:
     assert {o["name"] for o in report["variants"]["fp32"]["outputs"]} == {s.name for s in m.outputs}
     assert "tokenizer.json" in m.files and m.extra["text"]["tokenizer"] == "tokenizer.json"
     assert m.extra["generation"]["eos_token_id"] == [2]
+    ops = {n.op_type for n in onnx.load(str(result.path / "model.onnx"), load_external_data=False).graph.node}
+    if name in STANDARD_ATTENTION:
+        assert m.extra["generation"]["attention"] == "standard" and "GroupQueryAttention" not in ops
+        assert any("fused attention not used" in w for a in result.attempts for w in a.warnings)
+    else:
+        assert m.extra["generation"]["attention"] == "fused"
+        assert "GroupQueryAttention" in ops and "Softmax" not in ops
 
     # the ONNX model against Hugging Face's own incremental decoding (prompt with past_seq=0, then 4 steps)
     sig = decoder_signature(load_model(str(root / f"src-{name}")).module)
@@ -117,6 +126,41 @@ def test_int8_dynamic_decoder(root: Path) -> None:
     int8 = _greedy(Session.from_package(result.path, variant="int8"), prompts, 48)
     agreement = np.mean([np.mean(np.array(a) == np.array(b)) for a, b in zip(fp32, int8, strict=True)])
     assert agreement >= 0.9, f"int8 greedy tokens agree with fp32 on {agreement:.0%}"
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_fused_attention_generates_what_the_models_own_attention_does(name: str, root: Path) -> None:
+    """The default capture (one GroupQueryAttention per layer) against ``attention="standard"`` (the
+    model's own ops): same logits and presents on a left-padded batch, same greedy tokens."""
+    fused = exported_lm(name, root)
+    standard = exported_lm(name, root, attention="standard")
+    assert standard.manifest.extra["generation"]["attention"] == "standard"
+    graph = onnx.load(str(standard.path / "model.onnx"), load_external_data=False).graph
+    assert "GroupQueryAttention" not in {n.op_type for n in graph.node}
+    sig = decoder_signature(load_model(str(root / f"src-{name}")).module)
+    prompt = np.array([[0, 0, 1, 5, 9], [1, 7, 3, 8, 2]], np.int64)
+    mask = (np.arange(5) >= np.array([[2], [0]])).astype(np.int64)
+    runs = [
+        ort.InferenceSession(str(r.path / "model.onnx"), providers=["CPUExecutionProvider"])
+        for r in (fused, standard)
+    ]
+    feeds = decoder_inputs(sig, prompt, mask, None)
+    for step in range(3):
+        a, b = (s.run(None, feeds) for s in runs)
+        keep = mask[:, -feeds["input_ids"].shape[1] :].astype(bool)
+        np.testing.assert_allclose(a[0][keep], b[0][keep], atol=1e-4, rtol=1e-4, err_msg=f"step {step}")
+        for x, y in zip(a[1:], b[1:], strict=True):
+            np.testing.assert_allclose(
+                x[mask.astype(bool)[:, None].repeat(x.shape[1], 1)],
+                y[mask.astype(bool)[:, None].repeat(y.shape[1], 1)],
+                atol=1e-5,
+            )
+        mask = np.concatenate([mask, np.ones((2, 1), np.int64)], axis=1)
+        feeds = decoder_inputs(sig, np.argmax(a[0][:, -1:], -1), mask, a[1:])
+    prompts = [[1, 5, 9, 14], [1, 7], [1, 3, 3, 8, 20, 11]]
+    assert _greedy(Session.from_package(fused.path), prompts, 32) == _greedy(
+        Session.from_package(standard.path), prompts, 32
+    )
 
 
 def test_outputs_logits_keeps_the_plain_export(root: Path) -> None:
@@ -185,7 +229,7 @@ def test_level_all_keeps_the_unfused_graph_when_onnxruntime_refuses_the_fused_on
     then breaks on (a Gemm fed rank 3): the pass keeps the unfused graph, says why, and the
     package exports, loads and validates at --level all."""
     src = save_causal_lm("gpt2", tmp_path / "src")
-    result = export_model(str(src), tmp_path / "pkg", level="all", quiet=True)
+    result = export_model(str(src), tmp_path / "pkg", level="all", quiet=True, attention="standard")
     assert result
     fusions = [p for p in result.manifest.passes if p["name"] == "ort_fusions"]
     assert fusions and not fusions[0]["modified"]

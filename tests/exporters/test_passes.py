@@ -14,6 +14,7 @@ from torchport.exporters._onnx_passes import (
     Fp16Pass,
     Int8DynamicPass,
     Int8StaticPass,
+    MergeMatMulsPass,
     OnnxscriptOptimizePass,
     OrtFusionsPass,
     OrtOfflinePass,
@@ -220,3 +221,68 @@ def test_int8_dynamic_and_static(bert_onnx):
         assert cos > 0.98
     with pytest.raises(UsageError, match="needs calibration samples"):
         Int8StaticPass([])
+
+
+def _parallel_matmuls_model() -> onnx.ModelProto:
+    """x feeds three linear layers (q, k, v: 8 → 8, 4, 4) and one of another input size (h: 6 → 5);
+    `shared` is a weight two MatMuls use, which must stay as it is."""
+    rng = np.random.default_rng(0)
+    weights = {
+        "wq": rng.standard_normal((8, 8)),
+        "wk": rng.standard_normal((8, 4)),
+        "wv": rng.standard_normal((8, 4)),
+        "wh": rng.standard_normal((6, 5)),
+        "shared": rng.standard_normal((5, 3)),
+    }
+    inits = [numpy_helper.from_array(w.astype(np.float32), n) for n, w in weights.items()]
+    nodes = [
+        helper.make_node("MatMul", ["x", "wq"], ["q"], name="q_proj"),
+        helper.make_node("Relu", ["x"], ["x_relu"], name="relu"),
+        helper.make_node("MatMul", ["x", "wk"], ["k"], name="k_proj"),
+        helper.make_node("MatMul", ["x", "wv"], ["v"], name="v_proj"),
+        helper.make_node("MatMul", ["h", "wh"], ["h5"], name="h_proj"),
+        helper.make_node("MatMul", ["h5", "shared"], ["a"], name="a_proj"),
+        helper.make_node("MatMul", ["h5", "shared"], ["b"], name="b_proj"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "parallel",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", 8]),
+            helper.make_tensor_value_info("h", TensorProto.FLOAT, ["batch", 6]),
+        ],
+        [
+            helper.make_tensor_value_info(n, TensorProto.FLOAT, shape)
+            for n, shape in [
+                ("q", ["batch", "seq", 8]),
+                ("k", ["batch", "seq", 4]),
+                ("v", ["batch", "seq", 4]),
+                ("x_relu", ["batch", "seq", 8]),
+                ("a", ["batch", 3]),
+                ("b", ["batch", 3]),
+            ]
+        ],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_merge_matmuls_makes_one_product_per_shared_input():
+    model = _parallel_matmuls_model()
+    feeds = {
+        "x": np.random.default_rng(1).standard_normal((2, 3, 8)).astype(np.float32),
+        "h": np.random.default_rng(2).standard_normal((2, 6)).astype(np.float32),
+    }
+    before = _run(model, feeds)
+    merge = MergeMatMulsPass()
+    merged, modified = merge(model)
+    assert modified and merge.details == {"merged": 1}
+    counts = op_counts(merged)
+    # q/k/v → one MatMul + Split; h_proj alone and the two users of `shared` stay
+    assert counts["MatMul"] == 4 and counts["Split"] == 1
+    assert {"wq", "wk", "wv"}.isdisjoint(i.name for i in merged.graph.initializer)
+    onnx.checker.check_model(merged)
+    for want, got in zip(before, _run(merged, feeds), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    again, modified = MergeMatMulsPass()(merged)
+    assert not modified

@@ -1,0 +1,286 @@
+"""Fused attention for decoder capture: each attention layer becomes one ONNX Runtime ``GroupQueryAttention``.
+
+The plain capture of a Hugging Face decoder leaves attention as dozens of small ops per layer: the
+cache ``Concat``, an ``Expand`` of the key/value heads for grouped-query models, a ``Transpose`` of
+the keys, the scale ``Mul`` on both sides, the mask, ``Softmax``. Each copies the cache or costs a
+kernel launch per decode step, and on a CPU a small model spends as long in them as in its matrix
+products. With :func:`fused_attention` active during capture:
+
+* the cache object hands the attention function the new keys/values only (the past stays separate),
+* the attention function calls the custom op ``torchport::group_query_attention`` (query, new
+  key/value, past key/value, an additive attention bias with the padding and any sliding window),
+  which returns the output and the two presents (past + new),
+* torch.onnx translates that op to ``com.microsoft.GroupQueryAttention`` (``seqlens_k`` = total length
+  − 1 for every row, since batches are left-padded and the bias masks the padding; the op applies
+  the causal mask itself).
+
+In eager mode the op computes exactly what the model's own attention does (concatenate, repeat the
+key/value heads, scaled dot-product attention with the bias and the causal mask), so the capture
+sees the same numbers; parity is still checked against the unmodified model.
+
+ONNX Runtime's ``GroupQueryAttention`` runs on the CPU in float32 and float16; it does not take a
+prompt of several tokens *and* a past for batches above one (the generation loop never asks for
+that: prompts run with an empty past, decode steps take one token), and its CUDA kernel runs
+float16/bfloat16 only, so a float32 package served on CUDA wants ``attention="standard"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+__all__ = [
+    "FUSED_ATTENTION",
+    "FusedAttentionError",
+    "fused_attention",
+    "gqa_schema",
+    "onnx_translations",
+    "split_cache",
+]
+
+#: the attention implementation name registered with transformers while capturing
+FUSED_ATTENTION = "torchport_group_query_attention"
+#: the additive bias of a masked position (finite in float16 too, so a fully padded row stays finite)
+MASKED = -65504.0
+
+_state = threading.local()
+
+
+class FusedAttentionError(RuntimeError):
+    """The model's attention uses something the fused op does not do (the capture falls back)."""
+
+
+@torch.library.custom_op("torchport::group_query_attention", mutates_args=())
+def group_query_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    past_key: torch.Tensor,
+    past_value: torch.Tensor,
+    bias: torch.Tensor,
+    seqlens: torch.Tensor,
+    total: torch.Tensor,
+    scale: float,
+    num_heads: int,
+    kv_heads: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``query`` [b, heads, s, d], ``key``/``value`` [b, kv_heads, s, d] (new tokens), pasts
+    [b, kv_heads, p, d], ``bias`` [b, 1, s, p+s] → output [b, s, heads, d], presents [b, kv_heads, p+s, d].
+    ``seqlens`` / ``total`` are ONNX Runtime's ``seqlens_k`` and ``total_sequence_length`` (unused here)."""
+    present_key = torch.cat([past_key, key], dim=2)
+    present_value = torch.cat([past_value, value], dim=2)
+    groups = num_heads // kv_heads
+    keys = present_key.repeat_interleave(groups, dim=1) if groups > 1 else present_key
+    values = present_value.repeat_interleave(groups, dim=1) if groups > 1 else present_value
+    s, t = query.shape[2], present_key.shape[2]
+    causal = torch.ones(s, t, dtype=torch.bool, device=query.device).tril(t - s)
+    mask = bias.to(query.dtype).masked_fill(~causal, MASKED)
+    out = torch.nn.functional.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scale)
+    return out.transpose(1, 2).contiguous(), present_key, present_value
+
+
+@group_query_attention.register_fake
+def _(query, key, value, past_key, past_value, bias, seqlens, total, scale, num_heads, kv_heads):  # noqa: ANN001, ANN202
+    b, h, s, d = query.shape
+    total = past_key.shape[2] + key.shape[2]
+    return (
+        query.new_empty((b, s, h, d)),
+        key.new_empty((b, key.shape[1], total, d)),
+        value.new_empty((b, value.shape[1], total, value.shape[3])),
+    )
+
+
+def split_cache(past: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:
+    """A ``DynamicCache`` holding ``past`` (per layer ``(key, value)``) whose ``update`` then returns the
+    new keys/values as they are: the attention function finds the past here and hands both to the op."""
+    from transformers import DynamicCache
+
+    class _SplitCache(DynamicCache):
+        def update(self, key_states, value_states, layer_idx, *args, **kwargs):  # noqa: ANN001, ANN202
+            if not getattr(self, "split", False):
+                return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+            return key_states, value_states
+
+    cache = _SplitCache()
+    for i, (k, v) in enumerate(past):
+        cache.update(k, v, i)
+    cache.split = True
+    return cache
+
+
+def _attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """The attention function transformers calls while :func:`fused_attention` is active."""
+    cache = getattr(_state, "cache", None)
+    if cache is None:
+        raise FusedAttentionError("the fused attention ran outside a capture")
+    if (
+        kwargs.get("softcap") is not None
+        or kwargs.get("head_mask") is not None
+        or kwargs.get("sinks") is not None
+    ):
+        raise FusedAttentionError("attention with soft-capping, head masks or sinks is not fused")
+    layer = getattr(module, "layer_idx", None)
+    if layer is None or layer >= len(cache.layers):
+        raise FusedAttentionError(f"attention module {type(module).__name__} has no cache layer")
+    past_key, past_value = cache.layers[layer].keys, cache.layers[layer].values
+    bias, seqlens, total = _bias(query, past_key, attention_mask)
+    scale = float(scaling) if scaling is not None else query.shape[3] ** -0.5
+    out, present_key, present_value = torch.ops.torchport.group_query_attention(
+        query, key, value, past_key, past_value, bias, seqlens, total, scale, query.shape[1], key.shape[1]
+    )
+    _state.presents[layer] = (present_key, present_value)
+    return out, None
+
+
+def _bias(
+    query: torch.Tensor, past_key: torch.Tensor, attention_mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The additive bias [b, 1, s, total], ``seqlens_k`` [b] (total − 1 for every row) and the total
+    length (int32 scalar), made once per mask and shared by the layers (one set of ops in the graph)."""
+    key = id(attention_mask)
+    made = _state.biases.get(key)
+    if made is not None:
+        return made
+    b, _, s, _ = query.shape
+    total = past_key.shape[2] + s
+    if attention_mask is None:
+        bias = query.new_zeros((b, 1, s, total))
+    elif attention_mask.dtype == torch.bool:
+        bias = torch.where(attention_mask, 0.0, MASKED).to(query.dtype)
+    else:
+        bias = attention_mask.to(query.dtype).clamp(min=MASKED)
+    bias = bias[:, :, :, -total:].expand(b, 1, s, total)
+    length = torch.full((), total, dtype=torch.int32)
+    made = (bias, (length - 1).expand(b), length)
+    _state.biases[key] = made
+    return made
+
+
+@contextlib.contextmanager
+def fused_attention(
+    model: torch.nn.Module, cache: Any
+) -> Iterator[dict[int, tuple[torch.Tensor, torch.Tensor]]]:
+    """Run ``model`` with the fused attention and ``cache`` (a :func:`split_cache`); yields the dict the
+    presents land in, per layer."""
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import sdpa_mask
+
+    AttentionInterface.register(FUSED_ATTENTION, _attention)
+    AttentionMaskInterface.register(FUSED_ATTENTION, sdpa_mask)
+    config = model.config
+    before = config._attn_implementation
+    _state.cache, _state.presents, _state.biases = cache, {}, {}
+    try:
+        config._attn_implementation = FUSED_ATTENTION
+        for sub in (getattr(config, "text_config", None),):
+            if sub is not None:
+                sub._attn_implementation = FUSED_ATTENTION
+        yield _state.presents
+    finally:
+        config._attn_implementation = before
+        _state.cache, _state.biases = None, {}
+
+
+#: GroupQueryAttention's inputs as ONNX Runtime defines them (``?``: optional)
+_GQA_INPUTS = (
+    "query:T key:T? value:T? past_key:T? past_value:T? seqlens_k:M total_sequence_length:M cos_cache:T? "
+    "sin_cache:T? position_ids:P? attention_bias:T? head_sink:T?"
+).split()
+_GQA_ATTRIBUTES = {
+    "num_heads": "INT",
+    "kv_num_heads": "INT",
+    "scale": "FLOAT",
+    "softcap": "FLOAT",
+    "local_window_size": "INT",
+    "do_rotary": "INT",
+    "rotary_interleaved": "INT",
+    "smooth_softmax": "INT",
+    "qk_output": "INT",
+}
+
+
+@contextlib.contextmanager
+def gqa_schema() -> Iterator[None]:
+    """Declare ``com.microsoft.GroupQueryAttention`` to onnx while translating (torch.onnx builds nodes
+    from schemas; onnx itself knows none of ONNX Runtime's), and withdraw it afterwards."""
+    from onnx import defs
+
+    if defs.has("GroupQueryAttention", "com.microsoft"):
+        yield
+        return
+    optional = defs.OpSchema.FormalParameterOption.Optional
+    inputs = []
+    for item in _GQA_INPUTS:
+        name, kind = item.split(":")
+        option = {"param_option": optional} if kind.endswith("?") else {}
+        inputs.append(defs.OpSchema.FormalParameter(name, kind.rstrip("?"), **option))
+    outputs = [defs.OpSchema.FormalParameter(n, "T") for n in ("output", "present_key", "present_value")]
+    attributes = [
+        defs.OpSchema.Attribute(n, getattr(defs.OpSchema.AttrType, t), required=n.endswith("num_heads"))
+        for n, t in _GQA_ATTRIBUTES.items()
+    ]
+    schema = defs.OpSchema(
+        "GroupQueryAttention",
+        "com.microsoft",
+        1,
+        inputs=inputs,
+        outputs=outputs,
+        type_constraints=[
+            ("T", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"], ""),
+            ("M", ["tensor(int32)"], ""),
+            ("P", ["tensor(int64)"], ""),
+        ],
+        attributes=attributes,
+    )
+    defs.register_schema(schema)
+    try:
+        yield
+    finally:
+        defs.deregister_schema("GroupQueryAttention", 1, "com.microsoft")
+
+
+def onnx_translations() -> dict[Any, Any]:
+    """torch.onnx ``custom_translation_table`` entries for the fused op (use inside :func:`gqa_schema`)."""
+    from onnxscript import opset18 as op
+    from onnxscript.values import Opset
+
+    msft = Opset("com.microsoft", 1)
+
+    def translate(query, key, value, past_key, past_value, bias, seqlens, total, scale, num_heads, kv_heads):  # noqa: ANN001, ANN202, E501
+        flat = op.Constant(value_ints=[0, 0, -1])
+        q = op.Reshape(op.Transpose(query, perm=[0, 2, 1, 3]), flat)
+        k = op.Reshape(op.Transpose(key, perm=[0, 2, 1, 3]), flat)
+        v = op.Reshape(op.Transpose(value, perm=[0, 2, 1, 3]), flat)
+        out, present_key, present_value = msft.GroupQueryAttention(
+            q,
+            k,
+            v,
+            past_key,
+            past_value,
+            seqlens,
+            total,
+            None,
+            None,
+            None,
+            bias,
+            num_heads=num_heads,
+            kv_num_heads=kv_heads,
+            scale=scale,
+        )
+        out = op.Reshape(out, op.Constant(value_ints=[0, 0, num_heads, -1]))
+        return out, present_key, present_value
+
+    return {torch.ops.torchport.group_query_attention.default: translate}
