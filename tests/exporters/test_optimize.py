@@ -53,6 +53,7 @@ def test_all_levels_fp16_int8_dynamic_write_variants_and_records(bert_pkg, tmp_p
     assert names == [
         ("fp32", "optimize"),
         ("fp32", "ort_fusions"),
+        ("fp32", "merge_matmuls"),
         ("fp32", "ort_offline"),
         ("fp16", "fp16"),
         ("int8", "ort_fusions"),
@@ -96,7 +97,7 @@ def test_level_none_leaves_fp32_untouched_and_disable_skips(bert_pkg, tmp_path):
     optimize_package(path, level="all", disable=["ort_fusions", "ort_offline"])
     m = ModelPackage.load(path).manifest
     skipped = {r["name"]: r["skipped"] for r in m.passes}
-    assert skipped == {"optimize": False, "ort_fusions": True, "ort_offline": True}
+    assert skipped == {"optimize": False, "ort_fusions": True, "merge_matmuls": False, "ort_offline": True}
     assert not any(k.startswith("com.microsoft") for k in op_counts(onnx.load(str(path / "model.onnx"))))
     assert "ort_offline" not in m.extra
 
