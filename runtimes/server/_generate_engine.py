@@ -174,10 +174,11 @@ class GenerationEngine:
         keep = [not (r.finished or self._running[id(r)].cancelled) for r in rows]
         for row in self.batch.drop(keep):
             self._finish(self._running.pop(id(row)))
-        for group in self._prefill_groups(self._admit()):
+        joining = self._admit()
+        for job in joining:  # running from now on: a failed prefill ends them with its error
+            self._running[id(job.request)] = job
+        for group in self._prefill_groups(joining):
             first = self.batch.add([j.request for j in group])
-            for job in group:
-                self._running[id(job.request)] = job
             self._deliver(first, rows=[j.request for j in group])
         self.peak_batch = max(self.peak_batch, len(self.batch.rows))
 

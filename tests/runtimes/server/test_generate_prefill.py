@@ -6,6 +6,7 @@ generating each prompt alone."""
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 
@@ -93,3 +94,41 @@ def test_the_default_groups_prompts_of_about_128_tokens(session: Session) -> Non
     ]
     sizes = [len(g) for g in engine._prefill_groups(jobs)]
     assert sizes == [4, 1, 1, 1]  # 4 × 32 = 128; 100 alone; 2 × 100 > 128
+
+
+def test_a_failing_prefill_ends_every_joiner_with_the_error(session: Session) -> None:
+    """A token id beyond the vocabulary passes the engine's check and fails in ONNX Runtime: the
+    joiners of every group learn (none is left waiting), and the engine serves the next request."""
+    engine = GenerationEngine(session, prefill_tokens=4)
+
+    async def go() -> tuple[list[BaseException | None], list[int]]:
+        loop = asyncio.get_running_loop()
+        prompts = [[1, 5, 9], [1, 10**6, 3], [1, 7, 8]]  # three groups; the second fails
+        done = [loop.create_future() for _ in prompts]
+        with engine._cv:
+            for prompt, fut in zip(prompts, done, strict=True):
+                params = SamplingParams(max_new_tokens=NEW, ignore_eos=True)
+                engine.submit(Job(GenRequest(prompt, params), lambda t: None, fut.set_result, loop))
+        errors = await asyncio.wait_for(asyncio.gather(*done), 60)
+        tokens: list[int] = []
+        after = loop.create_future()
+        params = SamplingParams(max_new_tokens=NEW, ignore_eos=True)
+        engine.submit(
+            Job(
+                GenRequest([1, 5, 9], params),
+                lambda t: t is not None and tokens.append(t),
+                after.set_result,
+                loop,
+            )
+        )
+        assert await asyncio.wait_for(after, 60) is None
+        return errors, tokens
+
+    try:
+        errors, tokens = asyncio.run(go())
+    finally:
+        engine.close()
+    assert all(isinstance(e, Exception) for e in errors), errors
+    assert any(re.search(r"out of (data )?bounds|invalid|index", str(e), re.I) for e in errors), errors
+    want = Generator(session).generate([[1, 5, 9]], SamplingParams(max_new_tokens=NEW, ignore_eos=True))
+    assert tokens == want.tokens[0]
