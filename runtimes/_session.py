@@ -140,6 +140,9 @@ class Session:
         self.output_names = [s.name for s in self.output_specs]
         self.dynamic_dims: dict[str, DimRange] = dict(manifest.dynamic_dims) if manifest else {}
         self._input_by_name = {s.name: s for s in self.input_specs}
+        generation = (self.manifest.extra or {}).get("generation") if self.manifest else None
+        #: a decoder captured with GroupQueryAttention: no multi-token step with a past above batch 1
+        self._fused_attention = isinstance(generation, dict) and generation.get("attention") == "fused"
         self._output_set = set(self.output_names)
         self._has_bf16 = any(s.dtype == "bfloat16" for s in self.input_specs + self.output_specs)
         #: ONNX Runtime's own run (below its Python wrapper, whose input check validation already
@@ -284,6 +287,32 @@ class Session:
                 )
             check_shape(spec, arr.shape, self.dynamic_dims, seen)
             check_value_range(spec, arr)
+        self.check_attention_step(inputs)
+
+    def check_attention_step(self, inputs: Mapping[str, np.ndarray]) -> None:
+        """Refuse what a decoder captured with fused attention cannot run: a step of several tokens
+        with a past, for more than one row (ONNX Runtime's GroupQueryAttention takes it for batch 1).
+
+        Raises:
+            InferenceInputError: saying what to do instead.
+        """
+        if not self._fused_attention:
+            return
+        ids = inputs.get("input_ids")
+        past = next((v for k, v in inputs.items() if k.startswith("past_key_values.")), None)
+        shape = getattr(ids, "shape", ())
+        if (
+            len(shape) == 2
+            and shape[0] > 1
+            and shape[1] > 1
+            and getattr(past, "ndim", 0) == 4
+            and past.shape[2]
+        ):
+            raise InferenceInputError(
+                f"a step of {shape[1]} tokens with a past takes batch 1 in {self.name!r} (its attention is "
+                "ONNX Runtime's GroupQueryAttention): run prompts with an empty past and decode one token per "
+                "step, or export with --attention standard"
+            )
 
     # -- running ---------------------------------------------------------------------------------
 

@@ -101,10 +101,11 @@ class ModelEntry:
                 raise HTTPError(
                     400, f"unknown output {name!r}; model {model!r} has: {', '.join(self.output_datatypes)}"
                 )
-        if checked:
-            return inputs, False
         text = self.text
         try:
+            if checked:
+                self.session.check_attention_step(inputs)
+                return inputs, False
             if text is not None and TEXT in inputs:
                 return text.encode(inputs), True
             self.session.validate_inputs(inputs)

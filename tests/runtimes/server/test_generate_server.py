@@ -225,3 +225,38 @@ def test_curl_streams_tokens(server) -> None:
     assert events and "".join(e["text_output"] for e in events) == _local(
         server, "the quick brown", max_new_tokens=16
     )
+
+
+def test_infer_refuses_a_batched_multi_token_step_with_a_past(server) -> None:
+    """The fused attention takes a multi-token step with a past for batch 1 only: a client's batch of 2
+    gets a 400 saying what to do (not ONNX Runtime's error as a 500); batch 1 runs."""
+    meta = json.loads(http(server, "GET", "/v2/models/llama")[2])
+    past = [i for i in meta["inputs"] if i["name"].startswith("past_key_values.")]
+
+    def request(batch: int) -> dict:
+        inputs = [
+            {"name": "input_ids", "datatype": "INT64", "shape": [batch, 3], "data": [5] * (batch * 3)},
+            {"name": "attention_mask", "datatype": "INT64", "shape": [batch, 5], "data": [1] * (batch * 5)},
+        ]
+        if any(i["name"] == "position_ids" for i in meta["inputs"]):
+            inputs.append(
+                {"name": "position_ids", "datatype": "INT64", "shape": [batch, 3], "data": [2, 3, 4] * batch}
+            )
+        for spec in past:
+            shape = [batch, spec["shape"][1], 2, spec["shape"][3]]
+            inputs.append(
+                {"name": spec["name"], "datatype": "FP32", "shape": shape, "data": [0.0] * _count(shape)}
+            )
+        return {"inputs": inputs, "outputs": [{"name": "logits"}]}
+
+    status, body = _post(server, "/v2/models/llama/infer", request(2))
+    assert status == 400 and "takes batch 1" in body["error"] and "--attention standard" in body["error"]
+    status, body = _post(server, "/v2/models/llama/infer", request(1))
+    assert status == 200 and body["outputs"][0]["shape"][:2] == [1, 3]
+
+
+def _count(shape: list[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
