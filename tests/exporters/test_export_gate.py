@@ -72,6 +72,7 @@ def test_export_with_optimization_options_writes_validated_variants(tmp_path):
     assert [r["name"] for r in m.passes] == [
         "optimize",
         "ort_fusions",
+        "merge_matmuls",
         "ort_offline",
         "fp16",
         "ort_fusions",
