@@ -64,6 +64,6 @@ def test_pass_history_is_kept_per_variant_across_runs(validated_cnn):
     optimize_package(validated_cnn, level="basic", n=2)
     optimize_package(validated_cnn, level="none", fp16=True, n=2)
     m = ModelPackage.load(validated_cnn).manifest
-    assert [p["name"] for p in m.variants["fp32"].passes] == ["optimize"]
-    assert [p["name"] for p in m.variants["fp16"].passes] == ["optimize", "fp16"]
+    assert [p["name"] for p in m.variants["fp32"].passes] == ["optimize", "merge_matmuls"]
+    assert [p["name"] for p in m.variants["fp16"].passes] == ["optimize", "merge_matmuls", "fp16"]
     assert m.validated
