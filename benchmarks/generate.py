@@ -325,7 +325,7 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--no-genai", action="store_true")
     parser.add_argument("--no-server", action="store_true")
-    parser.add_argument("--level", default="basic", help="torchport --level for both variants")
+    parser.add_argument("--level", default="all", help="torchport --level for both variants")
     parser.add_argument(
         "--agreement-prompts",
         type=int,
