@@ -180,18 +180,17 @@ def fused_attention(
 
     AttentionInterface.register(FUSED_ATTENTION, _attention)
     AttentionMaskInterface.register(FUSED_ATTENTION, sdpa_mask)
-    config = model.config
-    before = config._attn_implementation
+    configs = [c for c in (model.config, getattr(model.config, "text_config", None)) if c is not None]
+    before = [c._attn_implementation for c in configs]
     _state.cache, _state.presents, _state.biases = cache, {}, {}
     try:
-        config._attn_implementation = FUSED_ATTENTION
-        for sub in (getattr(config, "text_config", None),):
-            if sub is not None:
-                sub._attn_implementation = FUSED_ATTENTION
+        for config in configs:
+            config._attn_implementation = FUSED_ATTENTION
         yield _state.presents
     finally:
-        config._attn_implementation = before
-        _state.cache, _state.biases = None, {}
+        for config, implementation in zip(configs, before, strict=True):
+            config._attn_implementation = implementation
+        _state.cache, _state.presents, _state.biases = None, {}, {}
 
 
 #: GroupQueryAttention's inputs as ONNX Runtime defines them (``?``: optional)

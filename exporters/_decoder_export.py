@@ -22,6 +22,7 @@ both).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import time
 from collections.abc import Mapping, Sequence
@@ -679,35 +680,34 @@ def _capture_and_translate(
     """Capture and translate with the fused attention when asked (falling back to the model's own
     attention, with a note, where the fused op does not fit); returns the ONNX model and the
     attention used (``"fused"`` or ``"standard"``)."""
-    from torchport.exporters._decoder_attention import gqa_schema, onnx_translations
-
-    sig = module.signature
     if options.attention == "fused":
         module.fused = True
         try:
-            program = capture_decoder(module, dims)
-            with quiet_torch_logs(), gqa_schema():
-                model = onnx_from_program(
-                    program,
-                    input_names=sig.input_names(),
-                    output_names=sig.output_names(),
-                    opset=options.opset,
-                    custom_translation_table=onnx_translations(),
-                )
-            return model, "fused"
+            return _translate(module, dims, options.opset, fused=True), "fused"
         except Exception as e:  # noqa: BLE001 - any failure of the fused path: the standard one decides
             notes.append(f"fused attention not used ({first_line(e)[:160]})")
         finally:
             module.fused = False
+    return _translate(module, dims, options.opset, fused=False), "standard"
+
+
+def _translate(module: DecoderModule, dims: Mapping[str, DimRange], opset: int | None, *, fused: bool) -> Any:
+    """Capture ``module`` and translate it to ONNX (with the fused attention's op and translation)."""
+    from torchport.exporters._decoder_attention import gqa_schema, onnx_translations
+
+    sig = module.signature
     program = capture_decoder(module, dims)
     try:
-        with quiet_torch_logs():
-            model = onnx_from_program(
-                program, input_names=sig.input_names(), output_names=sig.output_names(), opset=options.opset
+        with quiet_torch_logs(), gqa_schema() if fused else contextlib.nullcontext():
+            return onnx_from_program(
+                program,
+                input_names=sig.input_names(),
+                output_names=sig.output_names(),
+                opset=opset,
+                custom_translation_table=onnx_translations() if fused else None,
             )
     except Exception as e:  # noqa: BLE001
         raise export_error("ONNX translation", e, prefix="torch.onnx dynamo exporter", program=program) from e
-    return model, "standard"
 
 
 def _name_total_dims(model: Any) -> None:
