@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import socket
 import struct
+import threading
 import time
 
 import numpy as np
@@ -231,21 +232,43 @@ def test_a_client_that_never_reads_is_dropped_and_holds_no_budget(repo):
             raw_input_contents=[len(blob).to_bytes(4, "little") + blob],
         ).SerializeToString()
         first, later, data = request_frames("t", _INFER, message)
+        h2 = srv.grpc._h2
+        # watch the server side: did it pause reading this connection (it lasts the idle timeout)?
+        paused, done = threading.Event(), threading.Event()
+
+        def watch() -> None:
+            while not done.is_set() and not paused.is_set():
+                if any(conn.read_paused for conn in list(h2.connections)):
+                    paused.set()
+                time.sleep(0.005)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
         c.sock.settimeout(2)
-        sent = 0
         try:
             for i in range(64):
-                payload = frame(_HEADERS, 0x4, 2 * i + 1, first if i == 0 else later)
+                sid = 2 * i + 1
+                payload = frame(_HEADERS, 0x4, sid, first if i == 0 else later)
                 for k in range(0, len(data), 16384):
                     flags = 0x1 if k + 16384 >= len(data) else 0
-                    payload += frame(_DATA, flags, 2 * i + 1, data[k : k + 16384])
+                    payload += frame(_DATA, flags, sid, data[k : k + 16384])
                 c.sock.sendall(payload)
-                sent += 1
+                # one request at a time: wait until it is answered (its stream is gone), so a slow
+                # (loaded) server cannot read far ahead of its own answers
+                deadline = time.monotonic() + 10
+                while not paused.is_set() and time.monotonic() < deadline:
+                    conn = next(iter(h2.connections), None)
+                    if conn is None or sid not in conn.streams:
+                        break
+                    time.sleep(0.01)
+                if paused.is_set() or not h2.connections:
+                    break
         except (TimeoutError, ConnectionResetError, BrokenPipeError):
             pass  # the server stopped reading (its answers are not being read), then dropped us
-        assert sent < 64, "the server kept reading although its answers were never read"
+        done.set()
+        watcher.join()
+        assert paused.is_set(), "the server kept reading although its answers were never read"
         _still_serves(srv)
-        h2 = srv.grpc._h2
         deadline = time.monotonic() + 10
         while h2.connections and time.monotonic() < deadline:
             time.sleep(0.1)
