@@ -7,12 +7,17 @@ kernel launch per decode step, and on a CPU a small model spends as long in them
 products. With :func:`fused_attention` active during capture:
 
 * the cache object hands the attention function the new keys/values only (the past stays separate),
-* the attention function calls the custom op ``torchport::group_query_attention`` (query, new
-  key/value, past key/value, an additive attention bias with the padding and any sliding window),
-  which returns the output and the two presents (past + new),
+* the model makes no 4-D mask; the attention function calls the custom op
+  ``torchport::group_query_attention`` (query, new key/value, past key/value, an additive bias made
+  from the 2-D attention mask — the padding —, and the layer's sliding window), which returns the
+  output and the two presents (past + new),
 * torch.onnx translates that op to ``com.microsoft.GroupQueryAttention`` (``seqlens_k`` = total length
   − 1 for every row, since batches are left-padded and the bias masks the padding; the op applies
-  the causal mask itself).
+  the causal mask itself, and the window as ``local_window_size``).
+
+Every length comes from the attention mask, none from the past: given a past buffer longer than the
+mask, bound as its present too, ONNX Runtime writes the new keys/values into it in place at the
+mask's length (what the generate loop does).
 
 In eager mode the op computes exactly what the model's own attention does (concatenate, repeat the
 key/value heads, scaled dot-product attention with the bias and the causal mask), so the capture
@@ -20,8 +25,9 @@ sees the same numbers; parity is still checked against the unmodified model.
 
 ONNX Runtime's ``GroupQueryAttention`` runs on the CPU in float32 and float16; it does not take a
 prompt of several tokens *and* a past for batches above one (the generation loop never asks for
-that: prompts run with an empty past, decode steps take one token), and its CUDA kernel runs
-float16/bfloat16 only, so a float32 package served on CUDA wants ``attention="standard"``.
+that: prompts run with an empty past, decode steps take one token), it takes head sizes in multiples
+of 8 (others fall back to the standard attention), and its CUDA kernel runs float16/bfloat16 only,
+so a float32 package served on CUDA wants ``attention="standard"``.
 """
 
 from __future__ import annotations
@@ -67,10 +73,13 @@ def group_query_attention(
     scale: float,
     num_heads: int,
     kv_heads: int,
+    window: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``query`` [b, heads, s, d], ``key``/``value`` [b, kv_heads, s, d] (new tokens), pasts
     [b, kv_heads, p, d], ``bias`` [b, 1, s, p+s] → output [b, s, heads, d], presents [b, kv_heads, p+s, d].
-    ``seqlens`` / ``total`` are ONNX Runtime's ``seqlens_k`` and ``total_sequence_length`` (unused here)."""
+    ``window`` > 0: a query sees the last ``window`` positions, itself included (ONNX Runtime's
+    ``local_window_size``, as Hugging Face's ``sliding_window``). ``seqlens`` / ``total`` are ONNX Runtime's ``seqlens_k`` and
+    ``total_sequence_length`` (unused here)."""
     present_key = torch.cat([past_key, key], dim=2)
     present_value = torch.cat([past_value, value], dim=2)
     groups = num_heads // kv_heads
@@ -78,13 +87,15 @@ def group_query_attention(
     values = present_value.repeat_interleave(groups, dim=1) if groups > 1 else present_value
     s, t = query.shape[2], present_key.shape[2]
     causal = torch.ones(s, t, dtype=torch.bool, device=query.device).tril(t - s)
+    if window > 0:
+        causal = causal & ~torch.ones(s, t, dtype=torch.bool, device=query.device).tril(t - s - window)
     mask = bias.to(query.dtype).masked_fill(~causal, MASKED)
     out = torch.nn.functional.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scale)
     return out.transpose(1, 2).contiguous(), present_key, present_value
 
 
 @group_query_attention.register_fake
-def _(query, key, value, past_key, past_value, bias, seqlens, total, scale, num_heads, kv_heads):  # noqa: ANN001, ANN202
+def _(query, key, value, past_key, past_value, bias, seqlens, total, scale, num_heads, kv_heads, window):  # noqa: ANN001, ANN202, E501
     b, h, s, d = query.shape
     total = past_key.shape[2] + key.shape[2]
     return (
@@ -136,53 +147,64 @@ def _attention(
     if layer is None or layer >= len(cache.layers):
         raise FusedAttentionError(f"attention module {type(module).__name__} has no cache layer")
     past_key, past_value = cache.layers[layer].keys, cache.layers[layer].values
-    bias, seqlens, total = _bias(query, past_key, attention_mask)
+    bias, seqlens, total = _bias(query)
     scale = float(scaling) if scaling is not None else query.shape[3] ** -0.5
+    if query.shape[3] % 8:
+        raise FusedAttentionError(f"head size {query.shape[3]}: GroupQueryAttention takes multiples of 8")
+    window = int(kwargs.get("sliding_window") or -1)
     out, present_key, present_value = torch.ops.torchport.group_query_attention(
-        query, key, value, past_key, past_value, bias, seqlens, total, scale, query.shape[1], key.shape[1]
+        query,
+        key,
+        value,
+        past_key,
+        past_value,
+        bias,
+        seqlens,
+        total,
+        scale,
+        query.shape[1],
+        key.shape[1],
+        window,
     )
     _state.presents[layer] = (present_key, present_value)
     return out, None
 
 
-def _bias(
-    query: torch.Tensor, past_key: torch.Tensor, attention_mask: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The additive bias [b, 1, s, total], ``seqlens_k`` [b] (total − 1 for every row) and the total
-    length (int32 scalar), made once per mask and shared by the layers (one set of ops in the graph)."""
-    key = id(attention_mask)
-    made = _state.biases.get(key)
-    if made is not None:
-        return made
+def _bias(query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The additive bias [b, 1, s, total] (the padding of the 2-D attention mask), ``seqlens_k`` [b]
+    (total − 1 for every row) and the total length (int32 scalar), all from the mask alone: nothing
+    in the graph reads the past's length, so a past of any length (a pre-allocated buffer the op
+    writes into) gives the same result. Made once and shared by the layers."""
+    if _state.biases:
+        return _state.biases
+    mask = _state.mask
     b, _, s, _ = query.shape
-    total = past_key.shape[2] + s
-    if attention_mask is None:
-        bias = query.new_zeros((b, 1, s, total))
-    elif attention_mask.dtype == torch.bool:
-        bias = torch.where(attention_mask, 0.0, MASKED).to(query.dtype)
-    else:
-        bias = attention_mask.to(query.dtype).clamp(min=MASKED)
-    bias = bias[:, :, :, -total:].expand(b, 1, s, total)
+    total = mask.shape[1]
+    bias = torch.where(mask.bool(), 0.0, MASKED).to(query.dtype)[:, None, None, :].expand(b, 1, s, total)
     length = torch.full((), total, dtype=torch.int32)
-    made = (bias, (length - 1).expand(b), length)
-    _state.biases[key] = made
-    return made
+    _state.biases = (bias, (length - 1).expand(b), length)
+    return _state.biases
+
+
+def _no_mask(**kwargs: Any) -> None:
+    """The mask function while capturing: none (the fused op masks causally, :func:`_bias` the padding,
+    ``local_window_size`` the sliding window)."""
+    return None
 
 
 @contextlib.contextmanager
 def fused_attention(
-    model: torch.nn.Module, cache: Any
+    model: torch.nn.Module, cache: Any, attention_mask: torch.Tensor
 ) -> Iterator[dict[int, tuple[torch.Tensor, torch.Tensor]]]:
-    """Run ``model`` with the fused attention and ``cache`` (a :func:`split_cache`); yields the dict the
-    presents land in, per layer."""
+    """Run ``model`` with the fused attention, ``cache`` (a :func:`split_cache`) and the 2-D
+    ``attention_mask`` [b, total] the model is called with; yields the dict the presents land in, per layer."""
     from transformers import AttentionInterface, AttentionMaskInterface
-    from transformers.masking_utils import sdpa_mask
 
     AttentionInterface.register(FUSED_ATTENTION, _attention)
-    AttentionMaskInterface.register(FUSED_ATTENTION, sdpa_mask)
+    AttentionMaskInterface.register(FUSED_ATTENTION, _no_mask)
     configs = [c for c in (model.config, getattr(model.config, "text_config", None)) if c is not None]
     before = [c._attn_implementation for c in configs]
-    _state.cache, _state.presents, _state.biases = cache, {}, {}
+    _state.cache, _state.presents, _state.biases, _state.mask = cache, {}, None, attention_mask
     try:
         for config in configs:
             config._attn_implementation = FUSED_ATTENTION
@@ -190,7 +212,7 @@ def fused_attention(
     finally:
         for config, implementation in zip(configs, before, strict=True):
             config._attn_implementation = implementation
-        _state.cache, _state.presents, _state.biases = None, {}, {}
+        _state.cache, _state.presents, _state.biases, _state.mask = None, {}, None, None
 
 
 #: GroupQueryAttention's inputs as ONNX Runtime defines them (``?``: optional)
@@ -258,7 +280,9 @@ def onnx_translations() -> dict[Any, Any]:
 
     msft = Opset("com.microsoft", 1)
 
-    def translate(query, key, value, past_key, past_value, bias, seqlens, total, scale, num_heads, kv_heads):  # noqa: ANN001, ANN202, E501
+    def translate(
+        query, key, value, past_key, past_value, bias, seqlens, total, scale, num_heads, kv_heads, window
+    ):  # noqa: ANN001, ANN202, E501
         flat = op.Constant(value_ints=[0, 0, -1])
         q = op.Reshape(op.Transpose(query, perm=[0, 2, 1, 3]), flat)
         k = op.Reshape(op.Transpose(key, perm=[0, 2, 1, 3]), flat)
@@ -278,6 +302,7 @@ def onnx_translations() -> dict[Any, Any]:
             num_heads=num_heads,
             kv_num_heads=kv_heads,
             scale=scale,
+            local_window_size=window,
         )
         out = op.Reshape(out, op.Constant(value_ints=[0, 0, num_heads, -1]))
         return out, present_key, present_value

@@ -7,7 +7,10 @@ A causal LM exported this way takes
 
 and returns ``logits[batch, seq, vocab]`` and ``present.<i>.key / .value[batch, kv_heads,
 past_seq+seq, head_dim]``. One graph serves the prompt step (``past_seq = 0``) and every decode step
-(the presents of one step are the pasts of the next).
+(the presents of one step are the pasts of the next). With the fused attention (the default, see
+``_decoder_attention``) nothing in the graph reads the past's length: the mask gives it, so the past
+may also be a longer pre-allocated buffer that the step writes into and returns as its present
+(``extra.generation.kv_cache: shared-buffer``).
 
 The capture wraps the model in :class:`DecoderModule`, which rebuilds a ``DynamicCache`` from the flat
 past tensors; ``attention_mask``'s length is left to torch.export (``Dim.AUTO``) so it may be any
@@ -226,7 +229,7 @@ class DecoderModule(torch.nn.Module):
 
         sig = self.signature
         cache = split_cache([(past[2 * i], past[2 * i + 1]) for i in range(sig.num_layers)])
-        with fused_attention(self.model, cache) as presents:
+        with fused_attention(self.model, cache, attention_mask) as presents:
             out = self.model(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -801,6 +804,10 @@ def export_text_generation(
         "generation": generation_extra(done["signature"], loaded.hf_config, done["dims"])
     }
     extra["generation"]["attention"] = done["attention"]
+    if done["attention"] == "fused":
+        # the fused op reads the lengths from the mask and writes into the past it is given: a
+        # pre-allocated buffer can be both past and present (see runtimes' DecodeBatch)
+        extra["generation"]["kv_cache"] = "shared-buffer"
     text = copy_text_assets(loaded.reference, writer.path, loaded.hf_config, task="text-generation")
     if text is not None:
         extra["generation"].update(text.pop("generation_defaults", {}))

@@ -3,8 +3,9 @@
 The decoder takes ``input_ids``, ``attention_mask``, ``position_ids`` (when it uses them) and
 ``past_key_values.<i>.key/value`` and returns ``logits`` and ``present.<i>.key/value`` (see
 ``torchport.exporters._decoder_export``). :class:`DecodeBatch` keeps the cache between steps as
-ONNX Runtime values bound with IOBinding: each step's presents are bound as the next step's pasts as
-they are, never copied out to numpy and back. Rows join a running batch (their prompt is run on its
+ONNX Runtime values bound with IOBinding, never copied out to numpy and back: for a fused-attention
+package one pre-allocated buffer per layer's keys and values, bound as both past and present, which
+each step writes its new positions into; otherwise each step's presents become the next step's pasts. Rows join a running batch (their prompt is run on its
 own, then their cache is left-padded to the batch's length) and leave it at step boundaries; that is
 what the server's continuous batching uses, and :class:`Generator` runs one batch to the end.
 
@@ -109,6 +110,8 @@ class DecoderSpec:
     max_seq: int
     eos_token_ids: tuple[int, ...]
     pad_token_id: int
+    #: the decoder takes a past longer than the mask (a pre-allocated buffer) and writes into it in place
+    shared_buffer: bool = False
 
     @classmethod
     def from_manifest(cls, manifest: Any) -> DecoderSpec:
@@ -137,6 +140,7 @@ class DecoderSpec:
             max_seq=int(dims["seq"].max) if "seq" in dims else int(gen.get("max_positions", 1)),
             eos_token_ids=eos,
             pad_token_id=int(pad[0]),
+            shared_buffer=gen.get("kv_cache") == "shared-buffer",
         )
 
 
@@ -232,6 +236,12 @@ def pick_token(logits: np.ndarray, seq: GenRequest) -> int:
 class DecodeBatch:
     """Sequences decoded together, their key/value cache kept in ONNX Runtime between steps.
 
+    For a decoder exported with the shared-buffer cache (``extra.generation.kv_cache``), each layer's
+    keys and values live in one pre-allocated buffer [rows, kv_heads, capacity, head_dim] bound as both
+    the past input and the present output: each step writes its new keys/values into it in place, so
+    no step copies the cache. Other decoders get each step's presents (past + new) as the next
+    step's pasts. Either way the cache is copied only when rows join or leave, or the buffer grows.
+
     Example:
         >>> batch = DecodeBatch(session)                                 # doctest: +SKIP
         >>> batch.add([GenRequest([1, 5, 9], SamplingParams(max_new_tokens=4))])
@@ -247,10 +257,15 @@ class DecodeBatch:
         self.spec = DecoderSpec.from_manifest(session.manifest)
         self._sess = session._sess
         self._device = "cuda" if getattr(session, "_use_iobinding", False) else "cpu"
+        self._shared = self.spec.shared_buffer
         self.rows: list[GenRequest] = []
+        #: [rows, width]: 1 where a row has a token; the cache holds ``width`` positions (left-padded)
         self.mask = np.zeros((0, 0), np.int64)
+        #: per past input: [rows, kv_heads, length, head_dim], length = width (or the buffer's capacity)
         self.past: list[Any] = []
         self._np_dtype = np.dtype(self.spec.kv_dtype)
+        #: (caches, binding) of the last shared-buffer run, reused while the caches stay the same
+        self._bound: tuple[Any, Any] | None = None
 
     # -- checks -------------------------------------------------------------------------------------
 
@@ -274,25 +289,54 @@ class DecodeBatch:
     def _run(
         self, input_ids: np.ndarray, mask: np.ndarray, past: Sequence[Any]
     ) -> tuple[np.ndarray, list[Any]]:
-        binding = self._sess.io_binding()
+        reuse = self._shared and self._bound is not None and self._bound[0] is past
+        if reuse:  # the same buffers as the last step: only the small inputs change
+            binding = self._bound[1]
+            binding.bind_output("logits", "cpu")  # a fresh logits array, not last step's (same slot)
+        else:
+            binding = self._sess.io_binding()
+            binding.bind_output("logits", "cpu")  # first: outputs come back in the order bound
+            for name, value in zip(self.spec.past_names, past, strict=True):
+                binding.bind_ortvalue_input(name, value)
+            for name, value in zip(self.spec.present_names, past, strict=True):
+                if self._shared:  # the same buffer: the op writes the new positions into it
+                    binding.bind_ortvalue_output(name, value)
+                else:
+                    binding.bind_output(name, self._device)
+            self._bound = (past, binding) if self._shared else None
         binding.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids, np.int64))
         binding.bind_cpu_input("attention_mask", np.ascontiguousarray(mask, np.int64))
         if self.spec.position_ids:
             pos = np.cumsum(mask, axis=-1) - 1
             pos = np.where(mask == 0, 1, pos)[:, -input_ids.shape[1] :]
             binding.bind_cpu_input("position_ids", np.ascontiguousarray(pos, np.int64))
-        for name, value in zip(self.spec.past_names, past, strict=True):
-            binding.bind_ortvalue_input(name, value)
-        binding.bind_output("logits", "cpu")
-        for name in self.spec.present_names:
-            binding.bind_output(name, self._device)
         self._sess.run_with_iobinding(binding)
         outs = binding.get_outputs()
         logits = outs[0].numpy()[:, -1, :]
-        return logits, list(outs[1:])
+        return logits, past if self._shared else list(outs[1:])
 
     def _ortvalue(self, arr: np.ndarray) -> Any:
         return self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arr), self._device)
+
+    def _room(self, rows: Sequence[GenRequest]) -> int:
+        """Positions the cache still needs for ``rows`` (their remaining tokens; 0 without a shared buffer)."""
+        if not self._shared:
+            return 0
+        return max([r.params.max_new_tokens - len(r.tokens) for r in rows if not r.finished] + [1])
+
+    def _layout(self, parts: Sequence[tuple[list[Any], Any, int, int]], width: int, room: int) -> list[Any]:
+        """New caches from ``parts`` — (caches, rows, first, end): those rows' positions ``first:end`` —
+        stacked by rows and right-aligned at ``width`` (left padding), with ``room`` free positions after."""
+        out = []
+        for j, (heads, dim) in enumerate(zip(self.spec.kv_heads, self.spec.head_dims, strict=True)):
+            arrays = [(caches[j].numpy()[rows], first, end) for caches, rows, first, end in parts]
+            buf = np.zeros((sum(a.shape[0] for a, _, _ in arrays), heads, width + room, dim), self._np_dtype)
+            r = 0
+            for a, first, end in arrays:
+                buf[r : r + a.shape[0], :, width - (end - first) : width] = a[:, :, first:end]
+                r += a.shape[0]
+            out.append(self._ortvalue(buf))
+        return out
 
     def _sample(self, logits: np.ndarray, rows: Sequence[GenRequest]) -> list[int | None]:
         """Pick one token per row; finished rows get ``None``."""
@@ -337,8 +381,10 @@ class DecodeBatch:
         for i, s in enumerate(seqs):
             ids[i, longest - len(s.prompt) :] = s.prompt
             mask[i, longest - len(s.prompt) :] = 1
+        # an empty past, or (shared buffer) one with room for the prompt and every new token
+        length = longest + self._room(seqs) if self._shared else 0
         empty = [
-            self._ortvalue(np.zeros((len(seqs), h, 0, d), self._np_dtype))
+            self._ortvalue(np.zeros((len(seqs), h, length, d), self._np_dtype))
             for h, d in zip(self.spec.kv_heads, self.spec.head_dims, strict=True)
         ]
         logits, present = self._run(ids, mask, empty)
@@ -350,22 +396,18 @@ class DecodeBatch:
         if not self.rows:
             self.rows, self.mask, self.past = seqs, mask, present
             return
-        total = max(self.mask.shape[1], mask.shape[1])
+        old, new = self.mask.shape[1], mask.shape[1]
+        width = max(old, new)
 
-        def left_pad(arr: np.ndarray, axis: int) -> np.ndarray:
-            missing = total - arr.shape[axis]
-            if missing == 0:
-                return arr
-            widths = [(0, 0)] * arr.ndim
-            widths[axis] = (missing, 0)
-            return np.pad(arr, widths)
+        def left_pad(m: np.ndarray) -> np.ndarray:
+            return np.pad(m, [(0, 0), (width - m.shape[1], 0)])
 
-        self.mask = np.concatenate([left_pad(self.mask, 1), left_pad(mask, 1)], axis=0)
-        self.past = [
-            self._ortvalue(np.concatenate([left_pad(old.numpy(), 2), left_pad(new.numpy(), 2)], axis=0))
-            for old, new in zip(self.past, present, strict=True)
-        ]
+        self.mask = np.concatenate([left_pad(self.mask), left_pad(mask)], axis=0)
         self.rows = self.rows + seqs
+        everything = slice(None)
+        self.past = self._layout(
+            [(self.past, everything, 0, old), (present, everything, 0, new)], width, self._room(self.rows)
+        )
 
     def step(self) -> list[int | None]:
         """One decode step for every row: feed each row's last token, pick the next.
@@ -380,6 +422,9 @@ class DecodeBatch:
             else self.spec.pad_token_id
             for r in self.rows
         ]
+        width = self.mask.shape[1]
+        if self._shared and self.past[0].shape()[2] <= width:  # the buffer is full: grow it (one copy)
+            self.past = self._layout([(self.past, slice(None), 0, width)], width, self._room(self.rows))
         self.mask = np.concatenate([self.mask, np.ones((len(self.rows), 1), np.int64)], axis=1)
         logits, self.past = self._run(np.asarray(last, np.int64)[:, None], self.mask, self.past)
         return self._sample(logits, self.rows)
@@ -397,9 +442,10 @@ class DecodeBatch:
         mask = self.mask[keep_idx]
         used = np.flatnonzero(mask.any(axis=0))
         start = int(used[0]) if used.size else 0
+        width = self.mask.shape[1]
         self.mask = np.ascontiguousarray(mask[:, start:])
-        self.past = [self._ortvalue(v.numpy()[keep_idx][:, :, start:]) for v in self.past]
         self.rows = [self.rows[i] for i in keep_idx]
+        self.past = self._layout([(self.past, keep_idx, start, width)], width - start, self._room(self.rows))
         return dropped
 
     def drop_finished(self) -> list[GenRequest]:

@@ -44,6 +44,8 @@ CONFIGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
         lambda T: T.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=128, **_common()),
     ),
     "llama": ("LlamaForCausalLM", _llama_like("LlamaConfig")),
+    # a head size GroupQueryAttention does not take (multiples of 8 only): the capture falls back
+    "llama_head4": ("LlamaForCausalLM", _llama_like("LlamaConfig", head_dim=4)),
     "qwen2": ("Qwen2ForCausalLM", _llama_like("Qwen2Config")),
     "mistral": ("MistralForCausalLM", _llama_like("MistralConfig", sliding_window=None)),
     "mistral_sw": ("MistralForCausalLM", _llama_like("MistralConfig", sliding_window=16)),

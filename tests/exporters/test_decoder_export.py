@@ -24,6 +24,7 @@ from torchport.exporters._decoder_export import (  # noqa: E402
 from torchport.exporters._loading import load_model  # noqa: E402
 from torchport.exporters._onnx_passes import output_head  # noqa: E402
 from torchport.runtimes import ModelPackage, Session, UsageError  # noqa: E402
+from torchport.runtimes._generate import DecoderSpec  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -157,10 +158,21 @@ def test_fused_attention_generates_what_the_models_own_attention_does(name: str,
             )
         mask = np.concatenate([mask, np.ones((2, 1), np.int64)], axis=1)
         feeds = decoder_inputs(sig, np.argmax(a[0][:, -1:], -1), mask, a[1:])
+    # the fused package's generate loop writes into one buffer per layer; the standard one concatenates
+    assert DecoderSpec.from_manifest(fused.manifest).shared_buffer
+    assert not DecoderSpec.from_manifest(standard.manifest).shared_buffer
     prompts = [[1, 5, 9, 14], [1, 7], [1, 3, 3, 8, 20, 11]]
     assert _greedy(Session.from_package(fused.path), prompts, 32) == _greedy(
         Session.from_package(standard.path), prompts, 32
     )
+
+
+def test_a_head_size_the_fused_op_does_not_take_falls_back(root: Path) -> None:
+    result = exported_lm("llama_head4", root)
+    assert result.manifest.extra["generation"]["attention"] == "standard"
+    notes = [w for a in result.attempts for w in a.warnings]
+    assert any("head size 4: GroupQueryAttention takes multiples of 8" in w for w in notes), notes
+    assert Session.from_package(result.path).generate([1, 5, 9], max_new_tokens=4, ignore_eos=True).tokens[0]
 
 
 def test_outputs_logits_keeps_the_plain_export(root: Path) -> None:

@@ -132,6 +132,28 @@ def test_streaming_and_joining_a_running_batch(root: Path) -> None:
     assert [r.tokens for r in reqs] == alone
 
 
+def test_the_cache_is_one_buffer_per_layer_written_in_place(root: Path) -> None:
+    """A fused-attention package: each layer's keys/values live in one pre-allocated buffer that is
+    both the past and the present of every step (no step copies the cache); it grows when full."""
+    sess = Session.from_package(exported_lm("llama", root).path)
+    batch = DecodeBatch(sess)
+    assert batch.spec.shared_buffer
+    row = GenRequest(PROMPTS[0], SamplingParams(max_new_tokens=6, ignore_eos=True))
+    batch.add([row])
+    buffers = list(batch.past)
+    pointers = [b.data_ptr() for b in buffers]
+    assert buffers[0].shape()[2] == len(PROMPTS[0]) + 6  # room for the prompt and every new token
+    for _ in range(5):
+        batch.step()
+    assert [b.data_ptr() for b in batch.past] == pointers and all(a is b for a, b in zip(batch.past, buffers))
+    assert (
+        row.finished and row.tokens == sess.generate(PROMPTS[0], max_new_tokens=6, ignore_eos=True).tokens[0]
+    )
+    for _ in range(3):  # a finished row still stepped (until it is dropped) outgrows the buffer: it grows
+        batch.step()
+    assert batch.mask.shape[1] == len(PROMPTS[0]) + 8 and batch.past[0].shape()[2] > batch.mask.shape[1] - 1
+
+
 def test_text_in_text_out(root: Path) -> None:
     result = exported_lm("llama", root)
     codec = TextCodec.from_package(result.package)
