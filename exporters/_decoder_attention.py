@@ -33,6 +33,7 @@ so a float32 package served on CUDA wants ``attention="standard"``.
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -74,12 +75,20 @@ def group_query_attention(
     num_heads: int,
     kv_heads: int,
     window: int,
+    cos_cache: torch.Tensor | None,
+    sin_cache: torch.Tensor | None,
+    position_ids: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``query`` [b, heads, s, d], ``key``/``value`` [b, kv_heads, s, d] (new tokens), pasts
     [b, kv_heads, p, d], ``bias`` [b, 1, s, p+s] → output [b, s, heads, d], presents [b, kv_heads, p+s, d].
     ``window`` > 0: a query sees the last ``window`` positions, itself included (ONNX Runtime's
-    ``local_window_size``, as Hugging Face's ``sliding_window``). ``seqlens`` / ``total`` are ONNX Runtime's ``seqlens_k`` and
+    ``local_window_size``, as Hugging Face's ``sliding_window``). With ``cos_cache``/``sin_cache``
+    [positions, d/2] and ``position_ids`` [b, s], ``query`` and ``key`` come unrotated and the op
+    rotates them (rotate-half rotary at those positions; ONNX Runtime's ``RotaryEmbedding``). ``seqlens`` / ``total`` are ONNX Runtime's ``seqlens_k`` and
     ``total_sequence_length`` (unused here)."""
+    if cos_cache is not None and sin_cache is not None and position_ids is not None:
+        query = _rotate(query, cos_cache, sin_cache, position_ids)
+        key = _rotate(key, cos_cache, sin_cache, position_ids)
     present_key = torch.cat([past_key, key], dim=2)
     present_value = torch.cat([past_value, value], dim=2)
     groups = num_heads // kv_heads
@@ -95,7 +104,9 @@ def group_query_attention(
 
 
 @group_query_attention.register_fake
-def _(query, key, value, past_key, past_value, bias, seqlens, total, scale, num_heads, kv_heads, window):  # noqa: ANN001, ANN202, E501
+def _(
+    query, key, value, past_key, past_value, bias, seqlens, total, scale, num_heads, kv_heads, window, *rotary
+):  # noqa: ANN001, ANN002, ANN202, E501
     b, h, s, d = query.shape
     total = past_key.shape[2] + key.shape[2]
     return (
@@ -103,6 +114,74 @@ def _(query, key, value, past_key, past_value, bias, seqlens, total, scale, num_
         key.new_empty((b, key.shape[1], total, d)),
         value.new_empty((b, value.shape[1], total, value.shape[3])),
     )
+
+
+def _rotate(
+    x: torch.Tensor, cos_cache: torch.Tensor, sin_cache: torch.Tensor, positions: torch.Tensor
+) -> torch.Tensor:
+    """Rotate-half rotary of ``x`` [b, heads, s, d] at ``positions`` [b, s] from caches [positions, d/2]."""
+    cos = torch.cat([cos_cache[positions]] * 2, dim=-1).unsqueeze(1).to(x.dtype)
+    sin = torch.cat([sin_cache[positions]] * 2, dim=-1).unsqueeze(1).to(x.dtype)
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+def _attention_module(model: torch.nn.Module) -> torch.nn.Module | None:
+    return next((m for m in model.modules() if hasattr(m, "layer_idx") and hasattr(m, "head_dim")), None)
+
+
+def rotary_caches(model: torch.nn.Module, positions: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The cos/sin caches [positions, head_dim/2] of ``model``'s rotary embedding when the op can apply
+    it itself: one rotary module, rotate-half over the whole head (checked by running the model's
+    own ``apply_rotary_pos_emb`` on random values). ``None``: the model rotates as before, the op
+    gets rotated queries/keys."""
+    rotaries = [m for m in model.modules() if type(m).__name__.endswith("RotaryEmbedding")]
+    attention = _attention_module(model)
+    if len(rotaries) != 1 or attention is None:
+        return None
+    apply = getattr(sys.modules[type(attention).__module__], "apply_rotary_pos_emb", None)
+    head = int(attention.head_dim)
+    if apply is None or head % 2:
+        return None
+    try:
+        with torch.no_grad():
+            probe = torch.zeros(1, 1, head)
+            cos, sin = rotaries[0](probe, position_ids=torch.arange(positions)[None])
+            cos, sin = cos[0].float(), sin[0].float()
+            half = head // 2
+            if cos.shape != (positions, head) or not torch.equal(cos[:, :half], cos[:, half:]):
+                return None
+            caches = (cos[:, :half].contiguous(), sin[:, :half].contiguous())
+            gen = torch.Generator().manual_seed(0)
+            q, k = torch.randn(2, 2, 5, head, generator=gen), torch.randn(2, 1, 5, head, generator=gen)
+            pos = torch.tensor([[0, 1, 2, 3, 4], [3, 9, 10, 11, positions - 1]])
+            got_q, got_k = apply(q, k, *rotaries[0](q, position_ids=pos))
+            want_q, want_k = (_rotate(x, *caches, pos) for x in (q, k))
+    except Exception:  # noqa: BLE001 - anything unexpected: keep the model's own rotary
+        return None
+    if not (torch.allclose(got_q, want_q, atol=1e-5) and torch.allclose(got_k, want_k, atol=1e-5)):
+        return None
+    return caches
+
+
+@contextlib.contextmanager
+def _deferred_rotary(model: torch.nn.Module) -> Iterator[None]:
+    """Make the model's ``apply_rotary_pos_emb`` hand queries/keys on unrotated (the op rotates them)."""
+    namespace = sys.modules[type(_attention_module(model)).__module__]
+    original = namespace.apply_rotary_pos_emb
+
+    def defer(
+        q: torch.Tensor, k: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        _state.deferred = True
+        return q, k
+
+    namespace.apply_rotary_pos_emb = defer
+    try:
+        yield
+    finally:
+        namespace.apply_rotary_pos_emb = original
 
 
 def split_cache(past: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:
@@ -148,6 +227,9 @@ def _attention(
         raise FusedAttentionError(f"attention module {type(module).__name__} has no cache layer")
     past_key, past_value = cache.layers[layer].keys, cache.layers[layer].values
     bias, seqlens, total = _bias(query)
+    deferred = getattr(_state, "deferred", False)
+    rotary = (*_state.rotary, _state.position_ids) if deferred else (None, None, None)
+    _state.deferred = False
     scale = float(scaling) if scaling is not None else query.shape[3] ** -0.5
     if query.shape[3] % 8:
         raise FusedAttentionError(f"head size {query.shape[3]}: GroupQueryAttention takes multiples of 8")
@@ -165,6 +247,7 @@ def _attention(
         query.shape[1],
         key.shape[1],
         window,
+        *rotary,
     )
     _state.presents[layer] = (present_key, present_value)
     return out, None
@@ -194,10 +277,16 @@ def _no_mask(**kwargs: Any) -> None:
 
 @contextlib.contextmanager
 def fused_attention(
-    model: torch.nn.Module, cache: Any, attention_mask: torch.Tensor
+    model: torch.nn.Module,
+    cache: Any,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor | None = None,
+    rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Iterator[dict[int, tuple[torch.Tensor, torch.Tensor]]]:
     """Run ``model`` with the fused attention, ``cache`` (a :func:`split_cache`) and the 2-D
-    ``attention_mask`` [b, total] the model is called with; yields the dict the presents land in, per layer."""
+    ``attention_mask`` [b, total] the model is called with; with ``rotary`` (:func:`rotary_caches`)
+    and ``position_ids`` the op applies the rotary embedding too. Yields the dict the presents land
+    in, per layer."""
     from transformers import AttentionInterface, AttentionMaskInterface
 
     AttentionInterface.register(FUSED_ATTENTION, _attention)
@@ -205,72 +294,83 @@ def fused_attention(
     configs = [c for c in (model.config, getattr(model.config, "text_config", None)) if c is not None]
     before = [c._attn_implementation for c in configs]
     _state.cache, _state.presents, _state.biases, _state.mask = cache, {}, None, attention_mask
+    _state.rotary, _state.position_ids, _state.deferred = rotary, position_ids, False
+    defer = rotary is not None and position_ids is not None
     try:
         for config in configs:
             config._attn_implementation = FUSED_ATTENTION
-        yield _state.presents
+        with _deferred_rotary(model) if defer else contextlib.nullcontext():
+            yield _state.presents
     finally:
         for config, implementation in zip(configs, before, strict=True):
             config._attn_implementation = implementation
         _state.cache, _state.presents, _state.biases, _state.mask = None, {}, None, None
+        _state.rotary, _state.position_ids, _state.deferred = None, None, False
 
 
-#: GroupQueryAttention's inputs as ONNX Runtime defines them (``?``: optional)
-_GQA_INPUTS = (
-    "query:T key:T? value:T? past_key:T? past_value:T? seqlens_k:M total_sequence_length:M cos_cache:T? "
-    "sin_cache:T? position_ids:P? attention_bias:T? head_sink:T?"
-).split()
-_GQA_ATTRIBUTES = {
-    "num_heads": "INT",
-    "kv_num_heads": "INT",
-    "scale": "FLOAT",
-    "softcap": "FLOAT",
-    "local_window_size": "INT",
-    "do_rotary": "INT",
-    "rotary_interleaved": "INT",
-    "smooth_softmax": "INT",
-    "qk_output": "INT",
+#: the ONNX Runtime ops the translation emits: inputs (``?``: optional), outputs, attributes, and
+#: the type constraints
+_ORT_OPS = {
+    "GroupQueryAttention": (
+        "query:T key:T? value:T? past_key:T? past_value:T? seqlens_k:M total_sequence_length:M cos_cache:T? "
+        "sin_cache:T? position_ids:P? attention_bias:T? head_sink:T?",
+        "output:T present_key:T present_value:T",
+        "num_heads:INT kv_num_heads:INT scale:FLOAT softcap:FLOAT local_window_size:INT do_rotary:INT "
+        "rotary_interleaved:INT smooth_softmax:INT qk_output:INT",
+    ),
+    "RotaryEmbedding": (
+        "input:T position_ids:P cos_cache:T sin_cache:T",
+        "output:T",
+        "interleaved:INT num_heads:INT rotary_embedding_dim:INT scale:FLOAT is_packed_batching:INT",
+    ),
 }
+_ORT_TYPES = [
+    ("T", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"], ""),
+    ("M", ["tensor(int32)"], ""),
+    ("P", ["tensor(int64)"], ""),
+]
 
 
 @contextlib.contextmanager
 def gqa_schema() -> Iterator[None]:
-    """Declare ``com.microsoft.GroupQueryAttention`` to onnx while translating (torch.onnx builds nodes
-    from schemas; onnx itself knows none of ONNX Runtime's), and withdraw it afterwards."""
+    """Declare ``com.microsoft.GroupQueryAttention`` and ``RotaryEmbedding`` to onnx while translating
+    (torch.onnx builds nodes from schemas; onnx itself knows none of ONNX Runtime's), and withdraw
+    them afterwards."""
+    import onnx.reference  # noqa: F401 - built from the schemas once: before ours (a name in two domains fails it)
+    import onnxscript  # noqa: F401 - imports onnx.reference too
     from onnx import defs
 
-    if defs.has("GroupQueryAttention", "com.microsoft"):
-        yield
-        return
     optional = defs.OpSchema.FormalParameterOption.Optional
-    inputs = []
-    for item in _GQA_INPUTS:
-        name, kind = item.split(":")
-        option = {"param_option": optional} if kind.endswith("?") else {}
-        inputs.append(defs.OpSchema.FormalParameter(name, kind.rstrip("?"), **option))
-    outputs = [defs.OpSchema.FormalParameter(n, "T") for n in ("output", "present_key", "present_value")]
-    attributes = [
-        defs.OpSchema.Attribute(n, getattr(defs.OpSchema.AttrType, t), required=n.endswith("num_heads"))
-        for n, t in _GQA_ATTRIBUTES.items()
-    ]
-    schema = defs.OpSchema(
-        "GroupQueryAttention",
-        "com.microsoft",
-        1,
-        inputs=inputs,
-        outputs=outputs,
-        type_constraints=[
-            ("T", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"], ""),
-            ("M", ["tensor(int32)"], ""),
-            ("P", ["tensor(int64)"], ""),
-        ],
-        attributes=attributes,
-    )
-    defs.register_schema(schema)
+    added = []
+    for op_type, (inputs, outputs, attributes) in _ORT_OPS.items():
+        if defs.has(op_type, "com.microsoft"):
+            continue
+        formal = []
+        for item in inputs.split():
+            name, kind = item.split(":")
+            option = {"param_option": optional} if kind.endswith("?") else {}
+            formal.append(defs.OpSchema.FormalParameter(name, kind.rstrip("?"), **option))
+        schema = defs.OpSchema(
+            op_type,
+            "com.microsoft",
+            1,
+            inputs=formal,
+            outputs=[defs.OpSchema.FormalParameter(*item.split(":")) for item in outputs.split()],
+            type_constraints=_ORT_TYPES,
+            attributes=[
+                defs.OpSchema.Attribute(
+                    n, getattr(defs.OpSchema.AttrType, t), required=n.endswith("num_heads")
+                )
+                for n, t in (item.split(":") for item in attributes.split())
+            ],
+        )
+        defs.register_schema(schema)
+        added.append(op_type)
     try:
         yield
     finally:
-        defs.deregister_schema("GroupQueryAttention", 1, "com.microsoft")
+        for op_type in added:
+            defs.deregister_schema(op_type, 1, "com.microsoft")
 
 
 def onnx_translations() -> dict[Any, Any]:
@@ -280,13 +380,31 @@ def onnx_translations() -> dict[Any, Any]:
 
     msft = Opset("com.microsoft", 1)
 
-    def translate(
-        query, key, value, past_key, past_value, bias, seqlens, total, scale, num_heads, kv_heads, window
-    ):  # noqa: ANN001, ANN202, E501
+    def translate(  # noqa: ANN202
+        query,
+        key,
+        value,
+        past_key,
+        past_value,
+        bias,
+        seqlens,
+        total,
+        scale,
+        num_heads,
+        kv_heads,
+        window,  # noqa: ANN001
+        cos_cache=None,
+        sin_cache=None,
+        position_ids=None,  # noqa: ANN001
+    ):
         flat = op.Constant(value_ints=[0, 0, -1])
         q = op.Reshape(op.Transpose(query, perm=[0, 2, 1, 3]), flat)
         k = op.Reshape(op.Transpose(key, perm=[0, 2, 1, 3]), flat)
         v = op.Reshape(op.Transpose(value, perm=[0, 2, 1, 3]), flat)
+        if cos_cache is not None:  # rotary at the given positions (GroupQueryAttention's own rotary
+            # takes one start position per batch for a prompt, not left-padded rows' positions)
+            q = msft.RotaryEmbedding(q, position_ids, cos_cache, sin_cache, num_heads=num_heads)
+            k = msft.RotaryEmbedding(k, position_ids, cos_cache, sin_cache, num_heads=kv_heads)
         out, present_key, present_value = msft.GroupQueryAttention(
             q,
             k,

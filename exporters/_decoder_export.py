@@ -229,7 +229,9 @@ class DecoderModule(torch.nn.Module):
 
         sig = self.signature
         cache = split_cache([(past[2 * i], past[2 * i + 1]) for i in range(sig.num_layers)])
-        with fused_attention(self.model, cache, attention_mask) as presents:
+        rotary = (self.rotary_cos, self.rotary_sin) if hasattr(self, "rotary_cos") else None
+        position_ids = kwargs.get("position_ids")
+        with fused_attention(self.model, cache, attention_mask, position_ids, rotary) as presents:
             out = self.model(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -684,13 +686,21 @@ def _capture_and_translate(
     attention, with a note, where the fused op does not fit); returns the ONNX model and the
     attention used (``"fused"`` or ``"standard"``)."""
     if options.attention == "fused":
+        from torchport.exporters._decoder_attention import rotary_caches
+
         module.fused = True
+        caches = rotary_caches(module.model, dims["seq"].max) if module.signature.position_ids else None
+        if caches is not None:  # buffers, so the capture makes them initializers
+            module.register_buffer("rotary_cos", caches[0], persistent=False)
+            module.register_buffer("rotary_sin", caches[1], persistent=False)
         try:
             return _translate(module, dims, options.opset, fused=True), "fused"
         except Exception as e:  # noqa: BLE001 - any failure of the fused path: the standard one decides
             notes.append(f"fused attention not used ({first_line(e)[:160]})")
         finally:
             module.fused = False
+            for name in ("rotary_cos", "rotary_sin"):
+                module._buffers.pop(name, None)
     return _translate(module, dims, options.opset, fused=False), "standard"
 
 

@@ -119,8 +119,87 @@ class OnnxscriptOptimizePass:
         if no_op is not None:
             rules.append(no_op)
         rewrite(model, rules)
+        collapse_reshapes(model)
         onnxscript.optimizer.remove_unused_nodes(model)
         return model, _fingerprint(model) != before
+
+
+def _same_dim(a: Any, b: Any) -> bool:
+    """Two dims known to be equal: the same integer, or the same named symbol."""
+    if isinstance(a, int) or isinstance(b, int):
+        return a == b
+    return a is not None and b is not None and a.value is not None and a.value == b.value
+
+
+def _keep_shape_through(node: ir.Node) -> None:
+    """Give the output of an ONNX Runtime op that keeps its first input's shape (``RotaryEmbedding``,
+    ``GroupQueryAttention`` with separate query/key/value) that shape, when the exporter left it unknown."""
+    keeps = node.op_type == "RotaryEmbedding" or (
+        node.op_type == "GroupQueryAttention" and len(node.inputs) > 1
+    )
+    if node.domain != "com.microsoft" or not keeps or node.inputs[0] is None:
+        return
+    if node.outputs[0].shape is None and node.inputs[0].shape is not None:
+        node.outputs[0].shape = node.inputs[0].shape
+
+
+def collapse_reshapes(model: ir.Model) -> int:
+    """``Reshape(Reshape(x, s1), s2)`` → ``Reshape(x, s2)``, and a ``Reshape`` (or two in a row) whose
+    result has the shape of what went in → what went in; returns how many were rewritten.
+
+    onnxscript's ``reshape_reshape`` rule leaves a second shape that copies dims (``0``) alone; here
+    it is rewritten when the copied dims are known to be the same in ``x`` and in the middle (the
+    exporter's symbolic shapes). Attention translated per head makes such pairs: a view to
+    [batch, seq, heads, head_dim] and back to [batch, seq, hidden], four per decoder layer.
+    """
+    count = 0
+    graph_outputs = set(model.graph.outputs)
+    for node in list(model.graph):
+        _keep_shape_through(node)
+        if node.op_type != "Reshape" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
+            continue
+        allowzero = node.attributes.get("allowzero")
+        middle, shape = node.inputs
+        previous = middle.producer() if middle is not None else None
+        constant = shape.const_value if shape is not None else None
+        target = [int(t) for t in constant.numpy().reshape(-1)] if constant is not None else None
+        if (
+            target is not None
+            and not (allowzero is not None and allowzero.value)  # 0 copies a dim (not a literal 0)
+            and previous is not None
+            and previous.op_type == "Reshape"
+            and previous.domain in ("", "ai.onnx")
+        ):
+            source = previous.inputs[0]
+            if source is not None and source.shape is not None and middle.shape is not None:
+                copied = [i for i, t in enumerate(target) if t == 0]
+                if all(
+                    i < len(source.shape)
+                    and i < len(middle.shape)
+                    and _same_dim(source.shape[i], middle.shape[i])
+                    for i in copied
+                ):
+                    node.replace_input_with(0, source)
+                    count += 1
+        out = node.outputs[0]
+        if out in graph_outputs or out.shape is None:
+            continue
+        # back to the shape of its input, or of the input of the reshape before it
+        sources = [node.inputs[0]]
+        before = sources[0].producer() if sources[0] is not None else None
+        if before is not None and before.op_type == "Reshape" and before.domain in ("", "ai.onnx"):
+            sources.append(before.inputs[0])
+        for source in sources:
+            if (
+                source is not None
+                and source.shape is not None
+                and len(source.shape) == len(out.shape)
+                and all(_same_dim(a, b) for a, b in zip(source.shape, out.shape, strict=True))
+            ):
+                out.replace_all_uses_with(source)
+                count += 1
+                break
+    return count
 
 
 class OrtFusionsPass:

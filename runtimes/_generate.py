@@ -266,6 +266,7 @@ class DecodeBatch:
         self._np_dtype = np.dtype(self.spec.kv_dtype)
         #: (caches, binding) of the last shared-buffer run, reused while the caches stay the same
         self._bound: tuple[Any, Any] | None = None
+        self._logits_type: tuple[Any, Any] | None = None
 
     # -- checks -------------------------------------------------------------------------------------
 
@@ -290,12 +291,24 @@ class DecodeBatch:
         self, input_ids: np.ndarray, mask: np.ndarray, past: Sequence[Any]
     ) -> tuple[np.ndarray, list[Any]]:
         reuse = self._shared and self._bound is not None and self._bound[0] is past
+        # the logits land in a numpy array of ours (no output objects to fetch); the slot is the first
+        # bound, as outputs come back in the order bound
+        logits = self._logits_array(input_ids.shape)
         if reuse:  # the same buffers as the last step: only the small inputs change
             binding = self._bound[1]
-            binding.bind_output("logits", "cpu")  # a fresh logits array, not last step's (same slot)
         else:
             binding = self._sess.io_binding()
-            binding.bind_output("logits", "cpu")  # first: outputs come back in the order bound
+        if logits is None:
+            binding.bind_output("logits", "cpu")
+        else:
+            binding.bind_output(
+                "logits",
+                "cpu",
+                element_type=logits.dtype,
+                shape=list(logits.shape),
+                buffer_ptr=logits.ctypes.data,
+            )
+        if not reuse:
             for name, value in zip(self.spec.past_names, past, strict=True):
                 binding.bind_ortvalue_input(name, value)
             for name, value in zip(self.spec.present_names, past, strict=True):
@@ -311,9 +324,24 @@ class DecodeBatch:
             pos = np.where(mask == 0, 1, pos)[:, -input_ids.shape[1] :]
             binding.bind_cpu_input("position_ids", np.ascontiguousarray(pos, np.int64))
         self._sess.run_with_iobinding(binding)
+        if logits is not None and self._shared:
+            return logits[:, -1, :], past
         outs = binding.get_outputs()
-        logits = outs[0].numpy()[:, -1, :]
-        return logits, past if self._shared else list(outs[1:])
+        last = (logits if logits is not None else outs[0].numpy())[:, -1, :]
+        return last, past if self._shared else list(outs[1:])
+
+    def _logits_array(self, ids_shape: tuple[int, ...]) -> np.ndarray | None:
+        """An array for the logits of a step of ``ids_shape`` (``None``: the vocabulary size or type is
+        not in the graph; ONNX Runtime allocates them)."""
+        if self._logits_type is None:
+            out = self._sess.get_outputs()[0]
+            dtype = {"tensor(float)": np.float32, "tensor(float16)": np.float16}.get(out.type)
+            vocab = out.shape[-1] if out.shape else None
+            self._logits_type = (
+                (dtype, vocab) if dtype is not None and isinstance(vocab, int) else (None, None)
+            )
+        dtype, vocab = self._logits_type
+        return None if dtype is None else np.empty((*ids_shape, vocab), dtype)
 
     def _ortvalue(self, arr: np.ndarray) -> Any:
         return self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arr), self._device)

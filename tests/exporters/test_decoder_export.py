@@ -82,6 +82,9 @@ def test_decoder_with_cache(name: str, root: Path) -> None:
         assert any("fused attention not used" in w for a in result.attempts for w in a.warnings)
     else:
         assert m.extra["generation"]["attention"] == "fused" and fused == layers
+        # rotary models: the queries and keys rotated by one op each, at the given positions
+        rotary = sum(n.op_type == "RotaryEmbedding" for n in graph.node)
+        assert rotary == (0 if name == "gpt2" else 2 * layers), rotary
 
     # the ONNX model against Hugging Face's own incremental decoding (prompt with past_seq=0, then 4 steps)
     sig = decoder_signature(load_model(str(root / f"src-{name}")).module)
@@ -120,6 +123,11 @@ def test_int8_dynamic_decoder(root: Path) -> None:
     assert "MatMulNBits" in ops and not ops & {"MatMulInteger", "DynamicQuantizeLinear"}
     head = output_head(onnx.load(str(result.path / "model.int8.onnx")), "logits")
     assert head is not None and next(n for n in graph.node if n.name == head).op_type == "MatMul"
+    # the optimized graph keeps no per-head view of the attention (its reshapes collapse)
+    fp32_ops = [
+        n.op_type for n in onnx.load(str(result.path / "model.onnx"), load_external_data=False).graph.node
+    ]
+    assert "Reshape" not in fp32_ops and "Transpose" not in fp32_ops, sorted(set(fp32_ops))
 
     rng = np.random.default_rng(0)
     prompts = [[1, *rng.integers(3, 96, 7).tolist()] for _ in range(8)]
