@@ -163,16 +163,19 @@ class GenRequest:
     tag: Any = None
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
     _seen: np.ndarray | None = None
+    _stops: set[int] | None = None
 
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
 
     def stop_ids(self, spec: DecoderSpec) -> set[int]:
-        ids = set(self.params.stop_token_ids or ())
-        if not self.params.ignore_eos and self.params.stop_token_ids is None:
-            ids |= set(spec.eos_token_ids)
-        return ids
+        if self._stops is None:
+            ids = set(self.params.stop_token_ids or ())
+            if not self.params.ignore_eos and self.params.stop_token_ids is None:
+                ids |= set(spec.eos_token_ids)
+            self._stops = ids
+        return self._stops
 
 
 @dataclass
@@ -261,6 +264,8 @@ class DecodeBatch:
         self.rows: list[GenRequest] = []
         #: [rows, width]: 1 where a row has a token; the cache holds ``width`` positions (left-padded)
         self.mask = np.zeros((0, 0), np.int64)
+        #: [rows]: real tokens of each row in the cache (the next token's position)
+        self._tokens = np.zeros(0, np.int64)
         #: per past input: [rows, kv_heads, length, head_dim], length = width (or the buffer's capacity)
         self.past: list[Any] = []
         self._np_dtype = np.dtype(self.spec.kv_dtype)
@@ -288,7 +293,11 @@ class DecodeBatch:
     # -- running ------------------------------------------------------------------------------------
 
     def _run(
-        self, input_ids: np.ndarray, mask: np.ndarray, past: Sequence[Any]
+        self,
+        input_ids: np.ndarray,
+        mask: np.ndarray,
+        past: Sequence[Any],
+        positions: np.ndarray | None = None,
     ) -> tuple[np.ndarray, list[Any]]:
         reuse = self._shared and self._bound is not None and self._bound[0] is past
         # the logits land in a numpy array of ours (no output objects to fetch); the slot is the first
@@ -320,9 +329,10 @@ class DecodeBatch:
         binding.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids, np.int64))
         binding.bind_cpu_input("attention_mask", np.ascontiguousarray(mask, np.int64))
         if self.spec.position_ids:
-            pos = np.cumsum(mask, axis=-1) - 1
-            pos = np.where(mask == 0, 1, pos)[:, -input_ids.shape[1] :]
-            binding.bind_cpu_input("position_ids", np.ascontiguousarray(pos, np.int64))
+            if positions is None:  # as generate makes them: real tokens counted, padding at 1
+                positions = np.cumsum(mask, axis=-1) - 1
+                positions = np.where(mask == 0, 1, positions)[:, -input_ids.shape[1] :]
+            binding.bind_cpu_input("position_ids", np.ascontiguousarray(positions, np.int64))
         self._sess.run_with_iobinding(binding)
         if logits is not None and self._shared:
             return logits[:, -1, :], past
@@ -423,6 +433,7 @@ class DecodeBatch:
     def _merge(self, seqs: list[GenRequest], mask: np.ndarray, present: list[Any]) -> None:
         if not self.rows:
             self.rows, self.mask, self.past = seqs, mask, present
+            self._tokens = mask.sum(axis=1)
             return
         old, new = self.mask.shape[1], mask.shape[1]
         width = max(old, new)
@@ -431,6 +442,7 @@ class DecodeBatch:
             return np.pad(m, [(0, 0), (width - m.shape[1], 0)])
 
         self.mask = np.concatenate([left_pad(self.mask), left_pad(mask)], axis=0)
+        self._tokens = self.mask.sum(axis=1)
         self.rows = self.rows + seqs
         everything = slice(None)
         self.past = self._layout(
@@ -454,7 +466,9 @@ class DecodeBatch:
         if self._shared and self.past[0].shape()[2] <= width:  # the buffer is full: grow it (one copy)
             self.past = self._layout([(self.past, slice(None), 0, width)], width, self._room(self.rows))
         self.mask = np.concatenate([self.mask, np.ones((len(self.rows), 1), np.int64)], axis=1)
-        logits, self.past = self._run(np.asarray(last, np.int64)[:, None], self.mask, self.past)
+        positions = self._tokens[:, None].copy()  # each row's real tokens so far: the new one's position
+        self._tokens += 1
+        logits, self.past = self._run(np.asarray(last, np.int64)[:, None], self.mask, self.past, positions)
         return self._sample(logits, self.rows)
 
     def drop(self, keep: Sequence[bool]) -> list[GenRequest]:
@@ -466,12 +480,14 @@ class DecodeBatch:
             return []
         if not keep_idx:
             self.rows, self.mask, self.past = [], np.zeros((0, 0), np.int64), []
+            self._tokens = np.zeros(0, np.int64)
             return dropped
         mask = self.mask[keep_idx]
         used = np.flatnonzero(mask.any(axis=0))
         start = int(used[0]) if used.size else 0
         width = self.mask.shape[1]
         self.mask = np.ascontiguousarray(mask[:, start:])
+        self._tokens = self.mask.sum(axis=1)
         self.rows = [self.rows[i] for i in keep_idx]
         self.past = self._layout([(self.past, keep_idx, start, width)], width - start, self._room(self.rows))
         return dropped
