@@ -7,7 +7,7 @@ against Hugging Face eager fp32 measured in the same run; greedy-token agreement
 The torchport rows use ``Session``'s defaults (idle pool threads spin briefly, as onnxruntime-genai's
 do); the "no spinning" row is how ``torchport serve`` runs sessions, leaving cores to its other threads.
 
-    python benchmarks/generate.py [--repeats 3] [--new-tokens 128] [--no-genai] [--no-server]
+    python benchmarks/generate.py [--repeats 5] [--new-tokens 128] [--no-genai] [--no-server]
 """
 
 from __future__ import annotations
@@ -322,7 +322,7 @@ def server_streams(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--no-genai", action="store_true")
