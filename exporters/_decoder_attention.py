@@ -55,6 +55,8 @@ FUSED_ATTENTION = "torchport_group_query_attention"
 MASKED = -65504.0
 
 _state = threading.local()
+#: rotary types whose frequencies do not depend on the sequence length (one cos/sin cache serves all)
+STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
 
 class FusedAttentionError(RuntimeError):
@@ -134,12 +136,15 @@ def _attention_module(model: torch.nn.Module) -> torch.nn.Module | None:
 def rotary_caches(model: torch.nn.Module, positions: int) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The cos/sin caches [positions, head_dim/2] of ``model``'s rotary embedding when the op can apply
     it itself: one rotary module, rotate-half over the whole head (checked by running the model's
-    own ``apply_rotary_pos_emb`` on random values). ``None``: the model rotates as before, the op
-    gets rotated queries/keys."""
+    own ``apply_rotary_pos_emb`` on random values), frequencies that do not change with the sequence
+    length (:data:`STATIC_ROPE_TYPES`). ``None``: the model rotates as before, the op gets rotated
+    queries/keys."""
     rotaries = [m for m in model.modules() if type(m).__name__.endswith("RotaryEmbedding")]
     attention = _attention_module(model)
     if len(rotaries) != 1 or attention is None:
         return None
+    if getattr(rotaries[0], "rope_type", "default") not in STATIC_ROPE_TYPES:
+        return None  # frequencies that change with the sequence length: no one cache fits
     apply = getattr(sys.modules[type(attention).__module__], "apply_rotary_pos_emb", None)
     head = int(attention.head_dim)
     if apply is None or head % 2:

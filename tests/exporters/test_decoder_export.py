@@ -255,3 +255,36 @@ def test_level_all_keeps_the_unfused_graph_when_onnxruntime_refuses_the_fused_on
     assert fusions and not fusions[0]["modified"]
     assert "Gemm" in fusions[0]["details"]["refused_by_onnxruntime"]
     assert ort.InferenceSession(str(tmp_path / "pkg" / "model.onnx"), providers=["CPUExecutionProvider"])
+
+
+def test_rotary_is_fused_only_where_one_cache_reproduces_the_model() -> None:
+    """The capture rotates queries/keys itself only when the model's own rotary equals rotate-half with
+    one cos/sin cache: not for frequencies that change with the length, not for another rotation."""
+    import transformers
+    import transformers.models.llama.modeling_llama as llama
+
+    from torchport.exporters._decoder_attention import rotary_caches
+
+    def model(**rope: object) -> torch.nn.Module:
+        config = transformers.LlamaConfig(
+            hidden_size=64,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=50,
+            rope_scaling=rope or None,
+        )
+        return transformers.LlamaForCausalLM(config).eval()
+
+    cos, sin = rotary_caches(model(), 64)
+    assert cos.shape == sin.shape == (64, 8)
+    assert torch.allclose(cos[3], torch.cos(3 * 10000.0 ** (-torch.arange(0, 16, 2) / 16)))
+    assert rotary_caches(model(rope_type="linear", factor=2.0), 64) is not None
+    assert rotary_caches(model(rope_type="dynamic", factor=2.0), 64) is None
+    original = llama.apply_rotary_pos_emb
+    llama.apply_rotary_pos_emb = lambda q, k, cos, sin, *a, **kw: original(q, k, sin, cos)  # not rotate-half
+    try:
+        assert rotary_caches(model(), 64) is None
+    finally:
+        llama.apply_rotary_pos_emb = original
