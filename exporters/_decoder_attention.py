@@ -44,8 +44,9 @@ __all__ = [
     "FUSED_ATTENTION",
     "FusedAttentionError",
     "fused_attention",
-    "gqa_schema",
     "onnx_translations",
+    "ort_op_schemas",
+    "rotary_caches",
     "split_cache",
 ]
 
@@ -54,9 +55,10 @@ FUSED_ATTENTION = "torchport_group_query_attention"
 #: the additive bias of a masked position (finite in float16 too, so a fully padded row stays finite)
 MASKED = -65504.0
 
-_state = threading.local()
 #: rotary types whose frequencies do not depend on the sequence length (one cos/sin cache serves all)
 STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+
+_state = threading.local()
 
 
 class FusedAttentionError(RuntimeError):
@@ -86,8 +88,8 @@ def group_query_attention(
     ``window`` > 0: a query sees the last ``window`` positions, itself included (ONNX Runtime's
     ``local_window_size``, as Hugging Face's ``sliding_window``). With ``cos_cache``/``sin_cache``
     [positions, d/2] and ``position_ids`` [b, s], ``query`` and ``key`` come unrotated and the op
-    rotates them (rotate-half rotary at those positions; ONNX Runtime's ``RotaryEmbedding``). ``seqlens`` / ``total`` are ONNX Runtime's ``seqlens_k`` and
-    ``total_sequence_length`` (unused here)."""
+    rotates them (rotate-half rotary at those positions; ONNX Runtime's ``RotaryEmbedding``).
+    ``seqlens`` / ``total`` are ONNX Runtime's ``seqlens_k`` and ``total_sequence_length`` (unused here)."""
     if cos_cache is not None and sin_cache is not None and position_ids is not None:
         query = _rotate(query, cos_cache, sin_cache, position_ids)
         key = _rotate(key, cos_cache, sin_cache, position_ids)
@@ -337,7 +339,7 @@ _ORT_TYPES = [
 
 
 @contextlib.contextmanager
-def gqa_schema() -> Iterator[None]:
+def ort_op_schemas() -> Iterator[None]:
     """Declare ``com.microsoft.GroupQueryAttention`` and ``RotaryEmbedding`` to onnx while translating
     (torch.onnx builds nodes from schemas; onnx itself knows none of ONNX Runtime's), and withdraw
     them afterwards."""
@@ -379,7 +381,7 @@ def gqa_schema() -> Iterator[None]:
 
 
 def onnx_translations() -> dict[Any, Any]:
-    """torch.onnx ``custom_translation_table`` entries for the fused op (use inside :func:`gqa_schema`)."""
+    """torch.onnx ``custom_translation_table`` entries for the fused op (use inside :func:`ort_op_schemas`)."""
     from onnxscript import opset18 as op
     from onnxscript.values import Opset
 

@@ -201,8 +201,8 @@ class DecoderModule(torch.nn.Module):
         kwargs: dict[str, Any] = {}
         if sig.position_ids:
             kwargs["position_ids"], rest = rest[0], rest[1:]
-        # full layers even for sliding-window models: the attention mask applies the window, the
-        # cache keeps every position (a sliding layer crops it, which no dynamic shape can express)
+        # full layers even for sliding-window models: the attention mask (fused: the op's
+        # local_window_size) applies the window, the cache keeps every position (a sliding layer crops it, which no dynamic shape can express)
         if self.fused:
             return self._fused_forward(input_ids, attention_mask, rest, kwargs)
         cache = DynamicCache()
@@ -706,12 +706,12 @@ def _capture_and_translate(
 
 def _translate(module: DecoderModule, dims: Mapping[str, DimRange], opset: int | None, *, fused: bool) -> Any:
     """Capture ``module`` and translate it to ONNX (with the fused attention's op and translation)."""
-    from torchport.exporters._decoder_attention import gqa_schema, onnx_translations
+    from torchport.exporters._decoder_attention import onnx_translations, ort_op_schemas
 
     sig = module.signature
     program = capture_decoder(module, dims)
     try:
-        with quiet_torch_logs(), gqa_schema() if fused else contextlib.nullcontext():
+        with quiet_torch_logs(), ort_op_schemas() if fused else contextlib.nullcontext():
             return onnx_from_program(
                 program,
                 input_names=sig.input_names(),

@@ -5,9 +5,10 @@ The decoder takes ``input_ids``, ``attention_mask``, ``position_ids`` (when it u
 ``torchport.exporters._decoder_export``). :class:`DecodeBatch` keeps the cache between steps as
 ONNX Runtime values bound with IOBinding, never copied out to numpy and back: for a fused-attention
 package one pre-allocated buffer per layer's keys and values, bound as both past and present, which
-each step writes its new positions into; otherwise each step's presents become the next step's pasts. Rows join a running batch (their prompt is run on its
-own, then their cache is left-padded to the batch's length) and leave it at step boundaries; that is
-what the server's continuous batching uses, and :class:`Generator` runs one batch to the end.
+each step writes its new positions into; otherwise each step's presents become the next step's pasts.
+Rows join a running batch (their prompt is run on its own, then their cache is left-padded to the
+batch's length) and leave it at step boundaries; that is what the server's continuous batching uses,
+and :class:`Generator` runs one batch to the end.
 
 Sampling follows Hugging Face ``generate``: repetition penalty, then temperature, top-k and top-p on
 the logits, then argmax (greedy) or a draw from a seeded ``numpy`` generator per request. Position ids
@@ -264,8 +265,6 @@ class DecodeBatch:
         self.rows: list[GenRequest] = []
         #: [rows, width]: 1 where a row has a token; the cache holds ``width`` positions (left-padded)
         self.mask = np.zeros((0, 0), np.int64)
-        #: [rows]: real tokens of each row in the cache (the next token's position)
-        self._tokens = np.zeros(0, np.int64)
         #: per past input: [rows, kv_heads, length, head_dim], length = width (or the buffer's capacity)
         self.past: list[Any] = []
         self._np_dtype = np.dtype(self.spec.kv_dtype)
@@ -433,7 +432,6 @@ class DecodeBatch:
     def _merge(self, seqs: list[GenRequest], mask: np.ndarray, present: list[Any]) -> None:
         if not self.rows:
             self.rows, self.mask, self.past = seqs, mask, present
-            self._tokens = mask.sum(axis=1)
             return
         old, new = self.mask.shape[1], mask.shape[1]
         width = max(old, new)
@@ -442,7 +440,6 @@ class DecodeBatch:
             return np.pad(m, [(0, 0), (width - m.shape[1], 0)])
 
         self.mask = np.concatenate([left_pad(self.mask), left_pad(mask)], axis=0)
-        self._tokens = self.mask.sum(axis=1)
         self.rows = self.rows + seqs
         everything = slice(None)
         self.past = self._layout(
@@ -465,9 +462,8 @@ class DecodeBatch:
         width = self.mask.shape[1]
         if self._shared and self.past[0].shape()[2] <= width:  # the buffer is full: grow it (one copy)
             self.past = self._layout([(self.past, slice(None), 0, width)], width, self._room(self.rows))
+        positions = self.mask.sum(axis=1, keepdims=True)  # each row's real tokens: the new one's position
         self.mask = np.concatenate([self.mask, np.ones((len(self.rows), 1), np.int64)], axis=1)
-        positions = self._tokens[:, None].copy()  # each row's real tokens so far: the new one's position
-        self._tokens += 1
         logits, self.past = self._run(np.asarray(last, np.int64)[:, None], self.mask, self.past, positions)
         return self._sample(logits, self.rows)
 
@@ -480,14 +476,12 @@ class DecodeBatch:
             return []
         if not keep_idx:
             self.rows, self.mask, self.past = [], np.zeros((0, 0), np.int64), []
-            self._tokens = np.zeros(0, np.int64)
             return dropped
         mask = self.mask[keep_idx]
         used = np.flatnonzero(mask.any(axis=0))
         start = int(used[0]) if used.size else 0
         width = self.mask.shape[1]
         self.mask = np.ascontiguousarray(mask[:, start:])
-        self._tokens = self.mask.sum(axis=1)
         self.rows = [self.rows[i] for i in keep_idx]
         self.past = self._layout([(self.past, keep_idx, start, width)], width - start, self._room(self.rows))
         return dropped
