@@ -25,7 +25,8 @@ from torchport.runtimes import MANIFEST_NAME, ModelPackage, UsageError, sha256_f
 from torchport.runtimes._manifest import Manifest
 from torchport.runtimes.server._installed import ENTRY_POINT_GROUP
 
-#: the package files go to NAME/models/<model name>/: the server serves a package under its folder's name
+#: the package files go to NAME/models/<model name>/: served alone (manifest name) or in a repository
+#: (folder name), the model keeps its name
 PACKAGES_FOLDER = "models"
 _FOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 VARIANT_CHOICES = ("fp32", "fp16", "int8", "all")

@@ -164,7 +164,8 @@ class ModelSettings:
     """How one model is served (all versions of it).
 
     Attributes:
-        name: the name it is served under (default: its folder's name).
+        name: the name it is served under (default: its manifest's name for a package served alone,
+            its folder's name in a repository).
         variant: package variant: ``fp32``, ``fp16`` or ``int8``.
         max_batch_size: dynamic batching limit in rows (1 turns batching off).
         max_queue_delay_ms: longest a request waits for others to join its batch.

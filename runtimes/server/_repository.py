@@ -1,6 +1,8 @@
 """The model repository: one package, or a folder of packages (``name/`` or ``name/<version>/``).
 
-Models are served under their folder's name (overridable per model in ``serve.toml``). Each
+Names: one package is served under its manifest's ``name`` (what ``--name`` set at export; the
+folder's name when the manifest has none); in a repository (a folder of packages) each model is
+served under its folder's name, as Triton; ``name`` in ``serve.toml`` overrides both. Each
 version loads on its own: a package that fails (bad hash, missing provider, broken ONNX) is logged
 and kept in the index as UNAVAILABLE with its reason, while the others serve. Which versions load
 is the model's version policy (default: the latest).
@@ -182,6 +184,8 @@ class ModelSource:
     folder: str
     versions: dict[str, Path]
     settings: ModelSettings
+    #: why the served name differs from the folder's (``None`` when it does not), for the startup log
+    why: str | None = None
 
 
 def fingerprint(folder: Path) -> tuple:
@@ -221,8 +225,8 @@ def _public(text: str, entry: ModelEntry) -> str:
 def discover(path: str | Path) -> list[tuple[str, str, Path]]:
     """Find packages under ``path``: ``[(folder name, version, package folder)]``.
 
-    ``path`` is one package (has ``torchport.json``; its folder name is the model's, its manifest
-    gives the version), one model's numeric versions (``path/1/``, ``path/2/``), or a repository of
+    ``path`` is one package (has ``torchport.json``; its manifest gives the version; the name it is
+    served under is :func:`scan_sources`' rule), one model's numeric versions (``path/1/``, ``path/2/``), or a repository of
     ``name/`` and ``name/<version>/`` folders.
 
     Raises:
@@ -265,19 +269,40 @@ def discover(path: str | Path) -> list[tuple[str, str, Path]]:
     return found
 
 
+def _manifest_name(folder: Path) -> str | None:
+    """The manifest's ``name`` (a non-empty string), or ``None`` when it has none or cannot be read."""
+    try:
+        name = read_manifest(folder / MANIFEST_NAME).get("name")
+    except PackageError:
+        return None
+    return name if isinstance(name, str) and name.strip() else None
+
+
 def scan_sources(path: str | Path, settings_for: Callable[[str], ModelSettings]) -> dict[str, ModelSource]:
     """The models under ``path`` by served name; ``settings_for(folder)`` gives each one's settings.
+
+    The name rule: ``path`` being one package, it is served under its manifest's ``name`` (the
+    folder's name when the manifest has none); in a repository each model is served under its
+    folder's name; a ``name`` in the folder's settings (``serve.toml``) overrides both.
 
     Raises:
         ServingError: two folders would be served under the same name, or ``path`` holds no package.
     """
+    root = Path(path)
+    single = (root / MANIFEST_NAME).is_file()
     sources: dict[str, ModelSource] = {}
     for folder, version, pkg in discover(path):
         settings = settings_for(folder)
-        name = settings.name or folder
+        manifest_name = _manifest_name(pkg) if single else None
+        if settings.name:
+            name, why = settings.name, "name set in serve.toml"
+        elif manifest_name:
+            name, why = manifest_name, "the package's manifest name"
+        else:
+            name, why = folder, None
         src = sources.get(name)
         if src is None:
-            src = sources[name] = ModelSource(name, folder, {}, settings)
+            src = sources[name] = ModelSource(name, folder, {}, settings, why if name != folder else None)
         elif src.folder != folder:
             raise ServingError(
                 f"folders {src.folder!r} and {folder!r} would both be served as {name!r}; "

@@ -197,6 +197,9 @@ class InferenceServer:
             if install_signal_handlers:
                 self._install_signal_handlers(loop)
             self._listening.set()
+            for src in self.repository.sources.values():
+                if src.why:
+                    log.info("folder %s served as model %r (%s)", src.folder, src.name, src.why)
             attempted = []
             for name in self._initial_models():
                 entries = self.repository.planned(name)

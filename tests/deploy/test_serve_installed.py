@@ -79,6 +79,7 @@ def test_one_or_several_installed_models_make_a_servable_repository(site):
 
     with installed_repository(["adder"]) as path:
         assert path == site / "adder" / "models" / "add"
+        assert set(ModelRepository.scan(path).sources) == {"add"}  # one package: its manifest's name
     with installed_repository(["adder", "fixed"]) as path:
         repo = ModelRepository.scan(path)
         assert {name: sorted(src.versions) for name, src in repo.sources.items()} == {

@@ -185,11 +185,61 @@ def test_warmup_inputs_are_used_and_bad_ones_fail_the_model(repo, tmp_path, capl
             pass
 
 
-def test_single_package_is_served_under_its_folder_name(tmp_path):
+def test_single_package_is_served_under_its_manifest_name(tmp_path, caplog):
+    """``export --name tinyllama -o pkg-llama``: the name the user gave, and the log says why."""
     make_scale_package(tmp_path / "renamed", 2.0, name="scale")
+    caplog.set_level("INFO", "torchport.server")
     with running_server(tmp_path / "renamed") as srv:
-        assert http(srv, "GET", "/v2/models/renamed/ready")[0] == 200
+        assert http(srv, "GET", "/v2/models/scale/ready")[0] == 200
+        status, _, body = http(srv, "GET", "/v2/models/renamed")
+        assert status == 404 and "this server serves: scale" in body.decode()
+    assert "folder renamed served as model 'scale' (the package's manifest name)" in caplog.text
+
+
+def test_single_package_without_a_manifest_name_is_reported_under_its_folder_name(tmp_path):
+    """The manifest requires a name; one without it is named by its folder in the failure."""
+    pkg = tmp_path / "unnamed"
+    make_scale_package(pkg, 2.0, name="scale")
+    manifest = json.loads((pkg / "torchport.json").read_text())
+    del manifest["name"]
+    (pkg / "torchport.json").write_text(json.dumps(manifest))
+    with pytest.raises(
+        ServingError, match=r"model 'unnamed' \(version 1\) failed to load: .*name is missing"
+    ):
+        with running_server(pkg):
+            pass
+
+
+def test_repository_models_are_served_under_their_folder_names(tmp_path, caplog):
+    """A folder of packages is Triton's rule: the folder's name, whatever the manifests say."""
+    make_scale_package(tmp_path / "repo" / "doubler" / "1", 2.0, name="scale")
+    make_add_package(tmp_path / "repo" / "plus", name="add")
+    caplog.set_level("INFO", "torchport.server")
+    with running_server(tmp_path / "repo") as srv:
+        assert http(srv, "GET", "/v2/models/doubler/ready")[0] == 200
+        assert http(srv, "GET", "/v2/models/plus/ready")[0] == 200
+        assert http(srv, "GET", "/v2/models/scale")[0] == 404 and http(srv, "GET", "/v2/models/add")[0] == 404
+    assert "served as model" not in caplog.text
+
+
+def test_serve_toml_name_overrides_the_manifest_name_of_a_single_package(tmp_path, caplog):
+    make_scale_package(tmp_path / "renamed", 2.0, name="scale")
+    path = write(tmp_path / "serve.toml", '[models.renamed]\nname = "doubler"\n')
+    caplog.set_level("INFO", "torchport.server")
+    with running_server(tmp_path / "renamed", **_from(path)) as srv:
+        assert http(srv, "GET", "/v2/models/doubler/ready")[0] == 200
         assert http(srv, "GET", "/v2/models/scale")[0] == 404
+    assert "folder renamed served as model 'doubler' (name set in serve.toml)" in caplog.text
+
+
+def test_two_folders_served_under_one_name_are_refused_at_start(repo, tmp_path):
+    path = write(tmp_path / "serve.toml", '[models.add]\nname = "scale"\n')
+    with pytest.raises(
+        ServingError,
+        match=r"^folders '(add|scale)' and '(add|scale)' would both be served as 'scale'; give one",
+    ) as e:
+        InferenceServer(repo, ServerConfig.from_toml(path, port=0))
+    assert "\n" not in str(e.value)
 
 
 # -- statistics -------------------------------------------------------------------------------------
