@@ -37,6 +37,39 @@ def int8_option() -> Any:
     )
 
 
+def int4_option() -> Any:
+    return typer.Option(
+        False,
+        "--int4",
+        help="Also write model.int4.onnx: weight-only 4-bit MatMulNBits (block-wise scales; the output head "
+        "quantized too, embeddings float32 unless --int4-embeddings), e.g. --int4.",
+    )
+
+
+def int4_block_size_option() -> Any:
+    return typer.Option(
+        32,
+        "--int4-block-size",
+        help="Input rows per int4 scale: 16, 32, 64, 128 or 256, e.g. --int4-block-size 64.",
+    )
+
+
+def int4_asymmetric_option() -> Any:
+    return typer.Option(
+        False, "--int4-asymmetric", help="Asymmetric int4 blocks (a zero point per block; default symmetric)."
+    )
+
+
+def int4_keep_head_option() -> Any:
+    return typer.Option(False, "--int4-keep-head", help="Keep the output head (logits) in float32 in int4.")
+
+
+def int4_embeddings_option() -> Any:
+    return typer.Option(
+        False, "--int4-embeddings", help="Quantize embedding tables to 4 bits too (GatherBlockQuantized)."
+    )
+
+
 def calibration_option() -> Any:
     return typer.Option(
         None,

@@ -1,4 +1,4 @@
-"""`torchport optimize PKG`: ONNX graph passes, fp16 and int8 variants, each validated against fp32."""
+"""`torchport optimize PKG`: ONNX graph passes, fp16, int8 and int4 variants, each validated against fp32."""
 
 from __future__ import annotations
 
@@ -14,6 +14,11 @@ from torchport.cli._options import (
     calibration_option,
     disable_option,
     fp16_option,
+    int4_asymmetric_option,
+    int4_block_size_option,
+    int4_embeddings_option,
+    int4_keep_head_option,
+    int4_option,
     int8_option,
     level_option,
     n_option,
@@ -28,6 +33,11 @@ def optimize(
     level: str = level_option("all"),
     fp16: bool = fp16_option(),
     int8: Optional[str] = int8_option(),
+    int4: bool = int4_option(),
+    int4_block_size: int = int4_block_size_option(),
+    int4_asymmetric: bool = int4_asymmetric_option(),
+    int4_keep_head: bool = int4_keep_head_option(),
+    int4_embeddings: bool = int4_embeddings_option(),
     calibration: Optional[Path] = calibration_option(),
     disable: Optional[list[str]] = disable_option(),
     provider: str = provider_option("the offline graph is optimized for and parity runs on"),
@@ -37,7 +47,7 @@ def optimize(
     rtol: Optional[float] = rtol_option(),
     as_json: bool = as_json_option("the pass records and parity"),
 ) -> None:
-    """Optimize a model package in place, add fp16 / int8 variants, and validate each one against
+    """Optimize a model package in place, add fp16 / int8 / int4 variants, and validate each one against
     the package's validated fp32 model (no torch needed); exit 1 when a variant does not match.
 
     Example: torchport optimize out/bert --level all --int8 dynamic
@@ -56,6 +66,11 @@ def optimize(
         samples=samples,
         atol=atol,
         rtol=rtol,
+        int4=int4,
+        int4_block_size=int4_block_size,
+        int4_symmetric=not int4_asymmetric,
+        int4_head=not int4_keep_head,
+        int4_embeddings=int4_embeddings,
     )
     for warning in result.warnings:
         typer.echo(f"warning: {warning}", err=True)

@@ -29,7 +29,7 @@ from torchport.runtimes.server._installed import ENTRY_POINT_GROUP
 #: (folder name), the model keeps its name
 PACKAGES_FOLDER = "models"
 _FOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-VARIANT_CHOICES = ("fp32", "fp16", "int8", "all")
+VARIANT_CHOICES = ("fp32", "fp16", "int8", "int4", "all")
 _ZIP_EPOCH = 315532800  # 1980-01-01, the earliest time a zip entry can hold
 _STORE_ABOVE = 256 * 1024 * 1024  # larger files (external weights) are stored, not deflated
 
@@ -223,7 +223,7 @@ def build_wheel(
         out_dir: where the wheel goes (created if needed).
         name: module and distribution name (default: the package's model name).
         version: PEP 440 version (default: the package's version).
-        variant: which variants to include: ``fp32``, ``fp16``, ``int8`` or ``all``.
+        variant: which variants to include: ``fp32``, ``fp16``, ``int8``, ``int4`` or ``all``.
         force: replace an existing wheel of the same name.
 
     Timestamps come from ``SOURCE_DATE_EPOCH`` (default 1980-01-01); entries are sorted.

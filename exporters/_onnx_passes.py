@@ -20,6 +20,8 @@ name           what it does
 ``int8_dynamic`` int8 weights, activations quantized at run time (``quantize_dynamic``; decoders:
                block-wise ``MatMulNBits`` with the output head kept float32)
 ``int8_static`` int8 QDQ with activation ranges calibrated on sample inputs (``quantize_static``)
+``int4``       weight-only 4-bit ``MatMulNBits`` (block-wise scales, symmetric or asymmetric;
+               output head and, as an option, embeddings as ``GatherBlockQuantized``)
 ============== ==============================================================================
 """
 
@@ -378,9 +380,49 @@ def drop_duplicate_nodes(model: onnx.ModelProto) -> int:
 INT8_DYNAMIC_OPS: tuple[str, ...] = ("MatMul", "Gemm", "Attention", "LSTM", "GRU", "EmbedLayerNormalization")
 
 
-#: int8 dynamic of a text-generation decoder: weight and activation scales per 16 input rows
-#: (teacher-forced greedy agreement with fp32 0.94 on a random 50M Llama vs 0.82 per tensor)
-DECODER_INT8_BLOCK_SIZE = 16
+#: int8 dynamic of a text-generation decoder: weight and activation scales per 32 input rows, the
+#: output head quantized too (onnxruntime-genai's int8 recipe: the float32 head of a 32000-token
+#: vocabulary was most of a small decoder's bytes read per token)
+DECODER_INT8_BLOCK_SIZE = 32
+
+#: block sizes ``MatMulNBits`` takes (a power of two, at least 16)
+NBITS_BLOCK_SIZES: tuple[int, ...] = (16, 32, 64, 128, 256)
+
+
+def weight_only_quantize(
+    proto: onnx.ModelProto,
+    *,
+    bits: int,
+    block_size: int,
+    symmetric: bool,
+    exclude: Sequence[str] = (),
+    embeddings: bool = False,
+) -> onnx.ModelProto:
+    """Block-wise weight-only quantization with ONNX Runtime's ``MatMulNBitsQuantizer``.
+
+    Every ``MatMul`` with a constant 2-D weight (but the nodes named in ``exclude``) becomes a
+    ``com.microsoft.MatMulNBits`` of ``bits`` bits, one scale (and with ``symmetric=False`` one zero
+    point) per ``block_size`` input rows of each output column, ``accuracy_level`` 4 (the input is
+    quantized to int8 per block at run time: int8 dot products); with ``embeddings`` every ``Gather``
+    of a constant table becomes a ``GatherBlockQuantized``.
+    """
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    work = onnx.ModelProto()
+    work.CopyFrom(proto)  # the quantizer rewrites the model it is given
+    with quiet_ort_logs():  # the quantizer logs every node it looks at
+        quantizer = MatMulNBitsQuantizer(
+            work,
+            bits=bits,
+            block_size=block_size,
+            is_symmetric=symmetric,
+            accuracy_level=4,
+            nodes_to_exclude=list(exclude),
+            op_types_to_quantize=("MatMul", "Gather") if embeddings else ("MatMul",),
+            quant_axes=(("MatMul", 0), ("Gather", 1)),
+        )
+        quantizer.process()
+    return quantizer.model.model
 
 
 class Int8DynamicPass:
@@ -397,7 +439,8 @@ class Int8DynamicPass:
       (a ``MatMul`` with a constant 2-D weight) becomes int8 with one scale per ``block_size``
       input rows of each output column (``MatMulNBits``, 8 bits, symmetric), and its input is
       quantized per block of the same size at run time (``accuracy_level`` 4: int8 dot products).
-      The output head (the ``MatMul`` that makes ``logits``), embeddings (``Gather``) and the
+      The output head (the ``MatMul`` that makes ``logits``) is quantized too (onnxruntime-genai's
+      int8 recipe; ``keep_head=True`` keeps it float32); embeddings (``Gather``) and the
       attention's score products (no constant weight) stay float32. Per-tensor activation scales
       are what flip a decoder's greedy tokens: one outlier in a hidden state coarsens the whole
       row; per-block scales keep the logits' error about half as large at the same speed.
@@ -410,10 +453,12 @@ class Int8DynamicPass:
         per_channel: bool = False,
         op_types: Sequence[str] | None = INT8_DYNAMIC_OPS,
         block_size: int | None = None,
+        keep_head: bool = False,
     ) -> None:
         self.per_channel = per_channel
         self.op_types = list(op_types) if op_types else None
         self.block_size = block_size
+        self.keep_head = keep_head
         self.details: dict[str, Any] = {}
 
     def __call__(self, model: AnyModel) -> tuple[onnx.ModelProto, bool]:
@@ -437,23 +482,14 @@ class Int8DynamicPass:
         return out, _fingerprint(out) != _fingerprint(proto)
 
     def _blockwise(self, proto: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
-        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-        head = output_head(proto, "logits")
-        work = onnx.ModelProto()
-        work.CopyFrom(proto)  # the quantizer rewrites the model it is given
-        with quiet_ort_logs():  # the quantizer logs every node it looks at
-            quantizer = MatMulNBitsQuantizer(
-                work,
-                bits=8,
-                block_size=int(self.block_size or 32),
-                is_symmetric=True,
-                accuracy_level=4,
-                nodes_to_exclude=[head] if head else [],
-                op_types_to_quantize=("MatMul",),
-            )
-            quantizer.process()
-        out = quantizer.model.model
+        head = output_head(proto, "logits") if self.keep_head else None
+        out = weight_only_quantize(
+            proto,
+            bits=8,
+            block_size=int(self.block_size or 32),
+            symmetric=True,
+            exclude=[head] if head else [],
+        )
         self.details = {
             "recipe": "MatMulNBits int8 weights, block-wise activations",
             "block_size": self.block_size,
@@ -461,6 +497,80 @@ class Int8DynamicPass:
             + ["Gather (embeddings)", "MatMul without constant weight"],
         }
         return out, _fingerprint(out) != _fingerprint(proto)
+
+
+class Int4Pass:
+    """Weight-only 4-bit quantization: ``MatMulNBits`` (ONNX Runtime's ``MatMulNBitsQuantizer``).
+
+    Every linear layer's weight (a ``MatMul`` with a constant 2-D weight) becomes 4-bit with one
+    scale per ``block_size`` input rows of each output column (``symmetric``: no zero point;
+    asymmetric: a 4-bit zero point per block too), its input quantized to int8 per block at run
+    time (``accuracy_level`` 4). ``head=False`` keeps the output head (the ``MatMul`` that makes
+    ``logits``) in float32; ``embeddings=True`` turns the embedding tables (``Gather`` of a constant)
+    into ``GatherBlockQuantized`` (4-bit rows, the same block size). The defaults are
+    onnxruntime-genai's CPU int4: block 32, symmetric, head quantized, embeddings float32.
+
+    Args:
+        block_size: input rows per scale, one of :data:`NBITS_BLOCK_SIZES`.
+        symmetric: symmetric blocks (no zero points); ``False``: asymmetric.
+        head: quantize the output head too.
+        embeddings: quantize the embedding tables.
+
+    Raises:
+        UsageError: a block size ``MatMulNBits`` does not take.
+
+    Example:
+        >>> Int4Pass(block_size=64).details
+        {}
+        >>> Int4Pass(block_size=48)
+        Traceback (most recent call last):
+        ...
+        torchport.runtimes._errors.UsageError: --int4-block-size 48 is not one MatMulNBits takes; use one of: 16, 32, 64, 128, 256
+    """
+
+    name = "int4"
+
+    def __init__(
+        self, block_size: int = 32, symmetric: bool = True, head: bool = True, embeddings: bool = False
+    ) -> None:
+        if block_size not in NBITS_BLOCK_SIZES:
+            raise UsageError(
+                f"--int4-block-size {block_size} is not one MatMulNBits takes; use one of: "
+                f"{', '.join(map(str, NBITS_BLOCK_SIZES))}"
+            )
+        self.block_size = block_size
+        self.symmetric = symmetric
+        self.head = head
+        self.embeddings = embeddings
+        self.details: dict[str, Any] = {}
+
+    def __call__(self, model: AnyModel) -> tuple[onnx.ModelProto, bool]:
+        proto = as_proto(model)
+        head = None if self.head else output_head(proto, "logits")
+        out = weight_only_quantize(
+            proto,
+            bits=4,
+            block_size=self.block_size,
+            symmetric=self.symmetric,
+            exclude=[head] if head else [],
+            embeddings=self.embeddings,
+        )
+        counts = {k.split(".")[-1]: v for k, v in op_counts(out).items()}
+        self.details = {
+            "recipe": "MatMulNBits int4 weights, block-wise int8 activations",
+            "block_size": self.block_size,
+            "symmetric": self.symmetric,
+            "head": self.head,
+            "embeddings": self.embeddings,
+            "matmulnbits": counts.get("MatMulNBits", 0),
+            "gather_block_quantized": counts.get("GatherBlockQuantized", 0),
+        }
+        if not counts.get("MatMulNBits") and not counts.get("GatherBlockQuantized"):
+            raise OptimizationError(
+                "int4 found no MatMul with a constant 2-D weight to quantize; the model has no linear "
+                "layers int4 applies to (drop --int4)"
+            )
+        return out, True
 
 
 class MergeMatMulsPass:
@@ -647,5 +757,6 @@ PASS_CLASSES: dict[str, type] = {
         Fp16Pass,
         Int8DynamicPass,
         Int8StaticPass,
+        Int4Pass,
     )
 }

@@ -17,10 +17,13 @@ from typing import Any
 import numpy as np
 import onnx
 
+from torchport.exporters._decoder_variants import check_decoder_variants
 from torchport.exporters._onnx_files import save_onnx
 from torchport.exporters._onnx_passes import (
     DECODER_INT8_BLOCK_SIZE,
+    NBITS_BLOCK_SIZES,
     Fp16Pass,
+    Int4Pass,
     Int8DynamicPass,
     Int8StaticPass,
     MergeMatMulsPass,
@@ -58,7 +61,12 @@ LEVELS = tuple(LEVEL_HELP)
 INT8_MODES = tuple(INT8_HELP)
 #: every pass name ``--disable`` accepts (from the pass registry)
 PASS_NAMES = tuple(ONNX_PASSES)
-VARIANT_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+VARIANT_FILES = {
+    "fp32": "model.onnx",
+    "fp16": "model.fp16.onnx",
+    "int8": "model.int8.onnx",
+    "int4": "model.int4.onnx",
+}
 #: number of generated calibration samples when no --calibration file is given
 DEFAULT_CALIBRATION_SAMPLES = 16
 GENERATED_CALIBRATION_WARNING = (
@@ -73,7 +81,9 @@ class OptimizeOptions:
 
     Attributes:
         level: ``"none"``, ``"basic"`` or ``"all"`` (see :func:`optimize_package`).
-        fp16 / int8: the variants to write (``int8``: ``"dynamic"`` or ``"static"``).
+        fp16 / int8 / int4: the variants to write (``int8``: ``"dynamic"`` or ``"static"``).
+        int4_block_size / int4_symmetric / int4_head / int4_embeddings: the int4 recipe
+            (see :class:`~torchport.exporters._onnx_passes.Int4Pass`).
         calibration: ``.npz`` calibration inputs for static int8.
         disable: names of passes to skip (:data:`PASS_NAMES`).
         provider: execution provider the offline graph is optimized for, and parity runs on.
@@ -90,6 +100,11 @@ class OptimizeOptions:
     calibration: str | os.PathLike[str] | None = None
     disable: Iterable[str] = ()
     provider: str = "cpu"
+    int4: bool = False
+    int4_block_size: int = 32
+    int4_symmetric: bool = True
+    int4_head: bool = True
+    int4_embeddings: bool = False
     n: int = 20
     samples: str | os.PathLike[str] | None = None
     atol: float | None = None
@@ -109,10 +124,49 @@ class OptimizeOptions:
             )
         if self.calibration is not None and self.int8 != "static":
             raise UsageError("--calibration is only used with --int8 static")
+        check_int4_options(
+            self.int4, self.int4_block_size, self.int4_symmetric, self.int4_head, self.int4_embeddings
+        )
 
     @property
     def optimizes(self) -> bool:
-        return self.level != "none" or self.fp16 or self.int8 is not None
+        return self.level != "none" or self.fp16 or self.int8 is not None or self.int4
+
+    def int4_pass(self) -> Int4Pass | None:
+        """The int4 pass these options ask for (``None`` without ``int4``)."""
+        if not self.int4:
+            return None
+        return Int4Pass(self.int4_block_size, self.int4_symmetric, self.int4_head, self.int4_embeddings)
+
+
+def check_int4_options(int4: bool, block_size: int, symmetric: bool, head: bool, embeddings: bool) -> None:
+    """One-line :class:`UsageError` for int4 options that make no sense.
+
+    Example:
+        >>> check_int4_options(True, 64, False, True, True)
+        >>> check_int4_options(False, 64, True, True, False)
+        Traceback (most recent call last):
+        ...
+        torchport.runtimes._errors.UsageError: --int4-block-size is only used with --int4
+    """
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size not in NBITS_BLOCK_SIZES:
+        raise UsageError(
+            f"--int4-block-size {block_size!r} is not one MatMulNBits takes; use one of: "
+            f"{', '.join(map(str, NBITS_BLOCK_SIZES))}"
+        )
+    if not int4:
+        changed = [
+            flag
+            for flag, given in (
+                ("--int4-block-size", block_size != 32),
+                ("--int4-asymmetric", not symmetric),
+                ("--int4-keep-head", not head),
+                ("--int4-embeddings", embeddings),
+            )
+            if given
+        ]
+        if changed:
+            raise UsageError(f"{', '.join(changed)} is only used with --int4")
 
 
 @dataclass
@@ -217,13 +271,15 @@ def optimize_model(
     disable: Iterable[str] = (),
     provider: str = "cpu",
     int8_block_size: int | None = None,
+    int4: Int4Pass | None = None,
 ) -> tuple[dict[str, onnx.ModelProto], list[dict[str, Any]]]:
     """Optimize one ONNX model in memory; return ``({variant: model}, pass records)``.
 
     ``int8_block_size`` switches int8 dynamic to the decoder recipe (text-generation packages use
     it, see :class:`Int8DynamicPass`): int8 weights and run-time activation scales per block of
     that many input rows, output head and embeddings in float32 (per-tensor activation scales
-    flipped a decoder's greedy tokens within a few steps).
+    flipped a decoder's greedy tokens within a few steps). ``int4`` (an :class:`Int4Pass`) also
+    writes the ``int4`` variant, from the same graph as int8 dynamic.
 
     The fp32 variant goes through ``optimize`` (level basic and all), ``ort_fusions`` (level all),
     ``merge_matmuls`` (level basic and all) and ``ort_offline`` (level all). fp16 starts from the graph after the onnxscript passes (before
@@ -246,7 +302,7 @@ def optimize_model(
     if level in ("basic", "all"):
         graph_passes.append(OnnxscriptOptimizePass())
     m = run(_filter(graph_passes, disable), model, "fp32")
-    pre_fusion = as_proto(m) if int8 is not None else None
+    pre_fusion = as_proto(m) if int8 is not None or int4 is not None else None
     if level == "all":
         m = run(_filter([OrtFusionsPass()], disable), m, "fp32")
     if level in ("basic", "all"):
@@ -275,7 +331,17 @@ def optimize_model(
             int8_passes.insert(0, OrtFusionsPass(pack_qkv=False))
         assert pre_fusion is not None
         variants["int8"] = as_proto(run(PassPipeline(int8_passes), pre_fusion, "int8"))
-    elif int8 == "static":
+    if int4 is not None:
+        if "int4" in disable:
+            raise UsageError("--int4 asks for the int4 pass, which --disable int4 switches off; drop one")
+        int4_passes: list[Any] = [int4]
+        if level != "none" and "merge_matmuls" not in disable:
+            int4_passes.insert(0, MergeMatMulsPass())  # block scales are per column (as for int8)
+        if level == "all" and "ort_fusions" not in disable:
+            int4_passes.insert(0, OrtFusionsPass(pack_qkv=False))
+        assert pre_fusion is not None
+        variants["int4"] = as_proto(run(PassPipeline(int4_passes), pre_fusion, "int4"))
+    if int8 == "static":
         if "int8_static" in disable:
             raise UsageError(
                 "--int8 static asks for a pass that --disable int8_static switches off; drop one"
@@ -342,6 +408,7 @@ def optimize_folder(
         disable=options.disable,
         provider=options.provider,
         int8_block_size=DECODER_INT8_BLOCK_SIZE if is_text_generation(manifest) else None,
+        int4=options.int4_pass(),
     )
     old = manifest.variants
     base_history = list(old["fp32"].passes)
@@ -368,12 +435,13 @@ def optimize_folder(
     parity = None
     new_report = dict(report) if report is not None else None
     if reference is not None and written:
-        parity = check_variants(
+        check = check_decoder_variants if is_text_generation(manifest) else check_variants
+        parity = check(
             manifest,
             reference,
             written,
             n=options.n,
-            samples=options.samples,
+            **({} if is_text_generation(manifest) else {"samples": options.samples}),
             atol=options.atol,
             rtol=options.rtol,
             tolerances=options.tolerances,
@@ -398,6 +466,16 @@ def optimize_folder(
         "level": options.level,
         "fp16": options.fp16,
         "int8": options.int8,
+        "int4": (
+            {
+                "block_size": options.int4_block_size,
+                "symmetric": options.int4_symmetric,
+                "head": options.int4_head,
+                "embeddings": options.int4_embeddings,
+            }
+            if options.int4
+            else None
+        ),
         "disable": list(options.disable),
         "provider": options.provider,
         "calibration": "file" if options.calibration is not None else ("generated" if samples else None),
@@ -441,12 +519,17 @@ def optimize_package(
     rtol: float | None = None,
     tolerances: Mapping[str, Tolerance] | None = None,
     check: bool = True,
+    int4: bool = False,
+    int4_block_size: int = 32,
+    int4_symmetric: bool = True,
+    int4_head: bool = True,
+    int4_embeddings: bool = False,
 ) -> OptimizeResult:
     """Optimize a model package in place, add its fp16 / int8 variants, and validate each one
     against the package's fp32 model (ONNX vs ONNX, no torch), atomically.
 
-    ``model.onnx`` is replaced by the optimized fp32 graph; ``model.fp16.onnx`` and
-    ``model.int8.onnx`` are written next to it. Every file written is compared with the fp32 model
+    ``model.onnx`` is replaced by the optimized fp32 graph; ``model.fp16.onnx``,
+    ``model.int8.onnx`` and ``model.int4.onnx`` are written next to it. Every file written is compared with the fp32 model
     as it was before (the one ``validate`` proved equal to eager PyTorch) with the variant's
     tolerance (:data:`~torchport.runtimes.DEFAULT_TOLERANCES`); the comparison goes into each
     variant's ``parity`` record (``reference: "fp32"``) and ``parity.json``
@@ -471,6 +554,11 @@ def optimize_package(
         provider: execution provider the offline graph is optimized for (``cpu``, ``cuda``).
         n / samples / atol / rtol / tolerances: the variants' validation (as in ``validate``).
         check: validate the written variants against fp32 (default).
+        int4: also write ``model.int4.onnx``: weight-only 4-bit ``MatMulNBits``.
+        int4_block_size: input rows per int4 scale (16, 32 (default), 64, 128 or 256).
+        int4_symmetric: symmetric int4 blocks (default); ``False``: asymmetric (zero points).
+        int4_head: quantize the output head (``logits``) too (default); ``False`` keeps it float32.
+        int4_embeddings: embedding tables as 4-bit ``GatherBlockQuantized`` (default float32).
 
     Returns:
         An :class:`OptimizeResult`, truthy when every written variant matches the fp32 model.
@@ -497,6 +585,11 @@ def optimize_package(
         atol=atol,
         rtol=rtol,
         tolerances=tolerances,
+        int4=int4,
+        int4_block_size=int4_block_size,
+        int4_symmetric=int4_symmetric,
+        int4_head=int4_head,
+        int4_embeddings=int4_embeddings,
     )
     package = ModelPackage.load(package_path)
     with update_package(package) as w:

@@ -46,6 +46,7 @@ ONNX_PASSES: dict[str, str] = {
     "fp16": "float16 variant",
     "int8_dynamic": "int8 dynamic variant",
     "int8_static": "int8 static (QDQ) variant",
+    "int4": "int4 weight-only (MatMulNBits) variant",
 }
 
 

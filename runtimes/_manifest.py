@@ -3,7 +3,7 @@
 A package is a folder::
 
     model.onnx               (+ model.onnx.data when external data is used)
-    model.fp16.onnx / model.int8.onnx   optional variants
+    model.fp16.onnx / model.int8.onnx / model.int4.onnx   optional variants
     torchport.json           this manifest
     parity.json              the validation report that gated this package
 
@@ -104,7 +104,7 @@ class Variant:
 
     Attributes:
         file: the ``.onnx`` file; ``data_files``: its external-data files.
-        precision: ``fp32``, ``fp16`` or ``int8``.
+        precision: ``fp32``, ``fp16``, ``int8`` or ``int4``.
         parity: the variant's link of the trust chain: ``reference`` (``"eager"`` for the fp32 model,
             ``"fp32"`` for a variant compared with the validated fp32 model), ``passed``,
             ``tolerance`` and the measured errors; ``None`` when not validated.
@@ -150,7 +150,7 @@ class Manifest:
         source: where the model came from: ``{"kind", "reference", "sha256"}``.
         export: how it was exported: ``{"strategy", "attempts", "opset", "seconds"}``.
         files: sha256 and size of every file except the manifest itself.
-        variants: ``"fp32"`` (``model.onnx``) and optional ``"fp16"``/``"int8"``.
+        variants: ``"fp32"`` (``model.onnx``) and optional ``"fp16"``/``"int8"``/``"int4"``.
         passes: what each optimization pass did.
         parity: summary of the validation that gated the package; ``None`` when unvalidated.
         validated: whether the package was validated against eager PyTorch.

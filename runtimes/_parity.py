@@ -34,6 +34,8 @@ fp32    every element within ``1e-4 * max(1, max|ref|)     same math; only op or
 fp16    cosine >= 0.999 and top-1 agreement >= 0.98    10-bit mantissa: elementwise errors of ~1e-3
                                                         relative are expected, direction must hold
 int8    cosine >= 0.99 and top-1 agreement >= 0.90     quantization noise; classification must hold
+int4    cosine >= 0.95 and top-1 agreement >= 0.75     4-bit weights: 16 levels per block of 32 rows;
+                                                        the direction must still hold
 ======= ============================================== ===============================================
 
 Integer and bool outputs must match exactly for fp32 and agree on >= the top-1 threshold of the
@@ -100,6 +102,7 @@ DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(atol=1e-4, rtol=1e-3),
     "fp16": Tolerance(min_cosine=0.999, min_top1=0.98),
     "int8": Tolerance(min_cosine=0.99, min_top1=0.90),
+    "int4": Tolerance(min_cosine=0.95, min_top1=0.75),
 }
 
 _LOGIT_NAMES = re.compile(r"logit|score|prob|class|pred|output", re.IGNORECASE)

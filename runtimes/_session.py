@@ -174,7 +174,7 @@ class Session:
 
         Args:
             package: the package folder or a loaded package (a path is loaded and hash-verified).
-            variant: ``"fp32"`` (``model.onnx``), ``"fp16"`` or ``"int8"``.
+            variant: ``"fp32"`` (``model.onnx``), ``"fp16"``, ``"int8"`` or ``"int4"``.
             providers: ``"cpu"``, ``"cuda"``, ``"tensorrt"``, a full ONNX Runtime name, or an ordered list.
             allow_fallback: accept a missing provider (warn and use the next available one).
             intra_op_threads / inter_op_threads: ONNX Runtime thread pools (``None``: its default).

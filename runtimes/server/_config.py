@@ -50,7 +50,7 @@ MODEL_KEYS = (
     "warmup",
     "warmup_inputs",
 )
-VARIANTS = ("fp32", "fp16", "int8")
+VARIANTS = ("fp32", "fp16", "int8", "int4")
 
 
 def _version_key(v: str) -> tuple[int, int | str]:
@@ -166,7 +166,7 @@ class ModelSettings:
     Attributes:
         name: the name it is served under (default: its manifest's name for a package served alone,
             its folder's name in a repository).
-        variant: package variant: ``fp32``, ``fp16`` or ``int8``.
+        variant: package variant: ``fp32``, ``fp16``, ``int8`` or ``int4``.
         max_batch_size: dynamic batching limit in rows (1 turns batching off).
         max_queue_delay_ms: longest a request waits for others to join its batch.
         instances: batches of this model in flight at once (worker threads); ``None``: the server's.
@@ -306,7 +306,7 @@ class ServerConfig:
         metrics_public: let ``/metrics`` on the main port through without the API key.
         providers: execution providers in priority order (``"cpu"``, ``"cuda"``, ``"tensorrt"``...).
         allow_fallback: serve on the next available provider when a requested one is missing.
-        variant: package variant to serve (``fp32``, ``fp16``, ``int8``).
+        variant: package variant to serve (``fp32``, ``fp16``, ``int8``, ``int4``).
         max_batch_size: dynamic batching limit in rows; 1 turns batching off.
         max_queue_delay_ms: longest a request waits for others to join its batch.
         threads: inference worker threads (= batches in flight per model); default: CPU count.
