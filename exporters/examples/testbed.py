@@ -90,7 +90,7 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
             "kv_heads": 8,
             "seq": 128,
             "batch": 8,
-            "steps": 240,
+            "steps": 120,
             "lr": 1.5e-3,
             "train_chars": 4_000_000,
             "eval_chars": 30_000,
