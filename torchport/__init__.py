@@ -1,6 +1,7 @@
 """torchport: eager PyTorch model → validated ONNX package → served over the Open Inference Protocol.
 
-The project is split into subpackages mapped from the repository's top-level folders:
+The project is split into subpackages that are the repository's top-level folders (``torchport/exporters``
+and its siblings are relative symlinks to them):
 ``torchport.exporters`` (torch side), ``torchport.runtimes`` (no torch: package format,
 ONNX Runtime sessions, server), ``torchport.deploy`` and ``torchport.cli``.
 """

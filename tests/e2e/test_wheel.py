@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-#: repository folder -> package name (mirrors [tool.setuptools.package-dir] in pyproject.toml)
+#: repository folder -> package name (torchport/ links each part to its folder: docs/design.md, Layout)
 FOLDERS = {"torchport": "torchport", "exporters": "torchport.exporters", "runtimes": "torchport.runtimes",
            "deploy": "torchport.deploy", "cli": "torchport.cli"}  # fmt: skip
 
