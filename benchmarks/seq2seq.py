@@ -1,0 +1,280 @@
+"""Encoder-decoder generation speed: Whisper (speech to text) and T5 (text to text), torchport vs peers.
+
+Rows, one process, one machine (2 threads unless --threads): Hugging Face eager PyTorch (the
+baseline), torchport's package through its torch-free generate loop, Optimum's ORTModelForSpeechSeq2Seq
+/ ORTModelForSeq2SeqLM (from its own ``.venv-optimum`` when not importable here) and
+onnxruntime-genai's Whisper where it is installed. Random weights at the real shapes (Whisper-tiny:
+d_model 384, 4+4 layers; T5-small: d_model 512, 6+6 layers): the speed is the shape's, not the
+weights'. Every row generates exactly ``--new-tokens`` tokens (EOS suppressed), greedy.
+
+Whisper: 10 s of audio (a chirp plus noise), pre-processing included (torchport's numpy log-mel vs
+``WhisperFeatureExtractor``); reported as seconds, real-time factor (seconds per second of audio)
+and tokens/s. T5: a 64-token input generating 64 tokens.
+
+    python benchmarks/seq2seq.py [--tiny] [--new-tokens 64] [--repeats 3] [--no-peers]
+
+A row that cannot run here says why (not installed, the package cannot generate yet) instead of a figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RATE = 16000
+
+#: model shapes: (Whisper config kwargs, T5 config kwargs)
+SHAPES = {
+    "real": (
+        {"d_model": 384, "encoder_layers": 4, "decoder_layers": 4, "encoder_attention_heads": 6,
+         "decoder_attention_heads": 6, "encoder_ffn_dim": 1536, "decoder_ffn_dim": 1536},
+        {"d_model": 512, "d_ff": 2048, "num_layers": 6, "num_decoder_layers": 6, "num_heads": 8, "d_kv": 64},
+    ),
+    "tiny": (
+        {"d_model": 32, "encoder_layers": 1, "decoder_layers": 1, "encoder_attention_heads": 2,
+         "decoder_attention_heads": 2, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64},
+        {"d_model": 32, "d_ff": 64, "num_layers": 1, "num_decoder_layers": 1, "num_heads": 2, "d_kv": 16},
+    ),
+}  # fmt: skip
+
+
+def test_audio(seconds: float = 10.0) -> np.ndarray:
+    """A chirp from 100 Hz to 4 kHz plus a little noise (speech-like energy over the mel range)."""
+    t = np.arange(int(seconds * RATE)) / RATE
+    chirp = 0.4 * np.sin(2 * np.pi * (100 * t + (4000 - 100) / (2 * seconds) * t**2))
+    return (chirp + 0.02 * np.random.default_rng(0).standard_normal(t.size)).astype(np.float32)
+
+
+def build_whisper(folder: Path, shape: dict[str, int]) -> None:
+    """A random-weight Whisper folder (config, generation config, preprocessor config)."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.WhisperConfig(
+        vocab_size=51865, num_mel_bins=80, max_source_positions=1500, max_target_positions=448,
+        decoder_start_token_id=50258, eos_token_id=50257, pad_token_id=50257, bos_token_id=50257, **shape,
+    )  # fmt: skip
+    model = transformers.WhisperForConditionalGeneration(config).eval()
+    model.generation_config = transformers.GenerationConfig(
+        decoder_start_token_id=50258, eos_token_id=50257, pad_token_id=50257, max_length=448,
+        lang_to_id={"<|en|>": 50259}, task_to_id={"transcribe": 50359, "translate": 50358},
+        no_timestamps_token_id=50363, is_multilingual=True, begin_suppress_tokens=[220, 50257],
+    )  # fmt: skip
+    model.save_pretrained(folder)
+    transformers.WhisperFeatureExtractor().save_pretrained(folder)
+
+
+def build_t5(folder: Path, shape: dict[str, int]) -> None:
+    """A random-weight T5 folder."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.T5Config(
+        vocab_size=32128, decoder_start_token_id=0, eos_token_id=1, pad_token_id=0, **shape
+    )
+    transformers.T5ForConditionalGeneration(config).eval().save_pretrained(folder)
+
+
+def best(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
+    """Median seconds of ``repeats`` calls (after one warm-up) and the last result."""
+    out = fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def hf_whisper(folder: Path, audio: np.ndarray, new: int) -> Callable[[], list[int]]:
+    import torch
+    import transformers
+
+    model = transformers.WhisperForConditionalGeneration.from_pretrained(folder).eval()
+    extractor = transformers.WhisperFeatureExtractor.from_pretrained(folder)
+
+    def run() -> list[int]:
+        feats = extractor(audio, sampling_rate=RATE, return_tensors="pt").input_features
+        with torch.no_grad():
+            out = model.generate(
+                feats, language="en", max_new_tokens=new, min_new_tokens=new, do_sample=False, num_beams=1
+            )
+        return out[0].tolist()
+
+    return run
+
+
+def hf_t5(folder: Path, ids: list[int], new: int) -> Callable[[], list[int]]:
+    import torch
+    import transformers
+
+    model = transformers.T5ForConditionalGeneration.from_pretrained(folder).eval()
+    x = torch.tensor([ids])
+
+    def run() -> list[int]:
+        with torch.no_grad():
+            out = model.generate(x, max_new_tokens=new, min_new_tokens=new, do_sample=False, num_beams=1)
+        return out[0].tolist()
+
+    return run
+
+
+def torchport_package(folder: Path, out: Path, task: str) -> tuple[Any, str]:
+    """Export ``folder`` for generation; ``(generator, "")`` or ``(None, why not)``."""
+    from torchport.exporters import export_model
+    from torchport.runtimes import Session
+    from torchport.runtimes._errors import TorchportError
+    from torchport.runtimes._generate import Generator
+
+    try:
+        export_model(str(folder), out, task=task, overwrite=True, quiet=True)
+        return Generator(Session.from_package(out)), ""
+    except TorchportError as e:
+        return None, str(e).splitlines()[0]
+
+
+def torchport_whisper(gen: Any, package: Path, audio: np.ndarray, new: int) -> Callable[[], list[int]]:
+    from torchport.runtimes._audio import AudioFeatures
+    from torchport.runtimes._audio_prompt import WhisperPrompt
+
+    extra = gen.session.manifest.extra
+    features = AudioFeatures.from_config(extra.get("audio") or {})
+    prompt = WhisperPrompt.from_settings(extra["generation"].get("whisper") or extra["generation"])
+
+    def run() -> list[int]:
+        feats = features.extract([audio])
+        ids = prompt.prompt(language="en")
+        return gen.generate(
+            [ids], max_new_tokens=new, ignore_eos=True, encoder_inputs={"input_features": feats}
+        ).tokens[0]
+
+    return run
+
+
+def torchport_t5(gen: Any, ids: list[int], new: int) -> Callable[[], list[int]]:
+    def run() -> list[int]:
+        return gen.generate([ids], max_new_tokens=new, ignore_eos=True).tokens[0]
+
+    return run
+
+
+def optimum_row(folder: Path, kind: str) -> str:
+    """Optimum's row, or why it is skipped (it needs torch + optimum[onnxruntime] in .venv-optimum)."""
+    python = REPO_ROOT / ".venv-optimum" / "bin" / "python"
+    try:
+        import optimum.onnxruntime  # noqa: F401
+    except ImportError:
+        if not python.exists():
+            return "skipped (optimum is not installed here nor in .venv-optimum: python -m venv .venv-optimum && .venv-optimum/bin/pip install 'optimum[onnxruntime]')"
+    return f"skipped (the Optimum {kind} runner is not wired yet)"
+
+
+def genai_row() -> str:
+    try:
+        import onnxruntime_genai  # noqa: F401
+    except ImportError:
+        return "skipped (onnxruntime-genai not installed: pip install onnxruntime-genai)"
+    return "skipped (onnxruntime-genai's Whisper needs its own exported folder; not wired yet)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="tiny shapes (for the test)")
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--source-tokens", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-peers", action="store_true")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    import torch
+
+    torch.set_num_threads(args.threads)
+    whisper_shape, t5_shape = SHAPES["tiny" if args.tiny else "real"]
+    audio = test_audio(args.seconds)
+    ids = [int(i) for i in np.random.default_rng(0).integers(2, 32000, args.source_tokens)]
+    rows: list[tuple[str, str, float | None, str]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        build_whisper(work / "whisper", whisper_shape)
+        build_t5(work / "t5", t5_shape)
+
+        from transformers import WhisperFeatureExtractor
+
+        from torchport.runtimes._audio import AudioFeatures
+
+        hf_fe = WhisperFeatureExtractor()
+        ours_fe = AudioFeatures()
+        t_hf, ref = best(
+            lambda: hf_fe(audio, sampling_rate=RATE, return_tensors="np").input_features, args.repeats
+        )
+        t_ours, got = best(lambda: ours_fe.extract([audio]), args.repeats)
+        err = float(np.abs(got - ref).max())
+        rows.append(("whisper features", "transformers WhisperFeatureExtractor", t_hf, ""))
+        rows.append(("whisper features", "torchport numpy log-mel", t_ours, f"max err {err:.1e}"))
+
+        t, out = best(hf_whisper(work / "whisper", audio, args.new_tokens), args.repeats)
+        rows.append(("whisper", "Hugging Face eager", t, f"{len(out)} ids"))
+        gen, why = torchport_package(work / "whisper", work / "pkg-whisper", "automatic-speech-recognition")
+        if gen is None:
+            rows.append(("whisper", "torchport", None, f"skipped ({why})"))
+        else:
+            try:
+                t, out = best(
+                    torchport_whisper(gen, work / "pkg-whisper", audio, args.new_tokens), args.repeats
+                )
+                rows.append(("whisper", "torchport", t, f"{len(out)} new tokens"))
+            except Exception as e:  # the encoder-decoder loop may not take audio yet: report, do not hide
+                rows.append(("whisper", "torchport", None, f"skipped ({type(e).__name__}: {str(e)[:80]})"))
+        if not args.no_peers:
+            rows.append(
+                ("whisper", "Optimum ORTModelForSpeechSeq2Seq", None, optimum_row(work / "whisper", "speech"))
+            )
+            rows.append(("whisper", "onnxruntime-genai", None, genai_row()))
+
+        t, out = best(hf_t5(work / "t5", ids, args.new_tokens), args.repeats)
+        rows.append(("t5", "Hugging Face eager", t, f"{len(out)} ids"))
+        gen, why = torchport_package(work / "t5", work / "pkg-t5", "text2text-generation")
+        if gen is None:
+            rows.append(("t5", "torchport", None, f"skipped ({why})"))
+        else:
+            try:
+                t, out = best(torchport_t5(gen, ids, args.new_tokens), args.repeats)
+                rows.append(("t5", "torchport", t, f"{len(out)} new tokens"))
+            except Exception as e:
+                rows.append(("t5", "torchport", None, f"skipped ({type(e).__name__}: {str(e)[:80]})"))
+        if not args.no_peers:
+            rows.append(("t5", "Optimum ORTModelForSeq2SeqLM", None, optimum_row(work / "t5", "seq2seq")))
+
+    base = {
+        m: t for m, who, t, _ in rows if who in ("Hugging Face eager", "transformers WhisperFeatureExtractor")
+    }
+    print(f"threads {args.threads}, {args.new_tokens} new tokens, whisper on {args.seconds:g} s of audio, "
+          f"t5 on {args.source_tokens} tokens; shapes {'tiny' if args.tiny else 'whisper-tiny / t5-small'}")  # fmt: skip
+    print(f"{'model':<18} {'runner':<38} {'seconds':>8} {'RTF':>7} {'tok/s':>8} {'vs HF':>7}  note")
+    for model, who, t, note in rows:
+        if t is None:
+            print(f"{model:<18} {who:<38} {'-':>8} {'-':>7} {'-':>8} {'-':>7}  {note}")
+            continue
+        rtf = f"{t / args.seconds:.3f}" if model != "t5" else "-"
+        tps = f"{args.new_tokens / t:.1f}" if model in ("whisper", "t5") else "-"
+        ratio = f"{base[model] / t:.2f}x" if model in base else "-"
+        print(f"{model:<18} {who:<38} {t:8.3f} {rtf:>7} {tps:>8} {ratio:>7}  {note}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
