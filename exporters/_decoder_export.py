@@ -55,7 +55,7 @@ __all__ = [
 ]
 
 #: ``--task`` values: ``auto`` picks ``text-generation`` for causal LM folders unless --outputs is given
-TASKS = ("auto", "text-generation", "default")
+TASKS = ("auto", "text-generation", "text2text-generation", "automatic-speech-recognition", "default")
 STRATEGY = "dynamo-nonstrict-kv-cache"
 #: the example sizes of the capture (distinct, none 0 or 1, so no dim is specialized)
 _EXAMPLE = {"batch": 2, "seq": 3, "past_seq": 5}
@@ -84,7 +84,7 @@ def wants_decoder(
     task = task or "auto"
     if task not in TASKS:
         raise UsageError(f"unknown --task {task!r}; use one of: {', '.join(TASKS)}")
-    if task == "default":
+    if task in ("default", "text2text-generation", "automatic-speech-recognition"):
         return False
     module = getattr(loaded, "module", None)
     causal = loaded.kind == "huggingface" and module is not None and is_causal_lm(module)

@@ -39,6 +39,7 @@ from torchport.exporters._onnx_export import (
 from torchport.exporters._outputs import FlatModule, OutputSelection
 from torchport.exporters._progress import Progress
 from torchport.exporters._registries import ATTENTION_MODES
+from torchport.exporters._seq2seq_export import export_seq2seq, wants_seq2seq
 from torchport.exporters._source_lines import user_traceback
 from torchport.exporters._strategies import Attempt, ExportPlan, run_strategies
 from torchport.exporters._text_assets import package_text_assets
@@ -513,6 +514,22 @@ def export_model(
             with progress.stage("load") as st:
                 loaded = stage_load(source, attn_implementation, example_args, example_inputs)
                 st.detail = f"{loaded.reference} ({loaded.kind})"
+            if wants_seq2seq(loaded, task, outputs, inputs, sample):
+                package, used, attempts = export_seq2seq(
+                    loaded,
+                    writer,
+                    progress,
+                    gate,
+                    task=task,
+                    dims=_as_dims(dims),
+                    opset=opset,
+                    name=name or default_name(loaded.reference),
+                    version=version,
+                    producer=_producer,
+                )
+                return ExportResult(
+                    package, used, attempts, time.perf_counter() - start, dict(progress.times)
+                )
             if wants_decoder(loaded, task, outputs, inputs, sample, user_hook):
                 package, used, attempts = export_text_generation(
                     loaded,

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from torchport.runtimes._generate import DecodeBatch, GenRequest
+from torchport.runtimes._generate import GenRequest, decode_batch
 
 log = logging.getLogger("torchport.server")
 
@@ -70,7 +70,7 @@ class GenerationEngine:
     """
 
     def __init__(self, session: Any, *, max_batch: int = 16, prefill_tokens: int = PREFILL_TOKENS) -> None:
-        self.batch = DecodeBatch(session)
+        self.batch = decode_batch(session)
         self.max_batch = max(1, min(max_batch, self.batch.spec.max_batch))
         self.prefill_tokens = max(1, prefill_tokens)
         self._waiting: deque[Job] = deque()

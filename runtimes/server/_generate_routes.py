@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from torchport.runtimes._errors import InferenceInputError, UsageError
-from torchport.runtimes._generate import DecoderSpec, GenRequest, SamplingParams
+from torchport.runtimes._generate import GenRequest, SamplingParams, generation_spec
 from torchport.runtimes._tokenizer import IncrementalDecoder, TextCodec
 from torchport.runtimes.server._generate_engine import GenerationEngine, Job
 from torchport.runtimes.server._http import Deferred, Response, Stream
@@ -63,12 +63,12 @@ def _engine(entry: Any) -> tuple[GenerationEngine, TextCodec]:
     if got is None:
         name, session = entry.name, entry.session
         try:
-            DecoderSpec.from_manifest(session.manifest)
+            generation_spec(session.manifest)
         except UsageError:
             raise HTTPError(
                 400,
                 f"model {name!r} does not generate text: /generate serves packages exported with "
-                "--task text-generation",
+                "--task text-generation or text2text-generation",
             ) from None
         codec = TextCodec.from_package(session.package) if session.package is not None else None
         if codec is None:
