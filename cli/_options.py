@@ -118,6 +118,22 @@ def samples_option() -> Any:
     )
 
 
+def eval_option() -> Any:
+    return typer.Option(
+        None,
+        "--eval",
+        help="Task metrics on a held-out set, per variant: an .npz of the model's inputs with a `labels` "
+        "array (accuracy, top-1 agreement with fp32) or, for a text-generation package, a UTF-8 text file "
+        "(perplexity, greedy agreement with fp32), e.g. --eval heldout.npz.",
+    )
+
+
+def eval_tokens_option() -> Any:
+    return typer.Option(
+        32, "--eval-tokens", help="--eval on text: new tokens per prompt of the greedy agreement, e.g. 128."
+    )
+
+
 def atol_option() -> Any:
     return typer.Option(
         None,

@@ -11,6 +11,8 @@ import typer
 from torchport.cli._options import (
     as_json_option,
     atol_option,
+    eval_option,
+    eval_tokens_option,
     n_option,
     provider_option,
     rtol_option,
@@ -44,6 +46,8 @@ def validate(
     no_localize: bool = typer.Option(
         False, "--no-localize", help="Do not search for the first diverging node."
     ),
+    eval_data: Optional[Path] = eval_option(),
+    eval_tokens: int = eval_tokens_option(),
     as_json: bool = as_json_option("parity.json"),
 ) -> None:
     """Compare a package with eager PyTorch; write parity.json; exit 1 when parity fails.
@@ -69,7 +73,29 @@ def validate(
         record=record,
     )
 
-    typer.echo(json.dumps(result.to_dict(), indent=2, default=str) if as_json else str(result))
+    evaluated = None
+    if eval_data is not None:
+        from torchport.runtimes import evaluate_package, record_eval
+
+        evaluated = evaluate_package(
+            package,
+            eval_data,
+            variants=variant or None,
+            tokens=eval_tokens,
+            providers=provider,
+            progress=True,
+        )
+        if result:
+            record_eval(package, evaluated)
+    if as_json:
+        out = result.to_dict()
+        if evaluated is not None:
+            out["eval"] = evaluated.to_dict()
+        typer.echo(json.dumps(out, indent=2, default=str))
+    else:
+        typer.echo(str(result))
+        if evaluated is not None:
+            typer.echo(str(evaluated))
     if not result:
         raise typer.Exit(1)
 

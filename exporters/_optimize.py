@@ -36,6 +36,14 @@ from torchport.exporters._registries import INT8_MODES as INT8_HELP
 from torchport.exporters._registries import LEVELS as LEVEL_HELP
 from torchport.exporters._registries import ONNX_PASSES
 from torchport.runtimes._errors import OptimizationError, UsageError, describe_error
+from torchport.runtimes._eval import (
+    DEFAULT_EVAL_TOKENS,
+    DEFAULT_MAX_ACCURACY_DROP,
+    DEFAULT_MAX_PERPLEXITY_RISE,
+    eval_into,
+    evaluate_folder,
+    gate,
+)
 from torchport.runtimes._generate import is_text_generation
 from torchport.runtimes._inputs import dim_sample_points, random_inputs
 from torchport.runtimes._manifest import PARITY_NAME, Manifest, Variant
@@ -524,6 +532,10 @@ def optimize_package(
     int4_symmetric: bool = True,
     int4_head: bool = True,
     int4_embeddings: bool = False,
+    eval_data: str | os.PathLike[str] | None = None,
+    max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP,
+    max_perplexity_rise: float = DEFAULT_MAX_PERPLEXITY_RISE,
+    eval_tokens: int = DEFAULT_EVAL_TOKENS,
 ) -> OptimizeResult:
     """Optimize a model package in place, add its fp16 / int8 variants, and validate each one
     against the package's fp32 model (ONNX vs ONNX, no torch), atomically.
@@ -559,6 +571,12 @@ def optimize_package(
         int4_symmetric: symmetric int4 blocks (default); ``False``: asymmetric (zero points).
         int4_head: quantize the output head (``logits``) too (default); ``False`` keeps it float32.
         int4_embeddings: embedding tables as 4-bit ``GatherBlockQuantized`` (default float32).
+        eval_data: a held-out set (``.npz`` of inputs + ``labels``, or UTF-8 text for text generation):
+            the task metrics of every variant written gate it (:func:`~torchport.runtimes.evaluate_package`);
+            a variant whose accuracy drops more than ``max_accuracy_drop`` points or whose perplexity
+            rises more than ``max_perplexity_rise`` (a fraction) against fp32 is refused, nothing written.
+            The metrics go into ``parity.json`` (``eval``) and the manifest (``extra.eval``).
+        eval_tokens: new tokens per prompt of the greedy agreement (text generation).
 
     Returns:
         An :class:`OptimizeResult`, truthy when every written variant matches the fp32 model.
@@ -603,8 +621,18 @@ def optimize_package(
             report=report,
         )
         manifest = done.manifest
+        report = done.report
+        if eval_data is not None:
+            evaluated = gate(
+                evaluate_folder(w.path, manifest, eval_data, tokens=eval_tokens, providers=provider),
+                max_accuracy_drop=max_accuracy_drop,
+                max_perplexity_rise=max_perplexity_rise,
+            )
+            for name, reason in evaluated.refused.items():
+                raise OptimizationError(f"variant {name} refused by --eval: {reason}; nothing written")
+            report = eval_into(report, manifest, evaluated)
         manifest.extra["optimization"]["seconds"] = round(time.perf_counter() - start, 3)
-        new_pkg = w.commit(manifest, parity=done.report)
+        new_pkg = w.commit(manifest, parity=report)
     sizes = {
         name: sum((new_pkg.path / f).stat().st_size for f in [v.file, *v.data_files])
         for name, v in new_pkg.manifest.variants.items()

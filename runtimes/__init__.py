@@ -16,6 +16,13 @@ from torchport.runtimes._errors import (
     UsageError,
     ValidationError,
 )
+from torchport.runtimes._eval import (
+    EvalResult,
+    VariantEval,
+    evaluate_package,
+    gate,
+    record_eval,
+)
 from torchport.runtimes._generate import GenerationResult, Generator, SamplingParams
 from torchport.runtimes._inputs import concrete_shape, dim_sample_points, random_inputs
 from torchport.runtimes._inspect import PackageSummary, inspect_package
@@ -54,6 +61,11 @@ from torchport.runtimes._spec_syntax import format_spec, parse_dim_spec, parse_i
 from torchport.runtimes._tokenizer import TextCodec
 
 __all__ = [
+    "EvalResult",
+    "VariantEval",
+    "evaluate_package",
+    "gate",
+    "record_eval",
     "DEFAULT_TOLERANCES",
     "Localization",
     "OutputParity",
