@@ -202,6 +202,31 @@ def _flatten(data: Any) -> Any:
     return data
 
 
+#: from this many elements on, float data is checked and converted by :func:`_plain_numbers` (below
+#: it, the per-element type test is cheaper than numpy's fixed costs)
+_VECTOR_CHECK_FROM = 32
+
+
+def _plain_numbers(flat: list[Any]) -> np.ndarray | None:
+    """``flat`` as one numpy array when every element is a JSON number (Python int or float, no
+    bool), else None (the caller's exact element check then names what is wrong).
+
+    One C-level conversion instead of a per-element type test: ``np.array`` makes a float or int
+    array only from numbers and bools (None, strings and lists give another dtype or raise), and
+    a bool can only hide among the values equal to 0 or 1, so only those are looked at one by one.
+    """
+    try:
+        arr = np.array(flat)
+    except (ValueError, TypeError, OverflowError):
+        return None
+    if arr.ndim != 1 or arr.dtype.kind not in "fiu":
+        return None
+    suspects = np.flatnonzero((arr == 0) | (arr == 1))
+    if len(suspects) and any(type(flat[i]) is bool for i in suspects.tolist()):
+        return None
+    return arr
+
+
 def _decode_json_tensor(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> np.ndarray:
     if not isinstance(data, list):
         data = [data]
@@ -209,6 +234,10 @@ def _decode_json_tensor(name: str, datatype: str, shape: tuple[int, ...], data: 
     flat = _flatten(data)
     if len(flat) != count:
         raise bad_request(f"input {name!r}: shape {list(shape)} needs {count} values, 'data' has {len(flat)}")
+    if datatype in _FLOATS and count >= _VECTOR_CHECK_FROM:
+        arr = _plain_numbers(flat)
+        if arr is not None:
+            return arr.astype(_WIRE[datatype], copy=False).reshape(shape)
     kinds = set(map(type, flat))
     if not kinds <= _JSON_TYPES[datatype]:
         got = ", ".join(

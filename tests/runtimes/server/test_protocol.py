@@ -140,3 +140,44 @@ def test_trailing_binary_data_is_rejected():
         HTTPError, match="4 bytes of binary data that no input's binary_data_size accounts for"
     ):
         decode_infer_request(header + b"\0\0\0\0", len(header))
+
+
+def _float_body(data: list, datatype: str = "FP32") -> bytes:
+    return json.dumps(
+        {"inputs": [{"name": "x", "shape": [len(data)], "datatype": datatype, "data": data}]}
+    ).encode()
+
+
+@pytest.mark.parametrize("datatype", ["FP16", "FP32", "FP64"])
+def test_long_float_data_decodes_like_the_element_by_element_path(codec, datatype):
+    # from proto._VECTOR_CHECK_FROM elements on, float data is checked and converted in one go
+    rng = np.random.default_rng(3)
+    values = rng.standard_normal(3 * proto._VECTOR_CHECK_FROM).tolist()
+    values[:6] = [0, 1, 0.0, 1.0, -1, 7]  # ints and the 0/1 values a bool could hide among
+    got = decode_infer_request(_float_body(values, datatype)).inputs["x"]
+    expected = np.fromiter(values, proto._WIRE[datatype], len(values))
+    assert got.dtype == expected.dtype and got.shape == (len(values),)
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize(
+    "bad, got",
+    [(True, "bool"), (False, "bool"), (None, "null"), ("1", "str"), ([1.0], "list"), ({"a": 1}, "dict")],
+)
+@pytest.mark.parametrize("where", [1, 17, -1])
+def test_long_float_data_still_refuses_non_numbers(codec, bad, got, where):
+    values = [0.0, 1.0] * proto._VECTOR_CHECK_FROM  # many 0/1 values: a bool must still be found
+    values[where] = bad
+    with pytest.raises(
+        HTTPError,
+        match=rf"input 'x': data does not match datatype FP32: FP32 data must be numbers, got {got}",
+    ):
+        decode_infer_request(_float_body(values))
+
+
+def test_long_nested_float_data_is_flattened(codec):
+    rows = np.arange(4 * proto._VECTOR_CHECK_FROM, dtype=np.float32).reshape(4, -1)
+    body = json.dumps(
+        {"inputs": [{"name": "x", "shape": list(rows.shape), "datatype": "FP32", "data": rows.tolist()}]}
+    ).encode()
+    np.testing.assert_array_equal(decode_infer_request(body).inputs["x"], rows)
