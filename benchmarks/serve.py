@@ -16,7 +16,12 @@ Prints one table:
   (6) a hot reload under c=32 load: a new version lands in a --model-control poll repository mid-run;
       requests lost must be 0;
   (7) the breakdown of one c=1 request: each step timed in process (the rest of (4)'s gap is glue:
-      request objects, routing, the event loop and its syscalls).
+      request objects, routing, the event loop and its syscalls);
+  (8) the CNN at c=1 and c=32 through torchport and the servers users pick instead, same model and
+      ONNX Runtime settings: Triton's own server (the tritonserver PyTriton bundles, HTTP and gRPC),
+      KServe's ModelServer, MLServer, and the bare echo as the floor; JSON and binary, interleaved
+      rounds, ratios against torchport. Each peer runs from its own virtualenv (.venv-NAME, made by
+      `bash scripts/bench_peers.sh`); one not installed is skipped with the reason (see PEERS).
 In-process numbers come from `torchport bench` (torchport.runtimes._bench.bench_package).
 
 Load comes from wrk (Debian package `wrk`) on loopback for a fixed duration; without wrk, a Python asyncio
@@ -26,6 +31,7 @@ generator sends a fixed number of requests (slower: it competes for the same cor
     python benchmarks/serve.py --repeat 3 --delays 0 2   # median of 3, batching also with a 2 ms queue delay
     python benchmarks/serve.py --duration 3 --concurrency 1 32
     python benchmarks/serve.py --sections floor breakdown --repeat 3 --baseline-ref main~10   # before/after
+    python benchmarks/serve.py --sections peers --concurrency 1 32 --repeat 3   # vs Triton, KServe, MLServer
 """
 
 from __future__ import annotations
@@ -59,7 +65,10 @@ wrk.method = "POST"
 local f = io.open(os.getenv("BODY_FILE"), "rb"); wrk.body = f:read("*a"); f:close()
 wrk.headers["Content-Type"] = "application/json"
 local hl = os.getenv("HEADER_LEN")
-if hl and hl ~= "" then wrk.headers["Inference-Header-Content-Length"] = hl end
+if hl and hl ~= "" then
+  wrk.headers["Inference-Header-Content-Length"] = hl
+  wrk.headers["Content-Type"] = "application/octet-stream"  -- JSON header + raw tensor bytes
+end
 """
 
 NAIVE_APP = """
@@ -114,11 +123,71 @@ class Cnn(Model):
     def predict(self, payload, headers=None, response_headers=None):
         (y,) = self.sess.run(None, {self.input: payload.inputs[0].as_numpy()})
         out = InferOutput(name="logits", shape=list(y.shape), datatype="FP32")
-        out.set_data_from_numpy(y, binary_data=False)
-        return InferResponse(model_name="cnn", infer_outputs=[out], response_id=payload.id or "0")
+        binary = payload.use_binary_outputs  # the request's binary_data_output
+        out.set_data_from_numpy(y, binary_data=binary)
+        return InferResponse(
+            model_name="cnn", infer_outputs=[out], response_id=payload.id or "0", use_binary_outputs=binary
+        )
 
 
 ModelServer(http_port=int(sys.argv[1]), enable_grpc=False, enable_latency_logging=False).start([Cnn()])
+"""
+
+
+PYTRITON_APP = """
+import sys
+
+import numpy as np
+import onnxruntime as ort
+from pytriton.decorators import batch
+from pytriton.model_config import ModelConfig, Tensor
+from pytriton.triton import Triton, TritonConfig
+
+http_port, grpc_port, metrics_port, model = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+opts = ort.SessionOptions()
+opts.intra_op_num_threads = 1
+sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+name = sess.get_inputs()[0].name
+
+
+@batch
+def infer(image):
+    (y,) = sess.run(None, {name: image})
+    return {"logits": y}
+
+
+config = TritonConfig(http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, log_verbose=0)
+with Triton(config=config) as triton:
+    triton.bind(
+        model_name="cnn",
+        infer_func=infer,
+        inputs=[Tensor(name="image", dtype=np.float32, shape=(3, 32, 32))],
+        outputs=[Tensor(name="logits", dtype=np.float32, shape=(10,))],
+        config=ModelConfig(max_batch_size=32),
+    )
+    triton.serve()
+"""
+
+
+MLSERVER_RUNTIME = """
+import onnxruntime as ort
+from mlserver import MLModel
+from mlserver.codecs import NumpyCodec
+from mlserver.types import InferenceRequest, InferenceResponse
+
+
+class OnnxCnn(MLModel):
+    async def load(self) -> bool:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        self.sess = ort.InferenceSession(self.settings.parameters.uri, opts, providers=["CPUExecutionProvider"])
+        self.input = self.sess.get_inputs()[0].name
+        return True
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        x = NumpyCodec.decode_input(payload.inputs[0])
+        (y,) = self.sess.run(None, {self.input: x})
+        return InferenceResponse(model_name=self.name, outputs=[NumpyCodec.encode_output("logits", y)])
 """
 
 
@@ -301,6 +370,7 @@ class ServerProcess:
         headers = {"Content-Type": "application/json"}
         if header_len:
             headers["Inference-Header-Content-Length"] = header_len
+            headers["Content-Type"] = "application/octet-stream"
         req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=body, headers=headers)
         with urllib.request.urlopen(req, timeout=30) as r:
             data = r.read()
@@ -347,12 +417,14 @@ def baseline_tree(ref: str, workdir: Path) -> Path:
     """Another commit of this repository, importable as ``torchport`` from the returned folder
     (``git archive`` plus the package layout the editable install maps), to compare in one run."""
     src = workdir / "baseline-src"
+    shim = workdir / "baseline-path"
+    if shim.exists():  # already made (and checked) by another section of this run
+        return shim
     src.mkdir()
     archive = subprocess.run(
         ["git", "-C", str(REPO_ROOT), "archive", ref], capture_output=True, check=True
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
-    shim = workdir / "baseline-path"
     (shim / "torchport").mkdir(parents=True)
     (shim / "torchport" / "__init__.py").symlink_to(src / "torchport" / "__init__.py")
     for sub in ("runtimes", "exporters", "deploy", "cli"):
@@ -369,16 +441,88 @@ def baseline_tree(ref: str, workdir: Path) -> Path:
     return shim
 
 
+#: where a peer server's Python lives when it is not importable here: its own virtual environment
+#: (its dependencies clash with torchport's), ``.venv-NAME``, made by ``bash scripts/bench_peers.sh``;
+#: TORCHPORT_BENCH_<NAME>_PYTHON names the one interpreter to use instead
+PEERS = {
+    "kserve": ("kserve", "kserve"),
+    "pytriton": ("pytriton.triton", "nvidia-pytriton"),
+    "mlserver": ("mlserver", "mlserver"),
+}
+
+
+def peer_python(name: str) -> tuple[str | None, str]:
+    """The interpreter that can run peer ``name`` (this one, its ``.venv-NAME`` or the one
+    TORCHPORT_BENCH_<NAME>_PYTHON names), or None and the reason it is skipped."""
+    module, package = PEERS[name]
+    named = os.environ.get(f"TORCHPORT_BENCH_{name.upper()}_PYTHON")
+    candidates = [named] if named else [sys.executable, str(REPO_ROOT / f".venv-{name}" / "bin" / "python")]
+    for python in candidates:
+        if not python or not Path(python).exists():
+            continue
+        probe = subprocess.run(
+            [python, "-c", f"import {module}, onnxruntime"], capture_output=True, timeout=120
+        )
+        if probe.returncode == 0:
+            return python, ""
+    where = f"in {named}" if named else f"here nor in .venv-{name}"
+    return None, f"{package} is not installed {where} (bash scripts/bench_peers.sh {name})"
+
+
 def kserve_server(workdir: Path, package: Path) -> ServerProcess | None:
     """KServe's Python ModelServer running the package's ONNX model with ONNX Runtime (None without kserve)."""
-    try:
-        import kserve  # noqa: F401
-    except ImportError:
+    python, _ = peer_python("kserve")
+    if python is None:
         return None
     (workdir / "kserve_app.py").write_text(KSERVE_APP)
     port = free_port()
-    argv = [sys.executable, str(workdir / "kserve_app.py"), str(port), str(package / "model.onnx")]
+    argv = [python, str(workdir / "kserve_app.py"), str(port), str(package / "model.onnx")]
     return ServerProcess(argv, port, "/v2/health/ready")
+
+
+def pytriton_server(workdir: Path, package: Path, python: str) -> tuple[ServerProcess, int]:
+    """Triton Inference Server (the tritonserver PyTriton bundles) serving the package's ONNX model
+    through a PyTriton Python model running ONNX Runtime (1 intra-op thread, dynamic batching up to
+    32); returns the server and its gRPC port."""
+    (workdir / "pytriton_app.py").write_text(PYTRITON_APP)
+    port, gport, mport = free_port(), free_port(), free_port()
+    argv = [
+        python,
+        str(workdir / "pytriton_app.py"),
+        str(port),
+        str(gport),
+        str(mport),
+        str(package / "model.onnx"),
+    ]
+    # the Python backend's stub links libpython by soname: the interpreter's own library must come
+    # first (a system libpython of another patch release breaks the stub's multiprocessing)
+    libdir = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    env = {"LD_LIBRARY_PATH": ":".join(filter(None, [libdir, os.environ.get("LD_LIBRARY_PATH")]))}
+    return ServerProcess(argv, port, "/v2/models/cnn/ready", env=env, cwd=workdir), gport
+
+
+def mlserver_server(workdir: Path, package: Path, python: str) -> ServerProcess:
+    """Seldon's MLServer serving the package's ONNX model through a custom runtime running ONNX
+    Runtime (1 intra-op thread), in the server's own process (parallel_workers 0, as KServe)."""
+    folder = workdir / "mlserver"
+    folder.mkdir(exist_ok=True)
+    (folder / "runtime.py").write_text(MLSERVER_RUNTIME)
+    port, gport, mport = free_port(), free_port(), free_port()
+    settings = {"http_port": port, "grpc_port": gport, "metrics_port": mport, "parallel_workers": 0}
+    (folder / "settings.json").write_text(json.dumps(settings))
+    model = {
+        "name": "cnn",
+        "implementation": "runtime.OnnxCnn",
+        "parameters": {"uri": str(package / "model.onnx")},
+    }
+    (folder / "model-settings.json").write_text(json.dumps(model))
+    mlserver = str(Path(python).parent / "mlserver")
+    return ServerProcess([mlserver, "start", str(folder)], port, "/v2/models/cnn/ready", cwd=folder)
 
 
 def kserve_baseline(
@@ -496,7 +640,10 @@ def run_wrk(url: str, body: bytes, header_len: str, concurrency: int, duration: 
 
 
 async def _py_load(port: int, path: str, body: bytes, header_len: str, concurrency: int, total: int) -> dict:
-    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    kind = "application/octet-stream" if header_len else "application/json"
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\n"
+    )
     if header_len:
         head += f"Inference-Header-Content-Length: {header_len}\r\n"
     request = head.encode() + b"\r\n" + body
@@ -855,7 +1002,131 @@ def reload_rows(cnn_pkg: Path, args, workdir: Path, results: dict) -> list[tuple
         srv.stop()
 
 
-SECTIONS = ("latency", "throughput", "floor", "grpc", "reload", "breakdown")
+def peer_rows(cnn_pkg: Path, args, workdir: Path, results: dict) -> list[tuple[str, ...]]:
+    """(8) the CNN through torchport and through the servers users pick instead, on the same model
+    with the same ONNX Runtime settings (CPU, 1 intra-op thread): Triton's own server (the
+    tritonserver PyTriton bundles, HTTP and gRPC), KServe's ModelServer, MLServer, and the bare
+    httptools echo of torchport's JSON answer as the floor; JSON and binary tensors, at the lowest
+    and highest of --concurrency. Every point is interleaved over rounds (median, with the range of
+    the rounds' p50s); ratios are torchport's p50 over the peer's and torchport's req/s over the
+    peer's, same encoding and concurrency. A peer that cannot run here is skipped with the reason."""
+    from torchport.runtimes._loadgen import bench_server
+
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    bodies = {"JSON": json_body("image", x), "binary": binary_body("image", x)}
+    path = "/v2/models/cnn/infer"
+    one = argparse.Namespace(**{**vars(args), "repeat": 1})
+    points = sorted({min(args.concurrency), max(args.concurrency)})
+    http: dict[str, tuple[ServerProcess, tuple[str, ...]]] = {}
+    grpc_ports: dict[str, int] = {}
+    procs: list[ServerProcess] = []
+    out: list[tuple[str, ...]] = []
+    try:
+        gport = free_port()
+        tp = torchport_server(cnn_pkg, batching=True, extra=("--grpc-port", str(gport)))
+        procs.append(tp)
+        http["torchport"] = (tp, ("JSON", "binary"))
+        grpc_ports["torchport"] = gport
+        expected = np.array(json.loads(tp.post(path, bodies["JSON"][0]))["outputs"][0]["data"])
+        for peer, label in (
+            ("pytriton", "PyTriton (tritonserver)"),
+            ("kserve", "KServe ModelServer"),
+            ("mlserver", "MLServer"),
+        ):
+            python, why = peer_python(peer)
+            if python is None:
+                print(f"no {label} rows: {why}", file=sys.stderr)
+                out.append(("8 peers", label, "-", "", "", "", f"skipped: {why}", ""))
+                continue
+            if peer == "pytriton":
+                srv, peer_gport = pytriton_server(workdir, cnn_pkg, python)
+                grpc_ports[label] = peer_gport
+            elif peer == "kserve":
+                srv = kserve_server(workdir, cnn_pkg)
+            else:
+                srv = mlserver_server(workdir, cnn_pkg, python)
+            procs.append(srv)
+            # MLServer has no binary tensor extension over REST: JSON only
+            http[label] = (srv, ("JSON",) if peer == "mlserver" else ("JSON", "binary"))
+            got = np.array(json.loads(srv.post(path, bodies["JSON"][0]))["outputs"][0]["data"])
+            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)  # same model, same answer
+        if args.baseline_ref:
+            base = torchport_server(
+                cnn_pkg, batching=True, pythonpath=baseline_tree(args.baseline_ref, workdir)
+            )
+            procs.append(base)
+            http[f"torchport at {args.baseline_ref}"] = (base, ("JSON", "binary"))
+        answer = raw_response(tp.port, path, bodies["JSON"][0]).partition(b"\r\n\r\n")[2]
+        echo = echo_server(workdir, answer)
+        procs.append(echo)
+        http["bare httptools echo (floor)"] = (echo, ("JSON",))
+        runs: dict[tuple[str, str, int], list[dict]] = {}
+        for _ in range(max(3, args.repeat)):  # interleaved: every server sees the same machine
+            for c in points:
+                for label, (srv, encodings) in http.items():
+                    for enc in encodings:
+                        body, hl = bodies[enc]
+                        runs.setdefault((label, f"HTTP {enc}", c), []).append(
+                            load(srv, path, body, hl, c, one, workdir)
+                        )
+                for label, port in grpc_ports.items():
+                    (r,) = bench_server(
+                        f"grpc://127.0.0.1:{port}",
+                        model="cnn",
+                        protocols=["grpc"],
+                        concurrency=[c],
+                        duration=args.duration,
+                    )
+                    if r.errors:
+                        raise RuntimeError(f"{label}: failed gRPC requests: {r.errors}")
+                    runs.setdefault((label, "gRPC", c), []).append(
+                        {"rps": r.rps, "p50": r.p50_ms / 1e3, "p99": r.p99_ms / 1e3}
+                    )
+        summary = {
+            key: {
+                "rps": statistics.median(r["rps"] for r in rs),
+                "p50": statistics.median(r["p50"] for r in rs),
+                "p99": statistics.median(r["p99"] for r in rs),
+                "p50_range": [min(r["p50"] for r in rs), max(r["p50"] for r in rs)],
+                "rps_rounds": [r["rps"] for r in rs],
+            }
+            for key, rs in runs.items()
+        }
+        for (label, proto, c), sm in summary.items():
+            ours = summary.get(("torchport", proto, c))
+            entry = dict(sm)
+            if ours is not None and label != "torchport":
+                entry["torchport_p50_over_peer"] = ours["p50"] / sm["p50"]
+                entry["torchport_rps_over_peer"] = ours["rps"] / sm["rps"]
+            results.setdefault("peers", {})[f"{label} {proto} c{c}"] = entry
+        order = sorted(summary, key=lambda k: (k[2], k[1], k[0] != "torchport"))
+        for label, proto, c in order:
+            sm = summary[(label, proto, c)]
+            ours = summary.get(("torchport", proto, c))
+            if label == "torchport" or ours is None:
+                note = "1.00x" if label == "torchport" else ""
+            else:
+                note = f"torchport p50 {ours['p50'] / sm['p50']:.2f}x, req/s {ours['rps'] / sm['rps']:.2f}x"
+            lo, hi = sm["p50_range"]
+            out.append(
+                (
+                    "8 peers",
+                    f"{label} {proto} (p50 {lo * 1e3:.3f}-{hi * 1e3:.3f} over rounds)",
+                    str(c),
+                    f"{sm['rps']:.0f}",
+                    f"{sm['p50'] * 1e3:.3f}",
+                    f"{sm['p99'] * 1e3:.3f}",
+                    note,
+                    "",
+                )
+            )
+    finally:
+        for srv in procs:
+            srv.stop()
+    return out
+
+
+SECTIONS = ("latency", "throughput", "floor", "grpc", "reload", "breakdown", "peers")
 
 
 def breakdown_rows(tiny: Path, results: dict, n: int = 20000) -> list[tuple[str, ...]]:
@@ -1052,7 +1323,7 @@ def main() -> None:
     parser.add_argument(
         "--baseline-ref",
         help="also run torchport at this git commit in the floor section (c=1 p50 vs the echo, and "
-        "c=32 req/s vs this tree), e.g. --baseline-ref main~5",
+        "c=32 req/s vs this tree) and among the peers, e.g. --baseline-ref main~5",
     )
     parser.add_argument(
         "--sections",
@@ -1060,7 +1331,7 @@ def main() -> None:
         choices=SECTIONS,
         default=list(SECTIONS),
         help="which parts to run (default: all): latency (1), throughput (2, 3), floor (4), grpc (5), reload (6), "
-        "breakdown (7)",
+        "breakdown (7), peers (8)",
     )
     args = parser.parse_args()
 
@@ -1216,6 +1487,8 @@ def main() -> None:
             rows.extend(reload_rows(cnn_pkg, args, workdir, results))
         if "breakdown" in args.sections:
             rows.extend(breakdown_rows(tiny, results))
+        if "peers" in args.sections:
+            rows.extend(peer_rows(cnn_pkg, args, workdir, results))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
