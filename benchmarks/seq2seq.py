@@ -70,6 +70,7 @@ def build_whisper(folder: Path, shape: dict[str, int]) -> None:
         decoder_start_token_id=50258, eos_token_id=50257, pad_token_id=50257, max_length=448,
         lang_to_id={"<|en|>": 50259}, task_to_id={"transcribe": 50359, "translate": 50358},
         no_timestamps_token_id=50363, is_multilingual=True, begin_suppress_tokens=[220, 50257],
+        suppress_tokens=list(range(50364, 51865)),  # timestamps: random weights would pick them
     )  # fmt: skip
     model.save_pretrained(folder)
     transformers.WhisperFeatureExtractor().save_pretrained(folder)
