@@ -96,6 +96,10 @@ class PackageSummary:
         else:
             lines.append("Parity: not validated against eager PyTorch (run `torchport validate`)")
         lines += [f"  {v.name}: {_link(v.parity)}" for v in self.variants if v.parity]
+        if isinstance(m.extra.get("eval"), dict):
+            from torchport.runtimes._eval import format_eval
+
+            lines += ["", format_eval(m.extra["eval"])]
         return "\n".join(lines)
 
 

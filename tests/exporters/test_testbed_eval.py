@@ -19,6 +19,7 @@ from torchport.runtimes import (
     UsageError,
     evaluate_package,
     gate,
+    inspect_package,
 )
 from torchport.runtimes._eval import DEFAULT_MAX_ACCURACY_DROP, DEFAULT_MAX_PERPLEXITY_RISE
 
@@ -88,6 +89,7 @@ def test_int8_keeps_digits_accuracy_inside_the_default_gate(
     assert int8["agreement"] >= 0.98 and record["variants"]["fp16"]["agreement"] >= 0.99
     assert abs(fp32["accuracy"] - digits.metrics["accuracy"]) < 0.01  # ONNX fp32 = eager on held-out data
     assert '"eval"' in (pkg / "parity.json").read_text()
+    assert "Eval on eval.npz" in str(inspect_package(pkg)) and "int8" in str(inspect_package(pkg))
     shown = evaluate_package(pkg, digits.eval_data)
     assert "int8" in str(shown) and "top-1 agreement vs fp32" in str(shown)
 
@@ -184,3 +186,28 @@ def test_int8_keeps_lm_perplexity_and_greedy_tokens(
     rise = res.variants["int8"].perplexity / res.variants["fp32"].perplexity - 1
     refused = gate(res, max_perplexity_rise=rise - 0.01).refused
     assert "perplexity" in refused["int8"] and "above fp32's" in refused["int8"]
+
+
+def test_validate_eval_reports_and_records_the_metrics(
+    digits: TrainedModel, digits_package: Path, tmp_path: Path
+) -> None:
+    pkg = _copy(digits_package, tmp_path)
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torchport.cli",
+            "validate",
+            str(pkg),
+            "--n",
+            "4",
+            "--eval",
+            str(digits.eval_data),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert "Eval on eval.npz (classification, 359 samples)" in cli.stdout
+    assert '"accuracy"' in (pkg / "parity.json").read_text()
