@@ -722,6 +722,14 @@ def export_seq2seq(
             file=f, precision=v, parity=vp.summary() if vp else None, data_files=data["decoder"][v]
         )
     extra: dict[str, Any] = {"generation": _generation_extra(model, sig, dims, task, parts)}
+    if sig.audio:  # speech: the feature extractor's settings (carried) and Whisper's prompt tokens
+        from torchport.exporters._audio_assets import copy_audio_assets
+        from torchport.runtimes._audio_prompt import whisper_settings
+
+        extra["audio"] = copy_audio_assets(loaded.reference, writer.path, model.config)
+        gen_config = getattr(model, "generation_config", None)
+        if gen_config is not None:
+            extra["generation"]["whisper"] = whisper_settings(gen_config.to_dict())
     text = copy_text_assets(loaded.reference, writer.path, loaded.hf_config, task=task)
     if text is not None:
         defaults = text.pop("generation_defaults", {})

@@ -23,6 +23,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from torchport.runtimes._audio_request import AUDIO, SpeechCodec
 from torchport.runtimes._errors import InferenceInputError, UsageError
 from torchport.runtimes._generate import GenRequest, SamplingParams, generation_spec
 from torchport.runtimes._tokenizer import IncrementalDecoder, TextCodec
@@ -42,22 +43,26 @@ _SAMPLING = (
     "repetition_penalty",
     "ignore_eos",
 )
-_TOP_LEVEL = frozenset({"text_input", "messages", "parameters", "id", "stream", *_SAMPLING})
+_SPEECH = ("language", "task")  # speech packages: Whisper's forced prompt
+_TOP_LEVEL = frozenset(
+    {"text_input", "messages", "audio", "parameters", "id", "stream", *_SAMPLING, *_SPEECH}
+)
 _MAX_STOPS = 16
 
 
 class _Generation:
     """The generation service of one served model version (``ModelEntry.services["generate"]``)."""
 
-    def __init__(self, engine: GenerationEngine, codec: TextCodec) -> None:
+    def __init__(self, engine: GenerationEngine, codec: TextCodec, speech: SpeechCodec | None = None) -> None:
         self.engine = engine
         self.codec = codec
+        self.speech = speech  #: speech packages: audio in (``None`` for text models)
 
     def retire(self) -> None:
         self.engine.retire()
 
 
-def _engine(entry: Any) -> tuple[GenerationEngine, TextCodec]:
+def _engine(entry: Any) -> _Generation:
     """The entry's engine and tokenizer, made on its first generate request."""
     got = entry.services.get("generate")
     if got is None:
@@ -73,10 +78,11 @@ def _engine(entry: Any) -> tuple[GenerationEngine, TextCodec]:
         codec = TextCodec.from_package(session.package) if session.package is not None else None
         if codec is None:
             raise HTTPError(400, f"model {name!r} has no tokenizer in its package; /generate takes text")
-        got = entry.services["generate"] = _Generation(GenerationEngine(session), codec)
+        speech = SpeechCodec.from_manifest(session.manifest)
+        got = entry.services["generate"] = _Generation(GenerationEngine(session), codec, speech)
         if entry.retired:  # swapped out after this request found it: serve it, then stop
             got.retire()
-    return got.engine, got.codec
+    return got
 
 
 def _number(params: dict[str, Any], key: str, kind: type, default: Any) -> Any:
@@ -102,7 +108,9 @@ class GenerateRequest:
     id: str | None = None
 
 
-def parse_generate(body: bytes, engine: GenerationEngine, codec: TextCodec) -> GenerateRequest:
+def parse_generate(
+    body: bytes, engine: GenerationEngine, codec: TextCodec, speech: SpeechCodec | None = None
+) -> GenerateRequest:
     """Parse and check a generate body (every problem is an :class:`HTTPError` 400)."""
     try:
         text = body.decode("utf-8")
@@ -122,13 +130,15 @@ def parse_generate(body: bytes, engine: GenerationEngine, codec: TextCodec) -> G
     params = data.get("parameters") or {}
     if not isinstance(params, dict):
         raise HTTPError(400, "parameters must be a JSON object")
-    bad = sorted(set(params) - set(_SAMPLING) - {"stream"})
+    bad = sorted(set(params) - set(_SAMPLING) - set(_SPEECH) - {"stream"})
     if bad:
         raise HTTPError(400, f"unknown parameter(s) {', '.join(bad)}; accepted: {', '.join(_SAMPLING)}")
     merged = {**{k: v for k, v in data.items() if k in _SAMPLING}, **params}
     if "messages" in data and "text_input" in data:
         raise HTTPError(400, "send either text_input or messages, not both")
     chat = "messages" in data
+    if speech is not None or AUDIO in data:
+        return _parse_speech(data, merged, engine, speech)
     if chat:
         try:
             prompt = codec.apply_chat_template(data["messages"])
@@ -147,6 +157,44 @@ def parse_generate(body: bytes, engine: GenerationEngine, codec: TextCodec) -> G
         or not all(isinstance(s, str) and s for s in stops)
     ):
         raise HTTPError(400, f"stop must be a non-empty string or a list of at most {_MAX_STOPS} of them")
+    sampling = _sampling(merged)
+    try:
+        ids = codec.encode(prompt, add_special_tokens=not chat)  # a chat template writes its own
+        request = GenRequest(ids, sampling)
+        engine.check(request)
+    except InferenceInputError as e:
+        raise HTTPError(400, str(e)) from None
+    rid = data.get("id")
+    return GenerateRequest(request, stops, str(rid) if rid is not None else None)
+
+
+def _parse_speech(
+    data: dict[str, Any], merged: dict[str, Any], engine: GenerationEngine, speech: SpeechCodec | None
+) -> GenerateRequest:
+    """A speech request: ``audio`` (base64 WAV or FP32 samples), optional ``language`` / ``task``."""
+    if speech is None:
+        raise HTTPError(400, "this model does not take audio; send text_input")
+    if "text_input" in data or "messages" in data:
+        raise HTTPError(400, "a speech model takes audio, not text_input or messages")
+    if AUDIO not in data:
+        raise HTTPError(400, "audio is missing: send a base64-encoded WAV file or a list of FP32 samples")
+    if merged.get("stop"):
+        raise HTTPError(400, "stop strings are not supported for speech models")
+    try:
+        items = SpeechCodec.from_json(data[AUDIO])
+        if len(items) != 1:
+            raise InferenceInputError(f"a generate request takes one audio, got {len(items)}")
+        source = speech.sources(items)[0]
+        forced = speech.forced(merged.get("language"), merged.get("task"))
+        request = GenRequest([], _sampling(merged), source=source, forced=forced)
+        engine.check(request)
+    except InferenceInputError as e:
+        raise HTTPError(400, str(e)) from None
+    rid = data.get("id")
+    return GenerateRequest(request, [], str(rid) if rid is not None else None)
+
+
+def _sampling(merged: dict[str, Any]) -> SamplingParams:
     temperature = float(_number(merged, "temperature", float, 0.0))
     top_p = float(_number(merged, "top_p", float, 1.0))
     top_k = int(_number(merged, "top_k", int, 0))
@@ -162,14 +210,7 @@ def parse_generate(body: bytes, engine: GenerationEngine, codec: TextCodec) -> G
         ignore_eos=_number(merged, "ignore_eos", bool, False),
         repetition_penalty=float(_number(merged, "repetition_penalty", float, 1.0)),
     )
-    try:
-        ids = codec.encode(prompt, add_special_tokens=not chat)  # a chat template writes its own
-        request = GenRequest(ids, sampling)
-        engine.check(request)
-    except InferenceInputError as e:
-        raise HTTPError(400, str(e)) from None
-    rid = data.get("id")
-    return GenerateRequest(request, stops, str(rid) if rid is not None else None)
+    return sampling
 
 
 class _TextOut:
@@ -212,8 +253,9 @@ def generate_route(
     entry = app.model_entry(name, version, need_ready=True)
     if app.draining:
         raise HTTPError(503, "the server is shutting down; retry on another replica")
-    engine, codec = _engine(entry)
-    parsed = parse_generate(app._body(req), engine, codec)
+    service = _engine(entry)
+    engine, codec = service.engine, service.codec
+    parsed = parse_generate(app._body(req), engine, codec, service.speech)
     req.request_id = parsed.id
     out = _TextOut(codec, parsed.stops)
     loop = asyncio.get_running_loop()

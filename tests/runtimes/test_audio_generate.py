@@ -8,63 +8,36 @@ A tiny random-weight Whisper folder is exported (encoder + decoder with cache), 
 
 from __future__ import annotations
 
-import io
 import json
-import wave
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from tests.speech_models import EOS, START, exported_whisper, sample_audio  # noqa: E402
 from torchport.runtimes._audio import AudioFeatures, decode_audio  # noqa: E402
-from torchport.runtimes._audio_prompt import WhisperPrompt, whisper_settings  # noqa: E402
-
-START, EOS = 50258, 50257
-LANGS = {"<|en|>": 50259, "<|de|>": 50261, "<|fr|>": 50265}
+from torchport.runtimes._audio_prompt import WhisperPrompt  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def whisper(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from torchport.exporters import export_model
-
-    root = tmp_path_factory.mktemp("whisper")
-    torch.manual_seed(0)
-    config = transformers.WhisperConfig(
-        vocab_size=50364,  # no timestamp tokens: HF re-decodes after two of them (long-form seeking)
-        d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=80,
-        max_source_positions=1500, max_target_positions=64, decoder_start_token_id=START, eos_token_id=EOS,
-        pad_token_id=EOS, bos_token_id=EOS, init_std=0.5,
-    )  # fmt: skip
-    model = transformers.WhisperForConditionalGeneration(config).eval()
-    model.generation_config = transformers.GenerationConfig(
-        decoder_start_token_id=START, eos_token_id=EOS, pad_token_id=EOS, max_length=64, lang_to_id=LANGS,
-        task_to_id={"transcribe": 50359, "translate": 50358}, no_timestamps_token_id=50363,
-        is_multilingual=True, begin_suppress_tokens=[220, EOS], suppress_tokens=[1, 2, 7],
-    )  # fmt: skip
-    model.save_pretrained(root / "hf")
-    transformers.WhisperFeatureExtractor().save_pretrained(root / "hf")
-    export_model(str(root / "hf"), root / "pkg", task="automatic-speech-recognition", quiet=True)
-    return root / "hf", root / "pkg"
+    return exported_whisper(tmp_path_factory.mktemp("whisper"))
 
 
-def _wav(samples: np.ndarray, rate: int = 16000) -> bytes:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
-    return buf.getvalue()
+def test_package_carries_the_audio_settings(whisper: tuple[Path, Path]) -> None:
+    from torchport.runtimes import Session
 
-
-def _audio() -> list[bytes]:
-    rng = np.random.default_rng(3)
-    t = np.arange(3 * 16000) / 16000
-    return [_wav(0.3 * np.sin(2 * np.pi * 440 * t)), _wav(0.1 * rng.standard_normal(5 * 16000))]
+    folder, package = whisper
+    manifest = Session.from_package(package).manifest
+    assert manifest.extra["audio"]["feature_extractor"] == "preprocessor_config.json"
+    assert manifest.extra["audio"]["feature_size"] == 80 and "preprocessor_config.json" in manifest.files
+    assert json.loads((package / "preprocessor_config.json").read_text()) == json.loads(
+        (folder / "preprocessor_config.json").read_text()
+    )
+    whisper_extra = manifest.extra["generation"]["whisper"]
+    assert whisper_extra["lang_to_id"]["<|fr|>"] == 50265 and whisper_extra["no_timestamps_token_id"] == 50363
 
 
 @pytest.mark.parametrize(
@@ -76,11 +49,11 @@ def test_generate_equals_hugging_face(whisper: tuple[Path, Path], kw: dict, beam
     from torchport.runtimes._generate import Generator
 
     folder, package = whisper
-    settings = whisper_settings(json.loads((folder / "generation_config.json").read_text()))
-    prompt = WhisperPrompt.from_settings(settings)
-    features = AudioFeatures.from_config(json.loads((folder / "preprocessor_config.json").read_text()))
-    feats = features.extract([decode_audio(a) for a in _audio()])
-    gen = Generator(Session.from_package(package))
+    session = Session.from_package(package)
+    prompt = WhisperPrompt.from_settings(session.manifest.extra["generation"]["whisper"])
+    features = AudioFeatures.from_config(session.manifest.extra["audio"])
+    feats = features.extract([decode_audio(a) for a in sample_audio()])
+    gen = Generator(session)
     forced = prompt.prompt(**kw)
     assert forced[0] == START
     ours = gen.generate(
