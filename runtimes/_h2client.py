@@ -1,46 +1,50 @@
-"""A minimal HTTP/2 (h2c, prior knowledge) client for unary gRPC calls: the load generator's client.
+"""An HTTP/2 (h2c, prior knowledge) client for unary gRPC calls: the load generator's client.
 
-Requests are pre-encoded frames (one HEADERS with literal fields, one DATA with the length-prefixed
-message) sent again and again with new stream ids, as wrk sends pre-encoded HTTP/1.1 requests; the
-answers are read frame by frame, their header blocks decoded with HPACK (the server's dynamic table
-included), the receive windows replenished, SETTINGS and PINGs acknowledged. A call's outcome is its
-``grpc-status``.
+The ``h2`` library (sans-IO) inside an asyncio.Protocol: a call is its header fields (built once by
+:func:`request_headers`; h2's HPACK encoder indexes them, so later calls send a few bytes of
+indexes, as grpc's own clients do) and its length-prefixed message (:func:`grpc_frame`); the
+answers' windows are replenished and SETTINGS / PINGs acknowledged by h2. Frames written in one
+loop iteration go out in one write. A call's outcome is its ``grpc-status``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import struct
+from typing import Any
+
+from h2.config import H2Configuration
+from h2.connection import H2Connection as _H2
+from h2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    RemoteSettingsChanged,
+    ResponseReceived,
+    StreamEnded,
+    StreamReset,
+    TrailersReceived,
+    WindowUpdated,
+)
+from h2.exceptions import H2Error
+from h2.settings import SettingCodes, Settings
 
 from torchport.runtimes._errors import ServingError
-from torchport.runtimes._h2wire import (
-    ACK,
-    CONTINUATION,
-    DATA,
-    END_HEADERS,
-    END_STREAM,
-    FRAME_HEADER,
-    GOAWAY,
-    HEADERS,
-    INTERNAL,
-    PING,
-    PREFACE,
-    RST_STREAM,
-    SETTINGS,
-    WINDOW_UPDATE,
-    frame,
-)
-from torchport.runtimes.server._hpack import Decoder, encode_literal
+from torchport.runtimes._grpc_status import INTERNAL
 
 _WINDOW_SIZE = 16 << 20
+_CONFIG = H2Configuration(
+    client_side=True,
+    header_encoding=None,
+    validate_outbound_headers=False,  # the fields are built here
+    normalize_outbound_headers=False,
+    validate_inbound_headers=False,
+    normalize_inbound_headers=False,
+)
+
+Headers = list[tuple[bytes, bytes]]
 
 
-def request_frames(
-    authority: str, path: str, message: bytes, metadata: dict[str, str] | None = None
-) -> tuple[bytes, bytes, bytes]:
-    """(first HEADERS payload, later HEADERS payload, DATA payload) of a unary gRPC call carrying
-    ``message``: the first block adds its fields to the server's HPACK table (literals with
-    incremental indexing), later blocks name them by index, as grpc's own clients do."""
+def request_headers(authority: str, path: str, metadata: dict[str, str] | None = None) -> Headers:
+    """The header fields of a unary gRPC call to ``path``."""
     fields = [
         (":method", "POST"),
         (":scheme", "http"),
@@ -50,13 +54,12 @@ def request_frames(
         ("te", "trailers"),
         *(metadata or {}).items(),
     ]
-    first = b"".join(b"\x40" + encode_literal(k, v)[1:] for k, v in fields)
-    if sum(len(k) + len(v) + 32 for k, v in fields) > 4096 or len(fields) > 60:
-        later = b"".join(encode_literal(k, v) for k, v in fields)  # would not fit the default table
-        first = later
-    else:  # the newest entry is index 62 (RFC 7541 2.3.3)
-        later = bytes(0x80 | (62 + len(fields) - 1 - i) for i in range(len(fields)))
-    return first, later, b"\x00" + len(message).to_bytes(4, "big") + message
+    return [(k.encode(), v.encode()) for k, v in fields]
+
+
+def grpc_frame(message: bytes) -> bytes:
+    """``message`` length-prefixed (uncompressed), as a gRPC request body carries it."""
+    return b"\x00" + len(message).to_bytes(4, "big") + message
 
 
 class GrpcResult:
@@ -75,12 +78,16 @@ class H2Connection(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self.buf = bytearray()
-        self.decoder = Decoder()
-        self.next_id = 1
+        self.conn = _H2(config=_CONFIG)
+        self.conn.local_settings = Settings(
+            client=True,
+            initial_values={SettingCodes.ENABLE_PUSH: 0, SettingCodes.INITIAL_WINDOW_SIZE: _WINDOW_SIZE},
+        )
         self.waiting: dict[int, tuple[asyncio.Future, GrpcResult]] = {}
-        self.unacked = 0
+        #: request bytes waiting for window: stream id -> the rest of its body
+        self.unsent: dict[int, memoryview] = {}
         self.error: BaseException | None = None
+        self.flush_scheduled = False
 
     @classmethod
     async def open(cls, host: str, port: int) -> H2Connection:
@@ -93,92 +100,103 @@ class H2Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        settings = struct.pack(">HIHI", 2, 0, 4, _WINDOW_SIZE)  # no push; a large stream window
-        # the preface goes first, before anything this connection answers to the server's frames
-        self.transport.write(
-            PREFACE
-            + frame(SETTINGS, 0, 0, settings)
-            + frame(WINDOW_UPDATE, 0, 0, (_WINDOW_SIZE - 65535).to_bytes(4, "big"))
-        )
+        self.conn.initiate_connection()
+        self.conn.increment_flow_control_window(_WINDOW_SIZE - 65535)
+        self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self._fail(ServingError("the server closed the gRPC connection"))
 
-    def call(self, headers: bytes, data: bytes) -> asyncio.Future:
-        """Send one call (pre-encoded payloads from :func:`request_frames`); the future gives its
-        :class:`GrpcResult`."""
+    def call(self, headers: Headers, data: bytes) -> asyncio.Future:
+        """Send one call (``headers`` from :func:`request_headers`, ``data`` from :func:`grpc_frame`);
+        the future gives its :class:`GrpcResult`."""
         if self.error is not None or self.transport is None:
             raise ServingError(f"the gRPC connection failed: {self.error}")
-        sid = self.next_id
-        self.next_id += 2
+        conn = self.conn
+        try:
+            sid = conn.get_next_available_stream_id()
+            conn.send_headers(sid, headers)
+        except H2Error as e:
+            raise ServingError(f"cannot start a gRPC call: {e}") from None
         fut = asyncio.get_running_loop().create_future()
         self.waiting[sid] = (fut, GrpcResult())
-        self.transport.write(frame(HEADERS, END_HEADERS, sid, headers) + frame(DATA, END_STREAM, sid, data))
+        self.unsent[sid] = memoryview(data)
+        self._send_body(sid)
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
         return fut
 
+    def _send_body(self, sid: int) -> None:
+        """Send what the windows allow of stream ``sid``'s request body (END_STREAM with its last byte)."""
+        conn = self.conn
+        rest = self.unsent[sid]
+        while True:
+            n = min(len(rest), conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
+            if n < len(rest) and n <= 0:
+                break
+            conn.send_data(sid, bytes(rest[:n]), end_stream=n == len(rest))
+            rest = rest[n:]
+            if not rest:
+                del self.unsent[sid]
+                return
+        self.unsent[sid] = rest
+
     def data_received(self, data: bytes) -> None:
-        buf = self.buf
-        buf += data
-        pos, n = 0, len(buf)
-        view = memoryview(buf)  # a payload is one copy out of the buffer (a bytearray slice is one more)
         try:
-            while n - pos >= 9:
-                lt, flags, sid = FRAME_HEADER.unpack_from(buf, pos)
-                length = lt >> 8
-                if n - pos < 9 + length:
-                    break
-                self._on_frame(lt & 0xFF, flags, sid & 0x7FFFFFFF, bytes(view[pos + 9 : pos + 9 + length]))
-                pos += 9 + length
-        except Exception as e:  # a protocol error: surfaces to the waiting calls
-            self._fail(e)
+            events = self.conn.receive_data(data)
+            for event in events:
+                self._event(event)
+        except H2Error as e:  # a protocol error: surfaces to the waiting calls
+            self._fail(ServingError(f"gRPC protocol error: {e}"))
+            self._flush()
             if self.transport is not None:
                 self.transport.close()
-        finally:
-            view.release()  # before the buffer is resized
-        del buf[:pos]
+            return
+        self._flush()
 
-    def _on_frame(self, ftype: int, flags: int, sid: int, payload: bytes) -> None:
-        if ftype == DATA:
-            self.unacked += len(payload)
-            if self.unacked >= _WINDOW_SIZE // 4:  # both windows: every stream is short-lived
-                inc = self.unacked.to_bytes(4, "big")
-                self.transport.write(
-                    frame(WINDOW_UPDATE, 0, 0, inc)
-                    + (frame(WINDOW_UPDATE, 0, sid, inc) if sid in self.waiting else b"")
-                )
-                self.unacked = 0
-            entry = self.waiting.get(sid)
+    def _event(self, event: Any) -> None:
+        cls = type(event)
+        if cls is DataReceived:
+            self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            entry = self.waiting.get(event.stream_id)
             if entry is not None:
-                entry[1].data += payload
-        elif ftype in (HEADERS, CONTINUATION):
-            fields = self.decoder.decode(payload)  # gRPC servers send short blocks: no CONTINUATION here
-            entry = self.waiting.get(sid)
+                entry[1].data += event.data
+        elif cls is ResponseReceived or cls is TrailersReceived:
+            entry = self.waiting.get(event.stream_id)
             if entry is not None:
-                for name, value in fields:
-                    if name == "grpc-status":
+                for name, value in event.headers:
+                    if name == b"grpc-status":
                         entry[1].status = int(value)
-                    elif name == "grpc-message":
-                        entry[1].message = value
-                if flags & END_STREAM:
-                    self._finish(sid)
-        elif ftype == RST_STREAM:
-            entry = self.waiting.get(sid)
+                    elif name == b"grpc-message":
+                        entry[1].message = value.decode("utf-8", "replace")
+        elif cls is StreamEnded:
+            self._finish(event.stream_id)
+        elif cls is StreamReset:
+            entry = self.waiting.get(event.stream_id)
             if entry is not None and entry[1].status is None:
                 entry[1].status = INTERNAL
-                entry[1].message = f"stream reset (error {int.from_bytes(payload, 'big')})"
-            self._finish(sid)
-        elif ftype == SETTINGS and not flags & ACK:
-            self.transport.write(frame(SETTINGS, ACK, 0, b""))
-        elif ftype == PING and not flags & ACK:
-            self.transport.write(frame(PING, ACK, 0, payload))
-        elif ftype == GOAWAY:  # calls above the last stream the server takes will not be answered
-            last = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
-            self.error = ServingError(f"the server sent GOAWAY: {payload[8:].decode(errors='replace')}")
+                entry[1].message = f"stream reset (error {int(event.error_code)})"
+            self.unsent.pop(event.stream_id, None)
+            self._finish(event.stream_id)
+        elif cls is WindowUpdated or cls is RemoteSettingsChanged:
+            for sid in list(self.unsent):
+                self._send_body(sid)
+        elif cls is ConnectionTerminated:  # calls above the last stream the server takes will not be answered
+            text = (event.additional_data or b"").decode(errors="replace")
+            self.error = ServingError(f"the server sent GOAWAY: {text}")
+            last = event.last_stream_id or 0
             for sid in [s for s in self.waiting if s > last]:
                 fut = self.waiting.pop(sid)[0]
                 if not fut.done():
                     fut.set_exception(self.error)
+
+    def _flush(self) -> None:
+        self.flush_scheduled = False
+        data = self.conn.data_to_send()
+        if data and self.transport is not None:
+            self.transport.write(data)
 
     def _finish(self, sid: int) -> None:
         entry = self.waiting.pop(sid, None)

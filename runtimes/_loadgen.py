@@ -22,7 +22,7 @@ import numpy as np
 
 from torchport.runtimes._bench import BenchResult, random_array, summarize
 from torchport.runtimes._errors import ServingError, UsageError
-from torchport.runtimes._h2wire import STATUS_NAMES
+from torchport.runtimes._grpc_status import STATUS_NAMES
 from torchport.runtimes.server._protocol import _binary_data
 
 PROTOCOLS = ("json", "binary", "grpc")
@@ -79,13 +79,13 @@ def http_model_inputs(target: Target, headers: dict[str, str]) -> tuple[str, lis
 
 
 def _require_grpc_client() -> None:
-    """gRPC load needs hpack (the HTTP/2 client's header decoder) and protobuf (the messages); HTTP
+    """gRPC load needs h2 and hpack (the HTTP/2 client and its header coding) and protobuf; HTTP
     load needs neither, so they are imported only here and in the gRPC functions after this check.
 
     Raises:
         ServingError: one of them is not installed (says what to install).
     """
-    for module, package in (("hpack", "hpack"), ("google.protobuf", "protobuf")):
+    for module, package in (("hpack", "hpack"), ("h2.connection", "h2"), ("google.protobuf", "protobuf")):
         try:
             importlib.import_module(module)
         except ImportError:
@@ -97,7 +97,7 @@ def _require_grpc_client() -> None:
 
 def grpc_model_inputs(target: Target, headers: dict[str, str]) -> tuple[str, list[dict]]:
     _require_grpc_client()
-    from torchport.runtimes._h2client import H2Connection, request_frames
+    from torchport.runtimes._h2client import H2Connection, grpc_frame, request_headers
     from torchport.runtimes.server._grpc_messages import MESSAGES
 
     if target.model is None:
@@ -107,10 +107,8 @@ def grpc_model_inputs(target: Target, headers: dict[str, str]) -> tuple[str, lis
     async def ask():
         conn = await H2Connection.open(target.host, target.port)
         try:
-            block, _, data = request_frames(
-                f"{target.host}:{target.port}", f"/{_SERVICE}/ModelMetadata", request, headers
-            )
-            return await asyncio.wait_for(conn.call(block, data), 30)
+            fields = request_headers(f"{target.host}:{target.port}", f"/{_SERVICE}/ModelMetadata", headers)
+            return await asyncio.wait_for(conn.call(fields, grpc_frame(request)), 30)
         finally:
             await conn.close()
 
@@ -219,20 +217,21 @@ async def _grpc_load(
     host: str, port: int, request: bytes, headers: dict[str, str], concurrency: int, duration: float
 ):
     """``concurrency`` calls in flight on one HTTP/2 connection (as one gRPC channel carries them)."""
-    from torchport.runtimes._h2client import H2Connection, request_frames
+    from torchport.runtimes._h2client import H2Connection, grpc_frame, request_headers
 
     lat: list[float] = []
     errors = [0]
     conn = await H2Connection.open(host, port)
     try:
-        first, block, data = request_frames(f"{host}:{port}", f"/{_SERVICE}/ModelInfer", request, headers)
-        await conn.call(first, data)  # connects and fills the server's header table before the clock starts
+        fields = request_headers(f"{host}:{port}", f"/{_SERVICE}/ModelInfer", headers)
+        data = grpc_frame(request)
+        await conn.call(fields, data)  # connects and fills the server's header table before the clock starts
         deadline = time.perf_counter() + duration
 
         async def worker() -> None:
             while time.perf_counter() < deadline:
                 t0 = time.perf_counter()
-                result = await conn.call(block, data)
+                result = await conn.call(fields, data)
                 if result.status != 0:
                     errors[0] += 1
                     continue

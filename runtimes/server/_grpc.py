@@ -1,12 +1,12 @@
 """The Open Inference Protocol over gRPC (KServe v2 / Triton's ``GRPCInferenceService``).
 
-Served by our own HTTP/2 server (:mod:`._h2`) on the same event loop as the HTTP server: it shares
+Served by the HTTP/2 server of :mod:`._h2` (the ``h2`` library inside an asyncio.Protocol) on the same event loop as the HTTP server: it shares
 the models, dynamic batching (gRPC and HTTP requests merge into the same batches), API key,
 metrics, statistics and request size limit. Unary rpcs: ServerLive, ServerReady, ModelReady,
 ServerMetadata, ModelMetadata, ModelInfer (``raw_input_contents``/``raw_output_contents``, and
 typed ``contents`` for inputs), ModelConfig, ModelStatistics, RepositoryIndex,
 RepositoryModelLoad and RepositoryModelUnload (the handlers of the HTTP endpoints, answered as
-protobuf). grpcio is not needed to serve (clients use it); protobuf and hpack are.
+protobuf). grpcio is not needed to serve (clients use it); protobuf and h2 are.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from torchport.runtimes._errors import InferenceInputError, ServingError, TorchportError, first_line
-from torchport.runtimes._h2wire import (
+from torchport.runtimes._grpc_status import (
     INTERNAL,
     INVALID_ARGUMENT,
     NOT_FOUND,

@@ -17,12 +17,37 @@ import pytest
 
 tg = pytest.importorskip("tritonclient.grpc")
 
+from hpack import Decoder, Encoder  # noqa: E402
+
 from tests.reliability._net import API_KEY, wait_closed  # noqa: E402
 from tests.runtimes.conftest import running_server  # noqa: E402
-from torchport.runtimes._h2client import request_frames  # noqa: E402
-from torchport.runtimes._h2wire import PREFACE, frame  # noqa: E402
+from torchport.runtimes._h2client import grpc_frame, request_headers  # noqa: E402
 from torchport.runtimes.server._grpc_messages import MESSAGES  # noqa: E402
-from torchport.runtimes.server._hpack import Decoder, encode_literal  # noqa: E402
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def frame(ftype: int, flags: int, sid: int, payload: bytes) -> bytes:
+    """One HTTP/2 frame as the bytes on the wire (RFC 9113 4.1), written by hand on purpose."""
+    return struct.pack(">IBI", (len(payload) << 8) | ftype, flags, sid) + payload
+
+
+def request_frames(
+    authority: str, path: str, message: bytes, metadata: dict[str, str] | None = None
+) -> tuple[bytes, bytes, bytes]:
+    """(first HEADERS payload, later HEADERS payload, DATA payload) of a unary call: the first block
+    adds its fields to the server's HPACK table, later blocks name them by index."""
+    encoder = Encoder()
+    fields = request_headers(authority, path, metadata)
+    return encoder.encode(fields), encoder.encode(fields), grpc_frame(message)
+
+
+def encode_literal(name: str, value: str) -> bytes:
+    """One header field as an HPACK literal without indexing (RFC 7541 6.2.2; short strings)."""
+    n, v = name.encode(), value.encode()
+    assert len(n) < 127 and len(v) < 127
+    return b"\x00" + bytes([len(n)]) + n + bytes([len(v)]) + v
+
 
 _DATA, _HEADERS, _RST, _SETTINGS, _PUSH, _GOAWAY, _WINDOW, _CONT = 0, 1, 3, 4, 5, 7, 8, 9
 _INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -348,3 +373,25 @@ def test_large_messages_flow_both_ways_under_flow_control(grpc_server):
     for blob, r in zip(blobs, results, strict=True):
         assert r.as_numpy("out")[0] == blob
     c.close()
+
+
+def test_drain_sends_goaway_and_still_answers_the_call_in_progress(repo):
+    """Graceful shutdown: GOAWAY(NO_ERROR) naming the last stream taken, then that call's answer."""
+    with running_server(repo, grpc_port=0, max_batch_size=8, max_queue_delay_ms=1500) as srv:
+        c = RawH2(srv.grpc_port)
+        first, _, data = request_frames("t", _INFER, _infer_message())
+        c.sock.sendall(frame(_HEADERS, 0x4, 1, first) + frame(_DATA, 0x1, 1, data))
+        deadline = time.monotonic() + 10
+        while srv.grpc.inflight == 0 and time.monotonic() < deadline:  # the call waits for its batch
+            time.sleep(0.005)
+        assert srv.grpc.inflight == 1
+        stopper = threading.Thread(target=srv.stop)
+        stopper.start()
+        got = c.read_until(lambda f: f[0] == _HEADERS and f[1] & 0x1 and f[2] == 1, timeout=20)
+        stopper.join(30)
+        types = [t for t, *_ in got]
+        assert _GOAWAY in types and types.index(_GOAWAY) < len(got) - 1  # GOAWAY first, then the answer
+        goaway = got[types.index(_GOAWAY)][3]
+        assert int.from_bytes(goaway[:4], "big") == 1 and _goaway_code(got) == 0
+        assert c.status(got, 1) == (0, "")
+        assert wait_closed(c.sock)
