@@ -1,13 +1,17 @@
-"""Greedy generation speed: Hugging Face eager ``generate`` vs torchport (fp32, int8) vs onnxruntime-genai,
-plus the server's streaming time to first token and tokens/s at 1 and 8 concurrent streams.
+"""Greedy generation speed and quality: Hugging Face eager ``generate`` vs torchport (fp32, int8, int4) vs
+onnxruntime-genai (fp32, int8, int4 from its own model builder on the same weights), plus the server's
+streaming time to first token and tokens/s at 1 and 8 concurrent streams.
 
-One process, 2 threads everywhere, a Llama-style model built from a config (8 layers, hidden 512,
-vocab 32000, ~50M parameters, random weights, no hub), prompt 32 tokens, 128 new tokens. Ratios are
-against Hugging Face eager fp32 measured in the same run; greedy-token agreement is against its tokens.
+One process, 2 threads everywhere, a Llama-style model (8 layers, hidden 512, vocab 32000, ~56M
+parameters): by default the test bed's trained LM (``torchport.exporters.examples.testbed.build_lm
+("bench")``, trained on this machine from the standard library's sources, cached), with
+``--random-model`` the same shape with random weights. Prompt 32 tokens (a held-out line of the
+test bed), 128 new tokens. Ratios are against Hugging Face eager fp32 measured in the same run;
+greedy-token agreement is against its tokens; perplexity is on the test bed's held-out text.
 The torchport rows use ``Session``'s defaults (idle pool threads spin briefly, as onnxruntime-genai's
 do); the "no spinning" row is how ``torchport serve`` runs sessions, leaving cores to its other threads.
 
-    python benchmarks/generate.py [--repeats 5] [--new-tokens 128] [--no-genai] [--no-server]
+    python benchmarks/generate.py [--repeats 5] [--new-tokens 128] [--no-genai] [--no-server] [--random-model]
 """
 
 from __future__ import annotations
@@ -114,12 +118,18 @@ def agreement(tokens: list[int], reference: list[int]) -> float:
 
 
 def agreement_over_prompts(
-    runners: dict[str, Callable[..., list[int]]], count: int, length: int
+    runners: dict[str, Callable[..., list[int]]],
+    count: int,
+    length: int,
+    prompts: list[list[int]] | None = None,
 ) -> dict[str, float]:
     """Each runner's free-running greedy agreement with Hugging Face's tokens, averaged over ``count``
-    other random prompts of ``length`` tokens (one prompt's figure hangs on where its first near-tie falls)."""
+    other prompts of ``length`` tokens (``prompts``: the test bed's held-out ones; else random ids;
+    one prompt's figure hangs on where its first near-tie falls)."""
     rng = np.random.default_rng(1)
-    prompts = [[1] + [int(x) for x in rng.integers(3, 32000, length - 1)] for _ in range(count)]
+    if prompts is None:
+        prompts = [[1] + [int(x) for x in rng.integers(3, 32000, length - 1)] for _ in range(count)]
+    prompts = prompts[:count]
     if not prompts:
         return {}
     references = [runners["Hugging Face eager fp32"](p) for p in prompts]
@@ -171,6 +181,75 @@ def logit_gaps(package: Path, prompt: list[int], reference: list[int]) -> tuple[
     logits = np.sort(forced_logits(package, "fp32", prompt, reference), -1)
     gaps = logits[:, -1] - logits[:, -2]
     return float(np.median(gaps)), float(np.percentile(gaps, 5))
+
+
+def eval_windows(folder: Path, text: str, seq: int = 128, count: int = 8) -> list[list[int]]:
+    """``count`` windows of ``seq`` token ids from held-out ``text`` (the model folder's tokenizer)."""
+    from tokenizers import Tokenizer
+
+    ids = Tokenizer.from_file(str(folder / "tokenizer.json")).encode(text).ids
+    step = max(seq, (len(ids) - seq) // max(1, count))
+    return [ids[i : i + seq] for i in range(0, len(ids) - seq, step)][:count]
+
+
+def perplexity(logits_of: Callable[[list[int]], np.ndarray], windows: list[list[int]]) -> float:
+    """exp of the mean next-token negative log-likelihood over ``windows`` (``logits_of(ids)``:
+    ``[len(ids), vocab]`` logits of a run over ``ids`` from an empty cache)."""
+    total, count = 0.0, 0
+    for ids in windows:
+        logits = np.asarray(logits_of(ids), np.float64)[:-1]
+        logits -= logits.max(-1, keepdims=True)
+        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        total -= float(logp[np.arange(len(ids) - 1), ids[1:]].sum())
+        count += len(ids) - 1
+    return float(np.exp(total / count))
+
+
+def hf_logits(folder: Path) -> Callable[[list[int]], np.ndarray]:
+    import transformers as T
+
+    model = T.AutoModelForCausalLM.from_pretrained(str(folder)).eval()
+
+    def run(ids: list[int]) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.tensor([ids])).logits[0].numpy()
+
+    return run
+
+
+def torchport_logits(package: Path, variant: str) -> Callable[[list[int]], np.ndarray]:
+    from torchport.runtimes import Session
+
+    sess = Session.from_package(package, variant=variant, intra_op_threads=THREADS)
+
+    def run(ids: list[int]) -> np.ndarray:
+        arr = np.asarray([ids], np.int64)
+        feeds = {"input_ids": arr, "attention_mask": np.ones_like(arr)}
+        if "position_ids" in sess.input_names:
+            feeds["position_ids"] = np.arange(arr.shape[1], dtype=np.int64)[None]
+        for spec in sess.input_specs:
+            if spec.name.startswith("past_key_values."):
+                feeds[spec.name] = np.zeros((1, spec.shape[1], 0, spec.shape[3]), np.float32)
+        return sess.run(feeds, validate=False)["logits"][0]
+
+    return run
+
+
+def genai_logits(out: Path) -> Callable[[list[int]], np.ndarray]:
+    """onnxruntime-genai's logits over a prompt (its generator's prompt step)."""
+    import onnxruntime_genai as og
+
+    model = og.Model(str(out))
+
+    def run(ids: list[int]) -> np.ndarray:
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=len(ids) + 1)
+        gen = og.Generator(model, params)
+        gen.append_tokens(np.asarray([ids], np.int32))
+        logits = np.asarray(gen.get_output("logits"))
+        return logits.reshape(-1, logits.shape[-1])[-len(ids) :]
+
+    return run
 
 
 def genai_run(
@@ -329,6 +408,9 @@ def main() -> None:
     parser.add_argument("--no-server", action="store_true")
     parser.add_argument("--level", default="all", help="torchport --level for both variants")
     parser.add_argument(
+        "--random-model", action="store_true", help="random weights instead of the test bed's trained LM"
+    )
+    parser.add_argument(
         "--agreement-prompts",
         type=int,
         default=8,
@@ -336,26 +418,55 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
-    from torchport.exporters import export_model
+    from torchport.exporters import export_model, optimize_package
 
     work = Path(tempfile.mkdtemp(prefix="tp-generate-"))
     try:
-        folder = work / "llama-50m"
-        n_params = build_model(folder)
-        prompt = [1] + [int(x) for x in np.random.default_rng(0).integers(3, 32000, args.prompt_tokens - 1)]
+        held_prompts: list[list[int]] | None = None
+        eval_text = None
+        trained = None
+        if not args.random_model:
+            try:
+                from torchport.exporters.examples.testbed import build_lm
+
+                trained = build_lm("bench", quiet=False)
+            except ImportError as e:
+                print(f"test bed not available ({e}); using the random-weight model")
+        if trained is not None:
+            from tokenizers import Tokenizer
+
+            folder = Path(trained.path)
+            tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+            held = [tok.encode(p).ids for p in trained.prompts]
+            held = [ids[: args.prompt_tokens] for ids in held if len(ids) >= 4]
+            prompt, held_prompts = held[0], held[1:]
+            eval_text = Path(trained.eval_data).read_text(encoding="utf-8")
+            n_params = int(trained.metrics.get("params", 0))
+            source = (
+                f"the test bed's trained LM (held-out perplexity {trained.metrics.get('perplexity', 0):.1f})"
+            )
+        else:
+            folder = work / "llama-50m"
+            n_params = build_model(folder)
+            prompt = [1] + [
+                int(x) for x in np.random.default_rng(0).integers(3, 32000, args.prompt_tokens - 1)
+            ]
+            source = "random weights"
         print(
-            f"model: Llama-style, {n_params / 1e6:.1f}M parameters; prompt {len(prompt)}, new {args.new_tokens}, "
-            f"{THREADS} threads, best of {args.repeats} interleaved rounds"
+            f"model: Llama-style, {n_params / 1e6:.1f}M parameters, {source}; prompt {len(prompt)}, "
+            f"new {args.new_tokens}, {THREADS} threads, best of {args.repeats} interleaved rounds"
         )
         start = time.perf_counter()
         package = work / "pkg" / "llama"
         export_model(str(folder), package, level=args.level, int8="dynamic", quiet=True)
+        optimize_package(package, level="none", int4=True)
         print(
-            f"torchport export (--level {args.level} --int8 dynamic, validated): {time.perf_counter() - start:.1f}s"
+            f"torchport export (--level {args.level} --int8 dynamic, validated) + optimize --int4: "
+            f"{time.perf_counter() - start:.1f}s"
         )
 
         runners = [("Hugging Face eager fp32", hf_eager(folder, prompt, args.new_tokens))]
-        for variant in ("fp32", "int8"):
+        for variant in ("fp32", "int8", "int4"):
             runners.append((f"torchport {variant}", torchport_run(package, variant, prompt, args.new_tokens)))
         runners.append(
             (
@@ -363,23 +474,38 @@ def main() -> None:
                 torchport_run(package, "fp32", prompt, args.new_tokens, spinning=False),
             )
         )
-        for precision in () if args.no_genai else ("fp32", "int8"):
+        genai_dirs: dict[str, Path] = {}
+        for precision in () if args.no_genai else ("fp32", "int8", "int4"):
             got = genai_run(folder, work, prompt, args.new_tokens, precision)
             if isinstance(got, str):
                 print(f"onnxruntime-genai {precision}: skipped ({got})")
             else:
                 runners.append((f"onnxruntime-genai {precision}", got))
+                genai_dirs[f"onnxruntime-genai {precision}"] = work / f"genai-{precision}"
         results = interleaved(runners, args.repeats)
         base_s, base_tokens = results["Hugging Face eager fp32"]
         gap_median, gap_p5 = logit_gaps(package, prompt, base_tokens)
-        more = agreement_over_prompts(dict(runners), args.agreement_prompts, args.prompt_tokens)
+        more = agreement_over_prompts(dict(runners), args.agreement_prompts, args.prompt_tokens, held_prompts)
+        windows = eval_windows(folder, eval_text) if eval_text else []
+        ppl: dict[str, float] = {}
+        if windows:
+            ppl["Hugging Face eager fp32"] = perplexity(hf_logits(folder), windows)
+            for variant in ("fp32", "int8", "int4"):
+                ppl[f"torchport {variant}"] = perplexity(torchport_logits(package, variant), windows)
+            for name, out in genai_dirs.items():
+                try:
+                    ppl[name] = perplexity(genai_logits(out), windows)
+                except Exception as e:  # noqa: BLE001 - reported, the row keeps its other figures
+                    print(f"{name} perplexity: skipped ({type(e).__name__}: {e})")
         rows = [(name, s, toks) for name, (s, toks) in results.items()]
+        base_ppl = ppl.get("Hugging Face eager fp32")
         table = []
         for name, s, toks in rows:
             agree = agreement(toks, base_tokens)
             first = next((i for i, (a, b) in enumerate(zip(toks, base_tokens)) if a != b), None)
             variant = name.split()[1].rstrip(",") if name.startswith("torchport") else None
             forced = teacher_forced_top1(package, variant, prompt, base_tokens) if variant else None
+            p = ppl.get(name.split(",")[0])
             table.append(
                 (
                     name,
@@ -390,6 +516,8 @@ def main() -> None:
                     "none" if first is None else first,
                     f"{more[name]:.0%}" if more else "-",
                     f"{forced:.0%}" if forced is not None else "-",
+                    f"{p:.2f}" if p is not None else "-",
+                    f"{(p / base_ppl - 1):+.1%}" if p is not None and base_ppl else "-",
                 )
             )
         print()
@@ -402,17 +530,25 @@ def main() -> None:
                     "× HF eager",
                     "greedy agreement",
                     "first different token",
-                    f"agreement, {args.agreement_prompts} more prompts",
+                    f"agreement, {len(held_prompts or []) if held_prompts else args.agreement_prompts} more prompts",
                     "teacher-forced top-1",
+                    "perplexity",
+                    "vs fp32",
                 ],
                 table,
             )
         )
+        speed = {name: args.new_tokens / s for name, s, _ in rows}
+        for ours, theirs in (("fp32", "fp32"), ("int8", "int8"), ("int4", "int4")):
+            if f"onnxruntime-genai {theirs}" in speed:
+                ratio = speed[f"torchport {ours}"] / speed[f"onnxruntime-genai {theirs}"]
+                print(f"torchport {ours} / onnxruntime-genai {theirs} decode speed: {ratio:.2f}x")
         print(
             "greedy agreement: share of the 128 tokens equal to HF's at the same position (after one flip the "
-            "sequences part); on more prompts: the mean of that share over other random prompts of the same length; "
-            "teacher-forced top-1: each step from HF's own prefix. Top-1/top-2 logit gap of "
-            f"this random-weight model along HF's tokens: median {gap_median:.4f}, 5th percentile {gap_p5:.4f}."
+            "sequences part); on more prompts: the mean of that share over other prompts (held-out lines of the "
+            "test bed, or random ids for the random model); teacher-forced top-1: each step from HF's own prefix; "
+            "perplexity: on the test bed's held-out text (8 windows of 128 tokens). Top-1/top-2 logit gap along "
+            f"HF's tokens: median {gap_median:.4f}, 5th percentile {gap_p5:.4f}."
         )
 
         if not args.no_server:

@@ -40,7 +40,9 @@ def container(
     name: Optional[str] = _NAME,
     version: Optional[str] = model_version_option("the model wheel in the image"),
     old_version: Optional[str] = deprecated_version_option(),
-    variant: str = typer.Option("fp32", "--variant", help="Variants in the image: fp32, fp16, int8 or all."),
+    variant: str = typer.Option(
+        "fp32", "--variant", help="Variants in the image: fp32, fp16, int8, int4 or all."
+    ),
     build: bool = typer.Option(False, "--build", help="Build the image with podman or docker (needs --tag)."),
     tag: Optional[str] = typer.Option(None, "--tag", help="Image tag for --build, e.g. --tag cnn:1."),
     force: bool = _FORCE,
@@ -119,7 +121,7 @@ def triton(
     out: Path = typer.Option(..., "-o", "--out", help="Model repository folder to write."),
     gpu: bool = typer.Option(False, "--gpu", help="instance_group KIND_GPU instead of KIND_CPU."),
     variant: str = typer.Option(
-        "fp32", "--variant", help="Variant to put in as model.onnx: fp32, fp16, int8."
+        "fp32", "--variant", help="Variant to put in as model.onnx: fp32, fp16, int8, int4."
     ),
     max_batch_size: Optional[int] = typer.Option(
         None, "--max-batch-size", help="Cap max_batch_size (default: the batch dim's range maximum)."

@@ -21,7 +21,7 @@ def package(
     old_version: Optional[str] = deprecated_version_option(),
     out: Path = typer.Option(Path("dist"), "-o", "--out", help="Folder the wheel is written to."),
     variant: str = typer.Option(
-        "fp32", "--variant", help="Variants to include: fp32, fp16, int8 or all, e.g. --variant all."
+        "fp32", "--variant", help="Variants to include: fp32, fp16, int8, int4 or all, e.g. --variant all."
     ),
     force: bool = typer.Option(False, "--force", help="Replace an existing wheel of the same name."),
 ) -> None:

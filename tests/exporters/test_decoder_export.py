@@ -108,8 +108,8 @@ def _greedy(sess: Session, prompts: list[list[int]], n: int) -> list[list[int]]:
 
 
 def test_int8_dynamic_decoder(root: Path) -> None:
-    """The decoder recipe: block-wise int8 linear layers, the logits head in float32, and greedy tokens
-    that follow fp32's (per-tensor activation scales agreed on ~60% of these tokens)."""
+    """The decoder recipe (onnxruntime-genai's int8): block-wise int8 linear layers, the logits head
+    included, and greedy tokens that follow fp32's."""
     result = exported_lm("llama", root, int8="dynamic", level="basic")
     m = result.manifest
     assert set(m.variants) == {"fp32", "int8"} and m.variants["int8"].parity["passed"]
@@ -117,12 +117,17 @@ def test_int8_dynamic_decoder(root: Path) -> None:
     logits = report["variants"]["int8"]["outputs"][0]
     assert logits["name"] == "logits" and logits["cosine"] >= 0.99 and logits["top1"] >= 0.9
     record = next(p for p in m.passes if p["name"] == "int8_dynamic")
-    assert record["details"]["block_size"] == 16
+    assert record["details"]["block_size"] == 32
     graph = onnx.load(str(result.path / "model.int8.onnx"), load_external_data=False).graph
     ops = {n.op_type for n in graph.node}
     assert "MatMulNBits" in ops and not ops & {"MatMulInteger", "DynamicQuantizeLinear"}
-    head = output_head(onnx.load(str(result.path / "model.int8.onnx")), "logits")
-    assert head is not None and next(n for n in graph.node if n.name == head).op_type == "MatMul"
+    nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
+    assert all({a.name: a.i for a in n.attribute}["bits"] == 8 for n in nbits)
+    assert output_head(onnx.load(str(result.path / "model.int8.onnx")), "logits") is None  # head: MatMulNBits
+    producer = {o: n for n in graph.node for o in n.output}
+    assert producer["logits"].op_type == "MatMulNBits" or any(
+        producer.get(i) is not None and producer[i].op_type == "MatMulNBits" for i in producer["logits"].input
+    )
     # the optimized graph keeps no per-head view of the attention (its reshapes collapse)
     fp32_ops = [
         n.op_type for n in onnx.load(str(result.path / "model.onnx"), load_external_data=False).graph.node
@@ -134,7 +139,12 @@ def test_int8_dynamic_decoder(root: Path) -> None:
     fp32 = _greedy(Session.from_package(result.path), prompts, 48)
     int8 = _greedy(Session.from_package(result.path, variant="int8"), prompts, 48)
     agreement = np.mean([np.mean(np.array(a) == np.array(b)) for a, b in zip(fp32, int8, strict=True)])
-    assert agreement >= 0.9, f"int8 greedy tokens agree with fp32 on {agreement:.0%}"
+    # random weights leave top-1/top-2 logit gaps below 8-bit rounding (the quantized head flips near-ties,
+    # and the sequences part after the first): 75% here; the trained LM's agreement is benchmarked
+    # (benchmarks/generate.py)
+    assert agreement >= 0.6, f"int8 greedy tokens agree with fp32 on {agreement:.0%}"
+    first = np.mean([a[0] == b[0] for a, b in zip(fp32, int8, strict=True)])
+    assert first >= 0.85, f"int8's first greedy token agrees with fp32's on {first:.0%}"
 
 
 @pytest.mark.parametrize("name", ["llama", "gpt2"])

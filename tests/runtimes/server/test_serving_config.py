@@ -85,7 +85,7 @@ def write(path: Path, text: str) -> Path:
             "[models.scale]\nmax_batch_size = '4'\n",
             r"\[models.scale\]: max_batch_size must be an integer, got '4'",
         ),
-        ("[models.scale]\nvariant = 'int4'\n", r"variant must be one of fp32, fp16, int8, got 'int4'"),
+        ("[models.scale]\nvariant = 'int2'\n", r"variant must be one of fp32, fp16, int8, int4, got 'int2'"),
         ("[models.scale]\nmax_batch_size = 0\n", r"max_batch_size must be >= 1"),
         (
             "[models.scale]\nversion_policy = 'newest'\n",
