@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run torchport's whole test suite (lint + pytest, slow tests included) on a fresh machine.
+# Run torchport's whole test suite (lint + type check + pytest, slow tests included) on a fresh machine.
 # Sets up everything first (scripts/setup.sh: system packages, .venv, torchport[dev]).
 # Extra arguments go to pytest, e.g.:  bash scripts/test.sh -m "not slow"   (the quick suite)
 set -euo pipefail
@@ -9,6 +9,8 @@ VENV=${TORCHPORT_VENV:-.venv}
 echo "==> ruff"
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check . >/dev/null || { echo "ruff format would change files: run 'ruff format .'"; exit 1; }
+echo "==> mypy"
+"$VENV/bin/mypy" || { echo "mypy found type errors (config: [tool.mypy] in pyproject.toml)"; exit 1; }
 echo "==> pytest"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 set +e
