@@ -1,0 +1,89 @@
+"""Text-to-text generation on a real socket: an encoder-decoder package answers /generate and
+/generate_stream with text, through the same continuous-batching engine as decoders."""
+
+from __future__ import annotations
+
+import http.client as httpc
+import json
+import shutil
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+pytest.importorskip("transformers")
+
+from tests.runtimes.conftest import http, running_server  # noqa: E402
+from tests.seq2seq_models import exported_seq2seq  # noqa: E402
+from torchport.runtimes import Session  # noqa: E402
+
+TEXTS = ["the quick brown fox", "hello", "one two three four five six", "lazy dog", "torchport"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    root = tmp_path_factory.mktemp("s2s-serve")
+    repo = root / "repo"
+    repo.mkdir()
+    shutil.copytree(exported_seq2seq("bart", root).package.path, repo / "bart")
+    with running_server(repo) as srv:
+        srv.package = repo / "bart"
+        yield srv
+
+
+def _post(server, path: str, obj: object) -> tuple[int, dict]:
+    status, _, body = http(server, "POST", path, json.dumps(obj).encode())
+    return status, json.loads(body)
+
+
+def _local(server, text: str, n: int) -> str:
+    return Session.from_package(server.package).generate(text, max_new_tokens=n, ignore_eos=True).text[0]
+
+
+def test_generate_answers_the_text_the_local_loop_gives(server) -> None:
+    status, body = _post(
+        server, "/v2/models/bart/generate", {"text_input": TEXTS[0], "max_tokens": 6, "ignore_eos": True}
+    )
+    assert status == 200, body
+    assert body["text_output"] == _local(server, TEXTS[0], 6)
+    assert body["finish_reason"] == "length" and body["usage"]["completion_tokens"] == 6
+
+
+def test_concurrent_requests_of_different_lengths_each_get_their_own_answer(server) -> None:
+    results: dict[str, str] = {}
+
+    def one(text: str) -> None:
+        status, body = _post(
+            server, "/v2/models/bart/generate", {"text_input": text, "max_tokens": 8, "ignore_eos": True}
+        )
+        assert status == 200, body
+        results[text] = body["text_output"]
+
+    threads = [threading.Thread(target=one, args=(t,)) for t in TEXTS]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {t: _local(server, t, 8) for t in TEXTS}
+
+
+def test_stream_sends_the_same_text_in_pieces(server) -> None:
+    conn = httpc.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        body = {"text_input": TEXTS[2], "max_tokens": 6, "ignore_eos": True}
+        conn.request("POST", "/v2/models/bart/generate_stream", body=json.dumps(body))
+        resp = conn.getresponse()
+        assert resp.status == 200
+        events = [json.loads(e[len("data: ") :]) for e in resp.read().decode().split("\n\n") if e]
+    finally:
+        conn.close()
+    assert "".join(e["text_output"] for e in events) == _local(server, TEXTS[2], 6)
+    assert events[-1]["finish_reason"] == "length"
+
+
+def test_text_beyond_the_encoder_is_a_one_line_400_naming_the_limit(server) -> None:
+    status, body = _post(server, "/v2/models/bart/generate", {"text_input": "the quick brown fox " * 60})
+    assert status == 400
+    assert "encoder takes at most 128" in body["error"] and "\n" not in body["error"]
+    status, body = _post(server, "/v2/models/bart/generate", {"text_input": "hello", "max_tokens": 6})
+    assert status == 200  # the server goes on serving
