@@ -16,6 +16,12 @@ error), and model size. Below the table: the optimization step's own time and th
     python benchmarks/optimize.py                 # full: BERT-base + ResNet-18-style, ~5-8 min on 2 cores
     python benchmarks/optimize.py --quick         # 4-layer BERT, narrow ResNet: ~1 min
     python benchmarks/optimize.py --models bert --runs 50
+    python benchmarks/optimize.py --models '' --testbed-size test   # only the trained classifiers' accuracy
+
+Held-out accuracy of the test bed's trained classifiers (``torchport.exporters.examples.testbed``:
+a CNN on scikit-learn's digits, a BERT telling which standard-library package a line is from; built on
+this machine, cached) per variant (fp32, fp16, int8 dynamic), from ``optimize_package(eval_data=...)``;
+target: int8 within 1 point of fp32.
 """
 
 from __future__ import annotations
@@ -288,6 +294,65 @@ def bench_model(
     return rows, info
 
 
+def accuracy_rows(name: str, size: str, tmp: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Held-out accuracy per variant of a trained test-bed classifier (``digits`` or ``bert``):
+    built (or reused from the cache), exported, optimized with fp16 + int8 dynamic, and scored by
+    ``optimize_package(eval_data=...)`` (the gate opened wide so that every variant is reported)."""
+    from torchport.exporters import export_model, optimize_package
+    from torchport.exporters.examples.testbed import build
+
+    start = time.perf_counter()
+    trained = build(name, size, quiet=False)
+    built_s = time.perf_counter() - start
+    out = tmp / f"testbed-{name}"
+    export_model(trained.source, out, quiet=True)
+    result = optimize_package(
+        out, fp16=True, int8="dynamic", eval_data=trained.eval_data, max_accuracy_drop=100.0
+    )
+    record = result.package.manifest.extra["eval"]
+    rows = [
+        {"variant": v, "accuracy": r["accuracy"], "agreement": r["agreement"], "samples": r["samples"]}
+        for v, r in record["variants"].items()
+    ]
+    info = {
+        "title": f"{name} ({size}, trained)",
+        "eager_accuracy": trained.metrics["accuracy"],
+        "train_s": trained.metrics["train_seconds"],
+        "params": trained.metrics["params"],
+        "cached": trained.cached,
+        "built_s": built_s,
+    }
+    return info, rows
+
+
+def print_accuracy(results: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> list[tuple[str, bool, str]]:
+    header = f"{'trained classifier':<30} {'variant':<8} {'held-out acc':>12} {'vs fp32':>9} {'top-1 agree':>12} {'samples':>8}"
+    print()
+    print(header)
+    print("-" * len(header))
+    verdicts = []
+    for info, rows in results:
+        base = rows[0]["accuracy"]
+        for r in rows:
+            print(
+                f"{info['title']:<30} {r['variant']:<8} {r['accuracy'] * 100:11.2f}% "
+                f"{(r['accuracy'] - base) * 100:+8.2f}pt {r['agreement'] * 100:11.1f}% {r['samples']:8d}"
+            )
+        print(
+            f"  eager PyTorch held-out accuracy {info['eager_accuracy'] * 100:.2f}%, {info['params']:,} parameters, "
+            f"trained in {info['train_s']:.1f} s" + (" (reused from the cache)" if info["cached"] else "")
+        )
+        int8 = next(r for r in rows if r["variant"] == "int8")
+        verdicts.append(
+            (
+                f"{info['title']}: int8 held-out accuracy within 1 point of fp32",
+                (base - int8["accuracy"]) * 100 <= 1.0,
+                f"{(int8['accuracy'] - base) * 100:+.2f} pt",
+            )
+        )
+    return verdicts
+
+
 def main(argv: list[str] | None = None) -> int:
     global QUICK
     parser = argparse.ArgumentParser(
@@ -299,6 +364,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--runs", type=int, default=30, help="timed runs per row (median reported)")
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument(
+        "--classifiers",
+        default="digits,bert",
+        help="trained test-bed classifiers whose held-out accuracy per variant is reported ('' for none)",
+    )
+    parser.add_argument(
+        "--testbed-size",
+        default=None,
+        choices=["test", "bench"],
+        help="test-bed size of the trained classifiers (default bench; --quick: test)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         QUICK = True
@@ -314,10 +390,15 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     results = []
+    accuracy = []
+    size = args.testbed_size or ("test" if QUICK else "bench")
     with tempfile.TemporaryDirectory(prefix="torchport-bench-") as tmp:
         for name in [m.strip() for m in args.models.split(",") if m.strip()]:
             print(f"... {name}", file=sys.stderr, flush=True)
             results.append(bench_model(name, Path(tmp), args.runs, args.warmup))
+        for name in [m.strip() for m in args.classifiers.split(",") if m.strip()]:
+            print(f"... trained {name} ({size})", file=sys.stderr, flush=True)
+            accuracy.append(accuracy_rows(name, size, Path(tmp)))
 
     header = f"{'model':<30} {'variant':<36} {'median ms':>10} {'x eager':>8} {'cosine':>10} {'max abs':>10} {'size MB':>8}"
     print()
@@ -371,6 +452,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{info['optimize_fp32_s']:.1f} s (with fp16 + int8 variants {info['optimize_s']:.1f} s)",
                 )
             )
+    if accuracy:
+        verdicts += print_accuracy(accuracy)
     print()
     for text, ok, value in verdicts:
         print(f"  [{'ok' if ok else 'MISS'}] {text}: {value}")
