@@ -133,12 +133,14 @@ def parse_generate(
     bad = sorted(set(params) - set(_SAMPLING) - set(_SPEECH) - {"stream"})
     if bad:
         raise HTTPError(400, f"unknown parameter(s) {', '.join(bad)}; accepted: {', '.join(_SAMPLING)}")
-    merged = {**{k: v for k, v in data.items() if k in _SAMPLING}, **params}
+    merged = {**{k: v for k, v in data.items() if k in _SAMPLING or k in _SPEECH}, **params}
     if "messages" in data and "text_input" in data:
         raise HTTPError(400, "send either text_input or messages, not both")
     chat = "messages" in data
     if speech is not None or AUDIO in data:
         return _parse_speech(data, merged, engine, speech)
+    if any(k in merged for k in _SPEECH):
+        raise HTTPError(400, "language and task are for speech models; this model takes text_input")
     if chat:
         try:
             prompt = codec.apply_chat_template(data["messages"])

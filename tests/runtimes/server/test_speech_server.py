@@ -1,0 +1,113 @@
+"""Speech on a real socket: a tiny Whisper package answers /generate and /generate_stream with audio in."""
+
+from __future__ import annotations
+
+import base64
+import http.client as httpc
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("transformers")
+
+from tests.runtimes.conftest import http, running_server  # noqa: E402
+from tests.speech_models import exported_whisper, sample_audio, wav  # noqa: E402
+from torchport.runtimes import Session  # noqa: E402
+from torchport.runtimes._audio import AudioFeatures, decode_audio  # noqa: E402
+from torchport.runtimes._audio_prompt import WhisperPrompt  # noqa: E402
+from torchport.runtimes._generate import Generator  # noqa: E402
+from torchport.runtimes._tokenizer import TextCodec  # noqa: E402
+
+URL = "/v2/models/whisper/generate"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    root = tmp_path_factory.mktemp("speech-serve")
+    _, package = exported_whisper(root)
+    repo = root / "repo"
+    repo.mkdir()
+    shutil.copytree(package, repo / "whisper")
+    with running_server(repo) as srv:
+        yield srv
+
+
+def _post(server, obj: object, path: str = URL) -> tuple[int, dict]:
+    status, _, body = http(server, "POST", path, json.dumps(obj).encode())
+    return status, json.loads(body)
+
+
+def _local(server, audio: bytes, new: int, **kw: str) -> str:
+    """The same request through the Python API: decode, features, prompt, generate, detokenize."""
+    pkg = Path(server.repository.get("whisper", None).path)
+    session = Session.from_package(pkg)
+    extra = session.manifest.extra
+    feats = AudioFeatures.from_config(extra["audio"]).extract([decode_audio(audio)])
+    forced = WhisperPrompt.from_settings(extra["generation"]["whisper"]).prompt(**kw)[1:]
+    tokens = Generator(session).generate(
+        None, sources=[{"input_features": feats[0]}], forced=forced, max_new_tokens=new
+    )
+    return TextCodec.from_package(session.package).decode(tokens.tokens[0])
+
+
+def test_generate_takes_a_wav(server) -> None:
+    audio = sample_audio()[1]
+    status, body = _post(
+        server, {"audio": base64.b64encode(audio).decode(), "language": "fr", "max_tokens": 8}
+    )
+    assert status == 200, body
+    assert body["text_output"] == _local(server, audio, 8, language="fr") and body["text_output"]
+    # FP32 samples in JSON, language and task in parameters
+    samples = decode_audio(audio)[:16000].tolist()
+    req = {"audio": samples, "parameters": {"max_tokens": 6, "language": "de", "task": "translate"}}
+    status, body = _post(server, req)
+    assert status == 200, body
+    assert body["text_output"] == _local(server, wav(np.asarray(samples)), 6, language="de", task="translate")
+
+
+def test_generate_stream_sends_pieces(server) -> None:
+    audio = sample_audio()[0]
+    req = {"audio": base64.b64encode(audio).decode(), "language": "en", "max_tokens": 8}
+    conn = httpc.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    try:
+        conn.request("POST", URL + "_stream", body=json.dumps(req))
+        resp = conn.getresponse()
+        assert resp.status == 200
+        text = resp.read().decode()
+    finally:
+        conn.close()
+    events = [json.loads(line[len("data: ") :]) for line in text.split("\n\n") if line]
+    assert len(events) > 1 and events[-1]["finish_reason"] in ("stop", "length")
+    assert "".join(e["text_output"] for e in events) == _post(server, req)[1]["text_output"]
+
+
+@pytest.mark.parametrize(
+    ("audio", "extra", "message"),
+    [
+        ("", {}, r"^audio in JSON must be a base64|^audio is empty"),
+        (base64.b64encode(b"ID3 not a wav").decode(), {}, r"^audio is not a WAV file"),
+        ("not base64 at all!", {}, r"^audio in JSON must be a base64-encoded WAV file"),
+        (
+            base64.b64encode(wav(np.zeros(31 * 16000))).decode(),
+            {},
+            r"^audio is 31\.0 s long; the limit is 30 s",
+        ),
+        (base64.b64encode(wav(np.zeros(100))).decode(), {"language": "xx"}, r"^language 'xx' is not one of"),
+        (base64.b64encode(wav(np.zeros(100))).decode(), {"task": "sing"}, r"^task must be one of transcribe"),
+    ],
+)
+def test_bad_audio_is_a_one_line_400(server, audio: str, extra: dict, message: str) -> None:
+    import re
+
+    status, body = _post(server, {"audio": audio, "max_tokens": 4, **extra})
+    assert status == 400, body
+    assert re.search(message, body["error"]) and "\n" not in body["error"]
+    status, body = _post(server, {"text_input": "hello", "max_tokens": 4})
+    assert status == 400 and "takes audio" in body["error"]
+    # the model still serves after the refusals
+    ok = {"audio": base64.b64encode(sample_audio()[0]).decode(), "language": "en", "max_tokens": 3}
+    assert _post(server, ok)[0] == 200
