@@ -1129,12 +1129,16 @@ def peer_rows(cnn_pkg: Path, args, workdir: Path, results: dict) -> list[tuple[s
 SECTIONS = ("latency", "throughput", "floor", "grpc", "reload", "breakdown", "peers")
 
 
-def breakdown_rows(tiny: Path, results: dict, n: int = 20000) -> list[tuple[str, ...]]:
+def breakdown_rows(
+    tiny: Path, results: dict, n: int = 20000, cnn: Path | None = None
+) -> list[tuple[str, ...]]:
     """(7) what one c=1 JSON request of the tiny model costs, step by step, in this process (µs, median
     of 5 timings of n calls, CPU time), then the whole request through the server's real HTTP
     protocol and application objects without a socket (CPU time per request, see
     :func:`in_process_request_cpu`): that minus the steps is the glue (request/response objects,
-    routing, callbacks, one event-loop iteration). The rest of (4)'s gap is the socket's syscalls."""
+    routing, callbacks, one event-loop iteration). The rest of (4)'s gap is the socket's syscalls.
+    With ``cnn``, the steps of one c=1 JSON request of the CNN (3,072 floats, the peers' model)
+    follow: the JSON parse, the whole decode and check, the run."""
     import io
     import timeit
 
@@ -1217,6 +1221,28 @@ def breakdown_rows(tiny: Path, results: dict, n: int = 20000) -> list[tuple[str,
         rows.append(("7 c=1 breakdown", label, "1", "", f"{us / 1e3:.4f}", "", f"{us:.2f} us", ""))
     flush_access_log()
     configure_logging(False)
+    cnn_rows = []  # after the tiny model's rows (its sum and glue are of those steps only)
+    if cnn is not None:
+        from torchport.runtimes.server._protocol import json_loads
+
+        csess = Session.from_package(cnn, intra_op_threads=1, inter_op_threads=1, spinning=False)
+        cbody, _ = json_body(
+            "image", np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+        )
+        csig = InputSignature.of(csess)
+        creq = decode_infer_request(cbody, None, {"image": "FP32"}, signature=csig)
+        for label, fn in (
+            (f"CNN JSON: orjson parse of the {len(cbody) // 1000} KB body", lambda: json_loads(cbody)),
+            (
+                "CNN JSON: decode + check (parse included)",
+                lambda: decode_infer_request(cbody, None, {"image": "FP32"}, signature=csig),
+            ),
+            ("CNN: ONNX Runtime run", lambda: csess.run_prepared(creq.inputs)),
+        ):
+            m_ = max(1, n // 40)
+            us = statistics.median(timeit.repeat(fn, number=m_, repeat=5, timer=time.thread_time)) / m_ * 1e6
+            results.setdefault("breakdown_us", {})[label] = us
+            cnn_rows.append(("7 c=1 breakdown", label, "1", "", f"{us / 1e3:.4f}", "", f"{us:.2f} us", ""))
     rows.append(
         ("7 c=1 breakdown", "sum of the steps", "1", "", f"{total / 1e3:.4f}", "", f"{total:.2f} us", "")
     )
@@ -1234,7 +1260,7 @@ def breakdown_rows(tiny: Path, results: dict, n: int = 20000) -> list[tuple[str,
             "",
         )
     )
-    return rows
+    return rows + cnn_rows
 
 
 def in_process_request_cpu(package: Path, raw: bytes, n: int = 3000) -> float:
@@ -1486,7 +1512,7 @@ def main() -> None:
         if "reload" in args.sections:
             rows.extend(reload_rows(cnn_pkg, args, workdir, results))
         if "breakdown" in args.sections:
-            rows.extend(breakdown_rows(tiny, results))
+            rows.extend(breakdown_rows(tiny, results, cnn=cnn_pkg))
         if "peers" in args.sections:
             rows.extend(peer_rows(cnn_pkg, args, workdir, results))
     finally:
