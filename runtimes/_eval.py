@@ -186,7 +186,7 @@ def _check_size(path: Path, size: int, budget: int) -> None:
     if size > budget:
         raise UsageError(
             f"eval data {path.name} holds {_budget_text(size)}, over the {_budget_text(budget)} memory budget; "
-            f"pass a smaller held-out set or raise the budget (--eval-budget / max_bytes)"
+            f"pass a smaller held-out set (at most {_budget_text(budget)}; the API's max_bytes= sets the budget)"
         )
 
 
