@@ -33,6 +33,7 @@ COMMAND_MODULES = (
     "torchport.cli.validate",
     "torchport.cli.inspect_package",
     "torchport.cli.serve",
+    "torchport.cli.generate",
     "torchport.cli.bench",
     "torchport.cli.package",
     "torchport.cli.deploy",
