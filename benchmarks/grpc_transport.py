@@ -36,7 +36,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: the last commit whose gRPC server used the hand-written HTTP/2 framing and HPACK, and the commit
 #: whose server ran on the h2 library
-DEFAULT_SERVERS = ("hand-written=e451097", "h2=H2COMMIT", "current=.")
+DEFAULT_SERVERS = ("hand-written=e451097", "h2=087726e", "current=.")
 
 
 def free_port() -> int:
@@ -219,12 +219,12 @@ def main() -> None:
     header = (
         "c",
         "client",
-        "server framing",
+        "server",
         "req/s",
         "p50 ms",
         "p99 ms",
         "server CPU us/req",
-        "vs hand-written",
+        f"vs {first}",
     )
     rows = []
     for (c, client, name), m in med.items():

@@ -1,25 +1,30 @@
-"""A unary gRPC server over HTTP/2 (h2c, prior knowledge): the ``h2`` library (sans-IO) driven
-inside an asyncio.Protocol on the server's event loop.
+"""A lean HTTP/2 server (h2c, prior knowledge) for unary gRPC calls, on asyncio.Protocol.
 
-It runs next to the HTTP/1.1 server, so a gRPC request costs one parse and one dispatch on that
-loop (no second runtime, no per-call coroutine) and batches with the requests read in the same
-iteration, as on HTTP. The framing, HPACK (``hpack``), flow-control bookkeeping and protocol
-checks are h2's; what is ours is gRPC on top (one length-prefixed request message per stream:
-identity, gzip or deflate; one response message; trailers with ``grpc-status`` /
-``grpc-message``; ``grpc-timeout`` deadlines) and the server's limits.
+It runs on the server's event loop next to the HTTP/1.1 server, so a gRPC request costs one parse
+and one dispatch on that loop (no second runtime, no per-call coroutine) and batches with the
+requests read in the same iteration, as on HTTP. What it speaks (RFC 9113, gRPC over HTTP/2):
+
+- frames: SETTINGS (+ACK), PING (+ACK), WINDOW_UPDATE, RST_STREAM, GOAWAY, HEADERS + CONTINUATION,
+  DATA (padding allowed), PRIORITY (ignored), unknown types (ignored);
+- flow control both ways: large receive windows replenished as data is buffered, and responses
+  held back while the peer's connection or stream window is exhausted;
+- HPACK: the ``hpack`` library's decoder (its table kept per connection; a block of indexed
+  fields only is looked up, not decoded again); we send literals never indexed only;
+- gRPC: one length-prefixed request message per stream (identity, gzip or deflate), one response
+  message, trailers with ``grpc-status`` / ``grpc-message``; ``grpc-timeout`` deadlines.
 
 Limits (from :class:`HttpLimits`, shared with the HTTP server): the message size
 (RESOURCE_EXHAUSTED, answered as soon as the length prefix arrives), body bytes in flight across all
 connections, concurrent streams per connection (REFUSED_STREAM), the header list size, the header
 and body deadlines, the idle timeout, and a client that stops reading (reading pauses; the
-connection is dropped after the idle timeout). Protocol violations end the connection with GOAWAY
-(h2's error code; COMPRESSION_ERROR for a header block HPACK cannot decode).
+connection is dropped after the idle timeout). Protocol violations end the connection with GOAWAY.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
 import zlib
 from collections import deque
@@ -27,27 +32,6 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from torchport.runtimes._errors import ServingError
-
-try:
-    from h2.config import H2Configuration
-    from h2.connection import H2Connection
-except ImportError as e:  # pragma: no cover - depends on the environment
-    raise ServingError("--grpc-port needs h2: pip install 'torchport[serve]' (or pip install h2)") from e
-from h2.errors import ErrorCodes
-from h2.events import (
-    ConnectionTerminated,
-    DataReceived,
-    RemoteSettingsChanged,
-    RequestReceived,
-    StreamEnded,
-    StreamReset,
-    WindowUpdated,
-)
-from h2.exceptions import ProtocolError, StreamClosedError
-from h2.settings import SettingCodes
-from hpack import HPACKError
-from hyperframe.frame import GoAwayFrame, HeadersFrame, RstStreamFrame
-
 from torchport.runtimes._grpc_status import (
     CANCELLED,
     DEADLINE_EXCEEDED,
@@ -56,31 +40,73 @@ from torchport.runtimes._grpc_status import (
     RESOURCE_EXHAUSTED,
     UNIMPLEMENTED,
 )
+from torchport.runtimes._h2wire import (
+    ACK,
+    CONTINUATION,
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    FRAME_HEADER,
+    GOAWAY,
+    HEADERS,
+    PADDED,
+    PING,
+    PREFACE,
+    PRIORITY_FLAG,
+    PUSH_PROMISE,
+    RST_STREAM,
+    SETTINGS,
+    WINDOW_UPDATE,
+    frame,
+)
+
+try:
+    from hpack import Decoder, Encoder, HPACKError, NeverIndexedHeaderTuple, OversizedHeaderListError
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ServingError(
+        "--grpc-port needs hpack: pip install 'torchport[serve]' (or pip install hpack)"
+    ) from e
 from torchport.runtimes.server._http import HttpLimits, Listener
 
 log = logging.getLogger("torchport.server")
 
+# error codes (RFC 9113 7)
+NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR = 0, 1, 2, 3
+FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL, COMPRESSION_ERROR, ENHANCE_YOUR_CALM = 6, 7, 8, 9, 11
+_MAX_WINDOW = (1 << 31) - 1
+#: frames we accept (SETTINGS_MAX_FRAME_SIZE, the protocol's default)
+_MAX_FRAME = 16384
 #: the receive window of each stream, and of the connection
 _STREAM_WINDOW = 1 << 20
 _CONN_WINDOW = 16 << 20
 MAX_STREAMS = 128
 _MAX_HEADER_LIST = 16 * 1024
+#: a block decoding past this ends the connection (hpack stops mid-block: the table is out of
+#: step); between _MAX_HEADER_LIST and this it is decoded and its stream refused
+_HPACK_BOMB = 4 * _MAX_HEADER_LIST
 #: raw header block bytes (HEADERS + CONTINUATION) one request may take
 _MAX_HEADER_BLOCK = 64 * 1024
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
-_CONFIG = H2Configuration(
-    client_side=False,
-    header_encoding=None,  # bytes: we decode the few fields we read
-    # our own checks answer a request that is not gRPC (405, 415) on its stream, as before
-    validate_inbound_headers=False,
-    normalize_inbound_headers=False,
-    validate_outbound_headers=False,  # the fields we send are constants and checked values
-    normalize_outbound_headers=False,
-)
-_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
-_RESPONSE_HEADERS = [(b":status", b"200"), (b"content-type", b"application/grpc")]
-_TRAILERS_OK = [(b"grpc-status", b"0")]
+#: encodes literals never indexed only, so it holds no state and the peer's table never depends on us
+_LITERALS = Encoder()
+
+
+def encode_literal(name: str, value: str) -> bytes:
+    """One header field as an HPACK literal never indexed (a static-table name by its index)."""
+    return _LITERALS.encode([NeverIndexedHeaderTuple(name, value)], huffman=False)
+
+
+class HpackError(Exception):
+    """A header block that cannot be decoded (a connection error: COMPRESSION_ERROR)."""
+
+
+class HeaderListTooLarge(Exception):
+    """The decoded header list exceeds the limit (the stream is refused; the table stays in step)."""
+
+
+_RESPONSE_HEADERS = encode_literal(":status", "200") + encode_literal("content-type", "application/grpc")
+_TRAILERS_OK = encode_literal("grpc-status", "0")
 
 
 #: an answer still being computed: a future and the function that turns it into the response
@@ -127,20 +153,20 @@ class Service(Protocol):
         ...
 
 
-def _grpc_message(text: str) -> bytes:
+def _grpc_message(text: str) -> str:
     """Percent-encode a status message as gRPC requires (printable ASCII except '%' stays)."""
     out = []
     for b in text.encode("utf-8"):
         out.append(chr(b) if 0x20 <= b <= 0x7E and b != 0x25 else f"%{b:02X}")
-    return "".join(out).encode("ascii")
+    return "".join(out)
 
 
-def _status_fields(code: int, message: str) -> list[tuple[bytes, bytes]]:
-    """The fields of a trailers-only response: the response headers, then the status."""
-    fields = [*_RESPONSE_HEADERS, (b"grpc-status", str(code).encode())]
+def _status_block(code: int, message: str) -> bytes:
+    """The header block of a trailers-only response: the response headers, then the status."""
+    block = _RESPONSE_HEADERS + encode_literal("grpc-status", str(code))
     if message:
-        fields.append((b"grpc-message", _grpc_message(message[:4096])))
-    return fields
+        block += encode_literal("grpc-message", _grpc_message(message[:4096]))
+    return block
 
 
 def parse_timeout(value: str) -> float | None:
@@ -157,6 +183,8 @@ class _Stream:
         "data",
         "size",
         "limit_checked",
+        "recv_unacked",
+        "send_window",
         "state",
         "pending",
         "timer",
@@ -165,12 +193,14 @@ class _Stream:
         "encoding",
     )
 
-    def __init__(self, sid: int) -> None:
+    def __init__(self, sid: int, send_window: int) -> None:
         self.id = sid
         self.call: Call | None = None
         self.data: list[bytes] = []
         self.size = 0
         self.limit_checked = False
+        self.recv_unacked = 0
+        self.send_window = send_window
         #: receiving -> running -> sending (data held back by flow control) -> gone
         self.state = "receiving"
         self.pending: memoryview | None = None
@@ -180,88 +210,10 @@ class _Stream:
         self.encoding = "identity"
 
 
-class _FrameScan:
-    """Walks the frame headers of the bytes received (length, type, flags; h2 parses the frames) to
-    enforce what h2 checks only once a frame is complete, or not at all: a frame over the size we
-    take (refused from its header, before its payload is buffered), a client's PUSH_PROMISE, and
-    how long and how large a header block in progress (HEADERS + CONTINUATION) gets."""
-
-    __slots__ = ("skip", "head", "block", "in_block", "block_started")
-
-    def __init__(self) -> None:
-        self.skip = 0  # payload bytes of the current frame still to pass
-        self.head = b""  # a frame header split over two reads
-        self.block = 0
-        self.in_block = False
-        self.block_started = 0.0
-
-    def feed(self, data: bytes, max_frame: int) -> None:
-        """Raises:
-        _ScanError: a frame over ``max_frame`` bytes, or a header block over the limit."""
-        i, n = 0, len(data)
-        while True:
-            if self.skip:
-                step = min(self.skip, n - i)
-                self.skip -= step
-                i += step
-                if self.skip:
-                    return
-            need = 9 - len(self.head)
-            if n - i < need:
-                self.head += data[i:]
-                return
-            head = self.head + data[i : i + need] if self.head else data[i : i + 9]
-            i += need
-            self.head = b""
-            length, ftype, flags = int.from_bytes(head[:3], "big"), head[3], head[4]
-            if length > max_frame:
-                raise _ScanError(
-                    ErrorCodes.FRAME_SIZE_ERROR, f"a frame of {length} bytes exceeds {max_frame}"
-                )
-            if ftype == 0x5:  # h2 would wait for the rest of its header block first
-                raise _ScanError(ErrorCodes.PROTOCOL_ERROR, "a client must not send PUSH_PROMISE")
-            if ftype == 0x1 or ftype == 0x9:  # HEADERS, CONTINUATION
-                if ftype == 0x1 or not self.in_block:
-                    self.block, self.block_started = 0, time.monotonic()
-                self.block += length
-                if self.block > _MAX_HEADER_BLOCK:
-                    raise _ScanError(
-                        ErrorCodes.ENHANCE_YOUR_CALM, f"a header block exceeds {_MAX_HEADER_BLOCK} bytes"
-                    )
-                self.in_block = not flags & 0x4  # END_HEADERS
-            self.skip = length
-
-
-class _ScanError(Exception):
-    def __init__(self, code: ErrorCodes, message: str) -> None:
+class _ConnectionError(Exception):
+    def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
         self.code = code
-
-
-class _Connection(H2Connection):
-    """h2's server connection, refusing a stream over MAX_CONCURRENT_STREAMS with REFUSED_STREAM
-    (a stream error, RFC 9113 5.1.2) where h2 would end the connection: its header block is still
-    decoded, so the HPACK table stays in step with the client's."""
-
-    refuse_new = False
-
-    def _receive_headers_frame(self, frame: HeadersFrame) -> tuple[list[Any], list[Any]]:
-        sid = frame.stream_id
-        if (
-            sid not in self.streams
-            and sid > self.highest_inbound_stream_id
-            and sid % 2
-            and (self.refuse_new or self.open_inbound_streams >= MAX_STREAMS)
-        ):
-            try:
-                self.decoder.decode(frame.data, raw=True)
-            except HPACKError as e:
-                raise ProtocolError(f"Error decoding header block: {e}") from e
-            self.highest_inbound_stream_id = sid
-            rst = RstStreamFrame(sid)
-            rst.error_code = ErrorCodes.REFUSED_STREAM
-            return [rst], []
-        return super()._receive_headers_frame(frame)
 
 
 class H2Protocol(asyncio.Protocol):
@@ -272,22 +224,24 @@ class H2Protocol(asyncio.Protocol):
         self.service = server.service
         self.limits = server.limits
         self.transport: asyncio.Transport | None = None
-        self.conn = _Connection(config=_CONFIG)
-        self.conn.local_settings = type(self.conn.local_settings)(
-            client=False,
-            initial_values={
-                SettingCodes.ENABLE_PUSH: 0,
-                SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
-                SettingCodes.INITIAL_WINDOW_SIZE: _STREAM_WINDOW,
-                SettingCodes.MAX_HEADER_LIST_SIZE: _MAX_HEADER_LIST,
-            },
-        )
-        self.conn.decoder.max_header_list_size = _MAX_HEADER_LIST
-        self.preface = bytearray()
+        self.buf = bytearray()
         self.preface_ok = False
+        self.decoder = Decoder(max_header_list_size=_HPACK_BOMB)
+        #: header block of indexed fields only -> (method, path, metadata), valid until a block of
+        #: another kind (which may change the table) is decoded; metadata is shared
+        #: by the calls of identical blocks and read-only
+        self.head_cache: dict[bytes, tuple[str, str, dict[str, str]]] = {}
         self.streams: dict[int, _Stream] = {}
+        self.last_stream_id = 0
+        self.peer_max_frame = 16384
+        self.peer_initial_window = 65535
+        self.send_window = 65535
+        self.conn_unacked = 0
         self.blocked: deque[_Stream] = deque()  # streams whose response waits for window
-        self.scan = _FrameScan()
+        self.headers_sid = 0  # a header block in progress (waiting for CONTINUATION)
+        self.headers_block = bytearray()
+        self.headers_end_stream = False
+        self.headers_started = 0.0
         self.out = bytearray()
         self.flush_scheduled = False
         self.goaway_sent = False
@@ -297,19 +251,14 @@ class H2Protocol(asyncio.Protocol):
         self.write_paused_since: float | None = None
         self.last_active = time.monotonic()
 
-    @property
-    def last_stream_id(self) -> int:
-        """The highest stream id the client opened."""
-        return self.conn.highest_inbound_stream_id
-
     # -- asyncio.Protocol -------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         if len(self.server.connections) >= self.server.connection_cap:
             self.server.refused += 1
-            self.conn.initiate_connection()
-            self._goaway(ErrorCodes.ENHANCE_YOUR_CALM, "too many connections; retry later")
+            self._write_settings()
+            self._goaway(ENHANCE_YOUR_CALM, "too many connections; retry later")
             return
         self.server.connections.add(self)  # our SETTINGS go out once the client's preface is in
 
@@ -337,99 +286,223 @@ class H2Protocol(asyncio.Protocol):
         if self.closing:
             return
         self.last_active = time.monotonic()
-        if not self.preface_ok:
-            # h2 would answer a non-HTTP/2 client with a GOAWAY it cannot read: tell it in HTTP/1.1
-            self.preface += data
-            if not (_PREFACE.startswith(bytes(self.preface)) or self.preface.startswith(_PREFACE)):
-                self._not_http2()
-                return
-            if len(self.preface) < len(_PREFACE):
-                return
-            data, self.preface = bytes(self.preface), bytearray()
-            self.preface_ok = True
-            self.conn.initiate_connection()
-            self.conn.increment_flow_control_window(_CONN_WINDOW - 65535)
-            frames = data[len(_PREFACE) :]
-        else:
-            frames = data
+        self.buf += data
         try:
-            self.scan.feed(frames, self.conn.max_inbound_frame_size)
-            events = self.conn.receive_data(data)
-        except _ScanError as e:
+            if not self.preface_ok:
+                if len(self.buf) < len(PREFACE):
+                    if not PREFACE.startswith(bytes(self.buf)):
+                        self._not_http2()
+                    return
+                if not self.buf.startswith(PREFACE):
+                    self._not_http2()
+                    return
+                del self.buf[: len(PREFACE)]
+                self.preface_ok = True
+                self._write_settings()
+                self._write(frame(WINDOW_UPDATE, 0, 0, (_CONN_WINDOW - 65535).to_bytes(4, "big")))
+            self._parse()
+        except _ConnectionError as e:
             self._goaway(e.code, str(e))
             return
-        except ProtocolError as e:
-            self._protocol_error(e)
-            return
-        for event in events:
-            if self.closing:
-                break
-            self._event(event)
         self._flush()
 
     def eof_received(self) -> bool | None:
         return None  # a half-closed HTTP/2 connection is done
 
-    # -- events -----------------------------------------------------------------------------------
+    # -- framing ----------------------------------------------------------------------------------
 
-    def _event(self, event: Any) -> None:
-        cls = type(event)
-        if cls is DataReceived:
-            self._on_data(event)
-        elif cls is RequestReceived:
-            self._on_request(event.stream_id, event.headers, event.stream_ended is not None)
-        elif cls is StreamEnded:
-            st = self.streams.get(event.stream_id)
-            if st is not None and st.state == "receiving":
-                self._complete(st)
-        elif cls is WindowUpdated or cls is RemoteSettingsChanged:
-            self._send_blocked()
-        elif cls is StreamReset:
-            st = self.streams.get(event.stream_id)
-            if st is not None:
-                self._drop(st, CANCELLED)
-        elif cls is ConnectionTerminated:
-            # h2 takes no more frames after a GOAWAY: the calls in progress cannot be answered
-            self.goaway_received = True
-            for st in list(self.streams.values()):
-                self._drop(st, CANCELLED)
-            self._close()
+    def _parse(self) -> None:
+        buf = self.buf
+        pos, n = 0, len(buf)
+        unpack = FRAME_HEADER.unpack_from
+        view = memoryview(buf)  # a payload is one copy out of the buffer (a bytearray slice is one more)
+        try:
+            while n - pos >= 9 and not self.closing:
+                lt, flags, sid = unpack(buf, pos)
+                length, ftype = lt >> 8, lt & 0xFF
+                sid &= 0x7FFFFFFF
+                if length > _MAX_FRAME:
+                    raise _ConnectionError(
+                        FRAME_SIZE_ERROR, f"a frame of {length} bytes exceeds {_MAX_FRAME}"
+                    )
+                if n - pos < 9 + length:
+                    break
+                payload = bytes(view[pos + 9 : pos + 9 + length])
+                pos += 9 + length
+                if self.headers_sid and ftype != CONTINUATION:
+                    raise _ConnectionError(PROTOCOL_ERROR, "a header block was interrupted by another frame")
+                if ftype == DATA:
+                    self._on_data(sid, flags, payload)
+                elif ftype == HEADERS:
+                    self._on_headers(sid, flags, payload)
+                elif ftype == CONTINUATION:
+                    self._on_continuation(sid, flags, payload)
+                elif ftype == SETTINGS:
+                    self._on_settings(sid, flags, payload)
+                elif ftype == PING:
+                    if sid or length != 8:
+                        raise _ConnectionError(PROTOCOL_ERROR if sid else FRAME_SIZE_ERROR, "bad PING frame")
+                    if not flags & ACK:
+                        self._write(frame(PING, ACK, 0, payload))
+                elif ftype == WINDOW_UPDATE:
+                    self._on_window_update(sid, payload)
+                elif ftype == RST_STREAM:
+                    if not sid or length != 4:
+                        raise _ConnectionError(PROTOCOL_ERROR, "bad RST_STREAM frame")
+                    st = self.streams.get(sid)
+                    if st is not None:
+                        self._drop(st, CANCELLED)
+                elif ftype == GOAWAY:
+                    self.goaway_received = True
+                    if not self.streams:
+                        self._close()
+                elif ftype == PUSH_PROMISE:
+                    raise _ConnectionError(PROTOCOL_ERROR, "a client must not send PUSH_PROMISE")
+                # PRIORITY and unknown frame types are ignored (RFC 9113 5.5)
+        finally:
+            view.release()  # before the buffer is resized
+        del buf[:pos]
 
-    def _protocol_error(self, e: ProtocolError) -> None:
-        """A connection error: GOAWAY with its code (h2 queued one), then close."""
-        code = e.error_code
-        if isinstance(e.__cause__, HPACKError):  # h2 says PROTOCOL_ERROR; RFC 9113 4.3 says this
-            code = ErrorCodes.COMPRESSION_ERROR
-            self.conn.clear_outbound_data_buffer()
-            goaway = GoAwayFrame(0)
-            goaway.last_stream_id = self.conn.highest_inbound_stream_id
-            goaway.error_code = code
-            self.out += goaway.serialize()
-        self.goaway_sent = True
-        log.info("gRPC connection closed: %s", e)
-        for st in list(self.streams.values()):
-            self._drop(st, CANCELLED)
-        self._flush()
-        self._close()
-
-    def _on_request(self, sid: int, headers: list[tuple[bytes, bytes]], ended: bool) -> None:
-        if self.goaway_sent:
-            self._send(self.conn.reset_stream, sid, ErrorCodes.REFUSED_STREAM)
+    def _on_settings(self, sid: int, flags: int, payload: bytes) -> None:
+        if sid:
+            raise _ConnectionError(PROTOCOL_ERROR, "SETTINGS on a stream")
+        if flags & ACK:
+            if payload:
+                raise _ConnectionError(FRAME_SIZE_ERROR, "a SETTINGS ACK with a payload")
             return
-        method = path = ""
+        if len(payload) % 6:
+            raise _ConnectionError(FRAME_SIZE_ERROR, "a SETTINGS frame of a bad length")
+        for i in range(0, len(payload), 6):
+            key, value = struct.unpack_from(">HI", payload, i)
+            if key == 4:  # INITIAL_WINDOW_SIZE: applies to every open stream (RFC 9113 6.9.2)
+                if value > _MAX_WINDOW:
+                    raise _ConnectionError(FLOW_CONTROL_ERROR, "INITIAL_WINDOW_SIZE above 2^31-1")
+                delta = value - self.peer_initial_window
+                self.peer_initial_window = value
+                for st in self.streams.values():
+                    st.send_window += delta
+            elif key == 5:  # MAX_FRAME_SIZE
+                if not 16384 <= value <= 16777215:
+                    raise _ConnectionError(PROTOCOL_ERROR, f"MAX_FRAME_SIZE {value} out of range")
+                self.peer_max_frame = value
+            elif key == 2 and value > 1:
+                raise _ConnectionError(PROTOCOL_ERROR, "ENABLE_PUSH must be 0 or 1")
+        self._write(frame(SETTINGS, ACK, 0, b""))
+        self._send_blocked()
+
+    def _on_window_update(self, sid: int, payload: bytes) -> None:
+        if len(payload) != 4:
+            raise _ConnectionError(FRAME_SIZE_ERROR, "a WINDOW_UPDATE of a bad length")
+        inc = int.from_bytes(payload, "big") & 0x7FFFFFFF
+        if sid == 0:
+            if inc == 0:
+                raise _ConnectionError(PROTOCOL_ERROR, "a WINDOW_UPDATE of 0")
+            self.send_window += inc
+            if self.send_window > _MAX_WINDOW:
+                raise _ConnectionError(FLOW_CONTROL_ERROR, "the connection window exceeds 2^31-1")
+        else:
+            st = self.streams.get(sid)
+            if st is None:
+                return
+            if inc == 0 or st.send_window + inc > _MAX_WINDOW:
+                self._reset(st, PROTOCOL_ERROR if inc == 0 else FLOW_CONTROL_ERROR)
+                return
+            st.send_window += inc
+        self._send_blocked()
+
+    def _on_headers(self, sid: int, flags: int, payload: bytes) -> None:
+        if sid == 0 or not sid & 1:
+            raise _ConnectionError(PROTOCOL_ERROR, f"HEADERS on stream {sid}")
+        payload = _unpad(payload, flags)
+        if flags & PRIORITY_FLAG:
+            payload = payload[5:]
+        self.headers_end_stream = bool(flags & END_STREAM)
+        if flags & END_HEADERS:
+            self._header_block(sid, payload)
+        else:
+            self.headers_sid = sid
+            self.headers_block = bytearray(payload)
+            self.headers_started = time.monotonic()
+
+    def _on_continuation(self, sid: int, flags: int, payload: bytes) -> None:
+        if sid != self.headers_sid or not sid:
+            raise _ConnectionError(PROTOCOL_ERROR, "CONTINUATION without a header block in progress")
+        self.headers_block += payload
+        if len(self.headers_block) > _MAX_HEADER_BLOCK:
+            raise _ConnectionError(ENHANCE_YOUR_CALM, f"a header block exceeds {_MAX_HEADER_BLOCK} bytes")
+        if flags & END_HEADERS:
+            self.headers_sid = 0
+            block, self.headers_block = bytes(self.headers_block), bytearray()
+            self._header_block(sid, block)
+
+    def _decode_request_head(self, block: bytes) -> tuple[str, str, dict[str, str]]:
+        """(:method, :path, metadata) of a header block. A block of indexed fields only (what
+        clients send once their table is warm) leaves the HPACK table as it was, so it decodes the
+        same until a block of another kind is decoded: it is looked up, not decoded.
+
+        Raises:
+            HpackError: the block cannot be decoded (or decodes past the bomb limit).
+            HeaderListTooLarge: it decodes to more than the header list limit.
+        """
+        hit = self.head_cache.get(block)
+        if hit is not None:
+            return hit
+        try:
+            fields = self.decoder.decode(block, raw=True)
+        except OversizedHeaderListError:
+            raise HpackError(f"a header block decodes to more than {_HPACK_BOMB} bytes") from None
+        except (HPACKError, IndexError, TypeError, ValueError) as e:
+            raise HpackError(f"cannot decode a header block: {e}") from None
+        pseudo: dict[str, str] = {}
         metadata: dict[str, str] = {}
-        for raw_name, raw_value in headers:
-            name = raw_name.decode("latin-1")
-            value = raw_value.decode("latin-1")
+        size = 0
+        for raw_name, raw_value in fields:
+            name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
+            size += len(raw_name) + len(raw_value) + 32
             if name.startswith(":"):
-                if name == ":method":
-                    method = value
-                elif name == ":path":
-                    path = value
+                pseudo[name] = value
             else:
                 metadata[name] = f"{metadata[name]},{value}" if name in metadata else value
-        st = _Stream(sid)
+        if size > _MAX_HEADER_LIST:
+            raise HeaderListTooLarge(
+                f"the request headers take {size} bytes; the limit is {_MAX_HEADER_LIST}"
+            )
+        head = (pseudo.get(":method", ""), pseudo.get(":path", ""), metadata)
+        # indexed fields only (1xxxxxxx, one-byte indexes): the table is unchanged, the block cacheable
+        if all(b > 0x80 and b != 0xFF for b in block):
+            if len(self.head_cache) >= 64:
+                self.head_cache.clear()
+            self.head_cache[block] = head
+        else:
+            self.head_cache.clear()
+        return head
+
+    def _header_block(self, sid: int, block: bytes) -> None:
+        try:
+            method, path, metadata = self._decode_request_head(block)
+            too_large = None
+        except HpackError as e:
+            raise _ConnectionError(COMPRESSION_ERROR, str(e)) from None
+        except HeaderListTooLarge as e:
+            method, path, metadata, too_large = "", "", {}, str(e)
+        st = self.streams.get(sid)
+        if st is not None or sid <= self.last_stream_id:
+            # trailers of a request (gRPC clients send none) or frames of a stream we reset
+            if st is not None and self.headers_end_stream and st.state == "receiving":
+                self._complete(st)
+            return
+        self.last_stream_id = sid
+        if self.goaway_sent or self.goaway_received:
+            self._write(frame(RST_STREAM, 0, sid, REFUSED_STREAM.to_bytes(4, "big")))
+            return
+        if len(self.streams) >= MAX_STREAMS:
+            self._write(frame(RST_STREAM, 0, sid, REFUSED_STREAM.to_bytes(4, "big")))
+            return
+        st = _Stream(sid, self.peer_initial_window)
         self.streams[sid] = st
+        if too_large is not None:
+            self._answer_error(st, RESOURCE_EXHAUSTED, too_large)
+            return
         if method != "POST" or not path:
             self._answer_http(st, 405, "gRPC calls are POST requests with a :path")
             return
@@ -454,19 +527,32 @@ class H2Protocol(asyncio.Protocol):
         if error is not None:
             self._answer_error(st, error.code, error.message)
             return
-        if ended:
+        if self.headers_end_stream:
             self._complete(st)
 
-    def _on_data(self, event: DataReceived) -> None:
-        sid = event.stream_id
-        # padding counts toward flow control too; h2 sends the WINDOW_UPDATEs
-        self.conn.acknowledge_received_data(event.flow_controlled_length, sid)
+    def _on_data(self, sid: int, flags: int, payload: bytes) -> None:
+        if sid == 0:
+            raise _ConnectionError(PROTOCOL_ERROR, "DATA on stream 0")
+        self.conn_unacked += len(payload)  # padding counts toward flow control too
+        if self.conn_unacked >= _CONN_WINDOW // 2:
+            self._write(frame(WINDOW_UPDATE, 0, 0, self.conn_unacked.to_bytes(4, "big")))
+            self.conn_unacked = 0
         st = self.streams.get(sid)
-        if st is None or st.state != "receiving":
-            return  # a stream we answered early (an error): discard the rest of its message
-        if event.data and not self._accept(st, event.data):
-            return
-        if event.stream_ended is not None:
+        if st is None:
+            if sid > self.last_stream_id:
+                raise _ConnectionError(PROTOCOL_ERROR, f"DATA on idle stream {sid}")
+            return  # a stream we reset or answered early: discard
+        if st.state != "receiving":
+            return  # answered early (an error): discard the rest of its message
+        data = _unpad(payload, flags)
+        if data:
+            st.recv_unacked += len(payload)
+            if not self._accept(st, data):
+                return
+            if st.recv_unacked >= _STREAM_WINDOW // 2 and not flags & END_STREAM:
+                self._write(frame(WINDOW_UPDATE, 0, sid, st.recv_unacked.to_bytes(4, "big")))
+                st.recv_unacked = 0
+        if flags & END_STREAM:
             self._complete(st)
 
     def _accept(self, st: _Stream, data: bytes) -> bool:
@@ -590,30 +676,17 @@ class H2Protocol(asyncio.Protocol):
 
     # -- answers ----------------------------------------------------------------------------------
 
-    def _send(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
-        """Call an h2 send method; False when the stream is already gone (reset by the client)."""
-        try:
-            method(*args, **kwargs)
-            return True
-        except (StreamClosedError, ProtocolError):
-            return False
-
     def _answer(self, st: _Stream, message: bytes) -> None:
         """Headers, the length-prefixed message and OK trailers (held back by flow control if need be)."""
         payload = b"\x00" + len(message).to_bytes(4, "big") + message
         sid = st.id
-        conn = self.conn
-        if not self._send(conn.send_headers, sid, _RESPONSE_HEADERS):
-            self._close_stream(st, CANCELLED)
-            return
+        self._write(frame(HEADERS, END_HEADERS, sid, _RESPONSE_HEADERS))
         n = len(payload)
-        if (
-            not self.blocked
-            and n <= conn.max_outbound_frame_size
-            and n <= conn.local_flow_control_window(sid)
-        ):
-            conn.send_data(sid, payload)
-            conn.send_headers(sid, _TRAILERS_OK, end_stream=True)
+        if n <= self.send_window and n <= st.send_window and n <= self.peer_max_frame and not self.blocked:
+            self.send_window -= n
+            self._write(
+                frame(DATA, 0, sid, payload) + frame(HEADERS, END_HEADERS | END_STREAM, sid, _TRAILERS_OK)
+            )
             self._close_stream(st, OK)
             return
         st.state = "sending"
@@ -628,55 +701,48 @@ class H2Protocol(asyncio.Protocol):
         if st.id not in self.streams:
             return
         receiving = st.state == "receiving"
-        if (
-            self._send(self.conn.send_headers, st.id, _status_fields(code, message), end_stream=True)
-            and receiving
-        ):
-            self._send(self.conn.reset_stream, st.id, ErrorCodes.NO_ERROR)
+        block = _status_block(code, message)
+        self._write(frame(HEADERS, END_HEADERS | END_STREAM, st.id, block))
+        if receiving:
+            self._write(frame(RST_STREAM, 0, st.id, NO_ERROR.to_bytes(4, "big")))
         self._close_stream(st, code)
 
     def _answer_http(self, st: _Stream, status: int, message: str) -> None:
-        fields = [(b":status", str(status).encode()), (b"content-type", b"text/plain")]
+        block = encode_literal(":status", str(status)) + encode_literal("content-type", "text/plain")
         body = message.encode()
-        sid = st.id
-        if len(body) <= min(self.conn.local_flow_control_window(sid), self.conn.max_outbound_frame_size):
-            self._send(self.conn.send_headers, sid, fields)
-            self._send(self.conn.send_data, sid, body, end_stream=True)
+        fits = len(body) <= min(self.send_window, st.send_window)
+        if fits:
+            self.send_window -= len(body)
+            self._write(frame(HEADERS, END_HEADERS, st.id, block) + frame(DATA, END_STREAM, st.id, body))
         else:  # no window for the text: the status alone
-            self._send(self.conn.send_headers, sid, fields, end_stream=True)
+            self._write(frame(HEADERS, END_HEADERS | END_STREAM, st.id, block))
         if st.state == "receiving":  # the client may stop sending its message (RFC 9113 8.1)
-            self._send(self.conn.reset_stream, sid, ErrorCodes.NO_ERROR)
+            self._write(frame(RST_STREAM, 0, st.id, NO_ERROR.to_bytes(4, "big")))
         self._close_stream(st, INTERNAL)
 
     def _send_blocked(self) -> None:
         """Send what the windows allow of the responses waiting for flow control, in order."""
         if not self.blocked:
             return
-        conn = self.conn
         still: deque[_Stream] = deque()
         for st in self.blocked:
             if st.id not in self.streams or st.pending is None:
                 continue
-            try:
-                while st.pending is not None:
-                    n = min(
-                        len(st.pending), conn.local_flow_control_window(st.id), conn.max_outbound_frame_size
-                    )
-                    if n <= 0:
-                        break
-                    conn.send_data(st.id, bytes(st.pending[:n]))
-                    st.pending = st.pending[n:] if n < len(st.pending) else None
-                if st.pending is None:
-                    conn.send_headers(st.id, _TRAILERS_OK, end_stream=True)
-                    self._close_stream(st, OK)
-                else:
-                    still.append(st)
-            except (StreamClosedError, ProtocolError):
-                self._drop(st, CANCELLED)
+            while st.pending is not None and self.send_window > 0 and st.send_window > 0:
+                n = min(len(st.pending), self.send_window, st.send_window, self.peer_max_frame)
+                self._write(frame(DATA, 0, st.id, bytes(st.pending[:n])))
+                self.send_window -= n
+                st.send_window -= n
+                st.pending = st.pending[n:] if n < len(st.pending) else None
+            if st.pending is None:
+                self._write(frame(HEADERS, END_HEADERS | END_STREAM, st.id, _TRAILERS_OK))
+                self._close_stream(st, OK)
+            else:
+                still.append(st)
         self.blocked = still
 
-    def _reset(self, st: _Stream, code: ErrorCodes) -> None:
-        self._send(self.conn.reset_stream, st.id, code)
+    def _reset(self, st: _Stream, code: int) -> None:
+        self._write(frame(RST_STREAM, 0, st.id, code.to_bytes(4, "big")))
         self._drop(st, CANCELLED)
 
     def _drop(self, st: _Stream, code: int) -> None:
@@ -705,44 +771,48 @@ class H2Protocol(asyncio.Protocol):
 
     # -- output -----------------------------------------------------------------------------------
 
+    def _write(self, data: bytes) -> None:
+        self.out += data
+
     def _flush(self) -> None:
         self.flush_scheduled = False
-        data = self.conn.data_to_send()
-        if self.out:  # frames written past h2 (a graceful GOAWAY) go after what h2 queued before them
-            data, self.out = data + bytes(self.out), bytearray()
-        if data and self.transport is not None:
-            self.transport.write(data)
+        if self.out and self.transport is not None:
+            self.transport.write(bytes(self.out))
+        self.out.clear()
 
-    def _goaway(self, code: ErrorCodes, message: str) -> None:
-        """Refuse new streams; with an error, close the connection now.
+    def _write_settings(self) -> None:
+        settings = struct.pack(
+            ">HIHIHIHI",
+            2,  # ENABLE_PUSH
+            0,
+            3,  # MAX_CONCURRENT_STREAMS
+            MAX_STREAMS,
+            4,  # INITIAL_WINDOW_SIZE
+            _STREAM_WINDOW,
+            6,  # MAX_HEADER_LIST_SIZE
+            _MAX_HEADER_LIST,
+        )
+        self._write(frame(SETTINGS, 0, 0, settings))
 
-        A graceful GOAWAY (NO_ERROR) is written past h2, whose state machine would take no more
-        frames after it: the streams in progress are still answered, new ones refused.
-        """
+    def _goaway(self, code: int, message: str) -> None:
+        """Refuse new streams; with an error, close the connection now."""
         if self.transport is None:
             return
-        if code != ErrorCodes.NO_ERROR:
-            if not self.goaway_sent:
-                self.goaway_sent = True
-                self.conn.close_connection(code, message.encode()[:256])
+        if not self.goaway_sent:
+            self.goaway_sent = True
+            payload = struct.pack(">II", self.last_stream_id, code) + message.encode()[:256]
+            self._write(frame(GOAWAY, 0, 0, payload))
+        if code != NO_ERROR:
             if message:
                 log.info("gRPC connection closed: %s", message)
             for st in list(self.streams.values()):
                 self._drop(st, CANCELLED)
             self._flush()
             self._close()
-            return
-        if not self.goaway_sent:
-            self.goaway_sent = True
-            self.conn.refuse_new = True
-            goaway = GoAwayFrame(0)
-            goaway.last_stream_id = self.conn.highest_inbound_stream_id
-            goaway.error_code = code
+        else:
             self._flush()
-            self.out += goaway.serialize()
-        self._flush()
-        if not self.streams:
-            self._close()
+            if not self.streams:
+                self._close()
 
     def _not_http2(self) -> None:
         body = b"this port serves gRPC (HTTP/2 with prior knowledge); send HTTP/1.1 requests to --port\n"
@@ -771,10 +841,8 @@ class H2Protocol(asyncio.Protocol):
         if not self.preface_ok and now - self.last_active >= lim.header_timeout:
             self._close()
             return
-        if self.scan.in_block and now - self.scan.block_started >= lim.header_timeout:
-            self._goaway(
-                ErrorCodes.PROTOCOL_ERROR, f"request headers did not arrive within {lim.header_timeout:g} s"
-            )
+        if self.headers_sid and now - self.headers_started >= lim.header_timeout:
+            self._goaway(PROTOCOL_ERROR, f"request headers did not arrive within {lim.header_timeout:g} s")
             return
         for st in list(self.streams.values()):
             if st.state == "receiving" and now - st.phase_started >= lim.body_timeout:
@@ -782,15 +850,23 @@ class H2Protocol(asyncio.Protocol):
                     st, DEADLINE_EXCEEDED, f"the request message did not arrive within {lim.body_timeout:g} s"
                 )
             elif st.state == "sending" and now - st.phase_started >= lim.idle_timeout + lim.body_timeout:
-                self._reset(st, ErrorCodes.CANCEL)  # the client gives no window for its answer
+                self._reset(st, CANCEL)  # the client gives no window for its answer
         if not self.streams and now - self.last_active >= lim.idle_timeout:
-            self._goaway(ErrorCodes.NO_ERROR, "")
+            self._goaway(NO_ERROR, "")
         self._flush()
 
     def drain(self) -> None:
         """Refuse new streams (GOAWAY), finish the ones in progress, then close."""
         if self.transport is not None and not self.goaway_sent:
-            self._goaway(ErrorCodes.NO_ERROR, "")
+            self._goaway(NO_ERROR, "")
+
+
+def _unpad(payload: bytes, flags: int) -> bytes:
+    if not flags & PADDED:
+        return payload
+    if not payload or payload[0] >= len(payload):
+        raise _ConnectionError(PROTOCOL_ERROR, "padding longer than the frame")
+    return payload[1 : len(payload) - payload[0]]
 
 
 class H2Server(Listener):
