@@ -139,7 +139,7 @@ class SpeechCodec:
     def from_tensor(array: np.ndarray) -> list[bytes | np.ndarray]:
         """Audio items from an infer input: BYTES (one WAV per element) or FP32 ``[batch, samples]`` / ``[samples]``."""
         if array.dtype == object or array.dtype.kind in "SU":
-            items = []
+            items: list[bytes | np.ndarray] = []
             for item in array.reshape(-1):
                 if isinstance(item, str):
                     item = item.encode("latin-1", errors="strict")

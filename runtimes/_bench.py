@@ -124,7 +124,9 @@ def random_array(
     return random_tensor(spec or TensorSpec("x", DTYPE_OF[datatype], list(shape)), shape, rng)
 
 
-def _timed_loop(run: Callable[[], None], concurrency: int, duration: float) -> tuple[list[float], float, int]:
+def _timed_loop(
+    run: Callable[[], object], concurrency: int, duration: float
+) -> tuple[list[float], float, int]:
     """``concurrency`` threads call ``run`` for ``duration`` seconds: (latencies, elapsed, errors)."""
     latencies: list[float] = []
     errors = [0]

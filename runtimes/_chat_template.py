@@ -85,7 +85,7 @@ def _compile(template: str) -> Any:
         indent: Any = None,
         separators: Any = None,
         sort_keys: bool = False,
-    ):
+    ) -> str:
         return json.dumps(
             x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
         )

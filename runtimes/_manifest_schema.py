@@ -35,7 +35,7 @@ MAX_MANIFEST_DEPTH = 64
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
-Check = Callable[[str, Any], None]
+Check = Callable[[str, Any], object]  # raises on a bad value; what it returns is unused
 
 
 def _kind(value: Any) -> str:
@@ -49,7 +49,8 @@ def _kind(value: Any) -> str:
         return f"the integer {value}"
     if isinstance(value, float):
         return f"the number {value}"
-    return {dict: "an object", list: "an array"}.get(type(value), type(value).__name__)
+    names: dict[type, str] = {dict: "an object", list: "an array"}
+    return names.get(type(value), type(value).__name__)
 
 
 def _bad(field: str, expected: str, value: Any) -> PackageError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -14,7 +15,7 @@ __all__ = ["load_samples"]
 
 
 def load_samples(
-    path: str | Path, input_names: Sequence[str], ranks: Mapping[str, int]
+    path: str | os.PathLike[str], input_names: Sequence[str], ranks: Mapping[str, int]
 ) -> list[dict[str, np.ndarray]]:
     """Read sample inputs from an ``.npz``: one array per input name.
 

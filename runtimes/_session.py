@@ -300,12 +300,13 @@ class Session:
             return
         ids = inputs.get("input_ids")
         past = next((v for k, v in inputs.items() if k.startswith("past_key_values.")), None)
-        shape = getattr(ids, "shape", ())
+        shape: tuple[int, ...] = getattr(ids, "shape", ())
         if (
             len(shape) == 2
             and shape[0] > 1
             and shape[1] > 1
-            and getattr(past, "ndim", 0) == 4
+            and past is not None
+            and past.ndim == 4
             and past.shape[2]
         ):
             raise InferenceInputError(

@@ -93,7 +93,7 @@ def parse_input_spec(text: str) -> TensorSpec:
             f"{where}: malformed shape {dims_text!r}; write it as [dim,dim,...], e.g. {_INPUT_EXAMPLE}"
         )
     inner = dm.group("inner").strip()
-    shape: list[int | str] = []
+    shape: list[int | str | None] = []
     if inner:
         for part in inner.split(","):
             tok = part.strip()

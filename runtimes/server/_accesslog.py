@@ -71,7 +71,7 @@ class BufferedLineHandler(logging.StreamHandler):
         self._scheduled = False
         if self._lines:
             lines, self._lines = self._lines, []
-            data = "\n".join(line if type(line) is str else access_line(line) for line in lines) + "\n"
+            data = "\n".join(line if isinstance(line, str) else access_line(line) for line in lines) + "\n"
             try:
                 self.stream.write(data)
             except ValueError:  # pragma: no cover - the stream was closed at exit

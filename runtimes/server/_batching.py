@@ -260,11 +260,19 @@ class ModelRunner:
                 self._done(cf, batch, rows, started, redispatch=False)
                 continue
             cf = self.executor.submit(self._run, batch)
-            cf.add_done_callback(
-                lambda f, batch=batch, rows=rows, started=started: self._loop.call_soon_threadsafe(
-                    self._done, f, batch, rows, started
-                )
-            )
+            loop = self._loop
+            assert loop is not None  # set by the first submit, which runs on the loop
+
+            def back_to_the_loop(
+                f: Future,
+                batch: list[_Item] = batch,
+                rows: int = rows,
+                started: float = started,
+                back: asyncio.AbstractEventLoop = loop,
+            ) -> None:  # on the executor's thread
+                back.call_soon_threadsafe(self._done, f, batch, rows, started)
+
+            cf.add_done_callback(back_to_the_loop)
         self._arm_timer(now)
 
     def _arm_timer(self, now: float) -> None:
@@ -274,7 +282,9 @@ class ModelRunner:
         if self.busy >= self.workers or not self._queues:
             return
         deadline = min(q[0].deadline for q in self._queues.values() if q) - self._slack
-        self._timer = self._loop.call_at(self._loop.time() + max(0.0, deadline - now), self._on_timer)
+        loop = self._loop
+        assert loop is not None  # set by the first submit, before anything is queued
+        self._timer = loop.call_at(loop.time() + max(0.0, deadline - now), self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None

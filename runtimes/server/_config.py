@@ -32,9 +32,12 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torchport.runtimes._errors import UsageError
+
+if TYPE_CHECKING:
+    from torchport.runtimes.server._http import HttpLimits
 
 #: keys of a [models.NAME] table -> what they hold
 MODEL_KEYS = (
@@ -431,7 +434,7 @@ class ServerConfig:
                 f"--max-request-bytes ({self.max_request_bytes})"
             )
 
-    def http_limits(self):
+    def http_limits(self) -> HttpLimits:
         """The HTTP layer's limits (:class:`~torchport.runtimes.server._http.HttpLimits`) from these settings."""
         from torchport.runtimes.server._http import HttpLimits
 

@@ -147,9 +147,10 @@ def parse_generate(
         except InferenceInputError as e:
             raise HTTPError(400, str(e)) from None
     else:
-        prompt = data.get("text_input")
-        if not isinstance(prompt, str) or not prompt:
+        text_input = data.get("text_input")
+        if not isinstance(text_input, str) or not text_input:
             raise HTTPError(400, "text_input must be a non-empty string")
+        prompt = text_input
     stops = merged.get("stop") or []
     if isinstance(stops, str):
         stops = [stops]

@@ -14,7 +14,7 @@ objects, and requests already running keep the entry (session and runner) they s
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ import numpy as np
 
 from torchport.runtimes._dtypes import PROTOCOL_DATATYPES
 from torchport.runtimes._errors import InferenceInputError, PackageError, ServingError, TorchportError
-from torchport.runtimes._manifest import MANIFEST_NAME
+from torchport.runtimes._manifest import MANIFEST_NAME, TensorSpec
 from torchport.runtimes._manifest_schema import read_manifest
 from torchport.runtimes._session import Session
 from torchport.runtimes.server._batching import ModelRunner
@@ -103,14 +103,15 @@ class ModelEntry:
                 raise HTTPError(
                     400, f"unknown output {name!r}; model {model!r} has: {', '.join(self.output_datatypes)}"
                 )
-        text = self.text
+        text, session = self.text, self.session
+        assert session is not None  # requests reach only a loaded (READY) entry
         try:
             if checked:
-                self.session.check_attention_step(inputs)
+                session.check_attention_step(inputs)
                 return inputs, False
             if text is not None and TEXT in inputs:
                 return text.encode(inputs), True
-            self.session.validate_inputs(inputs)
+            session.validate_inputs(inputs)
         except InferenceInputError as e:
             raise HTTPError(400, str(e)) from None
         return inputs, False
@@ -135,7 +136,7 @@ class ModelEntry:
         sess = self.session
         assert sess is not None
 
-        def tensors(specs, datatypes):
+        def tensors(specs: Sequence[TensorSpec], datatypes: Mapping[str, str]) -> list[dict[str, Any]]:
             return [
                 {
                     "name": s.name,
@@ -404,7 +405,11 @@ class ModelRepository:
         return entries
 
     @staticmethod
-    def load_entry(entry: ModelEntry, make_session, make_runner) -> None:
+    def load_entry(
+        entry: ModelEntry,
+        make_session: Callable[[ModelEntry], Session],
+        make_runner: Callable[[ModelEntry, Session], ModelRunner],
+    ) -> None:
         """Load one entry; a TorchportError marks it UNAVAILABLE with the reason (logged)."""
         entry.fingerprint = fingerprint(entry.path)
         try:

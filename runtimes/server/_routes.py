@@ -335,6 +335,7 @@ class InferenceApp:
         input of a text model becomes its token inputs here."""
         body = self._body(req, signature.max_body_bytes)
         ireq = decode_infer_request(body, header_length, entry.input_datatypes, signature=signature)
+        assert req.model is not None  # an infer route names its model
         # decoding checked names, datatypes and shapes; what may be left (a missing input, value
         # ranges, text) is the session's full check
         ireq.inputs, ireq.text = entry.request_inputs(
@@ -369,7 +370,7 @@ class InferenceApp:
             name,
             req.request_id or "-",
             type(exc).__name__,
-            first_line(exc),
+            first_line(exc or ""),
             exc_info=exc,
         )
         return self.error_response(
@@ -379,10 +380,11 @@ class InferenceApp:
     def _respond(
         self, req: Request, entry: ModelEntry, ireq: InferRequest, outputs: dict, queued: float
     ) -> Response:
-        name = req.model
+        name, runner = req.model, entry.runner
+        assert name is not None and runner is not None  # a served model answered this request
         self.metrics.queue_time.observe(queued, name)
         inputs = ireq.inputs
-        rows = next(iter(inputs.values())).shape[0] if entry.runner.batching and inputs else 1
+        rows = next(iter(inputs.values())).shape[0] if runner.batching and inputs else 1
         entry.stats.request_done(time.perf_counter() - req.started, queued, rows)
         requested = ireq.outputs
         wanted = [o.name for o in requested] if requested is not None else None
@@ -445,7 +447,9 @@ class InferenceApp:
         return out
 
 
-def on_batch_metrics(metrics: ServerMetrics, model: str, entry: ModelEntry | None = None):
+def on_batch_metrics(
+    metrics: ServerMetrics, model: str, entry: ModelEntry | None = None
+) -> Callable[[int, int, float], None]:
     """A runner's ``on_batch`` callback: the batch metrics of ``model`` and, with ``entry``, its
     statistics (looked up at each call: a reload may hand the entry its predecessor's)."""
 

@@ -12,12 +12,15 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torchport.runtimes._dtypes import PROTOCOL_DATATYPES
 from torchport.runtimes._errors import InferenceInputError
 from torchport.runtimes._inputs import check_shape
 from torchport.runtimes._manifest import DimRange, TensorSpec
+
+if TYPE_CHECKING:
+    from torchport.runtimes._session import Session
 
 #: JSON bytes one element may take in a valid request ("-1.2345678901234567e-05, " plus indentation)
 JSON_BYTES_PER_ELEMENT = 64
@@ -45,7 +48,7 @@ class InputSignature:
     text: Any = None
 
     @classmethod
-    def of(cls, session, text: Any = None) -> InputSignature:
+    def of(cls, session: Session, text: Any = None) -> InputSignature:
         """The signature of a :class:`~torchport.runtimes.Session` (plus ``text``, see above)."""
         return cls(session.name, list(session.input_specs), dict(session.dynamic_dims), text)
 
