@@ -86,12 +86,27 @@ class Model:
         """The package folder."""
         return self.session.package.path if self.session.package else None
 
-    def predict(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+    def predict(
+        self, text: str | Sequence[str] | None = None, **inputs: Any
+    ) -> dict[str, np.ndarray | list[Any]]:
         """Run the model on one numpy array per input; returns ``{output name: array}``.
+
+        A generation package (text-generation, text-to-text) also takes ``text``: one string or a
+        list; the answer is ``{"text": [generated text per input], "tokens": [ids per input]}``, with
+        ``generate``'s settings as keyword arguments (``max_new_tokens=32``, ``num_beams=4`` for
+        encoder-decoders, ``do_sample=True, seed=0``...).
+
+        Example:
+            >>> t5 = load()                                              # doctest: +SKIP
+            >>> t5.predict(text="translate: hello", max_new_tokens=8)["text"]
+            ['Hallo']
 
         Raises:
             InferenceInputError: an input is missing, unknown, or does not match the signature.
         """
+        if text is not None:
+            result = self.session.generate([text] if isinstance(text, str) else list(text), **inputs)
+            return {"text": result.text, "tokens": result.tokens}
         return self.session.run(inputs)
 
     def __repr__(self) -> str:
