@@ -11,7 +11,7 @@ Whisper: 10 s of audio (a chirp plus noise), pre-processing included (torchport'
 ``WhisperFeatureExtractor``); reported as seconds, real-time factor (seconds per second of audio)
 and tokens/s. T5: a 64-token input generating 64 tokens.
 
-    python benchmarks/seq2seq.py [--tiny] [--new-tokens 64] [--repeats 3] [--no-peers]
+    python benchmarks/seq2seq.py [--tiny] [--new-tokens 64] [--repeats 3] [--no-peers] [--no-server]
 
 A row that cannot run here says why (not installed, the package cannot generate yet) instead of a figure.
 """
@@ -55,6 +55,18 @@ def test_audio(seconds: float = 10.0) -> np.ndarray:
     return (chirp + 0.02 * np.random.default_rng(0).standard_normal(t.size)).astype(np.float32)
 
 
+def word_tokenizer(folder: Path, vocab: int, special: dict[int, str]) -> None:
+    """A word-level ``tokenizer.json`` (``w<id>`` words; ``special`` ids marked special) so the package
+    decodes text and the server answers with it."""
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
+
+    words = {special.get(i, f"w{i}"): i for i in range(vocab)}
+    tok = Tokenizer(models.WordLevel(words, unk_token=special.get(0, "w0")))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.add_special_tokens([AddedToken(t, special=True) for t in special.values()])
+    tok.save(str(folder / "tokenizer.json"))
+
+
 def build_whisper(folder: Path, shape: dict[str, int]) -> None:
     """A random-weight Whisper folder (config, generation config, preprocessor config)."""
     import torch
@@ -74,6 +86,7 @@ def build_whisper(folder: Path, shape: dict[str, int]) -> None:
     )  # fmt: skip
     model.save_pretrained(folder)
     transformers.WhisperFeatureExtractor().save_pretrained(folder)
+    word_tokenizer(folder, 51865, {i: f"<|s{i}|>" for i in range(50257, 51865)})
 
 
 def build_t5(folder: Path, shape: dict[str, int]) -> None:
@@ -86,6 +99,7 @@ def build_t5(folder: Path, shape: dict[str, int]) -> None:
         vocab_size=32128, decoder_start_token_id=0, eos_token_id=1, pad_token_id=0, **shape
     )
     transformers.T5ForConditionalGeneration(config).eval().save_pretrained(folder)
+    word_tokenizer(folder, 32128, {0: "<pad>", 1: "</s>", 2: "<unk>"})
 
 
 def best(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
@@ -158,7 +172,7 @@ def torchport_whisper(gen: Any, package: Path, audio: np.ndarray, new: int) -> C
         feats = features.extract([audio])
         ids = prompt.prompt(language="en")
         return gen.generate(
-            [ids], max_new_tokens=new, ignore_eos=True, encoder_inputs={"input_features": feats}
+            None, sources=[{"input_features": feats[0]}], forced=ids[1:], max_new_tokens=new, ignore_eos=True
         ).tokens[0]
 
     return run
@@ -169,6 +183,62 @@ def torchport_t5(gen: Any, ids: list[int], new: int) -> Callable[[], list[int]]:
         return gen.generate([ids], max_new_tokens=new, ignore_eos=True).tokens[0]
 
     return run
+
+
+def server_streams(
+    package: Path, body: dict[str, Any], levels: tuple[int, ...], threads: int
+) -> dict[int, tuple[float, float]]:
+    """Per number of concurrent ``/generate_stream`` clients: (median TTFT ms, aggregate tokens/s), on a
+    server on a thread of this process (the clients share its interpreter lock)."""
+    import http.client
+    import json
+    import shutil
+    import threading
+
+    from torchport.runtimes.server import InferenceServer, ServerConfig
+
+    repo = package.parent / f"repo-{package.name}"
+    repo.mkdir()
+    shutil.copytree(package, repo / "m")
+    raw = json.dumps(body)
+
+    def one(port: int, out: list[tuple[float, int]]) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+        start = time.perf_counter()
+        conn.request("POST", "/v2/models/m/generate_stream", body=raw)
+        resp = conn.getresponse()
+        first, buf = None, b""
+        while chunk := resp.read1(65536):
+            if first is None and b"data: " in chunk:
+                first = time.perf_counter() - start
+            buf += chunk
+        events = [json.loads(e[6:]) for e in buf.decode().split("\n\n") if e.startswith("data: ")]
+        if "usage" not in events[-1]:
+            raise RuntimeError(f"the server answered {events[-1]}")
+        out.append((first or 0.0, events[-1]["usage"]["completion_tokens"]))
+        conn.close()
+
+    config = ServerConfig(port=0, access_log=False, warmup=1, intra_op_threads=threads)
+    server = InferenceServer(repo, config).start_in_thread()
+    try:
+        results = {}
+        for c in (1, *levels):  # the first round warms up
+            out: list[tuple[float, int]] = []
+            start = time.perf_counter()
+            workers = [threading.Thread(target=one, args=(server.port, out)) for _ in range(c)]
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join()
+            if len(out) != c:
+                raise RuntimeError("a stream failed (see the server log)")
+            results[c] = (
+                float(np.median([f for f, _ in out])) * 1e3,
+                sum(n for _, n in out) / (time.perf_counter() - start),
+            )
+        return results
+    finally:
+        server.stop()
 
 
 def optimum_row(folder: Path, kind: str) -> str:
@@ -199,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-peers", action="store_true")
+    parser.add_argument("--no-server", action="store_true", help="skip the /generate_stream rows")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import torch
@@ -260,6 +331,30 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_peers:
             rows.append(("t5", "Optimum ORTModelForSeq2SeqLM", None, optimum_row(work / "t5", "seq2seq")))
 
+        streams: list[tuple[str, int, float, float]] = []
+        if not args.no_server:
+            import base64
+
+            wav = _wav16(audio)
+            speech = {
+                "audio": base64.b64encode(wav).decode(),
+                "language": "en",
+                "max_tokens": args.new_tokens,
+            }
+            text = {"text_input": " ".join(f"w{i}" for i in ids), "max_tokens": args.new_tokens}
+            for model, pkg, body in (
+                ("whisper", work / "pkg-whisper", speech),
+                ("t5", work / "pkg-t5", text),
+            ):
+                if not (pkg / "torchport.json").is_file():
+                    continue
+                try:
+                    got = server_streams(pkg, {**body, "ignore_eos": True}, (1, 8), args.threads)
+                except Exception as e:  # report, do not hide
+                    print(f"server {model}: skipped ({type(e).__name__}: {str(e)[:100]})")
+                    continue
+                streams += [(model, c, ttft, tps) for c, (ttft, tps) in sorted(got.items())]
+
     base = {
         m: t for m, who, t, _ in rows if who in ("Hugging Face eager", "transformers WhisperFeatureExtractor")
     }
@@ -274,7 +369,25 @@ def main(argv: list[str] | None = None) -> int:
         tps = f"{args.new_tokens / t:.1f}" if model in ("whisper", "t5") else "-"
         ratio = f"{base[model] / t:.2f}x" if model in base else "-"
         print(f"{model:<18} {who:<38} {t:8.3f} {rtf:>7} {tps:>8} {ratio:>7}  {note}")
+    if streams:
+        print(f"\nserver /generate_stream (in-process thread server), {args.new_tokens} tokens per stream")
+        print(f"{'model':<10} {'streams':>7} {'TTFT ms (median)':>17} {'tokens/s (all)':>15}")
+        for model, c, ttft, tps in streams:
+            print(f"{model:<10} {c:>7} {ttft:>17.1f} {tps:>15.1f}")
     return 0
+
+
+def _wav16(samples: np.ndarray) -> bytes:
+    import io
+    import wave
+
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(RATE)
+        w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+    return buf.getvalue()
 
 
 if __name__ == "__main__":
