@@ -198,6 +198,19 @@ def _recipe_hash(name: str, size: str, recipe: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def _log(name: str, size: str) -> Callable[[str], None]:
+    start = time.perf_counter()
+
+    def log(text: str) -> None:
+        print(
+            f"testbed: {name} ({size}) {time.perf_counter() - start:6.0f}s  {text}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    return log
+
+
 def _from_meta(root: Path, cached: bool) -> TrainedModel:
     meta = json.loads((root / _META).read_text())
     path = root / "model"
@@ -231,7 +244,7 @@ def _build(
     name: str,
     size: str,
     overrides: dict[str, Any],
-    train: Callable[[Path, dict[str, Any]], dict[str, Any]],
+    train: Callable[[Path, dict[str, Any], Callable[[str], None]], dict[str, Any]],
     cache_dir: Path | None,
     quiet: bool,
 ) -> TrainedModel:
@@ -248,7 +261,7 @@ def _build(
             print(f"testbed: training {name} ({size}) into {root}", file=sys.stderr)
         start = time.perf_counter()
         with _threads(int(recipe["threads"])):
-            meta = train(tmp, recipe)
+            meta = train(tmp, recipe, (lambda _: None) if quiet else _log(name, size))
         meta["metrics"]["train_seconds"] = round(time.perf_counter() - start, 2)
         meta.update(name=name, size=size, recipe=recipe)
         (tmp / _META).write_text(json.dumps(meta, indent=2, sort_keys=True))
@@ -386,7 +399,7 @@ def _digits_split() -> tuple[Any, Any, Any, Any]:
     return x[tr], y[tr], x[ev], y[ev]
 
 
-def _train_digits(tmp: Path, r: dict[str, Any]) -> dict[str, Any]:
+def _train_digits(tmp: Path, r: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
     import numpy as np
     import torch
 
@@ -485,7 +498,7 @@ def _lm_prompts(held_text: str) -> list[str]:
     return [good[i * step].strip()[:80] for i in range(min(N_PROMPTS, len(good)))]
 
 
-def _train_lm(tmp: Path, r: dict[str, Any]) -> dict[str, Any]:
+def _train_lm(tmp: Path, r: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
     import math
 
     import torch
@@ -497,6 +510,7 @@ def _train_lm(tmp: Path, r: dict[str, Any]) -> dict[str, Any]:
     eval_text = held[: r["eval_chars"]]
     prompt_text = held[r["eval_chars"] :]
     tok = _bpe([text[i : i + 4096] for i in range(0, len(text), 4096)], r["vocab"], _LM_SPECIALS)
+    log(f"tokenizer: {tok.get_vocab_size()} tokens")
     ids = tok.encode(text).ids
     torch.manual_seed(0)
     config = T.LlamaConfig(
@@ -532,6 +546,8 @@ def _train_lm(tmp: Path, r: dict[str, Any]) -> dict[str, Any]:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        if (step + 1) % max(1, r["steps"] // 10) == 0:
+            log(f"step {step + 1}/{r['steps']} loss {float(loss.detach()):.3f}")
     model.eval()
     ppl = _lm_perplexity(model, tok.encode(eval_text).ids, r["seq"])
     folder = tmp / "model"
@@ -600,7 +616,7 @@ def _bert_lines(per_class: int) -> list[tuple[str, int]]:
     return rows
 
 
-def _train_bert(tmp: Path, r: dict[str, Any]) -> dict[str, Any]:
+def _train_bert(tmp: Path, r: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
     import numpy as np
     import torch
     import transformers as T
@@ -664,6 +680,7 @@ def _train_bert(tmp: Path, r: dict[str, Any]) -> dict[str, Any]:
             opt.zero_grad()
             loss.backward()
             opt.step()
+        log(f"epoch loss {float(loss.detach()):.3f}")
     model.eval()
     ev = encode(eval_rows)
     with torch.no_grad():
