@@ -411,6 +411,12 @@ def main() -> None:
         "--random-model", action="store_true", help="random weights instead of the test bed's trained LM"
     )
     parser.add_argument(
+        "--testbed-size",
+        default="bench",
+        choices=("bench", "test"),
+        help="the test bed LM: bench (the 56M shape, default) or test (a few M parameters, quick)",
+    )
+    parser.add_argument(
         "--agreement-prompts",
         type=int,
         default=8,
@@ -429,7 +435,7 @@ def main() -> None:
             try:
                 from torchport.exporters.examples.testbed import build_lm
 
-                trained = build_lm("bench", quiet=False)
+                trained = build_lm(args.testbed_size, quiet=False)
             except ImportError as e:
                 print(f"test bed not available ({e}); using the random-weight model")
         if trained is not None:
