@@ -395,3 +395,44 @@ def test_drain_sends_goaway_and_still_answers_the_call_in_progress(repo):
         assert int.from_bytes(goaway[:4], "big") == 1 and _goaway_code(got) == 0
         assert c.status(got, 1) == (0, "")
         assert wait_closed(c.sock)
+
+
+def _header_frames(sid: int, block: bytes) -> bytes:
+    """``block`` as HEADERS + CONTINUATION frames of at most 16384 bytes."""
+    chunks = [block[k : k + 16384] for k in range(0, len(block), 16384)]
+    out = b""
+    for i, chunk in enumerate(chunks):
+        flags = 0x4 if i == len(chunks) - 1 else 0
+        out += frame(_HEADERS if i == 0 else _CONT, flags, sid, chunk)
+    return out
+
+
+def test_a_header_list_over_the_limit_is_refused_on_its_stream(grpc_server):
+    """20 KB of metadata (over the 16 KiB header list limit): RESOURCE_EXHAUSTED, connection kept."""
+    from hpack import NeverIndexedHeaderTuple
+
+    c = RawH2(grpc_server.grpc_port)
+    fields = [*request_headers("t", _INFER), NeverIndexedHeaderTuple(b"x-big", b"v" * 20_000)]
+    c.sock.sendall(_header_frames(1, Encoder().encode(fields, huffman=False)))
+    got = c.read_until(lambda f: f[0] == _HEADERS and f[1] & 0x1 and f[2] == 1)
+    code, message = c.status(got, 1)
+    assert code == 8 and "the request headers take" in message and "the limit is 16384" in message
+    first, _, data = request_frames("t", _INFER, _infer_message())
+    c.sock.sendall(frame(_HEADERS, 0x4, 3, first) + frame(_DATA, 0x1, 3, data))
+    got = c.read_until(lambda f: f[0] == _HEADERS and f[1] & 0x1 and f[2] == 3)
+    assert c.status(got, 3) == (0, "")
+
+
+def test_an_hpack_bomb_ends_the_connection(grpc_server):
+    """A 4 KB table entry named 30 times by one-byte indexes (120 KB decoded from 30 bytes)."""
+    c = RawH2(grpc_server.grpc_port)
+    encoder = Encoder()
+    first = encoder.encode([*request_headers("t", _INFER), (b"x-fill", b"f" * 3900)], huffman=False)
+    c.sock.sendall(frame(_HEADERS, 0x5, 1, first))  # the entry goes into the server's table
+    c.read_until(lambda f: f[0] in (_HEADERS, _DATA) and f[1] & 0x1 and f[2] == 1)
+    bomb = bytes([0x80 | 62]) * 30  # index 62: the newest dynamic entry, x-fill
+    c.sock.sendall(frame(_HEADERS, 0x5, 3, bomb))
+    got = c.read_until(lambda f: f[0] == _GOAWAY)
+    assert _goaway_code(got) == 9  # COMPRESSION_ERROR
+    assert wait_closed(c.sock)
+    _still_serves(grpc_server)
