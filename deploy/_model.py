@@ -87,7 +87,13 @@ class Model:
         return self.session.package.path if self.session.package else None
 
     def predict(
-        self, text: str | Sequence[str] | None = None, **inputs: Any
+        self,
+        text: str | Sequence[str] | None = None,
+        *,
+        audio: Any = None,
+        language: str | None = None,
+        task: str | None = None,
+        **inputs: Any,
     ) -> dict[str, np.ndarray | list[Any]]:
         """Run the model on one numpy array per input; returns ``{output name: array}``.
 
@@ -96,18 +102,48 @@ class Model:
         ``generate``'s settings as keyword arguments (``max_new_tokens=32``, ``num_beams=4`` for
         encoder-decoders, ``do_sample=True, seed=0``...).
 
+        A speech package (Whisper) takes ``audio``: a WAV file's path or bytes, FP32 samples at 16 kHz,
+        or a list of those, with ``language`` (e.g. ``"en"``) and ``task`` (``"transcribe"`` or
+        ``"translate"``); the answer has the same ``text`` and ``tokens``.
+
         Example:
             >>> t5 = load()                                              # doctest: +SKIP
             >>> t5.predict(text="translate: hello", max_new_tokens=8)["text"]
             ['Hallo']
+            >>> whisper.predict(audio="speech.wav", language="en")["text"]  # doctest: +SKIP
+            [' Hello world.']
 
         Raises:
             InferenceInputError: an input is missing, unknown, or does not match the signature.
         """
+        if audio is not None:
+            return self._transcribe(audio, language, task, inputs)
         if text is not None:
             result = self.session.generate([text] if isinstance(text, str) else list(text), **inputs)
             return {"text": result.text, "tokens": result.tokens}
         return self.session.run(inputs)
+
+    def _transcribe(
+        self, audio: Any, language: str | None, task: str | None, settings: dict[str, Any]
+    ) -> dict[str, np.ndarray | list[Any]]:
+        from torchport.runtimes._audio_request import SpeechCodec
+        from torchport.runtimes._errors import UsageError
+        from torchport.runtimes._generate import Generator
+
+        codec = SpeechCodec.from_manifest(self.session.manifest)
+        if codec is None:
+            raise UsageError(f"{self.name!r} does not take audio; pass text or its input arrays")
+        many = isinstance(audio, list | tuple)
+        items = [
+            Path(a).read_bytes() if isinstance(a, str | os.PathLike) else a
+            for a in (audio if many else [audio])
+        ]
+        gen = Generator(self.session)
+        result = gen.generate(
+            None, sources=codec.sources(items), forced=codec.forced(language, task), **settings
+        )
+        texts = [gen.codec.decode(t) for t in result.tokens] if gen.codec is not None else None
+        return {"text": texts, "tokens": result.tokens}
 
     def __repr__(self) -> str:
         return f"Model({self.name!r}, version={self.version!r}, provider={self.provider!r})"

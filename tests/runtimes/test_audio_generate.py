@@ -73,3 +73,30 @@ def test_generate_equals_hugging_face(whisper: tuple[Path, Path], kw: dict, beam
     hf_rows = [[t for t in row.tolist() if t != EOS] for row in hf]  # HF pads finished rows with EOS
     assert [r[: len(o)] for r, o in zip(hf_rows, ours, strict=True)] == ours
     assert [len(r) for r in hf_rows] == [len(o) for o in ours]
+
+
+def test_model_predict_takes_audio(whisper: tuple[Path, Path], tmp_path: Path) -> None:
+    from torchport.deploy._model import Model
+    from torchport.runtimes import Session
+    from torchport.runtimes._errors import InferenceInputError
+    from torchport.runtimes._generate import Generator
+
+    _, package = whisper
+    model = Model.load(package)
+    audio = sample_audio()
+    (tmp_path / "a.wav").write_bytes(audio[0])
+    got = model.predict(audio=[str(tmp_path / "a.wav"), audio[1]], language="fr", max_new_tokens=6)
+    session = Session.from_package(package)
+    prompt = WhisperPrompt.from_settings(session.manifest.extra["generation"]["whisper"])
+    feats = AudioFeatures.from_config(session.manifest.extra["audio"]).extract(
+        [decode_audio(a) for a in audio]
+    )
+    want = Generator(session).generate(
+        None,
+        sources=[{"input_features": f} for f in feats],
+        forced=prompt.prompt(language="fr")[1:],
+        max_new_tokens=6,
+    )
+    assert got["tokens"] == want.tokens and len(got["text"]) == 2 and all(got["text"])
+    with pytest.raises(InferenceInputError, match=r"^audio is not a WAV file"):
+        model.predict(audio=b"not a wav")
