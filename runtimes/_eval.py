@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from torchport.runtimes._errors import UsageError
-from torchport.runtimes._generate import Generator, SamplingParams, is_text_generation
+from torchport.runtimes._generate import DecoderSpec, Generator, SamplingParams, is_text_generation
 from torchport.runtimes._manifest import PARITY_NAME, Manifest
 from torchport.runtimes._package import ModelPackage, update_package
 from torchport.runtimes._session import Session
@@ -165,7 +165,7 @@ def format_eval(record: Mapping[str, Any]) -> str:
         rows.append([name, metric, f"{ag * 100:.1f}%" if ag is not None else "-"])
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(3)]
     lines = [
-        f"Eval on {record.get('data')} ({task}, {next(iter(variants.values()), {}).get('samples', 0)} samples):"
+        f"Eval on {record.get('data')} ({task}, {next(iter(variants.values()), {}).get('samples', 0)} samples):"  # type: ignore[call-overload]
     ]
     lines += [
         "  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [head, *rows]
@@ -273,9 +273,7 @@ def _logits_output(session: Session) -> str:
 def _classify(session: Session, inputs: dict[str, np.ndarray], batch: int) -> np.ndarray:
     out_name = _logits_output(session)
     n = len(next(iter(inputs.values())))
-    limit = (
-        session.dynamic_dims.get(session.batch_dim).max if session.batch_dim in session.dynamic_dims else None
-    )
+    limit = session.dynamic_dims[session.batch_dim].max if session.batch_dim in session.dynamic_dims else None
     step = min(batch, limit) if limit else batch
     if session.batch_dim is None:
         step = n
@@ -297,7 +295,7 @@ def _window(spec_max: int) -> int:
 
 def _nll(session: Session, ids: list[int]) -> tuple[float, int]:
     """Sum of next-token negative log-likelihoods over one window, and the count of predictions."""
-    gen = Generator(session).spec
+    gen = DecoderSpec.from_manifest(session.manifest)  # text eval takes decoder-only packages
     n = len(ids)
     types = {s.name: s.dtype for s in session.input_specs}
     feeds: dict[str, Any] = {
