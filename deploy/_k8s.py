@@ -88,7 +88,7 @@ def container_spec(
         # inference workers = the CPU limit (the container sees the node's cores, not its quota)
         {"name": "TORCHPORT_THREADS", "value": limits["limits"]["cpu"]},
     ]
-    mounts = [{"name": "tmp", "mountPath": "/tmp"}]
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
     if api_key:
         env.append({"name": "TORCHPORT_API_KEY_FILE", "value": KEY_FILE})
         mounts.append({"name": "api-key", "mountPath": KEY_DIR, "readOnly": True})

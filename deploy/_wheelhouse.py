@@ -124,7 +124,7 @@ def rewheel_installed(dest: Path) -> Path:
     wheel = dest / f"torchport-{dist.version}-py3-none-any.whl"
     zf = _DeterministicZip(wheel, _source_date_epoch())
     for f in sorted(files, key=lambda f: (f.parts[0] == dist_info, f.as_posix())):
-        zf.add_file(f.as_posix(), Path(dist.locate_file(f)))
+        zf.add_file(f.as_posix(), Path(str(dist.locate_file(f))))
     zf.close(f"{dist_info}/RECORD")
     return wheel
 

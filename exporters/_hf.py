@@ -20,6 +20,7 @@ Default ranges: ``batch=1..32``, ``seq=1..min(max_position_embeddings, 512)``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import inspect
 from collections.abc import Iterator
@@ -55,7 +56,7 @@ def hf_folder_sha256(folder: Path) -> str:
     for p in files:
         h.update(p.name.encode() + b"\0")
         with open(p, "rb") as f:
-            for chunk in iter(lambda f=f: f.read(1 << 20), b""):
+            for chunk in iter(functools.partial(f.read, 1 << 20), b""):
                 h.update(chunk)
         h.update(b"\0")
     return h.hexdigest()

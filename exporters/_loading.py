@@ -508,11 +508,13 @@ def load_model(source: str, attn_implementation: str | None = None) -> LoadedMod
                 f"cannot tell what kind of model {source!r} is from its name; use {_SOURCE_FORMS}"
             )
         if "." in left and all(part.isidentifier() for part in left.split(".")):
-            module = None
+            imported: types.ModuleType | None = None
             with contextlib.suppress(Exception), _on_sys_path(os.getcwd()):
-                module = importlib.import_module(left)
-            if module is not None:  # an importable module without :attr: say which attributes could be meant
-                return _from_python(module, "", f"module {left}", "python_module", source_text, None)
+                imported = importlib.import_module(left)
+            if (
+                imported is not None
+            ):  # an importable module without :attr: say which attributes could be meant
+                return _from_python(imported, "", f"module {left}", "python_module", source_text, None)
         raise LoadError(f"model source {source!r} is not a file, folder or module:attr; use {_SOURCE_FORMS}")
 
     if not attr:

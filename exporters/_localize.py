@@ -17,6 +17,7 @@ of these names (ONNX Runtime's offline optimizer drops the metadata but keeps th
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -57,6 +58,7 @@ def exported_program_for(
             strict=False,
         )
         prog = torch.onnx.export(ep, (), dynamo=True, verbose=False, optimize=False, report=False)
+    assert prog is not None  # the dynamo exporter returns its program
     return prog.exported_program
 
 
@@ -135,7 +137,7 @@ def _meta(node: onnx.NodeProto) -> dict[str, str]:
 
 
 def localize(
-    model: onnx.ModelProto | str | Path,
+    model: onnx.ModelProto | str | os.PathLike[str],
     feeds: Mapping[str, np.ndarray],
     *,
     module: Any = None,

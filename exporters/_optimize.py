@@ -444,12 +444,13 @@ def optimize_folder(
     new_report = dict(report) if report is not None else None
     if reference is not None and written:
         check = check_decoder_variants if is_text_generation(manifest) else check_variants
+        eval_samples: dict[str, Any] = {} if is_text_generation(manifest) else {"samples": options.samples}
         parity = check(
             manifest,
             reference,
             written,
             n=options.n,
-            **({} if is_text_generation(manifest) else {"samples": options.samples}),
+            **eval_samples,
             atol=options.atol,
             rtol=options.rtol,
             tolerances=options.tolerances,

@@ -300,7 +300,7 @@ class FlatModule(nn.Module):
         model: nn.Module,
         args: tuple,
         kwargs: Mapping[str, Any] | None = None,
-        selection: OutputSelection | str | None = None,
+        selection: OutputSelection | str | Sequence[str] | None = None,
     ) -> FlatModule:
         """Wrap ``model`` for example inputs ``(args, kwargs)``: runs it once eagerly to learn the
         output structure and names."""

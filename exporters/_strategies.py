@@ -145,7 +145,7 @@ def program_output_dims(
     program: torch.export.ExportedProgram, specs: Sequence[TensorSpec]
 ) -> list[list[int | str | None]]:
     """Each user output's shape, symbols mapped to the user's dim names through the input specs."""
-    names = {}
+    names: dict[str, str] = {}
     nodes = {n.name: n for n in program.graph.nodes}
     for input_name, spec in zip(program.graph_signature.user_inputs, specs, strict=False):
         val = nodes[input_name].meta.get("val") if input_name in nodes else None

@@ -255,8 +255,8 @@ def validate(
     source_differs = bool(recorded_hash and hash_now and recorded_hash != hash_now)
     if source_differs:
         notes.append(
-            f"the model's source ({model.reference}, sha256 {hash_now[:12]}) differs from the one this "
-            f"package was exported from ({source.get('reference')}, sha256 {recorded_hash[:12]})"
+            f"the model's source ({model.reference}, sha256 {str(hash_now)[:12]}) differs from the one this "
+            f"package was exported from ({source.get('reference')}, sha256 {str(recorded_hash)[:12]})"
             + (
                 ""
                 if record
