@@ -81,6 +81,16 @@ def test_int4_writes_a_validated_matmulnbits_variant(int4_pkg: Path) -> None:
     }
 
 
+def test_inspect_shows_the_int4_variant(int4_pkg: Path) -> None:
+    from torchport.runtimes import inspect_package
+
+    summary = inspect_package(int4_pkg)
+    int4 = next(v for v in summary.variants if v.name == "int4")
+    assert int4.op_histogram.get("com.microsoft.MatMulNBits", int4.op_histogram.get("MatMulNBits")) == 9
+    text = str(summary)
+    assert "int4" in text and "model.int4.onnx" in text
+
+
 def test_generate_with_int4_gives_tokens_close_to_fp32(int4_pkg: Path) -> None:
     rng = np.random.default_rng(0)
     prompts = [[1, *rng.integers(3, 96, 7).tolist()] for _ in range(4)]
