@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from torchport.runtimes import ModelPackage, Session, TensorSpec
 
@@ -94,7 +93,7 @@ class Model:
         language: str | None = None,
         task: str | None = None,
         **inputs: Any,
-    ) -> dict[str, np.ndarray | list[Any]]:
+    ) -> dict[str, Any]:
         """Run the model on one numpy array per input; returns ``{output name: array}``.
 
         A generation package (text-generation, text-to-text) also takes ``text``: one string or a
@@ -125,10 +124,10 @@ class Model:
 
     def _transcribe(
         self, audio: Any, language: str | None, task: str | None, settings: dict[str, Any]
-    ) -> dict[str, np.ndarray | list[Any]]:
+    ) -> dict[str, Any]:
         from torchport.runtimes._audio_request import SpeechCodec
         from torchport.runtimes._errors import UsageError
-        from torchport.runtimes._generate import Generator
+        from torchport.runtimes._generate import Generator, Seq2SeqBatch
 
         codec = SpeechCodec.from_manifest(self.session.manifest)
         if codec is None:
@@ -139,11 +138,13 @@ class Model:
             for a in (audio if many else [audio])
         ]
         gen = Generator(self.session)
-        result = gen.generate(
-            None, sources=codec.sources(items), forced=codec.forced(language, task), **settings
-        )
-        texts = [gen.codec.decode(t) for t in result.tokens] if gen.codec is not None else None
-        return {"text": texts, "tokens": result.tokens}
+        batch = Seq2SeqBatch(self.session)
+        tokens: list[list[int]] = []
+        for source in codec.sources(items):  # each item's prompt may differ (a detected language)
+            forced = codec.forced(language, task, detect=partial(batch.first_logits, [source]))
+            tokens += gen.generate(None, sources=[source], forced=forced, **settings).tokens
+        texts: list[Any] = [gen.codec.decode(t) for t in tokens] if gen.codec is not None else []
+        return {"text": texts, "tokens": tokens}
 
     def __repr__(self) -> str:
         return f"Model({self.name!r}, version={self.version!r}, provider={self.provider!r})"

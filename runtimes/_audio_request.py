@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,8 +92,19 @@ class SpeechCodec:
         feats = self.features.extract([self.decode(a) for a in items])
         return [{self.input_name: f} for f in feats]
 
-    def forced(self, language: Any = None, task: Any = None, timestamps: Any = False) -> list[int]:
+    def forced(
+        self,
+        language: Any = None,
+        task: Any = None,
+        timestamps: Any = False,
+        *,
+        detect: Callable[[], np.ndarray] | None = None,
+    ) -> list[int]:
         """The decoder ids forced after the start token for a request's ``language`` / ``task``.
+
+        ``detect`` returns the first decoder step's logits ``[1, vocab]`` (``Seq2SeqBatch.first_logits``):
+        called when a multilingual model is asked for no language, whose token it then picks, as
+        Hugging Face's ``generate`` detects the language.
 
         Raises:
             InferenceInputError: a language or task the model does not have, or timestamps asked for.
@@ -109,7 +120,10 @@ class SpeechCodec:
                 "this package does not record Whisper's language tokens; send audio without language "
                 "(or re-export it with this torchport)"
             )
-        return self.prompt.prompt(language=language, task=task)[1:]
+        detected = None
+        if detect is not None and self.prompt.needs_detection(language, task):
+            detected = self.prompt.detect_language(detect())[0]
+        return self.prompt.prompt(language=language, task=task, detected_language_id=detected)[1:]
 
     @staticmethod
     def from_json(value: Any) -> list[bytes | np.ndarray]:

@@ -188,7 +188,13 @@ def _parse_speech(
         if len(items) != 1:
             raise InferenceInputError(f"a generate request takes one audio, got {len(items)}")
         source = speech.sources(items)[0]
-        forced = speech.forced(merged.get("language"), merged.get("task"))
+        batch = engine.batch
+        detect = getattr(batch, "first_logits", None)
+        forced = speech.forced(
+            merged.get("language"),
+            merged.get("task"),
+            detect=(lambda: detect([source])) if detect is not None else None,
+        )
         request = GenRequest([], _sampling(merged), source=source, forced=forced)
         engine.check(request)
     except InferenceInputError as e:

@@ -100,3 +100,20 @@ def test_model_predict_takes_audio(whisper: tuple[Path, Path], tmp_path: Path) -
     assert got["tokens"] == want.tokens and len(got["text"]) == 2 and all(got["text"])
     with pytest.raises(InferenceInputError, match=r"^audio is not a WAV file"):
         model.predict(audio=b"not a wav")
+
+
+def test_language_detected_as_hugging_face(whisper: tuple[Path, Path]) -> None:
+    """No language on a multilingual model: one decoder step from the start token picks it (HF's detect_language)."""
+    from torchport.deploy._model import Model
+
+    folder, package = whisper
+    audio = sample_audio()
+    got = Model.load(package).predict(audio=audio, max_new_tokens=8)["tokens"]
+    hf_model = transformers.WhisperForConditionalGeneration.from_pretrained(folder).eval()
+    feats = AudioFeatures().extract([decode_audio(a) for a in audio])
+    for row, want_audio in enumerate(feats):
+        with torch.no_grad():
+            want = hf_model.generate(torch.from_numpy(want_audio[None]), max_new_tokens=8, do_sample=False)
+            lang = hf_model.detect_language(torch.from_numpy(want_audio[None])).tolist()
+        assert got[row] == [t for t in want[0].tolist() if t != EOS]
+        assert lang[0] in (50259, 50261, 50265)
