@@ -31,7 +31,7 @@ def generate(
     variant: str = typer.Option("fp32", "--variant", help="Which variant runs: fp32, fp16, int8, int4."),
 ) -> None:
     """Generate once from a package and print the text and tokens/s."""
-    from torchport.runtimes._generate import generate_once
+    from torchport.runtimes._generate_once import generate_once
 
     sample = temperature > 0 or top_p < 1.0 or top_k > 0
     report = generate_once(
