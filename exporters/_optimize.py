@@ -629,6 +629,8 @@ def optimize_package(
                 max_accuracy_drop=max_accuracy_drop,
                 max_perplexity_rise=max_perplexity_rise,
             )
+            written = {"fp16": fp16, "int8": bool(int8), "int4": int4}  # variants kept from before: reported
+            evaluated.refused = {k: v for k, v in evaluated.refused.items() if written.get(k)}
             for name, reason in evaluated.refused.items():
                 raise OptimizationError(f"variant {name} refused by --eval: {reason}; nothing written")
             report = eval_into(report, manifest, evaluated)
