@@ -1066,9 +1066,15 @@ def peer_rows(cnn_pkg: Path, args, workdir: Path, results: dict) -> list[tuple[s
                 for label, (srv, encodings) in http.items():
                     for enc in encodings:
                         body, hl = bodies[enc]
-                        runs.setdefault((label, f"HTTP {enc}", c), []).append(
-                            load(srv, path, body, hl, c, one, workdir)
-                        )
+                        cpu0 = server_cpu(srv)
+                        r = load(srv, path, body, hl, c, one, workdir)
+                        if label.startswith("torchport"):  # one process (a peer's may have several)
+                            r["cpu_us"] = (
+                                (server_cpu(srv) - cpu0)
+                                / max(r["rps"] * max(1, round(args.duration)), 1)
+                                * 1e6
+                            )
+                        runs.setdefault((label, f"HTTP {enc}", c), []).append(r)
                 for label, port in grpc_ports.items():
                     (r,) = bench_server(
                         f"grpc://127.0.0.1:{port}",
@@ -1089,6 +1095,11 @@ def peer_rows(cnn_pkg: Path, args, workdir: Path, results: dict) -> list[tuple[s
                 "p99": statistics.median(r["p99"] for r in rs),
                 "p50_range": [min(r["p50"] for r in rs), max(r["p50"] for r in rs)],
                 "rps_rounds": [r["rps"] for r in rs],
+                **(
+                    {"server_cpu_us_per_request": statistics.median(r["cpu_us"] for r in rs)}
+                    if all("cpu_us" in r for r in rs)
+                    else {}
+                ),
             }
             for key, rs in runs.items()
         }
@@ -1108,10 +1119,12 @@ def peer_rows(cnn_pkg: Path, args, workdir: Path, results: dict) -> list[tuple[s
             else:
                 note = f"torchport p50 {ours['p50'] / sm['p50']:.2f}x, req/s {ours['rps'] / sm['rps']:.2f}x"
             lo, hi = sm["p50_range"]
+            cpu = sm.get("server_cpu_us_per_request")
+            cpu_note = f", server {cpu:.0f} us CPU/req" if cpu is not None else ""
             out.append(
                 (
                     "8 peers",
-                    f"{label} {proto} (p50 {lo * 1e3:.3f}-{hi * 1e3:.3f} over rounds)",
+                    f"{label} {proto} (p50 {lo * 1e3:.3f}-{hi * 1e3:.3f} over rounds{cpu_note})",
                     str(c),
                     f"{sm['rps']:.0f}",
                     f"{sm['p50'] * 1e3:.3f}",

@@ -78,6 +78,7 @@ def test_serve_benchmark_peer_rows(tmp_path):
     for c in (1, 2):
         for proto in ("HTTP JSON", "HTTP binary", "gRPC"):
             assert peers[f"torchport {proto} c{c}"]["rps"] > 0
+        assert peers[f"torchport HTTP JSON c{c}"]["server_cpu_us_per_request"] > 0
         echo = peers[f"bare httptools echo (floor) HTTP JSON c{c}"]
         assert (
             echo["torchport_p50_over_peer"] > 0
