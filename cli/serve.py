@@ -6,7 +6,7 @@ No torch: this command runs in the serving image.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -205,7 +205,7 @@ def serve(
         "max_header_bytes": max_header_bytes,
         "max_inflight_body_bytes": max_inflight_body_bytes,
     }
-    given = {k: v for k, v in flags.items() if v is not None}
+    given: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
     cfg = ServerConfig.from_toml(config, **given) if config else ServerConfig(**given)
     configure_logging(cfg.access_log)
     if (path is None) == (not installed):

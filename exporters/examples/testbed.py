@@ -653,7 +653,7 @@ def _train_bert(tmp: Path, r: dict[str, Any], log: Callable[[str], None]) -> dic
         }
 
     torch.manual_seed(0)
-    config = T.BertConfig(
+    config = T.BertConfig(  # type: ignore[call-arg]  # num_labels & co. go to PretrainedConfig's **kwargs
         vocab_size=tok.get_vocab_size(),
         hidden_size=r["hidden"],
         intermediate_size=r["intermediate"],
