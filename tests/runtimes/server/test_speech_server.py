@@ -111,3 +111,33 @@ def test_bad_audio_is_a_one_line_400(server, audio: str, extra: dict, message: s
     # the model still serves after the refusals
     ok = {"audio": base64.b64encode(sample_audio()[0]).decode(), "language": "en", "max_tokens": 3}
     assert _post(server, ok)[0] == 200
+
+
+def test_speech_infer_requests(server) -> None:
+    """What /infer's ``audio`` input becomes: one request per WAV element or FP32 row (language detected)."""
+    from torchport.runtimes._errors import InferenceInputError
+    from torchport.runtimes._generate import Seq2SeqBatch
+    from torchport.runtimes.server._speech_infer import SpeechInfer
+
+    session = Session.from_package(Path(server.repository.get("whisper", None).path))
+    infer = SpeechInfer.of(session, "whisper")
+    assert infer is not None and infer.metadata()[0] == [
+        {"name": "audio", "datatype": "BYTES", "shape": [-1]}
+    ]
+    audio = sample_audio()
+    batch = Seq2SeqBatch(session)
+    reqs = infer.requests({"audio": np.array(audio, dtype=object)}, detect=batch.first_logits)
+    assert len(reqs) == 2 and infer.output_shape({"audio": np.array(audio, dtype=object)}) == (2,)
+    for req, item in zip(reqs, audio, strict=True):
+        source = infer.codec.sources([item])[0]
+        assert np.array_equal(req.source["input_features"], source["input_features"])
+        assert req.forced == infer.codec.forced(detect=lambda s=source: batch.first_logits([s]))
+        assert req.forced[0] in (50259, 50261, 50265)  # a detected language token
+    samples = np.stack([decode_audio(audio[0])[:8000]] * 3)
+    assert len(infer.requests({"audio": samples})) == 3
+    with pytest.raises(InferenceInputError, match=r"^audio is not a WAV file"):
+        infer.encode({"audio": np.array([b"junk"], dtype=object)})
+    with pytest.raises(InferenceInputError, match=r"^input 'audio' has datatype INT32; send BYTES"):
+        infer.check_declared("INT32", (1,), {})
+    with pytest.raises(InferenceInputError, match=r"takes one input 'audio'"):
+        infer.requests({"text": np.array(["hi"], dtype=object)})

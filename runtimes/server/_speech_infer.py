@@ -1,0 +1,133 @@
+"""Speech on ``/v2/models/{m}/infer`` (HTTP and gRPC): a Whisper package takes a BYTES ``audio`` input
+(one WAV file per element, ``[batch]`` or ``[batch, 1]``) or FP32 samples (``[batch, samples]``, 16 kHz)
+and answers a BYTES ``text_output`` with each element's transcription (greedy, language detected as
+Hugging Face does, at most the generation config's ``max_length`` new tokens), from the same generate
+engine as ``/generate``.
+
+The interface is the text-to-text one (``_text2text_infer.Text2TextInfer``: ``metadata``,
+``check_declared``, ``check_token_input``, ``requests``, ``encode``, ``outputs``), with the input named
+``audio``: the runner submits :meth:`SpeechInfer.requests` to the engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from torchport.runtimes._audio_request import AUDIO, SpeechCodec
+from torchport.runtimes._errors import InferenceInputError, TorchportError
+from torchport.runtimes._generate import GenRequest, SamplingParams, Seq2SeqSpec
+
+__all__ = ["OUTPUT", "SpeechInfer"]
+
+OUTPUT = "text_output"
+DEFAULT_NEW_TOKENS = 32
+
+
+class SpeechInfer:
+    """The ``audio`` input and ``text_output`` of a served speech package (see the module doc)."""
+
+    input_name = AUDIO
+
+    def __init__(self, name: str, codec: SpeechCodec, spec: Seq2SeqSpec, max_new_tokens: int) -> None:
+        self.name = name
+        self.codec = codec
+        self.spec = spec
+        self.max_new_tokens = max_new_tokens
+        self.specs: dict[str, Any] = {}
+        self.token_inputs: list[str] = []
+
+    @classmethod
+    def of(cls, session: Any, name: str | None = None) -> SpeechInfer | None:
+        """The audio handling of a speech package's session, or ``None`` for any other."""
+        codec = SpeechCodec.from_manifest(session.manifest)
+        if codec is None:
+            return None
+        try:
+            spec = Seq2SeqSpec.from_manifest(session.manifest)
+        except TorchportError:
+            return None
+        settings = session.manifest.extra["generation"].get("generation_config") or {}
+        wanted = settings.get("max_length")
+        n = int(wanted) - 1 if isinstance(wanted, int) and wanted > 1 else DEFAULT_NEW_TOKENS
+        return cls(name or session.name, codec, spec, max(1, min(n, spec.max_positions - 1)))
+
+    def metadata(self) -> tuple[list[dict], list[dict]]:
+        return [{"name": AUDIO, "datatype": "BYTES", "shape": [-1]}], [
+            {"name": OUTPUT, "datatype": "BYTES", "shape": [-1]}
+        ]
+
+    def check_declared(self, datatype: str, shape: tuple[int, ...], seen: dict[str, tuple[int, str]]) -> None:
+        if datatype == "BYTES":
+            if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
+                raise InferenceInputError(
+                    f"input {AUDIO!r} has shape {list(shape)}; expected [batch] or [batch, 1]"
+                )
+        elif datatype == "FP32":
+            if len(shape) not in (1, 2):
+                raise InferenceInputError(
+                    f"input {AUDIO!r} has shape {list(shape)}; FP32 audio is [batch, samples] or [samples]"
+                )
+        else:
+            raise InferenceInputError(
+                f"input {AUDIO!r} has datatype {datatype}; send BYTES (WAV files) or FP32 samples"
+            )
+
+    def check_token_input(self, name: str, seen: Mapping[str, tuple[int, str]]) -> None:
+        raise InferenceInputError(f"model {self.name!r} takes a BYTES {AUDIO!r} input on infer, not {name!r}")
+
+    def output_shape(self, inputs: Mapping[str, np.ndarray]) -> tuple[int, ...]:
+        """The shape of ``text_output``: one text per WAV element, or per FP32 row."""
+        array = np.asarray(inputs[AUDIO])
+        if array.dtype.kind == "f":
+            return (1,) if array.ndim == 1 else (array.shape[0],)
+        return array.shape
+
+    def requests(self, inputs: Mapping[str, np.ndarray], detect: Any = None) -> list[GenRequest]:
+        """One greedy request per audio item.
+
+        Args:
+            inputs: the request's ``{"audio": array}``.
+            detect: ``detect(source) -> logits [1, vocab]`` (``Seq2SeqBatch.first_logits``) for
+                language detection; ``None``: no language token.
+
+        Raises:
+            InferenceInputError: no ``audio``, an empty / non-WAV / too long item.
+        """
+        if set(inputs) != {AUDIO}:
+            raise InferenceInputError(
+                f"model {self.name!r} takes one input {AUDIO!r} (BYTES WAV or FP32) on infer"
+            )
+        items = SpeechCodec.from_tensor(np.asarray(inputs[AUDIO]))
+        out = []
+        params = SamplingParams(max_new_tokens=self.max_new_tokens)
+        for i, source in enumerate(self.codec.sources(items)):
+            try:
+                forced = self.codec.forced(detect=partial(detect, [source]) if detect is not None else None)
+            except InferenceInputError as e:
+                raise InferenceInputError(f"audio[{i}]: {e}") from None
+            out.append(GenRequest([], params, source=source, forced=forced))
+        return out
+
+    def encode(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Check the request's audio (decoded, not yet featurized); it goes on to the runner as it is."""
+        if set(inputs) != {AUDIO}:
+            raise InferenceInputError(
+                f"model {self.name!r} takes one input {AUDIO!r} (BYTES WAV or FP32) on infer"
+            )
+        for item in SpeechCodec.from_tensor(np.asarray(inputs[AUDIO])):
+            self.codec.decode(item)
+        return {AUDIO: np.asarray(inputs[AUDIO])}
+
+    def outputs(
+        self,
+        feeds: Mapping[str, np.ndarray],
+        results: Mapping[str, np.ndarray],
+        wanted: list[str] | None,
+        *,
+        is_text: bool,
+    ) -> dict[str, np.ndarray]:
+        return {OUTPUT: results[OUTPUT]}
