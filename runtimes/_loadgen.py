@@ -13,9 +13,9 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import numpy as np
@@ -27,6 +27,7 @@ from torchport.runtimes.server._protocol import _binary_data
 
 PROTOCOLS = ("json", "binary", "grpc")
 _SERVICE = "inference.GRPCInferenceService"
+T = TypeVar("T")
 
 
 @dataclass
@@ -104,7 +105,7 @@ def grpc_model_inputs(target: Target, headers: dict[str, str]) -> tuple[str, lis
         raise UsageError("name the model with --model for a grpc:// URL")
     request = MESSAGES["ModelMetadataRequest"](name=target.model).SerializeToString()
 
-    async def ask():
+    async def ask() -> Any:
         conn = await H2Connection.open(target.host, target.port)
         try:
             fields = request_headers(f"{target.host}:{target.port}", f"/{_SERVICE}/ModelMetadata", headers)
@@ -215,7 +216,7 @@ async def _http_worker(
 
 async def _grpc_load(
     host: str, port: int, request: bytes, headers: dict[str, str], concurrency: int, duration: float
-):
+) -> tuple[list[float], float, int]:
     """``concurrency`` calls in flight on one HTTP/2 connection (as one gRPC channel carries them)."""
     from torchport.runtimes._h2client import H2Connection, grpc_frame, request_headers
 
@@ -244,7 +245,9 @@ async def _grpc_load(
         await conn.close()
 
 
-async def _http_load(target: Target, request: bytes, concurrency: int, duration: float):
+async def _http_load(
+    target: Target, request: bytes, concurrency: int, duration: float
+) -> tuple[list[float], float, int]:
     lat: list[float] = []
     errors = [0]
     deadline = time.perf_counter() + duration
@@ -255,7 +258,7 @@ async def _http_load(target: Target, request: bytes, concurrency: int, duration:
     return lat, time.perf_counter() - start, errors[0]
 
 
-def _run(coro):
+def _run(coro: Coroutine[Any, Any, T]) -> T:
     try:
         import uvloop  # type: ignore[import-not-found]
 

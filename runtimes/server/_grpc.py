@@ -102,7 +102,7 @@ class GrpcService:
     def __init__(self, app: InferenceApp) -> None:
         self.app = app
         #: path -> (rpc name, request class, handler, metrics endpoint)
-        self._rpcs: dict[str, tuple[str, type, Callable[[Call, Any], bytes | Pending], str]] = {
+        self._rpcs: dict[str, tuple[str, Any, Callable[[Call, Any], bytes | Pending], str]] = {
             f"/{SERVICE}/{rpc}": (rpc, _M[req], getattr(self, rpc), f"grpc_{_snake(rpc)}")
             for rpc, (req, _) in METHODS.items()
         }
@@ -236,6 +236,7 @@ class GrpcService:
         wanted = [o.name for o in request.outputs]
         inputs, is_text = entry.request_inputs(name, _decode_inputs(request, entry.input_datatypes), wanted)
         runner = entry.runner
+        assert runner is not None  # a READY entry has its runner
         rows = next(iter(inputs.values())).shape[0] if runner.batching and inputs else 1
         request_id = request.id
 

@@ -213,7 +213,7 @@ METHODS = {
 SERVICE = "inference.GRPCInferenceService"
 
 
-def _build() -> dict[str, type]:
+def _build() -> dict[str, Any]:  # message classes made at run time (their methods unknown statically)
     fdp = descriptor_pb2.FileDescriptorProto(
         name="torchport/grpc_inference.proto", package="inference", syntax="proto3"
     )

@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from torchport.runtimes._errors import ServingError
 
@@ -150,12 +150,12 @@ class Stream:
 
 
 class Application(Protocol):
-    def handle(self, request: Request) -> Response | Deferred | Stream: ...
+    """What :class:`HttpServer` serves. Optionally also ``check_head(request) -> Response | None``
+    (the metrics-only app has none): called when a request's headers are complete, before its body
+    is read; a Response answers the request now (and the connection closes), ``None`` lets it
+    proceed."""
 
-    def check_head(self, request: Request) -> Response | None:
-        """Called when a request's headers are complete, before its body is read: a Response
-        answers the request now (and the connection closes), ``None`` lets it proceed."""
-        ...
+    def handle(self, request: Request) -> Response | Deferred | Stream: ...
 
     def error_response(self, status: int, message: str) -> Response: ...
 
@@ -250,7 +250,7 @@ class HttpProtocol(asyncio.Protocol):
                 503, f"the server has {self.server.connection_cap} open connections; retry later"
             )
             resp.headers.append(("retry-after", "1"))
-            self.transport.write(_head(503, resp, len(resp.body), False) + resp.body)
+            cast(asyncio.Transport, transport).write(_head(503, resp, len(resp.body), False) + resp.body)
             self._linger_close()
             return
         self.server.connections.add(self)
@@ -527,7 +527,11 @@ class HttpProtocol(asyncio.Protocol):
                 if isinstance(result, Deferred):
                     self.busy = True
                     self.server.inflight += 1
-                    result.future.add_done_callback(lambda f, req=req, d=result: self._deferred_done(req, d))
+
+                    def done(_f: object, req: Request = req, d: Deferred = result) -> None:
+                        self._deferred_done(req, d)
+
+                    result.future.add_done_callback(done)
                     return
                 if isinstance(result, Stream):
                     self.busy = True

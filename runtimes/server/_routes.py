@@ -13,7 +13,7 @@ import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache, partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from torchport.runtimes._errors import InferenceInputError, first_line
@@ -37,6 +37,9 @@ from torchport.runtimes.server._protocol import (
 )
 from torchport.runtimes.server._repository import LOADING, ModelEntry, ModelRepository
 from torchport.runtimes.server._signature import InputSignature
+
+if TYPE_CHECKING:
+    from torchport.runtimes.server._control import ModelControl
 
 log = logging.getLogger("torchport.server")
 
@@ -93,7 +96,7 @@ class InferenceApp:
         #: /metrics answers without the API key
         self.metrics_public = False
         #: loads and unloads models (None: --model-control none)
-        self.control = None
+        self.control: ModelControl | None = None
         self.model_control = "none"
         self._decoder: ThreadPoolExecutor | None = None
         self._metadata = json_dumps(

@@ -9,6 +9,7 @@ import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torchport.runtimes._errors import ServingError, TorchportError
 from torchport.runtimes._manifest import MANIFEST_NAME
@@ -24,6 +25,9 @@ from torchport.runtimes.server._metrics import ServerMetrics
 from torchport.runtimes.server._repository import READY, ModelEntry, ModelRepository
 from torchport.runtimes.server._routes import InferenceApp, on_batch_metrics
 from torchport.runtimes.server._triton_layout import open_package
+
+if TYPE_CHECKING:
+    from torchport.runtimes.server._grpc import GrpcServer
 
 log = logging.getLogger("torchport.server")
 
@@ -83,7 +87,7 @@ class InferenceServer:
         )
         self.app.control = self.control if cfg.model_control != "none" else None
         self.app.model_control = cfg.model_control
-        self.grpc = None
+        self.grpc: GrpcServer | None = None
         #: command-line values that win over the config file when SIGHUP re-reads it
         self.flag_overrides: dict = {}
         self.port: int | None = None
@@ -274,9 +278,10 @@ class InferenceServer:
 
     def request_reload(self) -> None:
         """Re-read the config file and reload every loaded model with it (what SIGHUP does; thread-safe)."""
-        if self._loop is None:
+        loop = self._loop
+        if loop is None:
             return
-        self._loop.call_soon_threadsafe(lambda: self._loop.create_task(self._reload()))
+        loop.call_soon_threadsafe(lambda: loop.create_task(self._reload()))
 
     async def _reload(self) -> None:
         path = self.config.config_path
