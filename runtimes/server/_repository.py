@@ -31,6 +31,7 @@ from torchport.runtimes.server._config import ModelSettings, _version_key
 from torchport.runtimes.server._protocol import HTTPError
 from torchport.runtimes.server._signature import InputSignature
 from torchport.runtimes.server._stats import ModelStats
+from torchport.runtimes.server._text2text_infer import Text2TextInfer
 from torchport.runtimes.server._text_infer import TEXT, TextInfer
 from torchport.runtimes.server._triton_layout import triton_versions
 
@@ -58,7 +59,7 @@ class ModelEntry:
     #: what the package folder looked like when this entry was loaded (see :func:`fingerprint`)
     fingerprint: tuple = ()
     #: the ``text`` input of a text model (:class:`TextInfer`), ``None`` for other models
-    text: TextInfer | None = None
+    text: TextInfer | Text2TextInfer | None = None
     #: what serves this version besides its runner (a generation engine...), keyed by kind; each
     #: has ``retire()``, called once the version is no longer served (see :meth:`retire`)
     services: dict[str, Any] = field(default_factory=dict)
@@ -417,7 +418,7 @@ class ModelRepository:
             entry.session = session
             entry.input_datatypes = {s.name: PROTOCOL_DATATYPES[s.dtype] for s in session.input_specs}
             entry.output_datatypes = {s.name: PROTOCOL_DATATYPES[s.dtype] for s in session.output_specs}
-            entry.text = TextInfer.of(session, entry.name)
+            entry.text = TextInfer.of(session, entry.name) or Text2TextInfer.of(session, entry.name)
             entry.signature = InputSignature.of(session, entry.text)
             if entry.text is not None:
                 ins, outs = entry.text.metadata()

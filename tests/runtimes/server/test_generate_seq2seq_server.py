@@ -26,7 +26,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     repo = root / "repo"
     repo.mkdir()
     shutil.copytree(exported_seq2seq("bart", root).package.path, repo / "bart")
-    with running_server(repo) as srv:
+    with running_server(repo, grpc_port=0) as srv:
         srv.package = repo / "bart"
         yield srv
 
@@ -87,3 +87,35 @@ def test_text_beyond_the_encoder_is_a_one_line_400_naming_the_limit(server) -> N
     assert "encoder takes at most 128" in body["error"] and "\n" not in body["error"]
     status, body = _post(server, "/v2/models/bart/generate", {"text_input": "hello", "max_tokens": 6})
     assert status == 200  # the server goes on serving
+
+
+def test_infer_takes_bytes_text_and_answers_the_generated_text_over_http_and_grpc(server) -> None:
+    import numpy as np
+    import tritonclient.grpc as tg
+    import tritonclient.http as th
+
+    n = (
+        Session.from_package(server.package)
+        .manifest.extra["generation"]["generation_config"]
+        .get("max_length", 33)
+        - 1
+    )
+    expected = Session.from_package(server.package).generate(TEXTS[:3], max_new_tokens=n).text
+    texts = np.array([t.encode() for t in TEXTS[:3]], dtype=object)
+    hc = th.InferenceServerClient(f"127.0.0.1:{server.port}")
+    inp = th.InferInput("text", [3], "BYTES")
+    inp.set_data_from_numpy(texts)
+    got = hc.infer("bart", [inp]).as_numpy("text_output")
+    assert [g.decode() for g in got] == expected
+    gc = tg.InferenceServerClient(server.grpc_url)
+    ginp = tg.InferInput("text", [3], "BYTES")
+    ginp.set_data_from_numpy(texts)
+    got = gc.infer("bart", [ginp]).as_numpy("text_output")
+    assert [g.decode() for g in got] == expected
+    meta = hc.get_model_metadata("bart")
+    assert {"name": "text", "datatype": "BYTES", "shape": [-1]} in meta["inputs"]
+    long = th.InferInput("text", [1], "BYTES")
+    long.set_data_from_numpy(np.array([b"the quick brown fox " * 60], dtype=object))
+    with pytest.raises(Exception, match="encoder takes at most 128"):
+        hc.infer("bart", [long])
+    assert [g.decode() for g in hc.infer("bart", [inp]).as_numpy("text_output")] == expected

@@ -1,0 +1,172 @@
+"""Text-to-text on ``/v2/models/{m}/infer`` (HTTP and gRPC): an encoder-decoder package that carries a
+tokenizer takes a BYTES ``text`` input (``[batch]`` or ``[batch, 1]``) and answers a BYTES
+``text_output`` of the same shape: each element's generated text (greedy, at most the package's
+``generation_config.max_length`` new tokens, else 32), from the same generate engine as
+``/generate`` (continuous batching: infer and generate requests share its batch).
+
+Text beyond the encoder's range, bytes that are not UTF-8, or tensor inputs are 400s naming what to
+send; a failing request ends alone (the engine goes on with the others).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from torchport.runtimes._errors import InferenceInputError, TorchportError
+from torchport.runtimes._generate import GenRequest, SamplingParams, Seq2SeqSpec, is_seq2seq
+from torchport.runtimes._tokenizer import TextCodec
+from torchport.runtimes.server._batching import ModelRunner
+
+__all__ = ["OUTPUT", "Text2TextInfer", "Text2TextRunner"]
+
+TEXT = "text"
+OUTPUT = "text_output"
+DEFAULT_NEW_TOKENS = 32
+
+
+class Text2TextInfer:
+    """The ``text`` input and ``text_output`` of a served text-to-text package (see the module doc)."""
+
+    def __init__(self, name: str, codec: TextCodec, spec: Seq2SeqSpec, max_new_tokens: int) -> None:
+        self.name = name
+        self.codec = codec
+        self.spec = spec
+        self.max_new_tokens = max_new_tokens
+        self.specs: dict[str, Any] = {}
+        self.token_inputs: list[str] = []
+        #: metadata's ``text_task``
+        self.task = "text2text-generation"
+
+    @classmethod
+    def of(cls, session: Any, name: str | None = None) -> Text2TextInfer | None:
+        """The text handling of a text-to-text package's session, or ``None`` for any other."""
+        manifest = session.manifest
+        if not is_seq2seq(manifest) or session.package is None:
+            return None
+        try:
+            spec = Seq2SeqSpec.from_manifest(manifest)
+            codec = TextCodec.from_package(session.package)
+        except TorchportError:
+            return None
+        if spec.audio or codec is None:
+            return None
+        settings = manifest.extra["generation"].get("generation_config") or {}
+        wanted = settings.get("max_length")
+        n = int(wanted) - 1 if isinstance(wanted, int) and wanted > 1 else DEFAULT_NEW_TOKENS
+        return cls(name or session.name, codec, spec, max(1, min(n, spec.max_positions - 1)))
+
+    def metadata(self) -> tuple[list[dict], list[dict]]:
+        return [{"name": TEXT, "datatype": "BYTES", "shape": [-1]}], [
+            {"name": OUTPUT, "datatype": "BYTES", "shape": [-1]}
+        ]
+
+    def check_declared(self, datatype: str, shape: tuple[int, ...], seen: dict[str, tuple[int, str]]) -> None:
+        if datatype != "BYTES":
+            raise InferenceInputError(f"input {TEXT!r} has datatype {datatype}, the model expects BYTES")
+        if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
+            raise InferenceInputError(
+                f"input {TEXT!r} has shape {list(shape)}; expected [batch] or [batch, 1]"
+            )
+
+    def check_token_input(self, name: str, seen: Mapping[str, tuple[int, str]]) -> None:
+        raise InferenceInputError(f"model {self.name!r} takes a BYTES {TEXT!r} input on infer, not {name!r}")
+
+    def requests(self, inputs: Mapping[str, np.ndarray]) -> list[GenRequest]:
+        """One greedy request per text element (checked against the encoder's range).
+
+        Raises:
+            InferenceInputError: no ``text``, bytes that are not UTF-8, empty text or too long.
+        """
+        if set(inputs) != {TEXT}:
+            raise InferenceInputError(f"model {self.name!r} takes one BYTES input {TEXT!r} on infer")
+        out = []
+        params = SamplingParams(max_new_tokens=self.max_new_tokens)
+        for i, item in enumerate(np.asarray(inputs[TEXT]).reshape(-1)):
+            try:
+                text = item.decode("utf-8") if isinstance(item, bytes | bytearray) else str(item)
+            except UnicodeDecodeError as e:
+                raise InferenceInputError(
+                    f"text[{i}] is not valid UTF-8 ({e.reason} at byte {e.start})"
+                ) from None
+            ids = self.codec.encode(text)
+            if not ids:
+                raise InferenceInputError(f"text[{i}] is empty")
+            if len(ids) > self.spec.max_seq:
+                raise InferenceInputError(
+                    f"text[{i}] has {len(ids)} tokens; this model's encoder takes at most {self.spec.max_seq}"
+                )
+            out.append(GenRequest(ids, params))
+        return out
+
+    def encode(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Check the request (see :meth:`requests`); the texts go on to the runner as they are."""
+        self.requests(inputs)
+        return {TEXT: np.asarray(inputs[TEXT])}
+
+    def outputs(
+        self,
+        feeds: Mapping[str, np.ndarray],
+        results: Mapping[str, np.ndarray],
+        wanted: list[str] | None,
+        *,
+        is_text: bool,
+    ) -> dict[str, np.ndarray]:
+        return {OUTPUT: results[OUTPUT]}
+
+
+class Text2TextRunner(ModelRunner):
+    """A runner whose requests are generations on the model's generate engine (no batch of its own:
+    the engine batches every request of the model, /infer and /generate alike)."""
+
+    def __init__(self, entry: Any, session: Any, executor: Any, **kwargs: Any) -> None:
+        super().__init__(session, executor, **kwargs)
+        self.entry = entry
+        self.batching = False
+        self.max_batch_size = 1
+
+    def run_now(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        return None
+
+    def submit(self, inputs: dict[str, np.ndarray]) -> asyncio.Future:
+        from torchport.runtimes.server._generate_engine import Job
+        from torchport.runtimes.server._generate_routes import _engine
+
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future = loop.create_future()
+        start = time.perf_counter()
+        text = self.entry.text
+        shape = np.asarray(inputs[TEXT]).shape
+        try:
+            service = _engine(self.entry)
+            engine, codec = service.engine, service.codec
+            requests = text.requests(inputs)
+            for r in requests:
+                engine.check(r)
+        except Exception as e:  # noqa: BLE001 - answered as the request's error
+            fut.set_exception(
+                InferenceInputError(str(getattr(e, "message", e)))
+                if not isinstance(e, InferenceInputError)
+                else e
+            )
+            return fut
+        left = [len(requests)]
+
+        def done(exc: BaseException | None) -> None:
+            if fut.done():
+                return
+            if exc is not None:
+                fut.set_exception(exc)
+                return
+            left[0] -= 1
+            if left[0] == 0:
+                texts = np.array([codec.decode(r.tokens) for r in requests], dtype=object).reshape(shape)
+                fut.set_result(({OUTPUT: texts}, time.perf_counter() - start))
+
+        for r in requests:
+            engine.submit(Job(r, lambda token: None, done, loop))
+        return fut
