@@ -97,7 +97,7 @@ def test_model_predict_validates_like_the_server(add_pkg):
         (["--name", "my-model"], "--name 'my-model' is not a valid Python module / distribution name"),
         (["--name", "class"], "--name 'class' is not a valid Python module"),
         (["--model-version", "1.0-beta"], "--model-version '1.0-beta' is not a PEP 440 version"),
-        (["--variant", "fp8"], "--variant 'fp8' is not one of fp32, fp16, int8, all"),
+        (["--variant", "fp8"], "--variant 'fp8' is not one of fp32, fp16, int8, int4, all"),
     ],
 )
 def test_bad_input_is_one_line_exit_1_nothing_written(add_pkg, tmp_path, args, message):
