@@ -173,12 +173,12 @@ def collapse_reshapes(model: ir.Model) -> int:
             and previous.domain in ("", "ai.onnx")
         ):
             source = previous.inputs[0]
-            if source is not None and source.shape is not None and middle.shape is not None:
+            src_shape = source.shape if source is not None else None
+            mid_shape = middle.shape if middle is not None else None
+            if source is not None and src_shape is not None and mid_shape is not None:
                 copied = [i for i, t in enumerate(target) if t == 0]
                 if all(
-                    i < len(source.shape)
-                    and i < len(middle.shape)
-                    and _same_dim(source.shape[i], middle.shape[i])
+                    i < len(src_shape) and i < len(mid_shape) and _same_dim(src_shape[i], mid_shape[i])
                     for i in copied
                 ):
                     node.replace_input_with(0, source)
@@ -221,7 +221,7 @@ class OrtFusionsPass:
 
     def __init__(self, pack_qkv: bool = True) -> None:
         self.pack_qkv = pack_qkv
-        self.details: dict[str, int] = {}
+        self.details: dict[str, Any] = {}  # the count of each fusion, or why the fused graph was refused
 
     def __call__(self, model: AnyModel) -> tuple[ir.Model, bool]:
         import onnxscript.rewriter.ort_fusions._core as core
@@ -410,7 +410,9 @@ def weight_only_quantize(
 
     work = onnx.ModelProto()
     work.CopyFrom(proto)  # the quantizer rewrites the model it is given
-    with quiet_ort_logs():  # the quantizer logs every node it looks at
+    # the quantizer logs every node it looks at; an all-zero block (a padding embedding row) divides
+    # 0 by a 0 scale before np.where picks the zero point, which numpy warns about
+    with quiet_ort_logs(), np.errstate(divide="ignore", invalid="ignore"):
         quantizer = MatMulNBitsQuantizer(
             work,
             bits=bits,
