@@ -624,7 +624,13 @@ class H2Protocol(asyncio.Protocol):
         if future.done():  # ran inline (an idle runner, a tiny model): answer in this iteration
             self._done(st, future, finish, flush=False)
         else:
-            future.add_done_callback(lambda fut, st=st, finish=finish: self._done(st, fut, finish))
+
+            def done(
+                fut: asyncio.Future, st: _Stream = st, finish: Callable[[asyncio.Future], bytes] = finish
+            ) -> None:
+                self._done(st, fut, finish)
+
+            future.add_done_callback(done)
 
     def _decompress(self, message: bytes, encoding: str) -> bytes:
         if encoding == "identity":
