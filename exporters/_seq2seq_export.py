@@ -773,3 +773,48 @@ def _name_total_dims(model: Any) -> None:
     from torchport.exporters._decoder_export import _name_total_dims as rename
 
     rename(model)
+
+
+def check_seq2seq_package(
+    package: Any,
+    variants: Sequence[str],
+    model: Any,
+    *,
+    steps: int = 4,
+    seed: int = 0,
+    atol: float | None = None,
+    rtol: float | None = None,
+) -> ParityResult:
+    """``validate`` of an encoder-decoder package: every variant's encoder and decoder files against
+    the eager model (``fp32``) or the fp32 files (the others), as the export checked them.
+
+    Raises:
+        ValidationError: the eager model is no encoder-decoder, or its layout differs from the package's.
+    """
+    module = getattr(model, "module", model)
+    if module is None or not _is_seq2seq_lm(module):
+        raise ValidationError(
+            f"{package.manifest.name!r} is an encoder-decoder package; --model must be the Hugging Face "
+            f"model it came from, not a {type(module).__name__}"
+        )
+    module = module.eval()
+    if getattr(module.config, "model_type", "") in ("t5", "mt5", "umt5"):
+        module.set_attn_implementation("eager")
+    sig = seq2seq_signature(module)
+    gen = package.manifest.extra["generation"]
+    if [sig.num_layers, sig.heads, sig.head_dims] != [gen["num_layers"], gen["heads"], gen["head_dims"]]:
+        raise ValidationError(
+            f"--model has {sig.num_layers} decoder layers, heads {sig.heads}, head dims {sig.head_dims}; "
+            f"the package has {gen['num_layers']}, {gen['heads']}, {gen['head_dims']}"
+        )
+    parts = gen["parts"]
+    files = {
+        v: (
+            package.file(parts["encoder"]["variants"][v]["file"]),
+            package.file(parts["decoder"]["variants"][v]["file"]),
+        )
+        for v in ["fp32", *[v for v in variants if v != "fp32"]]
+    }
+    return check_seq2seq_parity(
+        module, sig, files, dims=package.manifest.dynamic_dims, steps=steps, seed=seed, atol=atol, rtol=rtol
+    )

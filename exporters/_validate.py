@@ -24,6 +24,7 @@ from torchport.exporters._eager_reference import EagerReference, eager_outputs, 
 from torchport.exporters._loading import load_model
 from torchport.exporters._localize import localize
 from torchport.runtimes._errors import UsageError, ValidationError, describe_error
+from torchport.runtimes._generate import is_seq2seq
 from torchport.runtimes._inputs import dim_sample_points
 from torchport.runtimes._manifest import Manifest
 from torchport.runtimes._onnx_parity import compare_variant
@@ -270,7 +271,15 @@ def validate(
                 f"package {pkg.path} has no variant {v!r}; available: {', '.join(pkg.manifest.variants)}"
             )
     files = {v: pkg.model_path(v) for v in names}
-    if is_text_generation(pkg.manifest):
+    if is_seq2seq(pkg.manifest):
+        from torchport.exporters._seq2seq_export import check_seq2seq_package
+
+        if samples is not None:
+            raise UsageError(
+                "--samples is not used for an encoder-decoder package (validated over decoder steps)"
+            )
+        result = check_seq2seq_package(pkg, names, model, steps=n, seed=seed, atol=atol, rtol=rtol)
+    elif is_text_generation(pkg.manifest):
         if samples is not None:
             raise UsageError(
                 "--samples is not used for a text-generation package: it is validated over a prompt step and "

@@ -137,3 +137,12 @@ def test_sampling_is_seeded_and_text_beyond_the_encoder_is_refused(root: Path) -
         gen.generate([[5] * 129])
     text = gen.generate("the quick brown fox", max_new_tokens=4)
     assert text.text is not None and len(text.tokens[0]) <= 4
+
+
+def test_validate_checks_both_parts_against_the_source(root: Path) -> None:
+    from torchport.exporters import validate
+
+    pkg = exported_seq2seq("t5", root).package
+    result = validate(pkg.path, n=4, write=False)
+    assert result and result.cases[0] == "encoder" and len(result.cases) >= 3
+    assert result.variants["fp32"].file == "encoder.onnx+model.onnx"
