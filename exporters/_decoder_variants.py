@@ -110,11 +110,12 @@ def check_decoder_variants(
             ts = TensorSpec(name, "float32", [None, None])
             vp.outputs.append(compare_output(ts, got_rows, ref_rows, out_tol, logits=j == 0))
     return ParityResult(
-        model=manifest.name,
+        model=f"{', '.join(variant_files)} of {manifest.name}",
         cases=[f"prompt of {p.shape[1]} tokens from an empty past" for p in prompts],
         variants=variants,
         provider=provider,
         seconds=time.perf_counter() - start,
+        reference=f"{Path(reference).name} (fp32)",
     )
 
 
