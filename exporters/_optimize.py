@@ -44,7 +44,7 @@ from torchport.runtimes._eval import (
     evaluate_folder,
     gate,
 )
-from torchport.runtimes._generate import is_text_generation
+from torchport.runtimes._generate import is_seq2seq, is_text_generation
 from torchport.runtimes._inputs import dim_sample_points, random_inputs
 from torchport.runtimes._manifest import PARITY_NAME, Manifest, Variant
 from torchport.runtimes._onnx_parity import check_variants
@@ -611,6 +611,11 @@ def optimize_package(
         int4_embeddings=int4_embeddings,
     )
     package = ModelPackage.load(package_path)
+    if is_seq2seq(package.manifest):  # its encoder and decoder are optimized and validated together
+        raise UsageError(
+            f"{package.manifest.name!r} is an encoder-decoder package: optimize it at export "
+            "(torchport export FOLDER --level all --fp16 --int8 dynamic), which validates both parts"
+        )
     with update_package(package) as w:
         report_file = w.path / PARITY_NAME
         report = json.loads(report_file.read_text()) if report_file.is_file() else None

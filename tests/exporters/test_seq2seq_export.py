@@ -146,3 +146,11 @@ def test_validate_checks_both_parts_against_the_source(root: Path) -> None:
     result = validate(pkg.path, n=4, write=False)
     assert result and result.cases[0] == "encoder" and len(result.cases) >= 3
     assert result.variants["fp32"].file == "encoder.onnx+model.onnx"
+
+
+def test_optimize_after_export_is_refused_with_what_to_run(root: Path) -> None:
+    from torchport.exporters import optimize_package
+    from torchport.runtimes import UsageError
+
+    with pytest.raises(UsageError, match="optimize it at export"):
+        optimize_package(exported_seq2seq("t5", root).package.path, level="all")
