@@ -31,7 +31,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -229,7 +229,9 @@ class DecoderModule(torch.nn.Module):
 
         sig = self.signature
         cache = split_cache([(past[2 * i], past[2 * i + 1]) for i in range(sig.num_layers)])
-        rotary = (self.rotary_cos, self.rotary_sin) if hasattr(self, "rotary_cos") else None
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None
+        if hasattr(self, "rotary_cos"):  # buffers (nn.Module types its attributes as Tensor | Module)
+            rotary = (cast(torch.Tensor, self.rotary_cos), cast(torch.Tensor, self.rotary_sin))
         position_ids = kwargs.get("position_ids")
         with fused_attention(self.model, cache, attention_mask, position_ids, rotary) as presents:
             out = self.model(
@@ -272,7 +274,7 @@ def _prepare(model: torch.nn.Module) -> list[str]:
             current = None
         values = set(current.values()) if isinstance(current, dict) else {current}
         if values - {None, "eager", "batched_mm"}:
-            model.set_experts_implementation("batched_mm")
+            model.set_experts_implementation("batched_mm")  # type: ignore[operator]  # a transformers model's
             notes.append(f"experts implementation {'/'.join(sorted(map(str, values)))} -> batched_mm")
     return notes
 
