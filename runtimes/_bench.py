@@ -127,7 +127,11 @@ def random_array(
 def _timed_loop(
     run: Callable[[], object], concurrency: int, duration: float
 ) -> tuple[list[float], float, int]:
-    """``concurrency`` threads call ``run`` for ``duration`` seconds: (latencies, elapsed, errors)."""
+    """``concurrency`` threads call ``run`` for ``duration`` seconds: (latencies, elapsed, errors).
+
+    Each thread makes at least one call, however late it starts (on a loaded machine a thread may
+    first run after the deadline), so every row measures something.
+    """
     latencies: list[float] = []
     errors = [0]
     deadline = time.perf_counter() + duration
@@ -136,14 +140,16 @@ def _timed_loop(
     def worker() -> None:
         mine = []
         failed = 0
-        while time.perf_counter() < deadline:
+        while True:
             t0 = time.perf_counter()
             try:
                 run()
             except Exception:
                 failed += 1
-                continue
-            mine.append(time.perf_counter() - t0)
+            else:
+                mine.append(time.perf_counter() - t0)
+            if time.perf_counter() >= deadline:
+                break
         with lock:
             latencies.extend(mine)
             errors[0] += failed

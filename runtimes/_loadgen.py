@@ -193,7 +193,7 @@ async def _http_worker(
 ) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     try:
-        while time.perf_counter() < deadline:
+        while True:  # at least one request, however late this worker got its connection
             t0 = time.perf_counter()
             writer.write(request)
             head = await reader.readuntil(b"\r\n\r\n")
@@ -207,6 +207,8 @@ async def _http_worker(
                 errors[0] += 1
             else:
                 lat.append(time.perf_counter() - t0)
+            if time.perf_counter() >= deadline:
+                break
             if b"connection: close" in head.lower():
                 writer.close()
                 reader, writer = await asyncio.open_connection(host, port)
@@ -230,13 +232,15 @@ async def _grpc_load(
         deadline = time.perf_counter() + duration
 
         async def worker() -> None:
-            while time.perf_counter() < deadline:
+            while True:  # at least one call each
                 t0 = time.perf_counter()
                 result = await conn.call(fields, data)
                 if result.status != 0:
                     errors[0] += 1
-                    continue
-                lat.append(time.perf_counter() - t0)
+                else:
+                    lat.append(time.perf_counter() - t0)
+                if time.perf_counter() >= deadline:
+                    break
 
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
