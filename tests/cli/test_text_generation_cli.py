@@ -28,7 +28,10 @@ def test_export_task_text_generation(tmp_path: Path) -> None:
 
     bad = CliRunner().invoke(app, ["export", str(src), "-o", str(tmp_path / "bad"), "--task", "chat"])
     assert bad.exit_code == 1
-    assert "error: unknown --task 'chat'; use one of: auto, text-generation, text2text-generation, automatic-speech-recognition, default" in bad.output
+    assert (
+        "error: unknown --task 'chat'; use one of: auto, text-generation, text2text-generation, automatic-speech-recognition, default"
+        in bad.output
+    )
     assert "Traceback" not in bad.output and not (tmp_path / "bad").exists()
 
 
