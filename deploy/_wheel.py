@@ -125,8 +125,18 @@ def _subset_manifest(manifest: Manifest, keep: list[str]) -> Manifest:
         f for name, v in manifest.variants.items() if name not in keep for f in [v.file, *v.data_files]
     }
     kept = {f for name in keep for f in [manifest.variants[name].file, *manifest.variants[name].data_files]}
+    extra = manifest.extra
+    gen = (extra or {}).get("generation")
+    if isinstance(gen, dict) and isinstance(gen.get("parts"), dict):  # an encoder-decoder: every part
+        parts = {}
+        for part, rec in gen["parts"].items():
+            variants = rec.get("variants") or {}
+            for name, v in variants.items():
+                (kept if name in keep else dropped).update([v["file"], *(v.get("data_files") or [])])
+            parts[part] = {**rec, "variants": {k: v for k, v in variants.items() if k in keep}}
+        extra = {**extra, "generation": {**gen, "parts": parts}}
     files = {rel: rec for rel, rec in manifest.files.items() if rel not in dropped or rel in kept}
-    return manifest.replace(files=files, variants={k: manifest.variants[k] for k in keep})
+    return manifest.replace(files=files, variants={k: manifest.variants[k] for k in keep}, extra=extra)
 
 
 def _record_hash(data: bytes) -> tuple[str, int]:

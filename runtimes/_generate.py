@@ -688,7 +688,7 @@ class Seq2SeqSpec:
                         )
                 if part == "encoder":
                     files[variant] = rec["file"]
-        if "fp32" not in files:
+        if not files:
             raise UsageError(
                 f"{manifest.name!r}: the manifest names no encoder file (extra.generation.parts)"
             )
@@ -728,7 +728,9 @@ def _encoder_session(session: Any, spec: Seq2SeqSpec) -> Any:
     package = session.package
     if package is None:
         raise UsageError("an encoder-decoder runs from its package (Session.from_package)")
-    file = spec.encoder_files.get(session.variant) or spec.encoder_files["fp32"]
+    file = spec.encoder_files.get(session.variant) or spec.encoder_files.get("fp32")
+    if file is None:
+        raise UsageError(f"{session.name!r} has no encoder file for variant {session.variant!r}")
     # the decoder session's own class (runtimes' Session): no import of _session, which imports this
     return type(session)(package.file(file), None, providers=session.providers, device_id=session.device_id)
 
