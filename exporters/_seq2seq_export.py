@@ -87,6 +87,7 @@ def wants_seq2seq(loaded: Any, task: str | None, outputs: Any, inputs: Any, samp
             raise UsageError(
                 f"--task {task} sets its own inputs and outputs; drop --input/--sample/--outputs"
             )
+        assert module is not None  # ok implies a loaded module
         audio = "input_features" in inspect.signature(module.forward).parameters
         if audio != (task == "automatic-speech-recognition"):
             right = "automatic-speech-recognition" if audio else "text2text-generation"
@@ -173,7 +174,7 @@ class EncoderPart(torch.nn.Module):
     def forward(self, source: torch.Tensor, attention_mask: torch.Tensor | None = None) -> Any:
         from transformers.modeling_outputs import BaseModelOutput
 
-        encoder = self.model.get_encoder()
+        encoder: Any = self.model.get_encoder()  # type: ignore[operator]
         if self.sig.audio:
             hidden = encoder(input_features=source).last_hidden_state
         else:
@@ -333,11 +334,14 @@ def capture_parts(
     src_dim = Dim("src_seq", min=dims["src_seq"].min, max=dims["src_seq"].max) if not sig.audio else None
     enc = EncoderPart(model, sig).eval()
     feeds = _example(sig, b, src, 0)
+    args: tuple[torch.Tensor, ...]
+    src_mask: torch.Tensor | None = None
     if sig.audio:
         args = (torch.from_numpy(feeds["input_features"]),)
         shapes: Any = ({0: batch},)
     else:
-        args = (torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"]))
+        src_mask = torch.from_numpy(feeds["attention_mask"])
+        args = (torch.from_numpy(feeds["input_ids"]), src_mask)
         shapes = ({0: batch, 1: src_dim}, {0: batch, 1: src_dim})
     in_names = [t.name for t in sig.encoder_inputs((0, 0))]
     out_names = [t.name for t in sig.encoder_outputs()]
@@ -353,8 +357,8 @@ def capture_parts(
     ]
     dargs: list[Any] = [torch.from_numpy(rng.integers(0, sig.vocab, (b, s)).astype(np.int64))]
     dshapes: list[Any] = [{0: batch, 1: seq}]
-    if not sig.audio:
-        dargs.append(args[1])
+    if src_mask is not None:
+        dargs.append(src_mask)
         dshapes.append({0: batch, 1: src_dim})
     dargs += past + list(cross)
     dshapes += [{0: batch, 2: past_seq} for _ in past] + [
@@ -495,17 +499,21 @@ def check_seq2seq_parity(
                 )
             )
         for j, name in enumerate(out_names[2 * sig.num_layers :]):
-            g = [
+            gs = [
                 step[j].reshape(-1, step[j].shape[-1]) if j == 0 else step[j].reshape(step[j].shape[0], -1)
                 for step in got[1:]
             ]
-            r = [
+            rs = [
                 step[j].reshape(-1, step[j].shape[-1]) if j == 0 else step[j].reshape(step[j].shape[0], -1)
                 for step in ref[1:]
             ]
             vp.outputs.append(
                 compare_output(
-                    TensorSpec(name, sig.dtype, [None, None]), g, r, tol if j == 0 else no_top1, logits=j == 0
+                    TensorSpec(name, sig.dtype, [None, None]),
+                    gs,
+                    rs,
+                    tol if j == 0 else no_top1,
+                    logits=j == 0,
                 )
             )
     return ParityResult(
