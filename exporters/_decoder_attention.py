@@ -108,7 +108,7 @@ def group_query_attention(
 
 
 @group_query_attention.register_fake
-def _(
+def _(  # type: ignore[no-untyped-def]  # torch reads the fake's signature as the op's
     query, key, value, past_key, past_value, bias, seqlens, total, scale, num_heads, kv_heads, window, *rotary
 ):  # noqa: ANN001, ANN002, ANN202, E501
     b, h, s, d = query.shape
@@ -148,7 +148,7 @@ def rotary_caches(model: torch.nn.Module, positions: int) -> tuple[torch.Tensor,
     if getattr(rotaries[0], "rope_type", "default") not in STATIC_ROPE_TYPES:
         return None  # frequencies that change with the sequence length: no one cache fits
     apply = getattr(sys.modules[type(attention).__module__], "apply_rotary_pos_emb", None)
-    head = int(attention.head_dim)
+    head = int(getattr(attention, "head_dim"))  # noqa: B009  (an nn.Module attribute, untyped)
     if apply is None or head % 2:
         return None
     try:
@@ -184,11 +184,11 @@ def _deferred_rotary(model: torch.nn.Module) -> Iterator[None]:
         _state.deferred = True
         return q, k
 
-    namespace.apply_rotary_pos_emb = defer
+    namespace.apply_rotary_pos_emb = defer  # type: ignore[attr-defined]  # the model's own module
     try:
         yield
     finally:
-        namespace.apply_rotary_pos_emb = original
+        namespace.apply_rotary_pos_emb = original  # type: ignore[attr-defined]
 
 
 def split_cache(past: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:
@@ -197,8 +197,10 @@ def split_cache(past: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:
     from transformers import DynamicCache
 
     class _SplitCache(DynamicCache):
-        def update(self, key_states, value_states, layer_idx, *args, **kwargs):  # noqa: ANN001, ANN202
-            if not getattr(self, "split", False):
+        split = False
+
+        def update(self, key_states, value_states, layer_idx, *args, **kwargs):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN202, E501
+            if not self.split:
                 return super().update(key_states, value_states, layer_idx, *args, **kwargs)
             return key_states, value_states
 
@@ -298,7 +300,9 @@ def fused_attention(
 
     AttentionInterface.register(FUSED_ATTENTION, _attention)
     AttentionMaskInterface.register(FUSED_ATTENTION, _no_mask)
-    configs = [c for c in (model.config, getattr(model.config, "text_config", None)) if c is not None]
+    configs: list[Any] = [
+        c for c in (model.config, getattr(model.config, "text_config", None)) if c is not None
+    ]
     before = [c._attn_implementation for c in configs]
     _state.cache, _state.presents, _state.biases, _state.mask = cache, {}, None, attention_mask
     _state.rotary, _state.position_ids, _state.deferred = rotary, position_ids, False
@@ -355,7 +359,7 @@ def ort_op_schemas() -> Iterator[None]:
         formal = []
         for item in inputs.split():
             name, kind = item.split(":")
-            option = {"param_option": optional} if kind.endswith("?") else {}
+            option: dict[str, Any] = {"param_option": optional} if kind.endswith("?") else {}
             formal.append(defs.OpSchema.FormalParameter(name, kind.rstrip("?"), **option))
         schema = defs.OpSchema(
             op_type,
@@ -387,7 +391,7 @@ def onnx_translations() -> dict[Any, Any]:
 
     msft = Opset("com.microsoft", 1)
 
-    def translate(  # noqa: ANN202
+    def translate(  # type: ignore[no-untyped-def]  # noqa: ANN202  (onnxscript reads annotations as ONNX types)
         query,
         key,
         value,
