@@ -207,7 +207,9 @@ def test_task_errors(root: Path, tmp_path: Path) -> None:
     if not src.exists():
         save_causal_lm("gpt2", src)
     with pytest.raises(
-        UsageError, match=r"unknown --task 'chat'; use one of: auto, text-generation, default"
+        UsageError,
+        match=r"unknown --task 'chat'; use one of: auto, text-generation, text2text-generation, "
+        r"automatic-speech-recognition, default",
     ):
         export_model(str(src), tmp_path / "b", task="chat", quiet=True)
     with pytest.raises(UsageError, match=r"sets its own inputs .* drop --input"):
