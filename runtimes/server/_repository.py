@@ -30,6 +30,7 @@ from torchport.runtimes.server._batching import ModelRunner
 from torchport.runtimes.server._config import ModelSettings, _version_key
 from torchport.runtimes.server._protocol import HTTPError
 from torchport.runtimes.server._signature import InputSignature
+from torchport.runtimes.server._speech_infer import SpeechInfer
 from torchport.runtimes.server._stats import ModelStats
 from torchport.runtimes.server._text2text_infer import Text2TextInfer
 from torchport.runtimes.server._text_infer import TEXT, TextInfer
@@ -59,7 +60,7 @@ class ModelEntry:
     #: what the package folder looked like when this entry was loaded (see :func:`fingerprint`)
     fingerprint: tuple = ()
     #: the ``text`` input of a text model (:class:`TextInfer`), ``None`` for other models
-    text: TextInfer | Text2TextInfer | None = None
+    text: TextInfer | Text2TextInfer | SpeechInfer | None = None
     #: what serves this version besides its runner (a generation engine...), keyed by kind; each
     #: has ``retire()``, called once the version is no longer served (see :meth:`retire`)
     services: dict[str, Any] = field(default_factory=dict)
@@ -110,7 +111,7 @@ class ModelEntry:
             if checked:
                 session.check_attention_step(inputs)
                 return inputs, False
-            if text is not None and TEXT in inputs:
+            if text is not None and getattr(text, "input_name", TEXT) in inputs:
                 return text.encode(inputs), True
             session.validate_inputs(inputs)
         except InferenceInputError as e:
@@ -418,7 +419,11 @@ class ModelRepository:
             entry.session = session
             entry.input_datatypes = {s.name: PROTOCOL_DATATYPES[s.dtype] for s in session.input_specs}
             entry.output_datatypes = {s.name: PROTOCOL_DATATYPES[s.dtype] for s in session.output_specs}
-            entry.text = TextInfer.of(session, entry.name) or Text2TextInfer.of(session, entry.name)
+            entry.text = (
+                TextInfer.of(session, entry.name)
+                or Text2TextInfer.of(session, entry.name)
+                or SpeechInfer.of(session, entry.name)
+            )
             entry.signature = InputSignature.of(session, entry.text)
             if entry.text is not None:
                 ins, outs = entry.text.metadata()

@@ -24,6 +24,7 @@ from torchport.runtimes.server._loading import MetricsApp, check_models, warm_up
 from torchport.runtimes.server._metrics import ServerMetrics
 from torchport.runtimes.server._repository import READY, ModelEntry, ModelRepository
 from torchport.runtimes.server._routes import InferenceApp, on_batch_metrics
+from torchport.runtimes.server._speech_infer import SpeechInfer
 from torchport.runtimes.server._text2text_infer import Text2TextInfer, Text2TextRunner
 from torchport.runtimes.server._triton_layout import open_package
 
@@ -132,7 +133,7 @@ class InferenceServer:
 
     def _make_runner(self, entry: ModelEntry, session: Session) -> ModelRunner:
         st = entry.settings
-        if isinstance(entry.text, Text2TextInfer):  # infer's text goes to the generate engine
+        if isinstance(entry.text, Text2TextInfer | SpeechInfer):  # infer's text/audio: the generate engine
             return Text2TextRunner(entry, session, self.executor)
         return ModelRunner(
             session,

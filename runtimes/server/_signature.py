@@ -54,7 +54,12 @@ class InputSignature:
 
     @property
     def names(self) -> list[str]:
-        return [s.name for s in self.specs] + (["text"] if self.text is not None else [])
+        return [s.name for s in self.specs] + ([self.text_input] if self.text is not None else [])
+
+    @property
+    def text_input(self) -> str:
+        """The name of the text handling's input: ``text``, or ``audio`` for a speech model."""
+        return str(getattr(self.text, "input_name", "text"))
 
     def _spec(self, name: str) -> TensorSpec:
         for spec in self.specs:
@@ -73,7 +78,7 @@ class InputSignature:
             InferenceInputError: naming the input and what the model expects.
         """
         if self.text is not None:
-            if name == "text":
+            if name == self.text_input:
                 self.text.check_declared(datatype, shape, seen)
                 return
             self.text.check_token_input(name, seen)

@@ -1,8 +1,9 @@
 """Speech on ``/v2/models/{m}/infer`` (HTTP and gRPC): a Whisper package takes a BYTES ``audio`` input
-(one WAV file per element, ``[batch]`` or ``[batch, 1]``) or FP32 samples (``[batch, samples]``, 16 kHz)
+(one WAV file per element, ``[batch]`` or ``[batch, 1]``; in a JSON body, where BYTES elements are
+text, the WAV file's base64) or FP32 samples (``[batch, samples]``, 16 kHz)
 and answers a BYTES ``text_output`` with each element's transcription (greedy, language detected as
-Hugging Face does, at most the generation config's ``max_length`` new tokens), from the same generate
-engine as ``/generate``.
+Hugging Face does, at most the generation config's ``max_length`` decoder tokens, the start token and
+forced prompt included), from the same generate engine as ``/generate``.
 
 The interface is the text-to-text one (``_text2text_infer.Text2TextInfer``: ``metadata``,
 ``check_declared``, ``check_token_input``, ``requests``, ``encode``, ``outputs``), with the input named
@@ -11,6 +12,8 @@ The interface is the text-to-text one (``_text2text_infer.Text2TextInfer``: ``me
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Mapping
 from functools import partial
 from typing import Any
@@ -27,6 +30,31 @@ OUTPUT = "text_output"
 DEFAULT_NEW_TOKENS = 32
 
 
+def _items(array: np.ndarray) -> list[bytes | np.ndarray]:
+    """The audio items of an infer input (BYTES elements as the server holds them: ``str`` decoded with
+    surrogateescape, or ``bytes``); a BYTES element that is base64 text of a WAV file (what a JSON
+    body can carry) is decoded, any other goes on as it is (the codec names what is wrong)."""
+    if array.dtype == object:  # the server holds BYTES as text decoded with surrogateescape
+        raw_items = [
+            item.encode("utf-8", "surrogateescape") if isinstance(item, str) else item
+            for item in array.reshape(-1)
+        ]
+        array = np.empty(len(raw_items), dtype=object)
+        array[:] = raw_items
+    items = SpeechCodec.from_tensor(array)
+    out: list[bytes | np.ndarray] = []
+    for item in items:
+        if isinstance(item, bytes) and item and not item.startswith(b"RIFF"):
+            try:
+                raw = base64.b64decode(item, validate=True)
+            except (binascii.Error, ValueError):
+                raw = b""
+            if raw.startswith(b"RIFF"):
+                item = raw
+        out.append(item)
+    return out
+
+
 class SpeechInfer:
     """The ``audio`` input and ``text_output`` of a served speech package (see the module doc)."""
 
@@ -39,6 +67,8 @@ class SpeechInfer:
         self.max_new_tokens = max_new_tokens
         self.specs: dict[str, Any] = {}
         self.token_inputs: list[str] = []
+        #: metadata's ``text_task``
+        self.task = "automatic-speech-recognition"
 
     @classmethod
     def of(cls, session: Any, name: str | None = None) -> SpeechInfer | None:
@@ -101,14 +131,15 @@ class SpeechInfer:
             raise InferenceInputError(
                 f"model {self.name!r} takes one input {AUDIO!r} (BYTES WAV or FP32) on infer"
             )
-        items = SpeechCodec.from_tensor(np.asarray(inputs[AUDIO]))
+        items = _items(np.asarray(inputs[AUDIO]))
         out = []
-        params = SamplingParams(max_new_tokens=self.max_new_tokens)
         for i, source in enumerate(self.codec.sources(items)):
             try:
                 forced = self.codec.forced(detect=partial(detect, [source]) if detect is not None else None)
             except InferenceInputError as e:
                 raise InferenceInputError(f"audio[{i}]: {e}") from None
+            # max_length counts the forced prompt too (as Hugging Face does for Whisper)
+            params = SamplingParams(max_new_tokens=max(1, self.max_new_tokens - len(forced)))
             out.append(GenRequest([], params, source=source, forced=forced))
         return out
 
@@ -118,7 +149,7 @@ class SpeechInfer:
             raise InferenceInputError(
                 f"model {self.name!r} takes one input {AUDIO!r} (BYTES WAV or FP32) on infer"
             )
-        for item in SpeechCodec.from_tensor(np.asarray(inputs[AUDIO])):
+        for item in _items(np.asarray(inputs[AUDIO])):
             self.codec.decode(item)
         return {AUDIO: np.asarray(inputs[AUDIO])}
 

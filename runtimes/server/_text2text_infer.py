@@ -32,6 +32,8 @@ DEFAULT_NEW_TOKENS = 32
 class Text2TextInfer:
     """The ``text`` input and ``text_output`` of a served text-to-text package (see the module doc)."""
 
+    input_name = TEXT
+
     def __init__(self, name: str, codec: TextCodec, spec: Seq2SeqSpec, max_new_tokens: int) -> None:
         self.name = name
         self.codec = codec
@@ -76,8 +78,13 @@ class Text2TextInfer:
     def check_token_input(self, name: str, seen: Mapping[str, tuple[int, str]]) -> None:
         raise InferenceInputError(f"model {self.name!r} takes a BYTES {TEXT!r} input on infer, not {name!r}")
 
-    def requests(self, inputs: Mapping[str, np.ndarray]) -> list[GenRequest]:
-        """One greedy request per text element (checked against the encoder's range).
+    def output_shape(self, inputs: Mapping[str, np.ndarray]) -> tuple[int, ...]:
+        """The shape of ``text_output``: the shape of ``text``."""
+        return tuple(np.asarray(inputs[TEXT]).shape)
+
+    def requests(self, inputs: Mapping[str, np.ndarray], detect: Any = None) -> list[GenRequest]:
+        """One greedy request per text element (checked against the encoder's range); ``detect``
+        is :class:`~torchport.runtimes.server._speech_infer.SpeechInfer`'s, unused for text.
 
         Raises:
             InferenceInputError: no ``text``, bytes that are not UTF-8, empty text or too long.
@@ -121,7 +128,8 @@ class Text2TextInfer:
 
 class Text2TextRunner(ModelRunner):
     """A runner whose requests are generations on the model's generate engine (no batch of its own:
-    the engine batches every request of the model, /infer and /generate alike)."""
+    the engine batches every request of the model, /infer and /generate alike). It serves
+    :class:`Text2TextInfer` and the speech one (``_speech_infer.SpeechInfer``) alike."""
 
     def __init__(self, entry: Any, session: Any, executor: Any, **kwargs: Any) -> None:
         super().__init__(session, executor, **kwargs)
@@ -139,12 +147,12 @@ class Text2TextRunner(ModelRunner):
         loop = asyncio.get_running_loop()
         fut: asyncio.Future = loop.create_future()
         start = time.perf_counter()
-        text = self.entry.text
-        shape = np.asarray(inputs[TEXT]).shape
+        text = self.entry.text  # a Text2TextInfer or a SpeechInfer
         try:
+            shape = text.output_shape(inputs)
             service = _engine(self.entry)
             engine, codec = service.engine, service.codec
-            requests = text.requests(inputs)
+            requests = text.requests(inputs, detect=getattr(engine.batch, "first_logits", None))
             for r in requests:
                 engine.check(r)
         except Exception as e:  # noqa: BLE001 - answered as the request's error

@@ -1,4 +1,5 @@
-"""Speech on a real socket: a tiny Whisper package answers /generate and /generate_stream with audio in."""
+"""Speech on a real socket: a tiny Whisper package answers /generate and /generate_stream with audio in,
+and /infer (HTTP and gRPC) with a BYTES ``audio`` input."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     repo = root / "repo"
     repo.mkdir()
     shutil.copytree(package, repo / "whisper")
-    with running_server(repo) as srv:
+    with running_server(repo, grpc_port=0) as srv:
         yield srv
 
 
@@ -141,3 +142,110 @@ def test_speech_infer_requests(server) -> None:
         infer.check_declared("INT32", (1,), {})
     with pytest.raises(InferenceInputError, match=r"takes one input 'audio'"):
         infer.requests({"text": np.array(["hi"], dtype=object)})
+
+
+def _infer_new_tokens(server) -> int:
+    from torchport.runtimes.server._speech_infer import SpeechInfer
+
+    infer = SpeechInfer.of(Session.from_package(Path(server.repository.get("whisper", None).path)), "whisper")
+    assert infer is not None
+    return infer.max_new_tokens
+
+
+def test_infer_takes_bytes_audio_and_answers_the_text_over_http_and_grpc(server) -> None:
+    """/infer's ``text_output`` is /generate's text for the same WAV (language detected, greedy, the
+    package's max_length), over HTTP JSON, HTTP binary and gRPC; metadata and config list ``audio``."""
+    import tritonclient.grpc as tg
+    import tritonclient.http as th
+
+    from torchport.runtimes._audio_request import SpeechCodec
+    from torchport.runtimes._generate import Seq2SeqBatch
+
+    audio = sample_audio()
+    n = _infer_new_tokens(server)
+    session = Session.from_package(Path(server.repository.get("whisper", None).path))
+    codec = SpeechCodec.from_manifest(session.manifest)
+    assert codec is not None
+    text = TextCodec.from_package(session.package)
+    expected = []
+    for item in audio:
+        # the Python API: features, the language detected from the first decoder step, greedy,
+        # max_length counting the start token and the forced prompt
+        source = codec.sources([item])[0]
+        forced = codec.forced(detect=lambda s=source: Seq2SeqBatch(session).first_logits([s]))
+        new = n - len(forced)
+        tokens = Generator(session).generate(None, sources=[source], forced=forced, max_new_tokens=new)
+        expected.append(text.decode(tokens.tokens[0]))
+        # /generate, the language detected the same way
+        status, body = _post(server, {"audio": base64.b64encode(item).decode(), "max_tokens": new})
+        assert status == 200 and body["text_output"] == expected[-1], body
+    data = np.array(audio, dtype=object)
+    hc = th.InferenceServerClient(f"127.0.0.1:{server.port}")
+    for binary in (False, True):  # JSON BYTES are text: the WAV files' base64
+        inp = th.InferInput("audio", [len(audio)], "BYTES")
+        b64 = np.array([base64.b64encode(a) for a in audio], dtype=object)
+        inp.set_data_from_numpy(data if binary else b64, binary_data=binary)
+        out = th.InferRequestedOutput("text_output", binary_data=binary)
+        got = hc.infer("whisper", [inp], outputs=[out]).as_numpy("text_output")
+        assert [g.decode() if isinstance(g, bytes) else g for g in got] == expected, binary
+    gc = tg.InferenceServerClient(server.grpc_url)
+    ginp = tg.InferInput("audio", [len(audio), 1], "BYTES")
+    ginp.set_data_from_numpy(data.reshape(-1, 1))
+    got = gc.infer("whisper", [ginp]).as_numpy("text_output")
+    assert got.shape == (len(audio), 1) and [g.decode() for g in got.reshape(-1)] == expected
+    meta = hc.get_model_metadata("whisper")
+    assert {"name": "audio", "datatype": "BYTES", "shape": [-1]} in meta["inputs"]
+    assert {"name": "text_output", "datatype": "BYTES", "shape": [-1]} in meta["outputs"]
+    assert meta["parameters"]["text_task"] == "automatic-speech-recognition"
+    config = hc.get_model_config("whisper")
+    assert "audio" in [t["name"] for t in config["input"]]
+    assert "text_output" in [t["name"] for t in config["output"]]
+    gmeta = gc.get_model_metadata("whisper", as_json=True)
+    assert "audio" in [t["name"] for t in gmeta["inputs"]]
+
+
+@pytest.mark.parametrize(
+    ("items", "datatype", "message"),
+    [
+        ([b""], "BYTES", r"audio is empty"),
+        ([b"ID3 not a wav"], "BYTES", r"audio is not a WAV file"),
+        ([wav(np.zeros(31 * 16000))], "BYTES", r"audio is 31\.0 s long; the limit is 30 s"),
+        ([b"", None], "BYTES", r"audio is empty"),  # a bad item next to a good one fails its request alone
+        (
+            [1, 2],
+            "INT32",
+            r"input 'audio' has datatype (INT32, the model expects BYTES|BYTES, the request says INT32)",
+        ),
+    ],
+)
+def test_bad_infer_audio_is_a_one_line_400_and_invalid_argument(
+    server, items: list, datatype: str, message: str
+) -> None:
+    import re
+
+    import tritonclient.grpc as tg
+    import tritonclient.http as th
+    from tritonclient.utils import InferenceServerException
+
+    good = sample_audio()[0]
+    values = [good if v is None else v for v in items]
+    data = np.array(values, dtype=object if datatype == "BYTES" else np.int32)
+    hc = th.InferenceServerClient(f"127.0.0.1:{server.port}")
+    inp = th.InferInput("audio", [len(values)], datatype)
+    inp.set_data_from_numpy(data)
+    with pytest.raises(InferenceServerException) as e:
+        hc.infer("whisper", [inp])
+    assert e.value.status() == "400" and re.search(message, e.value.message()), e.value
+    assert "\n" not in e.value.message()
+    gc = tg.InferenceServerClient(server.grpc_url)
+    ginp = tg.InferInput("audio", [len(values)], datatype)
+    ginp.set_data_from_numpy(data)
+    with pytest.raises(InferenceServerException) as g:
+        gc.infer("whisper", [ginp])
+    assert g.value.status() == "StatusCode.INVALID_ARGUMENT" and re.search(message, g.value.message()), (
+        g.value
+    )
+    # the model still serves after the refusals
+    ok = th.InferInput("audio", [1], "BYTES")
+    ok.set_data_from_numpy(np.array([good], dtype=object))
+    assert hc.infer("whisper", [ok]).as_numpy("text_output").shape == (1,)
