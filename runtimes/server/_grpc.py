@@ -15,7 +15,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -234,7 +234,10 @@ class GrpcService:
             raise GrpcError(UNAVAILABLE, "the server is shutting down; retry on another replica")
         datatypes = entry.output_datatypes
         wanted = [o.name for o in request.outputs]
-        inputs, is_text = entry.request_inputs(name, _decode_inputs(request, entry.input_datatypes), wanted)
+        also = getattr(entry.text, "datatypes", None)  # a speech model's audio: BYTES or FP32
+        inputs, is_text = entry.request_inputs(
+            name, _decode_inputs(request, entry.input_datatypes, also), wanted
+        )
         runner = entry.runner
         assert runner is not None  # a READY entry has its runner
         rows = next(iter(inputs.values())).shape[0] if runner.batching and inputs else 1
@@ -277,7 +280,10 @@ class GrpcService:
         return runner.submit(inputs), finish
 
 
-def _decode_inputs(request: Any, expected: dict[str, str]) -> dict[str, np.ndarray]:
+def _decode_inputs(
+    request: Any, expected: dict[str, str], also: Mapping[str, tuple[str, ...]] | None = None
+) -> dict[str, np.ndarray]:
+    """The request's input tensors; ``also``: other datatypes an input is taken in (besides ``expected``)."""
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise HTTPError(
@@ -289,7 +295,7 @@ def _decode_inputs(request: Any, expected: dict[str, str]) -> dict[str, np.ndarr
         want = expected.get(t.name)
         if want is None:
             raise HTTPError(400, f"unknown input {t.name!r}; the model takes: {', '.join(expected)}")
-        if t.datatype != want:
+        if t.datatype != want and t.datatype not in (also or {}).get(t.name, ()):
             raise HTTPError(400, f"input {t.name!r} has datatype {want}, the request says {t.datatype}")
         shape = tuple(int(d) for d in t.shape)
         if any(d < 0 for d in shape):

@@ -347,7 +347,12 @@ def decode_infer_request(
             raise bad_request(
                 f"input {name!r}: unknown datatype {datatype!r}; use one of: {', '.join(DTYPE_OF)}"
             )
-        if expected is not None and name in expected and expected[name] != datatype:
+        if (
+            expected is not None
+            and name in expected
+            and expected[name] != datatype
+            and not getattr(signature, "also_takes", lambda n, d: False)(name, datatype)
+        ):
             raise bad_request(f"input {name!r} has datatype {datatype}, the model expects {expected[name]}")
         shape = _shape(item.get("shape"), name)
         if signature is not None:

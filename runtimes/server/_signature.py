@@ -61,6 +61,12 @@ class InputSignature:
         """The name of the text handling's input: ``text``, or ``audio`` for a speech model."""
         return str(getattr(self.text, "input_name", "text"))
 
+    def also_takes(self, name: str, datatype: str) -> bool:
+        """True when the text handling takes ``name`` in ``datatype`` besides its declared one
+        (a speech model's ``audio``: FP32 samples as well as BYTES WAV files)."""
+        also = getattr(self.text, "datatypes", None) or {}
+        return datatype in also.get(name, ())
+
     def _spec(self, name: str) -> TensorSpec:
         for spec in self.specs:
             if spec.name == name:

@@ -59,6 +59,8 @@ class SpeechInfer:
     """The ``audio`` input and ``text_output`` of a served speech package (see the module doc)."""
 
     input_name = AUDIO
+    #: datatypes the input is taken in besides metadata's BYTES (see ``InputSignature.also_takes``)
+    datatypes: dict[str, tuple[str, ...]] = {AUDIO: ("FP32",)}
 
     def __init__(self, name: str, codec: SpeechCodec, spec: Seq2SeqSpec, max_new_tokens: int) -> None:
         self.name = name

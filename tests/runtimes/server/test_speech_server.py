@@ -204,6 +204,37 @@ def test_infer_takes_bytes_audio_and_answers_the_text_over_http_and_grpc(server)
     assert "audio" in [t["name"] for t in gmeta["inputs"]]
 
 
+def test_infer_takes_fp32_samples_over_http_and_grpc(server) -> None:
+    """FP32 ``[batch, samples]`` (16 kHz) on /infer: each row's text is /generate's for the same samples."""
+    import tritonclient.grpc as tg
+    import tritonclient.http as th
+
+    from torchport.runtimes._audio_request import SpeechCodec
+    from torchport.runtimes._generate import Seq2SeqBatch
+
+    samples = decode_audio(sample_audio()[0])[:16000].astype(np.float32)
+    session = Session.from_package(Path(server.repository.get("whisper", None).path))
+    codec = SpeechCodec.from_manifest(session.manifest)
+    assert codec is not None
+    source = codec.sources([samples])[0]
+    forced = codec.forced(detect=lambda: Seq2SeqBatch(session).first_logits([source]))
+    new = _infer_new_tokens(server) - len(forced)
+    status, body = _post(server, {"audio": samples.tolist(), "max_tokens": new})
+    assert status == 200, body
+    batch = np.stack([samples, samples])
+    hc = th.InferenceServerClient(f"127.0.0.1:{server.port}")
+    inp = th.InferInput("audio", list(batch.shape), "FP32")
+    inp.set_data_from_numpy(batch, binary_data=True)
+    got = hc.infer("whisper", [inp]).as_numpy("text_output")
+    assert [g.decode() for g in got] == [body["text_output"]] * 2
+    gc = tg.InferenceServerClient(server.grpc_url)
+    ginp = tg.InferInput("audio", list(batch.shape), "FP32")
+    ginp.set_data_from_numpy(batch)
+    assert [g.decode() for g in gc.infer("whisper", [ginp]).as_numpy("text_output")] == [
+        body["text_output"]
+    ] * 2
+
+
 @pytest.mark.parametrize(
     ("items", "datatype", "message"),
     [
@@ -215,6 +246,11 @@ def test_infer_takes_bytes_audio_and_answers_the_text_over_http_and_grpc(server)
             [1, 2],
             "INT32",
             r"input 'audio' has datatype (INT32, the model expects BYTES|BYTES, the request says INT32)",
+        ),
+        (
+            [[1.0, 2.0]],
+            "FP64",
+            r"input 'audio' has datatype (FP64, the model expects BYTES|BYTES, the request says FP64)",
         ),
     ],
 )
@@ -229,16 +265,16 @@ def test_bad_infer_audio_is_a_one_line_400_and_invalid_argument(
 
     good = sample_audio()[0]
     values = [good if v is None else v for v in items]
-    data = np.array(values, dtype=object if datatype == "BYTES" else np.int32)
+    data = np.array(values, dtype={"BYTES": object, "INT32": np.int32, "FP64": np.float64}[datatype])
     hc = th.InferenceServerClient(f"127.0.0.1:{server.port}")
-    inp = th.InferInput("audio", [len(values)], datatype)
+    inp = th.InferInput("audio", list(data.shape), datatype)
     inp.set_data_from_numpy(data)
     with pytest.raises(InferenceServerException) as e:
         hc.infer("whisper", [inp])
     assert e.value.status() == "400" and re.search(message, e.value.message()), e.value
     assert "\n" not in e.value.message()
     gc = tg.InferenceServerClient(server.grpc_url)
-    ginp = tg.InferInput("audio", [len(values)], datatype)
+    ginp = tg.InferInput("audio", list(data.shape), datatype)
     ginp.set_data_from_numpy(data)
     with pytest.raises(InferenceServerException) as g:
         gc.infer("whisper", [ginp])
