@@ -59,6 +59,8 @@ class SpeechInfer:
     """The ``audio`` input and ``text_output`` of a served speech package (see the module doc)."""
 
     input_name = AUDIO
+    #: the runner builds the requests in its executor (decode, log-mel, language detection: not on the loop)
+    prepare_off_loop = True
     #: datatypes the input is taken in besides metadata's BYTES (see ``InputSignature.also_takes``)
     datatypes: dict[str, tuple[str, ...]] = {AUDIO: ("FP32",)}
 

@@ -141,6 +141,9 @@ class Text2TextRunner(ModelRunner):
         return None
 
     def submit(self, inputs: dict[str, np.ndarray]) -> asyncio.Future:
+        """Turn the request into generations and submit them to the engine; the future's result is
+        ``({"text_output": texts}, seconds)``. A speech handler (``prepare_off_loop``) featurizes and
+        detects the language in the executor, off the event loop."""
         from torchport.runtimes.server._generate_engine import Job
         from torchport.runtimes.server._generate_routes import _engine
 
@@ -148,33 +151,63 @@ class Text2TextRunner(ModelRunner):
         fut: asyncio.Future = loop.create_future()
         start = time.perf_counter()
         text = self.entry.text  # a Text2TextInfer or a SpeechInfer
+
+        def failed(e: BaseException) -> None:
+            if not fut.done():
+                fut.set_exception(
+                    e
+                    if isinstance(e, InferenceInputError)
+                    else InferenceInputError(str(getattr(e, "message", e)))
+                )
+
         try:
-            shape = text.output_shape(inputs)
             service = _engine(self.entry)
-            engine, codec = service.engine, service.codec
+        except Exception as e:  # noqa: BLE001 - answered as the request's error
+            failed(e)
+            return fut
+        engine, codec = service.engine, service.codec
+
+        def prepare() -> tuple[tuple[int, ...], list[GenRequest]]:
+            shape = text.output_shape(inputs)
             requests = text.requests(inputs, detect=getattr(engine.batch, "first_logits", None))
             for r in requests:
                 engine.check(r)
-        except Exception as e:  # noqa: BLE001 - answered as the request's error
-            fut.set_exception(
-                InferenceInputError(str(getattr(e, "message", e)))
-                if not isinstance(e, InferenceInputError)
-                else e
-            )
+            return shape, requests
+
+        def go(shape: tuple[int, ...], requests: list[GenRequest]) -> None:
+            left = [len(requests)]
+
+            def done(exc: BaseException | None) -> None:
+                if fut.done():
+                    return
+                if exc is not None:
+                    fut.set_exception(exc)
+                    return
+                left[0] -= 1
+                if left[0] == 0:
+                    texts = np.array([codec.decode(r.tokens) for r in requests], dtype=object).reshape(shape)
+                    fut.set_result(({OUTPUT: texts}, time.perf_counter() - start))
+
+            for r in requests:
+                engine.submit(Job(r, lambda token: None, done, loop))
+
+        if not getattr(text, "prepare_off_loop", False):
+            try:
+                prepared = prepare()
+            except Exception as e:  # noqa: BLE001 - answered as the request's error
+                failed(e)
+                return fut
+            go(*prepared)
             return fut
-        left = [len(requests)]
 
-        def done(exc: BaseException | None) -> None:
-            if fut.done():
+        def after(cf: asyncio.Future) -> None:
+            if fut.done() or cf.cancelled():
                 return
+            exc = cf.exception()
             if exc is not None:
-                fut.set_exception(exc)
+                failed(exc)
                 return
-            left[0] -= 1
-            if left[0] == 0:
-                texts = np.array([codec.decode(r.tokens) for r in requests], dtype=object).reshape(shape)
-                fut.set_result(({OUTPUT: texts}, time.perf_counter() - start))
+            go(*cf.result())
 
-        for r in requests:
-            engine.submit(Job(r, lambda token: None, done, loop))
+        loop.run_in_executor(self.executor, prepare).add_done_callback(after)
         return fut

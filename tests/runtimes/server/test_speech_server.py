@@ -285,3 +285,29 @@ def test_bad_infer_audio_is_a_one_line_400_and_invalid_argument(
     ok = th.InferInput("audio", [1], "BYTES")
     ok.set_data_from_numpy(np.array([good], dtype=object))
     assert hc.infer("whisper", [ok]).as_numpy("text_output").shape == (1,)
+
+
+def test_concurrent_infer_requests_with_a_bad_one_each_get_their_own_answer(server) -> None:
+    """/infer requests in flight together (one of them bad) share the engine; each gets its own answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import tritonclient.http as th
+    from tritonclient.utils import InferenceServerException
+
+    audio = sample_audio()
+
+    def infer(item: bytes) -> str:
+        client = th.InferenceServerClient(f"127.0.0.1:{server.port}")
+        inp = th.InferInput("audio", [1], "BYTES")
+        inp.set_data_from_numpy(np.array([item], dtype=object))
+        try:
+            return client.infer("whisper", [inp]).as_numpy("text_output")[0].decode()
+        except InferenceServerException as e:
+            return f"error: {e.message()}"
+
+    alone = [infer(a) for a in audio]
+    items = [audio[0], b"junk", audio[1], audio[0]]
+    with ThreadPoolExecutor(len(items)) as pool:
+        got = list(pool.map(infer, items))
+    assert got[0] == got[3] == alone[0] and got[2] == alone[1]
+    assert got[1].startswith("error: audio is not a WAV file")
