@@ -550,6 +550,9 @@ def _generation_extra(
         "length_penalty",
         "early_stopping",
         "no_repeat_ngram_size",
+        "min_length",
+        "min_new_tokens",
+        "repetition_penalty",
         "do_sample",
         "temperature",
         "top_k",
@@ -558,6 +561,9 @@ def _generation_extra(
         value = getattr(gen_config, key, None) if gen_config is not None else None
         if isinstance(value, bool | int | float) and value is not None:
             settings[key] = value
+    bad = getattr(gen_config, "bad_words_ids", None) if gen_config is not None else None
+    if isinstance(bad, list | tuple) and bad:  # the runtime's logits rules apply them (runtimes._logits)
+        settings["bad_words_ids"] = [[int(t) for t in seq] for seq in bad]
     forced = []
     fdi = pick("forced_decoder_ids")
     if isinstance(fdi, list | tuple):
