@@ -25,7 +25,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +115,10 @@ class Seq2SeqSignature:
     mel: int = 0
     frames: int = 0
     src_seq: int = 0  #: the encoder output's fixed length (speech); 0: dynamic
+    #: the decoder takes ``decoder_attention_mask`` (a left-padded self cache: rows at different
+    #: positions share one run) and, with absolute position embeddings, ``decoder_position_ids``
+    decoder_mask: bool = True
+    positions: bool = False
 
     def kv(self, prefix: str, seq: str | int) -> list[TensorSpec]:
         return [
@@ -142,6 +146,11 @@ class Seq2SeqSignature:
         specs = [TensorSpec("decoder_input_ids", "int64", ["batch", "seq"], vocab_range)]
         if not self.audio:
             specs.append(TensorSpec("encoder_attention_mask", "int64", ["batch", "src_seq"], (0, 1)))
+        if self.decoder_mask:
+            specs.append(TensorSpec("decoder_attention_mask", "int64", ["batch", "past_seq+seq"], (0, 1)))
+        if self.decoder_mask and self.positions:
+            # warm-up values (any position below max_positions is legal)
+            specs.append(TensorSpec("decoder_position_ids", "int64", ["batch", "seq"], (0, 1)))
         return specs + self.kv("past_key_values", "past_seq") + self.kv("cross", self.src)
 
     def decoder_outputs(self) -> list[TensorSpec]:
@@ -195,21 +204,57 @@ class EncoderPart(torch.nn.Module):
         return tuple(out)
 
 
+class _RowPositions(torch.nn.Module):
+    """A decoder's absolute position embedding looked up at each row's own positions (``ids``, set for
+    one call by :class:`DecoderPart`); without them, the model's own (positions from the cache length)."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.offset = int(getattr(inner, "offset", 0) or 0)  # BART/mBART: ids + 2
+        self.ids: torch.Tensor | None = None
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self.ids is None:
+            return self.inner(*args, **kwargs)
+        weight: Any = self.inner.weight
+        return weight[self.ids + self.offset]
+
+
+def _decoder_positions(model: torch.nn.Module) -> _RowPositions | None:
+    """The decoder's position embedding, wrapped as :class:`_RowPositions` (once); ``None`` for
+    families without absolute positions (T5's relative bias needs none: left padding keeps distances)."""
+    decoder: Any = model.get_decoder()  # type: ignore[operator]
+    inner = getattr(decoder, "embed_positions", None)
+    if inner is None or not hasattr(inner, "weight"):
+        return inner if isinstance(inner, _RowPositions) else None
+    if not isinstance(inner, _RowPositions):
+        inner = _RowPositions(inner)
+        decoder.embed_positions = inner
+    return inner
+
+
 class DecoderPart(torch.nn.Module):
-    """``forward(decoder_input_ids, [encoder_attention_mask], *self_past, *cross)`` → logits, presents."""
+    """``forward(decoder_input_ids, [encoder_attention_mask], [decoder_attention_mask],
+    [decoder_position_ids], *self_past, *cross)`` → logits, presents."""
 
     def __init__(self, model: torch.nn.Module, sig: Seq2SeqSignature) -> None:
         super().__init__()
         self.model = model
         self.sig = sig
+        self.row_positions = _decoder_positions(model) if sig.decoder_mask and sig.positions else None
 
     def forward(self, decoder_input_ids: torch.Tensor, *rest: torch.Tensor) -> Any:
         from transformers.modeling_outputs import BaseModelOutput
 
         sig = self.sig
-        mask = None
+        mask = self_mask = ids = None
         if not sig.audio:
             mask, rest = rest[0], rest[1:]
+        if sig.decoder_mask:
+            self_mask, rest = rest[0], rest[1:]
+        if self.row_positions is not None:
+            ids, rest = rest[0], rest[1:]
         n = sig.num_layers
         own = [(rest[2 * i], rest[2 * i + 1]) for i in range(n)]
         cross = [(rest[2 * n + 2 * i], rest[2 * n + 2 * i + 1]) for i in range(n)]
@@ -218,13 +263,20 @@ class DecoderPart(torch.nn.Module):
         # give the encoder's length to the masks
         key = cross[0][0]
         hidden = key.new_zeros((key.shape[0], key.shape[2], sig.d_model))
-        out = self.model(
-            encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
-            attention_mask=mask,
-            decoder_input_ids=decoder_input_ids,
-            cache=cache,
-            use_cache=True,
-        )
+        if self.row_positions is not None:
+            self.row_positions.ids = ids
+        try:
+            out = self.model(
+                encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
+                attention_mask=mask,
+                decoder_input_ids=decoder_input_ids,
+                decoder_attention_mask=self_mask,
+                cache=cache,
+                use_cache=True,
+            )
+        finally:
+            if self.row_positions is not None:
+                self.row_positions.ids = None
         tensors = [out.logits]
         for layer in cache.self_attention_cache.layers[:n]:
             tensors += [layer.keys, layer.values]
@@ -263,6 +315,7 @@ def seq2seq_signature(model: torch.nn.Module) -> Seq2SeqSignature:
         mel=mel,
         frames=frames,
         src_seq=int(keys[0].shape[2]) if audio else 0,
+        positions=_decoder_positions(model) is not None,
     )
 
 
@@ -360,6 +413,14 @@ def capture_parts(
     if src_mask is not None:
         dargs.append(src_mask)
         dshapes.append({0: batch, 1: src_dim})
+    if sig.decoder_mask:  # row 1 left-padded by one position
+        self_mask = np.ones((b, p + s), np.int64)
+        self_mask[1:, 0] = 0
+        dargs.append(torch.from_numpy(self_mask))
+        dshapes.append({0: batch, 1: torch.export.Dim.AUTO})
+        if sig.positions:
+            dargs.append(torch.from_numpy(_positions(self_mask, s)))
+            dshapes.append({0: batch, 1: seq})
     dargs += past + list(cross)
     dshapes += [{0: batch, 2: past_seq} for _ in past] + [
         {0: batch} if sig.audio else {0: batch, 2: src_dim} for _ in cross
@@ -395,6 +456,12 @@ def _steps(
     return feeds, plan
 
 
+def _positions(mask: np.ndarray, seq: int) -> np.ndarray:
+    """Each row's positions of its last ``seq`` tokens: real tokens counted, padding at 0."""
+    positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+    return np.ascontiguousarray(positions[:, -seq:]).astype(np.int64)
+
+
 def _run_parts(
     run_enc: Any,
     run_dec: Any,
@@ -411,10 +478,19 @@ def _run_parts(
         for i in range(sig.num_layers)
         for _ in range(2)
     ]
+    length = 0
     for ids in plan:
         dfeeds = {"decoder_input_ids": ids}
         if not sig.audio:
             dfeeds["encoder_attention_mask"] = feeds["attention_mask"]
+        length += ids.shape[1]
+        if sig.decoder_mask:  # from the second step on, the last row's first position is padding
+            self_mask = np.ones((batch, length), np.int64)
+            if length > ids.shape[1]:
+                self_mask[-1, 0] = 0
+            dfeeds["decoder_attention_mask"] = self_mask
+            if sig.positions:
+                dfeeds["decoder_position_ids"] = _positions(self_mask, ids.shape[1])
         names = [t.name for t in sig.kv("past_key_values", 0)] + [t.name for t in sig.kv("cross", 0)]
         dfeeds.update(zip(names, [*past, *cross], strict=True))
         out = run_dec(dfeeds)
@@ -590,6 +666,8 @@ def _generation_extra(
         "begin_suppress_tokens": ids(pick("begin_suppress_tokens")),
         "generation_config": settings,
         "cross_attention": "cache-inputs",
+        "decoder_mask": sig.decoder_mask,
+        "decoder_positions": sig.decoder_mask and sig.positions,
         "parts": parts,
     }
 
@@ -814,8 +892,9 @@ def check_seq2seq_package(
     module = module.eval()
     if getattr(module.config, "model_type", "") in ("t5", "mt5", "umt5"):
         module.set_attn_implementation("eager")
-    sig = seq2seq_signature(module)
     gen = package.manifest.extra["generation"]
+    # packages exported before the decoder took its own mask (and positions) are checked as they are
+    sig = replace(seq2seq_signature(module), decoder_mask=bool(gen.get("decoder_mask")))
     if [sig.num_layers, sig.heads, sig.head_dims] != [gen["num_layers"], gen["heads"], gen["head_dims"]]:
         raise ValidationError(
             f"--model has {sig.num_layers} decoder layers, heads {sig.heads}, head dims {sig.head_dims}; "

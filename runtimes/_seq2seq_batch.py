@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from torchport.runtimes._errors import InferenceInputError, UsageError
+from torchport.runtimes._row_batch import RowBatch
 from torchport.runtimes._sampling import GenRequest, SamplingParams, pick_token
 
 __all__ = ["Seq2SeqBatch", "Seq2SeqSpec", "is_seq2seq"]
@@ -50,6 +51,10 @@ class Seq2SeqSpec:
     encoder_files: dict[str, str]
     past_names: tuple[str, ...]
     cross_names: tuple[str, ...]
+    #: the decoder takes ``decoder_attention_mask`` (and ``decoder_position_ids``): rows at different
+    #: positions and of different sources share one decoder run per step
+    decoder_mask: bool = False
+    decoder_positions: bool = False
 
     @classmethod
     def from_manifest(cls, manifest: Any) -> Seq2SeqSpec:
@@ -104,6 +109,8 @@ class Seq2SeqSpec:
             encoder_files=files,
             past_names=tuple(f"past_key_values.{i}.{kv}" for i in range(n) for kv in ("key", "value")),
             cross_names=tuple(f"cross.{i}.{kv}" for i in range(n) for kv in ("key", "value")),
+            decoder_mask=bool(gen.get("decoder_mask")),
+            decoder_positions=bool(gen.get("decoder_positions")),
         )
 
 
@@ -147,23 +154,60 @@ def _processed(spec: Seq2SeqSpec, logits: np.ndarray, row: GenRequest, step: int
 
 @dataclass
 class _Cohort:
-    """Rows whose encoder ran together and whose decoders are at the same position."""
+    """Rows decoded by one decoder run: their cross keys/values (right-padded to the longest source,
+    ``enc_mask`` marking it; speech sources all have the encoder's length) and their self-attention
+    cache (left-padded to the longest row, ``mask`` marking it, when the decoder takes a mask)."""
 
     rows: list[GenRequest]
     cross: list[np.ndarray]
     enc_mask: np.ndarray | None
     past: list[np.ndarray]
+    mask: np.ndarray | None = None  #: [rows, cache positions]: 1 where a row has a token
 
 
-class Seq2SeqBatch:
+def _pad_to(arr: np.ndarray, axis: int, width: int, left: bool) -> np.ndarray:
+    if arr.shape[axis] == width:
+        return arr
+    pad = [(0, 0)] * arr.ndim
+    pad[axis] = (width - arr.shape[axis], 0) if left else (0, width - arr.shape[axis])
+    return np.pad(arr, pad)
+
+
+def _joined(a: _Cohort, b: _Cohort) -> _Cohort:
+    """One cohort of ``a``'s rows then ``b``'s: self caches left-padded to the longer (masks zero
+    there), cross keys/values right-padded to the longer source (encoder masks zero there)."""
+    assert a.mask is not None and b.mask is not None
+    width = max(a.mask.shape[1], b.mask.shape[1])
+    past = [
+        np.concatenate([_pad_to(x, 2, width, True), _pad_to(y, 2, width, True)])
+        for x, y in zip(a.past, b.past, strict=True)
+    ]
+    mask = np.concatenate([_pad_to(a.mask, 1, width, True), _pad_to(b.mask, 1, width, True)])
+    src = max(a.cross[0].shape[2], b.cross[0].shape[2])
+    cross = [
+        np.concatenate([_pad_to(x, 2, src, False), _pad_to(y, 2, src, False)])
+        for x, y in zip(a.cross, b.cross, strict=True)
+    ]
+    enc_mask = None
+    if a.enc_mask is not None and b.enc_mask is not None:
+        enc_mask = np.concatenate([_pad_to(a.enc_mask, 1, src, False), _pad_to(b.enc_mask, 1, src, False)])
+    return _Cohort(a.rows + b.rows, cross, enc_mask, past, mask)
+
+
+class Seq2SeqBatch(RowBatch):
     """:class:`DecodeBatch`'s counterpart for encoder-decoders: the encoder step, then decode steps.
 
     Rows that join together (:meth:`add`) run the encoder once (sources right-padded, the mask
-    marking them) and form a cohort whose decoder positions move in step; every :meth:`step` runs
-    each cohort's decoder once with its self-attention cache and the cross keys/values the encoder
-    computed. The server's engine drives it exactly as a :class:`DecodeBatch` (rows join at step
-    boundaries and leave when finished).
+    marking them) and their first decoder step. When the decoder takes its own attention mask (and
+    position ids) — packages exported since it does — they then join the running rows: one cohort
+    whose self caches are left-padded to the longest row and whose cross keys/values are
+    right-padded to the longest source, so every :meth:`step` is ONE decoder run for every request,
+    whatever its source length and whenever it joined. Older packages keep one decoder run per
+    cohort (rows that joined together). The server's engine drives it exactly as a
+    :class:`DecodeBatch` (rows join at step boundaries and leave when finished).
     """
+
+    spec: Seq2SeqSpec
 
     def __init__(self, session: Any) -> None:
         self.session = session
@@ -171,11 +215,12 @@ class Seq2SeqBatch:
         self.encoder = _encoder_session(session, self.spec)
         self._sess = session._sess
         self.cohorts: list[_Cohort] = []
+        self.rows = []
         self._dtype = np.dtype(self.spec.kv_dtype)
 
-    @property
-    def rows(self) -> list[GenRequest]:
-        return [r for c in self.cohorts for r in c.rows]
+    def _set_cohorts(self, cohorts: list[_Cohort]) -> None:
+        self.cohorts = cohorts
+        self.rows = [r for c in cohorts for r in c.rows]
 
     def check(self, seq: GenRequest) -> None:
         """Refuse a source the model cannot take (empty, longer than the encoder's range, bad params)."""
@@ -215,10 +260,27 @@ class Seq2SeqBatch:
         out = self.encoder.run(feeds, validate=False)
         return [out[n] for n in self.spec.cross_names], mask
 
+    def _cohort(
+        self, rows: list[GenRequest], cross: list[np.ndarray], enc_mask: np.ndarray | None
+    ) -> _Cohort:
+        """A cohort of ``rows`` with an empty self cache."""
+        past = [
+            np.zeros((len(rows), h, 0, d), self._dtype)
+            for h, d in zip(self.spec.kv_heads, self.spec.head_dims, strict=True)
+        ]
+        mask = np.zeros((len(rows), 0), np.int64) if self.spec.decoder_mask else None
+        return _Cohort(rows, cross, enc_mask, past, mask)
+
     def _run(self, cohort: _Cohort, ids: np.ndarray) -> np.ndarray:
         feeds: dict[str, np.ndarray] = {"decoder_input_ids": ids}
         if cohort.enc_mask is not None:
             feeds["encoder_attention_mask"] = cohort.enc_mask
+        if cohort.mask is not None:
+            cohort.mask = np.concatenate([cohort.mask, np.ones(ids.shape, np.int64)], axis=1)
+            feeds["decoder_attention_mask"] = cohort.mask
+            if self.spec.decoder_positions:  # each row's own: its real tokens before each new one
+                positions = np.cumsum(cohort.mask, axis=1)[:, -ids.shape[1] :] - 1
+                feeds["decoder_position_ids"] = np.maximum(positions, 0).astype(np.int64)
         feeds.update(zip(self.spec.past_names, cohort.past, strict=True))
         feeds.update(zip(self.spec.cross_names, cohort.cross, strict=True))
         names = ["logits", *(n.replace("past_key_values", "present") for n in self.spec.past_names)]
@@ -250,45 +312,37 @@ class Seq2SeqBatch:
         detection, as Hugging Face's ``detect_language``."""
         rows = [GenRequest([], SamplingParams(max_new_tokens=1), source=dict(s)) for s in sources]
         cross, mask = self._encode(rows)
-        past = [
-            np.zeros((len(rows), h, 0, d), self._dtype)
-            for h, d in zip(self.spec.kv_heads, self.spec.head_dims, strict=True)
-        ]
         start = np.full((len(rows), 1), self.spec.decoder_start_token_id, np.int64)
-        return self._run(_Cohort(rows, cross, mask, past), start)
+        return self._run(self._cohort(rows, cross, mask), start)
 
     def add(self, seqs: Sequence[GenRequest]) -> list[int | None]:
-        """Run the encoder for ``seqs`` and their first decoder step; they join as one cohort
-        (rows with different forced prefixes form cohorts of their own)."""
+        """Run the encoder for ``seqs`` and their first decoder step (rows with different forced
+        prefixes apart); they join the running rows (or, for a decoder without its own mask, form
+        cohorts of their own). Returns each one's first token (``None`` where it stopped at once)."""
         if not seqs:
             return []
-        for s in seqs:
-            self.check(s)
-            if s.params.seed is not None:
-                s.rng = np.random.default_rng(s.params.seed)
-        if len(self.rows) + len(seqs) > self.spec.max_batch:
-            raise InferenceInputError(
-                f"{len(self.rows) + len(seqs)} sequences exceed the model's batch range (at most {self.spec.max_batch})"
-            )
+        self._admit(seqs)
         groups: dict[tuple[int, ...], list[GenRequest]] = {}
         for s in seqs:
             groups.setdefault(tuple(s.forced), []).append(s)
         first: dict[int, int | None] = {}
+        cohorts = list(self.cohorts)
         for forced, group in groups.items():
             cross, mask = self._encode(group)
-            past = [
-                np.zeros((len(group), h, 0, d), self._dtype)
-                for h, d in zip(self.spec.kv_heads, self.spec.head_dims, strict=True)
-            ]
-            cohort = _Cohort(list(group), cross, mask, past)
+            cohort = self._cohort(list(group), cross, mask)
             prefix = np.asarray([[self.spec.decoder_start_token_id, *forced]] * len(group), np.int64)
             for s, t in zip(group, self._sample(self._run(cohort, prefix), group), strict=True):
                 first[id(s)] = t
-            self.cohorts.append(cohort)
+            if self.spec.decoder_mask and cohorts:
+                cohorts = [_joined(cohorts[0], cohort)]
+            else:
+                cohorts.append(cohort)
+        self._set_cohorts(cohorts)
         return [first[id(s)] for s in seqs]
 
     def step(self) -> list[int | None]:
-        """One decoder step for every cohort; returns the new token of each row (in :attr:`rows` order)."""
+        """One decoder step for every row (one run; one per cohort for a decoder without its own
+        mask); returns the new token of each row (in :attr:`rows` order)."""
         out: list[int | None] = []
         for cohort in self.cohorts:
             last = [
@@ -299,7 +353,8 @@ class Seq2SeqBatch:
         return out
 
     def drop(self, keep: Sequence[bool]) -> list[GenRequest]:
-        """Keep the rows where ``keep`` is true (in :attr:`rows` order); return the dropped ones."""
+        """Keep the rows where ``keep`` is true (in :attr:`rows` order); return the dropped ones.
+        Cache columns no remaining row uses (self: from the left, cross: from the right) are cut."""
         dropped: list[GenRequest] = []
         at = 0
         cohorts = []
@@ -314,21 +369,24 @@ class Seq2SeqBatch:
                 cohort.rows = [cohort.rows[i] for i in idx]
                 cohort.past = [p[idx] for p in cohort.past]
                 cohort.cross = [c[idx] for c in cohort.cross]
-                cohort.enc_mask = cohort.enc_mask[idx] if cohort.enc_mask is not None else None
+                if cohort.enc_mask is not None:
+                    enc = cohort.enc_mask[idx]
+                    used = np.flatnonzero(enc.any(axis=0))
+                    end = int(used[-1]) + 1 if used.size else enc.shape[1]
+                    cohort.enc_mask = np.ascontiguousarray(enc[:, :end])
+                    cohort.cross = [np.ascontiguousarray(c[:, :, :end]) for c in cohort.cross]
+                if cohort.mask is not None:
+                    mask = cohort.mask[idx]
+                    used = np.flatnonzero(mask.any(axis=0))
+                    begin = int(used[0]) if used.size else 0
+                    cohort.mask = np.ascontiguousarray(mask[:, begin:])
+                    cohort.past = [np.ascontiguousarray(p[:, :, begin:]) for p in cohort.past]
             cohorts.append(cohort)
-        self.cohorts = cohorts
+        self._set_cohorts(cohorts)
         return dropped
 
-    def drop_finished(self) -> list[GenRequest]:
-        """Remove finished rows; return them."""
-        return self.drop([not r.finished for r in self.rows])
-
-    @property
-    def free_slots(self) -> int:
-        return self.spec.max_batch - len(self.rows)
-
     def fits(self, seq: GenRequest) -> bool:
-        """Whether ``seq`` can join now (a free row: each cohort keeps its own positions)."""
+        """Whether ``seq`` can join now (a free row: each row keeps its own positions)."""
         return self.free_slots > 0
 
     # -- beam search (Hugging Face's algorithm, per source) ----------------------------------------
@@ -347,14 +405,8 @@ class Seq2SeqBatch:
         cross, mask = self._encode([seq])
         rep = np.zeros(num_beams, np.int64)
         prefix_ids = [spec.decoder_start_token_id, *seq.forced]
-        cohort = _Cohort(
-            [seq] * num_beams,
-            [c[rep] for c in cross],
-            mask[rep] if mask is not None else None,
-            [
-                np.zeros((num_beams, h, 0, d), self._dtype)
-                for h, d in zip(spec.kv_heads, spec.head_dims, strict=True)
-            ],
+        cohort = self._cohort(
+            [seq] * num_beams, [c[rep] for c in cross], mask[rep] if mask is not None else None
         )
         max_new = seq.params.max_new_tokens
         running = [list[int]() for _ in range(num_beams)]
