@@ -134,6 +134,35 @@ def eval_tokens_option() -> Any:
     )
 
 
+def eval_prompts_option() -> Any:
+    return typer.Option(
+        None,
+        "--eval-prompts",
+        help="--eval on text: held-out prompts of the greedy agreement, a UTF-8 file with one per line "
+        "(duplicates dropped), e.g. --eval-prompts prompts.txt. Default: 16 distinct lines of the eval text.",
+    )
+
+
+def eval_budget_option() -> Any:
+    return typer.Option(
+        512.0,
+        "--eval-budget",
+        help="--eval: the most MiB of eval data read into memory (uncompressed); a larger set is refused, "
+        "e.g. --eval-budget 2048.",
+    )
+
+
+def eval_budget_bytes(mib: float) -> int:
+    """``--eval-budget`` MiB as bytes (one-line error for a budget that is not positive)."""
+    from torchport.runtimes import UsageError
+
+    if not mib > 0:
+        raise UsageError(
+            f"--eval-budget must be a positive number of MiB, got {mib:g}; e.g. --eval-budget 512"
+        )
+    return int(mib * 2**20)
+
+
 def atol_option() -> Any:
     return typer.Option(
         None,

@@ -13,7 +13,10 @@ from torchport.cli._options import (
     atol_option,
     calibration_option,
     disable_option,
+    eval_budget_bytes,
+    eval_budget_option,
     eval_option,
+    eval_prompts_option,
     eval_tokens_option,
     fp16_option,
     int4_asymmetric_option,
@@ -59,6 +62,8 @@ def optimize(
         help="--eval: refuse a variant whose perplexity is more than this many percent above fp32's.",
     ),
     eval_tokens: int = eval_tokens_option(),
+    eval_prompts: Optional[Path] = eval_prompts_option(),
+    eval_budget: float = eval_budget_option(),
     as_json: bool = as_json_option("the pass records and parity"),
 ) -> None:
     """Optimize a model package in place, add fp16 / int8 / int4 variants, and validate each one against
@@ -93,6 +98,8 @@ def optimize(
         max_accuracy_drop=max_accuracy_drop,
         max_perplexity_rise=max_perplexity_rise / 100,
         eval_tokens=eval_tokens,
+        eval_prompts=eval_prompts,
+        eval_budget=eval_budget_bytes(eval_budget),
     )
     for warning in result.warnings:
         typer.echo(f"warning: {warning}", err=True)

@@ -11,7 +11,10 @@ import typer
 from torchport.cli._options import (
     as_json_option,
     atol_option,
+    eval_budget_bytes,
+    eval_budget_option,
     eval_option,
+    eval_prompts_option,
     eval_tokens_option,
     n_option,
     provider_option,
@@ -48,6 +51,8 @@ def validate(
     ),
     eval_data: Optional[Path] = eval_option(),
     eval_tokens: int = eval_tokens_option(),
+    eval_prompts: Optional[Path] = eval_prompts_option(),
+    eval_budget: float = eval_budget_option(),
     as_json: bool = as_json_option("parity.json"),
 ) -> None:
     """Compare a package with eager PyTorch; write parity.json; exit 1 when parity fails.
@@ -59,6 +64,11 @@ def validate(
     """
     from torchport.exporters import validate as run_validate
 
+    if eval_data is not None:  # a bad eval set is refused before the parity run
+        from torchport.runtimes._eval import check_eval_data
+
+        budget = eval_budget_bytes(eval_budget)
+        check_eval_data(eval_data, prompts=eval_prompts, max_bytes=budget)
     result = run_validate(
         package,
         model,
@@ -82,6 +92,8 @@ def validate(
             eval_data,
             variants=variant or None,
             tokens=eval_tokens,
+            prompts=eval_prompts,
+            max_bytes=budget,
             providers=provider,
             progress=True,
         )

@@ -547,6 +547,7 @@ class DecoderOptions:
     level: str = "none"
     fp16: bool = False
     int8: str | None = None
+    int4: Any = None  # an Int4Pass (the int4 variant's recipe) or None
     disable: Sequence[str] = ()
     atol: float | None = None
     rtol: float | None = None
@@ -610,7 +611,7 @@ def export_decoder(loaded: Any, writer: Any, progress: Any, options: DecoderOpti
         st.detail = "model.onnx" + (f" + {', '.join(data_files)}" if data_files else "")
     variants = {"fp32": Variant(file="model.onnx", precision="fp32", data_files=list(data_files))}
     passes: list[dict[str, Any]] = []
-    if options.level != "none" or options.fp16 or options.int8:
+    if options.level != "none" or options.fp16 or options.int8 or options.int4 is not None:
         import onnx
 
         from torchport.exporters._onnx_files import save_onnx
@@ -625,6 +626,7 @@ def export_decoder(loaded: Any, writer: Any, progress: Any, options: DecoderOpti
                 int8=options.int8,
                 disable=options.disable,
                 int8_block_size=DECODER_INT8_BLOCK_SIZE,
+                int4=options.int4,
             )
             for vname, proto in built.items():
                 file = VARIANT_FILES[vname]
@@ -806,6 +808,7 @@ def export_text_generation(
             level=gate.level,
             fp16=gate.fp16,
             int8=gate.int8,
+            int4=gate.int4_pass(),
             disable=tuple(gate.disable),
             atol=gate.atol,
             rtol=gate.rtol,
@@ -828,6 +831,8 @@ def export_text_generation(
         extra["validation"] = "skipped"
     if done["passes"]:
         extra["optimization"] = {"level": gate.level, "fp16": gate.fp16, "int8": gate.int8}
+        if gate.int4:
+            extra["optimization"]["int4"] = True
     result = done["parity_result"]
     manifest = Manifest(
         name=name,

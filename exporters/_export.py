@@ -424,6 +424,11 @@ def export_model(
     level: str = "none",
     fp16: bool = False,
     int8: str | None = None,
+    int4: bool = False,
+    int4_block_size: int = 32,
+    int4_symmetric: bool = True,
+    int4_head: bool = True,
+    int4_embeddings: bool = False,
     calibration: str | Path | None = None,
     disable: Sequence[str] = (),
     atol: float | None = None,
@@ -468,6 +473,8 @@ def export_model(
             unvalidated (``validated: false`` in the manifest).
         level / fp16 / int8 / calibration / disable: optimization, as ``torchport optimize``
             (:func:`~torchport.exporters.optimize_package`); default: no optimization passes.
+        int4 / int4_block_size / int4_symmetric / int4_head / int4_embeddings: also write
+            ``model.int4.onnx`` (weight-only 4-bit ``MatMulNBits``), as ``torchport optimize --int4``.
         atol / rtol: override the fp32 parity tolerance (see ``DEFAULT_TOLERANCES``).
         task: ``"auto"`` (default: Hugging Face causal LMs export with their key/value cache unless
             ``outputs``/``inputs`` are given), ``"text-generation"`` (force it), ``"default"`` (never);
@@ -499,6 +506,11 @@ def export_model(
         level=level,
         fp16=fp16,
         int8=int8,
+        int4=int4,
+        int4_block_size=int4_block_size,
+        int4_symmetric=int4_symmetric,
+        int4_head=int4_head,
+        int4_embeddings=int4_embeddings,
         calibration=calibration,
         disable=tuple(disable),
         validate=validate,

@@ -37,9 +37,11 @@ from torchport.exporters._registries import LEVELS as LEVEL_HELP
 from torchport.exporters._registries import ONNX_PASSES
 from torchport.runtimes._errors import OptimizationError, UsageError, describe_error
 from torchport.runtimes._eval import (
+    DEFAULT_EVAL_BUDGET,
     DEFAULT_EVAL_TOKENS,
     DEFAULT_MAX_ACCURACY_DROP,
     DEFAULT_MAX_PERPLEXITY_RISE,
+    check_eval_data,
     eval_into,
     evaluate_folder,
     gate,
@@ -537,6 +539,8 @@ def optimize_package(
     max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP,
     max_perplexity_rise: float = DEFAULT_MAX_PERPLEXITY_RISE,
     eval_tokens: int = DEFAULT_EVAL_TOKENS,
+    eval_prompts: Sequence[str] | str | os.PathLike[str] | None = None,
+    eval_budget: int = DEFAULT_EVAL_BUDGET,
 ) -> OptimizeResult:
     """Optimize a model package in place, add its fp16 / int8 variants, and validate each one
     against the package's fp32 model (ONNX vs ONNX, no torch), atomically.
@@ -578,6 +582,10 @@ def optimize_package(
             rises more than ``max_perplexity_rise`` (a fraction) against fp32 is refused, nothing written.
             The metrics go into ``parity.json`` (``eval``) and the manifest (``extra.eval``).
         eval_tokens: new tokens per prompt of the greedy agreement (text generation).
+        eval_prompts: the greedy agreement's held-out prompts (strings, or a file with one per line);
+            default: lines of the eval text.
+        eval_budget: the eval set's memory budget in bytes: a larger set (or prompts file) is refused
+            before any pass runs.
 
     Returns:
         An :class:`OptimizeResult`, truthy when every written variant matches the fp32 model.
@@ -610,6 +618,8 @@ def optimize_package(
         int4_head=int4_head,
         int4_embeddings=int4_embeddings,
     )
+    if eval_data is not None:
+        check_eval_data(eval_data, prompts=eval_prompts, max_bytes=eval_budget)
     package = ModelPackage.load(package_path)
     if is_seq2seq(package.manifest):  # its encoder and decoder are optimized and validated together
         raise UsageError(
@@ -630,7 +640,15 @@ def optimize_package(
         report = done.report
         if eval_data is not None:
             evaluated = gate(
-                evaluate_folder(w.path, manifest, eval_data, tokens=eval_tokens, providers=provider),
+                evaluate_folder(
+                    w.path,
+                    manifest,
+                    eval_data,
+                    tokens=eval_tokens,
+                    prompts=eval_prompts,
+                    max_bytes=eval_budget,
+                    providers=provider,
+                ),
                 max_accuracy_drop=max_accuracy_drop,
                 max_perplexity_rise=max_perplexity_rise,
             )

@@ -4,8 +4,10 @@ A classifier package is evaluated on an ``.npz`` of its inputs (named as the pac
 per sample) and a ``labels`` array (integer class ids, one per row): each variant's **accuracy** against
 the labels and its **top-1 agreement** with fp32. A text-generation package is evaluated on a UTF-8 text
 file: each variant's **perplexity** on the text (windows of the model's positions, teacher-forced) and its
-**free-running greedy agreement** with fp32 (prompts cut from the text, ``tokens`` new tokens each, the
-share of positions where the variant's token equals fp32's, each running free).
+**free-running greedy agreement** with fp32 (``tokens`` new tokens per held-out prompt, the share of
+positions where the variant's token equals fp32's, each running free). The prompts are a file of its own
+(one per line, e.g. the test bed's ``prompts.txt``: ``--eval-prompts``) or else the starts of 16 distinct
+lines of the eval text.
 
 ``evaluate_package`` is the API (``torchport validate PKG --eval DATA``); :func:`gate` judges a result
 against the drops ``optimize --eval`` accepts, :func:`record_eval` writes it into the package
@@ -42,6 +44,7 @@ __all__ = [
     "DEFAULT_MAX_PERPLEXITY_RISE",
     "EvalResult",
     "VariantEval",
+    "check_eval_data",
     "evaluate_folder",
     "evaluate_package",
     "gate",
@@ -56,9 +59,11 @@ DEFAULT_MAX_PERPLEXITY_RISE = 0.05
 DEFAULT_EVAL_TOKENS = 32
 #: the largest eval set read into memory (bytes, uncompressed)
 DEFAULT_EVAL_BUDGET = 512 * 2**20
-#: prompts of the greedy agreement, and the tokens of each
-_PROMPTS = 4
-_PROMPT_TOKENS = 16
+#: prompts of the greedy agreement (distinct, held out), and the most tokens of each
+_PROMPTS = 16
+_PROMPT_TOKENS = 32
+#: a line of the eval text makes a prompt when it is at least this long (stripped, not a comment)
+_PROMPT_LINE = 30
 #: perplexity windows (tokens each, at most the model's positions)
 _WINDOW = 128
 _MAX_WINDOWS = 64
@@ -106,6 +111,7 @@ class EvalResult:
         data: the eval file's name.
         variants: variant name → :class:`VariantEval` (fp32 first).
         tokens: new tokens per prompt of the greedy agreement (text generation).
+        prompts: distinct prompts the greedy agreement is averaged over (text generation).
         refused: variant → the one-line reason :func:`gate` refused it (empty when not gated).
         limits: the gate's limits (``max_accuracy_drop`` points, ``max_perplexity_rise`` fraction).
     """
@@ -114,6 +120,7 @@ class EvalResult:
     data: str
     variants: dict[str, VariantEval]
     tokens: int | None = None
+    prompts: int | None = None
     refused: dict[str, str] = field(default_factory=dict)
     limits: dict[str, float] = field(default_factory=dict)
 
@@ -129,6 +136,8 @@ class EvalResult:
         }
         if self.tokens is not None:
             out["tokens"] = self.tokens
+        if self.prompts is not None:
+            out["prompts"] = self.prompts
         if self.limits:
             out["limits"] = dict(self.limits)
         if self.refused:
@@ -143,7 +152,10 @@ def format_eval(record: Mapping[str, Any]) -> str:
     """Render an eval record (``EvalResult.to_dict()``, ``extra.eval``) as a small table."""
     task = record.get("task")
     lm = task == "text-generation"
-    agree = f"greedy agreement vs fp32 ({record.get('tokens')} tokens)" if lm else "top-1 agreement vs fp32"
+    per = f" x {record['prompts']} prompts" if record.get("prompts") else ""
+    agree = (
+        f"greedy agreement vs fp32 ({record.get('tokens')} tokens{per})" if lm else "top-1 agreement vs fp32"
+    )
     head = ["variant", "perplexity" if lm else "accuracy", agree]
     rows = []
     variants = record.get("variants") or {}
@@ -186,8 +198,42 @@ def _check_size(path: Path, size: int, budget: int) -> None:
     if size > budget:
         raise UsageError(
             f"eval data {path.name} holds {_budget_text(size)}, over the {_budget_text(budget)} memory budget; "
-            f"pass a smaller held-out set (at most {_budget_text(budget)}; the API's max_bytes= sets the budget)"
+            f"pass a smaller held-out set or raise the budget (--eval-budget MiB; the API's max_bytes=)"
         )
+
+
+def check_eval_data(
+    data: str | os.PathLike[str],
+    *,
+    prompts: Sequence[str] | str | os.PathLike[str] | None = None,
+    max_bytes: int = DEFAULT_EVAL_BUDGET,
+) -> None:
+    """Refuse, before any work, an eval set that is missing or larger than the memory budget.
+
+    ``optimize --eval`` calls it before its passes run, so a bad set costs nothing.
+
+    Args:
+        data: the eval file (``.npz`` or UTF-8 text).
+        prompts: the prompts file, when one is given.
+        max_bytes: the memory budget (bytes, uncompressed for an ``.npz``).
+
+    Raises:
+        UsageError: one line naming the file and what to pass.
+
+    Example:
+        >>> check_eval_data("eval.npz", max_bytes=2**20)                         # doctest: +SKIP
+    """
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
+        raise UsageError(f"the eval memory budget must be a positive number of bytes, got {max_bytes!r}")
+    path = Path(data)
+    if not path.is_file():
+        raise UsageError(f"eval data {path} does not exist; {_WHAT}")
+    if _is_npz(path):
+        with zipfile.ZipFile(path) as z:
+            _check_size(path, sum(i.file_size for i in z.infolist()), max_bytes)
+    else:
+        _check_size(path, path.stat().st_size, max_bytes)
+    _prompt_texts(prompts, max_bytes)
 
 
 def _is_npz(path: Path) -> bool:
@@ -321,10 +367,38 @@ def _lm_windows(session: Session, ids: list[int]) -> list[list[int]]:
     return [ids[i : i + w] for i in range(0, len(ids) - 1, w) if len(ids[i : i + w]) >= 2][:_MAX_WINDOWS]
 
 
-def _lm_prompts(ids: list[int], count: int) -> list[list[int]]:
-    usable = max(1, len(ids) - _PROMPT_TOKENS)
-    starts = [int(i * usable / count) for i in range(count)]
-    return [ids[s : s + _PROMPT_TOKENS] for s in starts if len(ids[s : s + _PROMPT_TOKENS]) >= 1]
+def _spread(items: list[Any], count: int) -> list[Any]:
+    """``count`` items spread evenly over ``items`` (all of them when there are fewer)."""
+    if len(items) <= count:
+        return list(items)
+    return [items[int(i * len(items) / count)] for i in range(count)]
+
+
+def _text_prompts(text: str, count: int) -> list[str]:
+    """The starts of ``count`` distinct lines of ``text`` (stripped, long enough, not comments)."""
+    lines = (ln.strip() for ln in text.splitlines())
+    good = dict.fromkeys(ln for ln in lines if len(ln) >= _PROMPT_LINE and not ln.startswith("#"))
+    return _spread(list(good), count)
+
+
+def _read_prompts(path: Path, budget: int) -> list[str]:
+    text = _read_text(path, budget)
+    prompts = list(dict.fromkeys(ln.strip() for ln in text.splitlines() if ln.strip()))
+    return prompts
+
+
+def _lm_prompts(
+    codec: TextCodec, ids: list[int], text: str, prompts: Sequence[str] | None, count: int
+) -> list[list[int]]:
+    """Token ids of the greedy agreement's prompts, distinct: ``prompts`` else lines of ``text``, else
+    evenly spaced slices of ``ids`` (text without such lines)."""
+    chosen = list(prompts) if prompts is not None else _text_prompts(text, count)
+    out = [codec.encode(p)[:_PROMPT_TOKENS] for p in chosen]
+    if not out:
+        usable = max(1, len(ids) - _PROMPT_TOKENS)
+        out = [ids[s : s + _PROMPT_TOKENS] for s in sorted({int(i * usable / count) for i in range(count)})]
+    unique = list(dict.fromkeys(tuple(p) for p in out if p))
+    return [list(p) for p in unique]
 
 
 def _progress(show: bool, text: str) -> None:
@@ -339,6 +413,7 @@ def evaluate_folder(
     *,
     variants: Iterable[str] | None = None,
     tokens: int = DEFAULT_EVAL_TOKENS,
+    prompts: Sequence[str] | str | os.PathLike[str] | None = None,
     batch: int = 64,
     max_bytes: int = DEFAULT_EVAL_BUDGET,
     providers: str | Sequence[str] = "cpu",
@@ -353,8 +428,7 @@ def evaluate_folder(
     """
     folder = Path(folder)
     path = Path(data)
-    if not path.is_file():
-        raise UsageError(f"eval data {path} does not exist; {_WHAT}")
+    check_eval_data(path, prompts=prompts, max_bytes=max_bytes)
     names = list(variants) if variants else list(manifest.variants)
     if "fp32" in names:
         names.remove("fp32")
@@ -397,6 +471,7 @@ def evaluate_folder(
             f"pass an .npz of its inputs ({', '.join(s.name for s in manifest.inputs)}) with a `labels` array"
         )
     text = _read_text(path, max_bytes)
+    prompt_texts = _prompt_texts(prompts, max_bytes)
     info = manifest.extra.get("text")
     if not isinstance(info, dict) or not info.get("tokenizer"):
         raise UsageError(
@@ -408,6 +483,7 @@ def evaluate_folder(
     ids = codec.encode(text)
     if len(ids) < 2:
         raise UsageError(f"eval text {path.name} is {len(ids)} token(s); pass at least a few sentences")
+    prompt_ids = _lm_prompts(codec, ids, text, prompt_texts, _PROMPTS)
     results = {}
     ref_tokens: list[list[int]] | None = None
     for name in names:
@@ -419,10 +495,9 @@ def evaluate_folder(
             _progress(progress and i % 8 == 0, f"{name}: perplexity window {i + 1}/{len(windows)}")
             nll, k = _nll(sess, w)
             total, count = total + nll, count + k
-        prompts = _lm_prompts(ids, _PROMPTS)
-        _progress(progress, f"{name}: greedy {tokens} tokens x {len(prompts)} prompts")
-        params = SamplingParams(max_new_tokens=tokens)
-        out = Generator(sess).generate(prompts, params).tokens
+        _progress(progress, f"{name}: greedy {tokens} tokens x {len(prompt_ids)} prompts")
+        params = SamplingParams(max_new_tokens=tokens, ignore_eos=True)
+        out = Generator(sess).generate(prompt_ids, params).tokens
         ref_tokens = out if ref_tokens is None else ref_tokens
         agree = [
             sum(a == b for a, b in zip(o, r, strict=False)) / max(1, len(r))
@@ -435,7 +510,27 @@ def evaluate_folder(
             agreement=float(np.mean(agree)),
             seconds=time.perf_counter() - start,
         )
-    return EvalResult("text-generation", path.name, results, tokens=tokens)
+    return EvalResult("text-generation", path.name, results, tokens=tokens, prompts=len(prompt_ids))
+
+
+def _prompt_texts(prompts: Sequence[str] | str | os.PathLike[str] | None, budget: int) -> list[str] | None:
+    """The prompts argument as distinct strings (a path: one prompt per line of a UTF-8 file)."""
+    if prompts is None:
+        return None
+    if isinstance(prompts, (str, os.PathLike)):
+        path = Path(prompts)
+        if not path.is_file():
+            raise UsageError(
+                f"eval prompts {path} does not exist; pass a UTF-8 text file with one prompt per line"
+            )
+        found = _read_prompts(path, budget)
+        where = path.name
+    else:
+        found = list(dict.fromkeys(p for p in prompts if p.strip()))
+        where = "prompts"
+    if not found:
+        raise UsageError(f"eval {where} holds no prompt; pass one prompt per line (held-out text)")
+    return found
 
 
 def evaluate_package(
@@ -444,6 +539,7 @@ def evaluate_package(
     *,
     variants: Iterable[str] | None = None,
     tokens: int = DEFAULT_EVAL_TOKENS,
+    prompts: Sequence[str] | str | os.PathLike[str] | None = None,
     batch: int = 64,
     max_bytes: int = DEFAULT_EVAL_BUDGET,
     providers: str | Sequence[str] = "cpu",
@@ -457,6 +553,9 @@ def evaluate_package(
             (text-generation packages).
         variants: the variants to evaluate (default: all in the package; fp32 always, as the reference).
         tokens: new tokens per prompt of the greedy agreement (text generation).
+        prompts: the greedy agreement's held-out prompts (text generation): strings, or a UTF-8 file
+            with one prompt per line (e.g. the test bed's ``prompts.txt``); duplicates are dropped.
+            Default: the starts of 16 distinct lines of the eval text.
         batch: rows per run (classifiers).
         max_bytes: the memory budget: a larger eval set is refused.
         providers: ONNX Runtime providers.
@@ -480,6 +579,7 @@ def evaluate_package(
         data,
         variants=variants,
         tokens=tokens,
+        prompts=prompts,
         batch=batch,
         max_bytes=max_bytes,
         providers=providers,

@@ -22,6 +22,7 @@ from torchport.runtimes._manifest import (
     manifest_from_dict,
 )
 from torchport.runtimes._manifest_schema import read_manifest
+from torchport.runtimes._scratch import make_scratch
 
 _CHUNK = 1 << 20
 
@@ -190,15 +191,19 @@ class PackageWriter:
         self.dest = Path(dest).absolute()
         check_destination(dest, overwrite=overwrite)
         try:
-            self.dest.parent.mkdir(parents=True, exist_ok=True)
             # a fresh name made like mkdtemp's, but created with mode 0o777 so the umask decides
-            # the package folder's permissions (mkdtemp's 0o700 would survive the rename)
-            self.path = self.dest.parent / f".{self.dest.name}.tmp-{uuid.uuid4().hex[:12]}"
-            if start_from is not None:
-                shutil.copytree(start_from, self.path)
-            else:
-                self.path.mkdir(mode=0o777)
+            # the package folder's permissions (mkdtemp's 0o700 would survive the rename); locked
+            # while written, so the next writer here removes it if this process is killed
+            self._scratch = make_scratch(self.dest.parent, self.dest.name)
         except OSError as e:
+            raise PackageError(f"cannot write package at {str(dest)!r}: {e}") from e
+        self.path = self._scratch.path
+        try:
+            if start_from is not None:
+                shutil.copytree(start_from, self.path, dirs_exist_ok=True)
+        except OSError as e:
+            shutil.rmtree(self.path, ignore_errors=True)
+            self._scratch.release()
             raise PackageError(f"cannot write package at {str(dest)!r}: {e}") from e
         self.committed = False
 
@@ -222,11 +227,13 @@ class PackageWriter:
         except OSError as e:
             raise PackageError(f"cannot write package at {self.dest}: {e}") from e
         self.committed = True
+        self._scratch.release()
         return ModelPackage(path=self.dest, manifest=manifest)
 
     def abort(self) -> None:
         if not self.committed:
             shutil.rmtree(self.path, ignore_errors=True)
+        self._scratch.release()
 
 
 @contextmanager

@@ -74,7 +74,9 @@ def test_trained_models_learn(digits: TrainedModel, lm: TrainedModel) -> None:
     assert set(np.load(digits.eval_data).files) == {"image", "labels"}
     assert lm.metrics["perplexity"] < lm.recipe["vocab"] / 2  # far better than uniform over the vocabulary
     assert (lm.path / "tokenizer.json").is_file() and (lm.path / "tokenizer_config.json").is_file()
-    assert lm.eval_data.read_text(encoding="utf-8").strip() and len(lm.prompts) == 8
+    assert lm.eval_data.read_text(encoding="utf-8").strip()
+    assert len(lm.prompts) == 16 and len(set(lm.prompts)) == 16  # held-out, no two alike
+    assert (lm.root / "prompts.txt").read_text(encoding="utf-8").splitlines() == list(lm.prompts)
 
 
 def test_int8_keeps_digits_accuracy_inside_the_default_gate(
@@ -166,7 +168,30 @@ def test_bad_eval_data_is_one_line(digits_package: Path, lm_package: Path, tmp_p
         evaluate_package(lm_package, tmp_path / "ok.npz")
     with pytest.raises(UsageError, match="is not an .npz; .* pass an .npz of its inputs"):
         evaluate_package(digits_package, bad)
+    good_text = tmp_path / "ok.txt"
+    good_text.write_text("def f(x):\n    return x + 1\n", encoding="utf-8")
+    with pytest.raises(UsageError, match="eval prompts .* does not exist; pass a UTF-8 text file with one"):
+        evaluate_package(lm_package, good_text, prompts=tmp_path / "none.txt")
     before = {p.name: p.read_bytes() for p in digits_package.iterdir()}
+    with pytest.raises(
+        UsageError, match=r"over the 0 MiB memory budget; pass a smaller held-out set or raise"
+    ):
+        optimize_package(digits_package, int8="dynamic", eval_data=tmp_path / "ok.npz", eval_budget=100)
+    assert {p.name: p.read_bytes() for p in digits_package.iterdir()} == before
+    for command in ("validate", "optimize"):
+        cli = subprocess.run(
+            [sys.executable, "-m", "torchport.cli", command, str(digits_package), "--eval",
+             str(tmp_path / "ok.npz"), "--eval-budget", "0.0001"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )  # fmt: skip
+        assert cli.returncode == 1, cli.stderr
+        assert cli.stderr.splitlines() == [
+            "error: eval data ok.npz holds 0 MiB, over the 0 MiB memory budget; pass a smaller held-out set "
+            "or raise the budget (--eval-budget MiB; the API's max_bytes=)"
+        ]
+    assert {p.name: p.read_bytes() for p in digits_package.iterdir()} == before
     with pytest.raises(UsageError, match="has no `labels` array"):
         optimize_package(digits_package, int8="dynamic", eval_data=tmp_path / "nolabels.npz")
     assert {p.name: p.read_bytes() for p in digits_package.iterdir()} == before
@@ -186,6 +211,25 @@ def test_int8_keeps_lm_perplexity_and_greedy_tokens(
     rise = res.variants["int8"].perplexity / res.variants["fp32"].perplexity - 1
     refused = gate(res, max_perplexity_rise=rise - 0.01).refused
     assert "perplexity" in refused["int8"] and "above fp32's" in refused["int8"]
+
+
+def test_lm_greedy_agreement_runs_on_distinct_held_out_prompts(
+    lm: TrainedModel, lm_package: Path, tmp_path: Path
+) -> None:
+    text = lm.eval_data.read_text(encoding="utf-8")
+    own = evaluate_package(lm_package, lm.eval_data, tokens=4)  # default: 16 distinct lines of the text
+    assert own.prompts == 16 and own.to_dict()["prompts"] == 16
+    assert "greedy agreement vs fp32 (4 tokens x 16 prompts)" in str(own)
+    held = evaluate_package(lm_package, lm.eval_data, tokens=4, prompts=lm.root / "prompts.txt")
+    assert held.prompts == len(lm.prompts) == 16
+    twice = tmp_path / "twice.txt"
+    line = next(ln.strip() for ln in text.splitlines() if len(ln.strip()) > 30)
+    twice.write_text(f"{line}\n\n{line}\n  {line}  \n", encoding="utf-8")
+    assert evaluate_package(lm_package, lm.eval_data, tokens=4, prompts=twice).prompts == 1
+    assert evaluate_package(lm_package, lm.eval_data, tokens=4, prompts=[line, line, "x = 1"]).prompts == 2
+    (tmp_path / "empty.txt").write_text("\n \n", encoding="utf-8")
+    with pytest.raises(UsageError, match="eval text empty.txt is empty"):
+        evaluate_package(lm_package, lm.eval_data, prompts=tmp_path / "empty.txt")
 
 
 def test_validate_eval_reports_and_records_the_metrics(
