@@ -849,10 +849,20 @@ def _grpcio_load(address: str, request: bytes, concurrency: int, duration: float
     return asyncio.run(run())
 
 
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of this process's finished children (the load generators)."""
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def grpc_rows(cnn_pkg: Path, args, results: dict) -> list[tuple[str, ...]]:
     """(5) gRPC vs HTTP binary on one server: rounds interleaved (median of ``--repeat``, at least 3),
     HTTP binary and gRPC both from torchport bench's generator (pre-encoded requests: raw HTTP/1.1
-    connections, one h2c connection carrying the gRPC calls); a last row with grpcio's own client."""
+    connections, h2c connections carrying the gRPC calls), from one generator process and from
+    ``--load-processes`` (both protocols alike; gRPC then has one connection per process), with the
+    server's and the generator's CPU per request; a last row with grpcio's own client."""
     from torchport.runtimes._loadgen import bench_server, grpc_request_bytes, request_inputs
 
     gport = free_port()
@@ -864,64 +874,80 @@ def grpc_rows(cnn_pkg: Path, args, results: dict) -> list[tuple[str, ...]]:
         def measure(run, *run_args, **run_kwargs):
             cpu0, n0 = server_cpu(srv), srv.metric("torchport_batch_size_count")
             rows0 = srv.metric("torchport_batch_size_sum")
+            gen0 = time.process_time() + _children_cpu()
             r = run(*run_args, **run_kwargs)
+            gen = time.process_time() + _children_cpu() - gen0
             cpu = server_cpu(srv) - cpu0
             batches = srv.metric("torchport_batch_size_count") - n0
             mean_batch = (srv.metric("torchport_batch_size_sum") - rows0) / max(batches, 1)
-            return r, cpu, mean_batch
+            return r, cpu, mean_batch, gen
 
         for c in sorted({1, 32} | set(args.concurrency)):
-            samples: dict[str, list] = {"binary": [], "grpc": []}
+            settings = sorted({1, min(args.load_processes, c)})
+            samples: dict[tuple[str, int], list] = {(p, n): [] for n in settings for p in ("binary", "grpc")}
             for _ in range(rounds):
-                for proto in ("binary", "grpc"):
+                for proto, n in samples:
                     url = f"grpc://127.0.0.1:{gport}" if proto == "grpc" else f"http://127.0.0.1:{srv.port}"
-                    (r,), cpu, mb = measure(
+                    (r,), cpu, mb, gen = measure(
                         bench_server,
                         url,
                         model="cnn",
                         protocols=[proto],
                         concurrency=[c],
                         duration=args.duration,
+                        processes=n,
                     )
                     if r.errors:
                         raise RuntimeError(f"failed {proto} requests: {r.errors}")
-                    samples[proto].append((r, cpu / max(r.requests, 1) * 1e6, mb))
+                    per = max(r.requests, 1)
+                    samples[(proto, n)].append((r, cpu / per * 1e6, mb, gen / per * 1e6))
             summary = {}
-            for proto, got in samples.items():
-                summary[proto] = {
-                    "rps": statistics.median(r.rps for r, _, _ in got),
-                    "p50_ms": statistics.median(r.p50_ms for r, _, _ in got),
-                    "p99_ms": statistics.median(r.p99_ms for r, _, _ in got),
-                    "server_cpu_us_per_request": statistics.median(u for _, u, _ in got),
-                    "mean_batch": statistics.median(m for _, _, m in got),
-                    "rounds_rps": [r.rps for r, _, _ in got],
+            for key, got in samples.items():
+                summary[key] = {
+                    "rps": statistics.median(r.rps for r, _, _, _ in got),
+                    "p50_ms": statistics.median(r.p50_ms for r, _, _, _ in got),
+                    "p99_ms": statistics.median(r.p99_ms for r, _, _, _ in got),
+                    "server_cpu_us_per_request": statistics.median(u for _, u, _, _ in got),
+                    "generator_cpu_us_per_request": statistics.median(g for _, _, _, g in got),
+                    "mean_batch": statistics.median(m for _, _, m, _ in got),
+                    "rounds_rps": [r.rps for r, _, _, _ in got],
                 }
-            ratio = summary["grpc"]["rps"] / summary["binary"]["rps"]
-            results.setdefault("grpc", {})[f"c{c}"] = {**summary, "ratio": ratio}
-            for label, proto, vs in (
-                ("HTTP binary (bench generator)", "binary", "1.00x"),
-                ("gRPC (bench generator, h2c)", "grpc", f"{ratio:.2f}x binary (target >= 1 at c=32)"),
-            ):
-                sm = summary[proto]
-                out.append(
-                    (
-                        "5 grpc vs binary",
-                        f"torchport {label}, server {sm['server_cpu_us_per_request']:.0f} us CPU/req",
-                        str(c),
-                        f"{sm['rps']:.0f}",
-                        f"{sm['p50_ms']:.2f}",
-                        f"{sm['p99_ms']:.2f}",
-                        vs,
-                        f"{sm['mean_batch']:.1f}",
+            entry = results.setdefault("grpc", {}).setdefault(f"c{c}", {})
+            for n in settings:
+                ratio = summary[("grpc", n)]["rps"] / summary[("binary", n)]["rps"]
+                entry[f"processes{n}"] = {
+                    "binary": summary[("binary", n)],
+                    "grpc": summary[("grpc", n)],
+                    "ratio": ratio,
+                }
+                gens = f"{n} generator process{'es' if n > 1 else ''}"
+                for label, proto, vs in (
+                    ("HTTP binary", "binary", "1.00x"),
+                    ("gRPC (h2c)", "grpc", f"{ratio:.2f}x binary (target >= 1 at c=32)"),
+                ):
+                    sm = summary[(proto, n)]
+                    out.append(
+                        (
+                            "5 grpc vs binary",
+                            f"torchport {label}, bench generator, {gens}; CPU/req: server "
+                            f"{sm['server_cpu_us_per_request']:.0f} us, generator "
+                            f"{sm['generator_cpu_us_per_request']:.0f} us",
+                            str(c),
+                            f"{sm['rps']:.0f}",
+                            f"{sm['p50_ms']:.2f}",
+                            f"{sm['p99_ms']:.2f}",
+                            vs,
+                            f"{sm['mean_batch']:.1f}",
+                        )
                     )
-                )
+            summary = {"binary": summary[("binary", 1)]}  # the grpcio row's reference
             try:
                 import grpc  # noqa: F401
             except ImportError:
                 continue
             meta = [{"name": "image", "datatype": "FP32", "shape": [-1, 3, 32, 32]}]
             request = grpc_request_bytes("cnn", request_inputs(meta, 1, {}))
-            g, cpu, mb = measure(_grpcio_load, f"127.0.0.1:{gport}", request, c, args.duration)
+            g, cpu, mb, _ = measure(_grpcio_load, f"127.0.0.1:{gport}", request, c, args.duration)
             results["grpc"][f"c{c}"]["grpcio_client"] = {
                 **g,
                 "server_cpu_us_per_request": cpu / max(g["n"], 1) * 1e6,
@@ -934,7 +960,7 @@ def grpc_rows(cnn_pkg: Path, args, results: dict) -> list[tuple[str, ...]]:
                     f"{g['rps']:.0f}",
                     f"{g['p50'] * 1e3:.2f}",
                     f"{g['p99'] * 1e3:.2f}",
-                    f"{g['rps'] / summary['binary']['rps']:.2f}x binary",
+                    f"{g['rps'] / summary['binary']['rps']:.2f}x binary (1 process)",
                     f"{mb:.1f}",
                 )
             )
@@ -1357,6 +1383,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument(
         "--generator", choices=["wrk", "python"], default="wrk" if shutil.which("wrk") else "python"
+    )
+    parser.add_argument(
+        "--load-processes",
+        type=int,
+        default=4,
+        help="generator processes for section 5's second set of rows (HTTP binary and gRPC alike)",
     )
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument(

@@ -50,6 +50,12 @@ def bench(
     provider: str = typer.Option(
         "cpu", "--provider", help="In process: execution provider(s), comma-separated."
     ),
+    processes: int = typer.Option(
+        1,
+        "--processes",
+        help="Server URL: load generator processes sharing each concurrency (gRPC: one connection "
+        "each), so the client is not the bottleneck.",
+    ),
     as_json: bool = typer.Option(
         False, "--json", help="Print the rows as JSON (p50_ms, p90_ms, p99_ms, rps, ...)."
     ),
@@ -59,6 +65,8 @@ def bench(
     Example: torchport bench out/cnn --concurrency 1,8 --batch 1,8 --duration 3
 
     Example: torchport bench http://127.0.0.1:8000 --protocol json,binary --concurrency 1,32 --json
+
+    Example: torchport bench grpc://127.0.0.1:8001 --model cnn --concurrency 32 --processes 4
     """
     import os
     from pathlib import Path
@@ -90,10 +98,13 @@ def bench(
             duration=duration,
             dims=dims,
             api_key=key,
+            processes=processes,
         )
     else:
-        if protocol or model:
-            raise UsageError("--protocol and --model are for a server URL; a package is timed in process")
+        if protocol or model or processes != 1:
+            raise UsageError(
+                "--protocol, --model and --processes are for a server URL; a package is timed in process"
+            )
         result = bench_package(
             target,
             variants=variant or None,

@@ -26,6 +26,8 @@ from h2.events import (
 )
 from h2.exceptions import H2Error
 from h2.settings import SettingCodes, Settings
+from hpack import Decoder, Encoder
+from hpack.table import HeaderTable
 
 from torchport.runtimes._errors import ServingError
 from torchport.runtimes._grpc_status import INTERNAL
@@ -41,6 +43,77 @@ _CONFIG = H2Configuration(
 )
 
 Headers = list[tuple[bytes, bytes]]
+
+
+def _table_state(table: HeaderTable) -> tuple[int, object, int, bool]:
+    """What an HPACK block's meaning depends on: the dynamic table's length, its newest entry (by
+    identity: every insertion makes a new tuple, and the caller holds the old one), its size limit
+    and whether a size change is still to be signalled."""
+    entries = table.dynamic_entries
+    return len(entries), entries[0] if entries else None, table.maxsize, table.resized
+
+
+def _same_table(a: tuple[int, object, int, bool], b: tuple[int, object, int, bool]) -> bool:
+    return a[0] == b[0] and a[1] is b[1] and a[2] == b[2] and a[3] == b[3]
+
+
+class _BlockEncoder(Encoder):
+    """hpack's encoder, remembering the blocks it made that left its table as it was (all fields
+    indexed or sent without indexing): the same fields encode to the same bytes while the table
+    stays unchanged, so a call's block is encoded once, not per call (hpack's encoding of six
+    fields is tens of microseconds of Python). Any block that changes the table, or a table
+    resize, forgets them all."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._blocks: dict[tuple, bytes] = {}
+        self._state = _table_state(self.header_table)
+
+    def encode(self, headers: Any, huffman: bool = True) -> bytes:
+        key = tuple(headers) if isinstance(headers, list) else None
+        now = _table_state(self.header_table)
+        if not _same_table(now, self._state):
+            self._blocks.clear()
+            self._state = now
+        elif key is not None and (block := self._blocks.get(key)) is not None:
+            return block
+        block = super().encode(headers, huffman)
+        after = _table_state(self.header_table)
+        if not _same_table(after, now):
+            self._blocks.clear()
+            self._state = after
+        elif key is not None:
+            self._blocks[key] = block
+        return block
+
+
+class _BlockDecoder(Decoder):
+    """hpack's decoder, remembering the fields of blocks whose decoding left its table as it was:
+    while the table (and the header list limit) stay unchanged, the same bytes decode to the same
+    fields, so a server's repeated response headers and trailers are decoded once. A block that
+    changes the table forgets them all; a block that fails is never remembered."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._fields: dict[bytes, list] = {}
+        self._state = (_table_state(self.header_table), self.max_header_list_size)
+
+    def decode(self, data: bytes, raw: bool = False) -> Any:
+        now = (_table_state(self.header_table), self.max_header_list_size)
+        if not (_same_table(now[0], self._state[0]) and now[1] == self._state[1]):
+            self._fields.clear()
+            self._state = now
+        key = (bytes(data), raw)
+        fields = self._fields.get(key)  # type: ignore[call-overload]
+        if fields is not None:
+            return list(fields)
+        fields = super().decode(data, raw)
+        if _same_table(_table_state(self.header_table), now[0]):
+            self._fields[key] = list(fields)  # type: ignore[index]
+        else:
+            self._fields.clear()
+            self._state = (_table_state(self.header_table), self.max_header_list_size)
+        return fields
 
 
 def request_headers(authority: str, path: str, metadata: dict[str, str] | None = None) -> Headers:
@@ -79,6 +152,9 @@ class H2Connection(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.conn = _H2(config=_CONFIG)
+        limit = self.conn.decoder.max_header_list_size
+        self.conn.encoder, self.conn.decoder = _BlockEncoder(), _BlockDecoder()
+        self.conn.decoder.max_header_list_size = limit
         self.conn.local_settings = Settings(
             client=True,
             initial_values={SettingCodes.ENABLE_PUSH: 0, SettingCodes.INITIAL_WINDOW_SIZE: _WINDOW_SIZE},
@@ -121,8 +197,13 @@ class H2Connection(asyncio.Protocol):
             raise ServingError(f"cannot start a gRPC call: {e}") from None
         fut = asyncio.get_running_loop().create_future()
         self.waiting[sid] = (fut, GrpcResult())
-        self.unsent[sid] = memoryview(data)
-        self._send_body(sid)
+        if not self.unsent and len(data) <= min(
+            conn.local_flow_control_window(sid), conn.max_outbound_frame_size
+        ):
+            conn.send_data(sid, data, end_stream=True)  # the usual case: one DATA frame, no copy
+        else:
+            self.unsent[sid] = memoryview(data)
+            self._send_body(sid)
         if not self.flush_scheduled:
             self.flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)

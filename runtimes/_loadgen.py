@@ -3,6 +3,11 @@
 ``concurrency`` connections (or in-flight gRPC calls) each send the same pre-encoded request again
 as soon as the previous answer arrives, for ``duration`` seconds, on one asyncio loop (uvloop when
 installed). A non-2xx answer or a gRPC error counts as an error, never as a latency.
+
+With ``processes`` > 1 the load comes from that many generator processes started together (the
+concurrency split between them; for gRPC one HTTP/2 connection each), so that a generator that
+costs more per request than the server (the ``h2`` client is Python per frame) is not what is
+measured.
 """
 
 from __future__ import annotations
@@ -262,6 +267,109 @@ async def _http_load(
     return lat, time.perf_counter() - start, errors[0]
 
 
+def _load(
+    target: Target, proto: str, request: bytes, headers: dict[str, str], concurrency: int, duration: float
+) -> tuple[list[float], float, int]:
+    if proto == "grpc":
+        return _run(_grpc_load(target.host, target.port, request, headers, concurrency, duration))
+    return _run(_http_load(target, request, concurrency, duration))
+
+
+def _child_main() -> None:
+    """A generator process (see :func:`_load_in_processes`): reads its share from stdin, says it is
+    ready, waits for the go, then writes its (latencies, elapsed, errors) to stdout, pickled."""
+    import pickle
+    import sys
+
+    args = pickle.load(sys.stdin.buffer)
+    sys.stdout.buffer.write(b"R\n")
+    sys.stdout.buffer.flush()
+    sys.stdin.buffer.readline()  # the go: every generator starts its clock together
+    try:
+        out: tuple[str, Any] = ("ok", _load(*args))
+    except Exception as e:  # reported to the parent, which raises it
+        out = ("error", f"{type(e).__name__}: {e}")
+    pickle.dump(out, sys.stdout.buffer)
+    sys.stdout.buffer.flush()
+
+
+def _load_in_processes(
+    target: Target,
+    proto: str,
+    request: bytes,
+    headers: dict[str, str],
+    concurrency: int,
+    duration: float,
+    processes: int,
+) -> tuple[list[float], float, int]:
+    """The load of :func:`_load` from ``processes`` generator processes (each at least one request
+    in flight; plain ``python -c`` children, so no ``__main__`` guard is needed by the caller):
+    latencies of all, the longest elapsed time, errors summed."""
+    import pickle
+    import subprocess
+    import sys
+
+    n = min(processes, concurrency)
+    if n <= 1:
+        return _load(target, proto, request, headers, concurrency, duration)
+    shares = [concurrency // n + (i < concurrency % n) for i in range(n)]
+    code = "from torchport.runtimes._loadgen import _child_main; _child_main()"
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", code],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in shares
+    ]
+
+    def failed(child: subprocess.Popen) -> ServingError:
+        child.kill()
+        _, err = child.communicate()
+        tail = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+        return ServingError(f"a load generator process failed: {tail[0]}")
+
+    lat: list[float] = []
+    elapsed, errors = 0.0, 0
+    try:
+        for child, share in zip(children, shares):
+            assert child.stdin is not None and child.stdout is not None
+            child.stdin.write(pickle.dumps((target, proto, request, headers, share, duration)))
+            child.stdin.flush()
+        for child in children:
+            assert child.stdout is not None
+            if child.stdout.readline() != b"R\n":
+                raise failed(child)
+        for child in children:
+            assert child.stdin is not None
+            child.stdin.write(b"G\n")
+            child.stdin.close()
+        for child in children:
+            assert child.stdout is not None
+            try:
+                kind, value = pickle.load(child.stdout)
+            except (EOFError, pickle.UnpicklingError):
+                raise failed(child) from None
+            if kind != "ok":
+                raise ServingError(f"a load generator process failed: {value}")
+            lat += value[0]
+            elapsed = max(elapsed, value[1])
+            errors += value[2]
+    finally:
+        for child in children:
+            if child.poll() is None:
+                try:
+                    child.wait(10)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait()
+            for stream in (child.stdout, child.stderr):
+                if stream is not None:
+                    stream.close()
+    return lat, elapsed, errors
+
+
 def _run(coro: Coroutine[Any, Any, T]) -> T:
     try:
         import uvloop  # type: ignore[import-not-found]
@@ -281,11 +389,14 @@ def bench_server(
     duration: float = 5.0,
     dims: dict[str, int] | None = None,
     api_key: str | None = None,
+    processes: int = 1,
 ) -> BenchResult:
     """Put closed-loop load on a running server and measure each (protocol, batch, concurrency).
 
     ``url`` is ``http://HOST:PORT`` (protocols ``json`` and ``binary``) or ``grpc://HOST:PORT``
     (protocol ``grpc``); the model is ``--model``, the URL's ``/v2/models/NAME``, or the only one.
+    ``processes`` generator processes share each point's concurrency (at most one per request in
+    flight; gRPC: one connection each), started together.
 
     Example:
         >>> print(bench_server("http://127.0.0.1:8000", concurrency=[1, 32], duration=5))  # doctest: +SKIP
@@ -294,6 +405,8 @@ def bench_server(
         UsageError: a bad URL or protocol for it. ServingError: the server cannot be reached.
     """
     target = Target.parse(url, model)
+    if processes < 1:
+        raise UsageError(f"--processes {processes}: expected 1 or more load generator processes")
     headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
     allowed = ("grpc",) if target.scheme == "grpc" else ("json", "binary")
     protos = list(protocols or allowed)
@@ -311,12 +424,9 @@ def bench_server(
             for c in concurrency:
                 if proto == "grpc":
                     req = grpc_request_bytes(name, inputs)
-                    lat, elapsed, errors = _run(
-                        _grpc_load(target.host, target.port, req, headers, c, duration)
-                    )
                 else:
                     req = http_request_bytes(target, name, inputs, proto == "binary", headers)
-                    lat, elapsed, errors = _run(_http_load(target, req, c, duration))
+                lat, elapsed, errors = _load_in_processes(target, proto, req, headers, c, duration, processes)
                 result.append(
                     summarize(
                         lat, elapsed, errors, target=url, model=name, mode=proto, batch=batch, concurrency=c

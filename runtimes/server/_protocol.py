@@ -6,7 +6,6 @@ Decoding turns a request body into numpy arrays; encoding turns output arrays in
 
 from __future__ import annotations
 
-import array
 import math
 import struct
 from collections.abc import Mapping, Sequence
@@ -208,19 +207,37 @@ def _flatten(data: Any) -> Any:
 _VECTOR_CHECK_FROM = 32
 
 
+#: struct.Struct per (format code, element count): compiled once, a few sizes in use at a time
+_PACKERS: dict[tuple[str, int], struct.Struct] = {}
+_PACKERS_MAX = 64
+
+
+def _packer(code: str, count: int) -> struct.Struct:
+    key = (code, count)
+    packer = _PACKERS.get(key)
+    if packer is None:
+        if len(_PACKERS) >= _PACKERS_MAX:  # many sizes (e.g. varied batch sizes): start over
+            _PACKERS.clear()
+        packer = _PACKERS[key] = struct.Struct(f"{count}{code}")
+    return packer
+
+
 def _plain_numbers(flat: list[Any], datatype: str) -> np.ndarray | None:
     """``flat`` as a numpy array of ``datatype`` (FP16, FP32 or FP64) when every element is a JSON
     number (Python int or float, no bool), else None (the caller's element-by-element check then
     names what is wrong).
 
-    One C-level conversion instead of a per-element type test: ``array.array`` takes only real
-    numbers (None, strings, lists and objects raise), and a bool, which it takes as 0 or 1, can
-    only hide among the values equal to 0 or 1, so only those are looked at one by one.
+    One C-level conversion instead of a per-element type test: a ``struct.Struct`` of
+    ``len(flat)`` floats packs straight into the array (about a third of ``array.array``'s time:
+    one call over the unpacked list instead of an item-by-item append) and takes only real
+    numbers (None, strings, lists and objects raise); a bool, which it takes as 0 or 1, can only
+    hide among the values equal to 0 or 1, so only those are looked at one by one.
     """
     code = "f" if datatype == "FP32" else "d"  # FP16 from doubles: one rounding, as np.fromiter
+    arr = np.empty(len(flat), np.float32 if code == "f" else np.float64)
     try:
-        arr = np.frombuffer(array.array(code, flat), np.float32 if code == "f" else np.float64)
-    except (TypeError, OverflowError):
+        _packer(code, len(flat)).pack_into(arr.data, 0, *flat)
+    except (struct.error, TypeError, OverflowError):
         return None
     suspects = np.flatnonzero((arr == 0) | (arr == 1))
     if len(suspects) and any(type(flat[i]) is bool for i in suspects.tolist()):

@@ -104,6 +104,25 @@ def test_server_load_over_json_binary_and_grpc(tmp_path):
         assert [r["mode"] for r in json.loads(proc.stdout)] == ["binary"]
 
 
+def test_load_from_several_generator_processes_counts_every_request(tmp_path):
+    pytest.importorskip("grpc")
+    pkg = make_scale_package(tmp_path / "scale", 2.0)
+    with running_server(pkg.path, grpc_port=0) as srv:
+        stats = srv.repository.get("scale").stats
+        before = stats.success.count
+        rows = bench_server(srv.url, protocols=["binary"], concurrency=[3], duration=0.3, processes=2)
+        rows += bench_server(
+            f"grpc://{srv.grpc_url}", model="scale", concurrency=[3], duration=0.3, processes=2
+        )
+        for r in rows:  # every generator process makes at least one request
+            assert r.concurrency == 3 and r.requests >= 2 and r.errors == 0 and r.p50_ms > 0
+        assert stats.success.count - before >= sum(r.requests for r in rows)
+        with pytest.raises(UsageError, match="--processes 0: expected 1 or more"):
+            bench_server(srv.url, processes=0)
+    proc = _bench(str(pkg.path), "--processes", "2")
+    assert proc.returncode == 1 and "--processes are for a server URL" in proc.stderr
+
+
 def test_errors_are_counted_and_misuse_is_one_line(tmp_path, monkeypatch):
     pkg = make_scale_package(tmp_path / "scale", 2.0)
     monkeypatch.setenv("TP_BENCH_KEY", "0123456789abcdef")
