@@ -217,6 +217,9 @@ class Seq2SeqBatch(RowBatch):
         self.cohorts: list[_Cohort] = []
         self.rows = []
         self._dtype = np.dtype(self.spec.kv_dtype)
+        #: joiners merge into the running rows (one decoder run per step); ``False`` keeps one run per
+        #: cohort, as for a decoder without its own mask (benchmarks/seq2seq_batching.py compares them)
+        self.join = self.spec.decoder_mask
 
     def _set_cohorts(self, cohorts: list[_Cohort]) -> None:
         self.cohorts = cohorts
@@ -333,7 +336,7 @@ class Seq2SeqBatch(RowBatch):
             prefix = np.asarray([[self.spec.decoder_start_token_id, *forced]] * len(group), np.int64)
             for s, t in zip(group, self._sample(self._run(cohort, prefix), group), strict=True):
                 first[id(s)] = t
-            if self.spec.decoder_mask and cohorts:
+            if self.join and cohorts:
                 cohorts = [_joined(cohorts[0], cohort)]
             else:
                 cohorts.append(cohort)

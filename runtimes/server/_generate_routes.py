@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from torchport.runtimes._audio_request import AUDIO, SpeechCodec
 from torchport.runtimes._errors import InferenceInputError, UsageError
-from torchport.runtimes._generate import GenRequest, SamplingParams, generation_spec
+from torchport.runtimes._generate import GenRequest, SamplingParams, Seq2SeqBatch, generation_spec
 from torchport.runtimes._tokenizer import IncrementalDecoder, TextCodec
 from torchport.runtimes.server._generate_engine import GenerationEngine, Job
 from torchport.runtimes.server._http import Deferred, Response, Stream
@@ -44,8 +45,9 @@ _SAMPLING = (
     "ignore_eos",
 )
 _SPEECH = ("language", "task")  # speech packages: Whisper's forced prompt
+_BEAM = ("num_beams", "length_penalty", "early_stopping")  # encoder-decoders: beam search
 _TOP_LEVEL = frozenset(
-    {"text_input", "messages", "audio", "parameters", "id", "stream", *_SAMPLING, *_SPEECH}
+    {"text_input", "messages", "audio", "parameters", "id", "stream", *_SAMPLING, *_SPEECH, *_BEAM}
 )
 _MAX_STOPS = 16
 
@@ -99,6 +101,15 @@ def _number(params: dict[str, Any], key: str, kind: type, default: Any) -> Any:
     return value
 
 
+@dataclass(frozen=True)
+class Beams:
+    """Beam search settings of a request (Hugging Face ``generate``'s)."""
+
+    num_beams: int
+    length_penalty: float = 1.0
+    early_stopping: bool | str = False
+
+
 @dataclass
 class GenerateRequest:
     """A parsed generate request."""
@@ -106,6 +117,34 @@ class GenerateRequest:
     request: GenRequest
     stops: list[str] = field(default_factory=list)
     id: str | None = None
+    #: beam search instead of the engine's batch (``None``: greedy or sampling in the batch)
+    beams: Beams | None = None
+    #: the work left before the request can run (speech: WAV decode, log-mel, language detection, the
+    #: range check), for the executor: it completes ``request`` or raises :class:`HTTPError`
+    prepare: Callable[[], None] | None = None
+
+
+def parse_beams(merged: dict[str, Any], engine: GenerationEngine, sampling: SamplingParams) -> Beams | None:
+    """``num_beams`` / ``length_penalty`` / ``early_stopping`` (400 when bad or not served)."""
+    n = _number(merged, "num_beams", int, 1)
+    if n < 1:
+        raise HTTPError(400, f"num_beams must be an integer >= 1, got {n}")
+    length_penalty = float(_number(merged, "length_penalty", float, 1.0))
+    early = merged.get("early_stopping", False)
+    if not isinstance(early, bool) and early != "never":
+        raise HTTPError(400, f'early_stopping must be true, false or "never", got {early!r}')
+    if n == 1:
+        return None
+    batch = engine.batch
+    if not isinstance(batch, Seq2SeqBatch):
+        raise HTTPError(400, "num_beams > 1 (beam search) is served for encoder-decoder packages only")
+    if n > batch.spec.max_batch:
+        raise HTTPError(400, f"num_beams must be at most {batch.spec.max_batch} (the model's batch range)")
+    if sampling.do_sample:
+        raise HTTPError(
+            400, "num_beams > 1 is beam search; do not combine it with temperature, top_p or top_k"
+        )
+    return Beams(n, length_penalty, early)
 
 
 def parse_generate(
@@ -130,10 +169,12 @@ def parse_generate(
     params = data.get("parameters") or {}
     if not isinstance(params, dict):
         raise HTTPError(400, "parameters must be a JSON object")
-    bad = sorted(set(params) - set(_SAMPLING) - set(_SPEECH) - {"stream"})
+    bad = sorted(set(params) - set(_SAMPLING) - set(_SPEECH) - set(_BEAM) - {"stream"})
     if bad:
-        raise HTTPError(400, f"unknown parameter(s) {', '.join(bad)}; accepted: {', '.join(_SAMPLING)}")
-    merged = {**{k: v for k, v in data.items() if k in _SAMPLING or k in _SPEECH}, **params}
+        raise HTTPError(
+            400, f"unknown parameter(s) {', '.join(bad)}; accepted: {', '.join(_SAMPLING + _BEAM)}"
+        )
+    merged = {**{k: v for k, v in data.items() if k in _SAMPLING or k in _SPEECH or k in _BEAM}, **params}
     if "messages" in data and "text_input" in data:
         raise HTTPError(400, "send either text_input or messages, not both")
     chat = "messages" in data
@@ -161,6 +202,7 @@ def parse_generate(
     ):
         raise HTTPError(400, f"stop must be a non-empty string or a list of at most {_MAX_STOPS} of them")
     sampling = _sampling(merged)
+    beams = parse_beams(merged, engine, sampling)
     try:
         ids = codec.encode(prompt, add_special_tokens=not chat)  # a chat template writes its own
         request = GenRequest(ids, sampling)
@@ -168,13 +210,15 @@ def parse_generate(
     except InferenceInputError as e:
         raise HTTPError(400, str(e)) from None
     rid = data.get("id")
-    return GenerateRequest(request, stops, str(rid) if rid is not None else None)
+    return GenerateRequest(request, stops, str(rid) if rid is not None else None, beams)
 
 
 def _parse_speech(
     data: dict[str, Any], merged: dict[str, Any], engine: GenerationEngine, speech: SpeechCodec | None
 ) -> GenerateRequest:
-    """A speech request: ``audio`` (base64 WAV or FP32 samples), optional ``language`` / ``task``."""
+    """A speech request: ``audio`` (base64 WAV or FP32 samples), optional ``language`` / ``task``. The
+    fields are checked here; decoding the audio, the log-mel and language detection are left to the
+    request's ``prepare`` (run in the executor, off the event loop)."""
     if speech is None:
         raise HTTPError(400, "this model does not take audio; send text_input")
     if "text_input" in data or "messages" in data:
@@ -183,24 +227,30 @@ def _parse_speech(
         raise HTTPError(400, "audio is missing: send a base64-encoded WAV file or a list of FP32 samples")
     if merged.get("stop"):
         raise HTTPError(400, "stop strings are not supported for speech models")
-    try:
-        items = SpeechCodec.from_json(data[AUDIO])
-        if len(items) != 1:
-            raise InferenceInputError(f"a generate request takes one audio, got {len(items)}")
-        source = speech.sources(items)[0]
-        batch = engine.batch
-        detect = getattr(batch, "first_logits", None)
-        forced = speech.forced(
-            merged.get("language"),
-            merged.get("task"),
-            detect=(lambda: detect([source])) if detect is not None else None,
-        )
-        request = GenRequest([], _sampling(merged), source=source, forced=forced)
-        engine.check(request)
-    except InferenceInputError as e:
-        raise HTTPError(400, str(e)) from None
+    sampling = _sampling(merged)
+    beams = parse_beams(merged, engine, sampling)
+    request = GenRequest([], sampling)
+    value = data[AUDIO]
+
+    def prepare() -> None:
+        try:
+            items = SpeechCodec.from_json(value)
+            if len(items) != 1:
+                raise InferenceInputError(f"a generate request takes one audio, got {len(items)}")
+            source = speech.sources(items)[0]
+            detect = getattr(engine.batch, "first_logits", None)
+            request.source = source
+            request.forced = speech.forced(
+                merged.get("language"),
+                merged.get("task"),
+                detect=(lambda: detect([source])) if detect is not None else None,
+            )
+            engine.check(request)
+        except InferenceInputError as e:
+            raise HTTPError(400, str(e)) from None
+
     rid = data.get("id")
-    return GenerateRequest(request, [], str(rid) if rid is not None else None)
+    return GenerateRequest(request, [], str(rid) if rid is not None else None, beams, prepare)
 
 
 def _sampling(merged: dict[str, Any]) -> SamplingParams:
@@ -272,6 +322,7 @@ def generate_route(
     if parsed.id is not None:
         head["id"] = parsed.id
     seq = parsed.request
+    refused: list[HTTPError] = []  # the executor's preparation refused the request (a 400)
 
     def finish_reason() -> str:
         return "stop" if out.stopped else (seq.finish_reason or "length")
@@ -279,16 +330,64 @@ def generate_route(
     def usage() -> dict[str, int]:
         return {"prompt_tokens": len(seq.prompt), "completion_tokens": len(seq.tokens)}
 
+    def run(on_token: Callable[[int | None], None], on_done: Callable[[BaseException | None], None]) -> Job:
+        """Start the generation: a job in the engine's batch, or a beam search in the executor (its
+        tokens delivered at the end)."""
+        job = Job(seq, on_token, on_done, loop)
+        beams = parsed.beams
+        if beams is None:
+            engine.submit(job)
+            return job
+
+        def search() -> None:
+            batch = engine.batch
+            assert isinstance(batch, Seq2SeqBatch)  # parse_beams refuses any other
+            batch.beam_search(seq, beams.num_beams, beams.length_penalty, beams.early_stopping)
+
+        def searched(f: asyncio.Future) -> None:
+            exc = f.exception()
+            if exc is None:
+                for token in seq.tokens:
+                    if not job.cancelled:
+                        on_token(token)
+                if not job.cancelled:
+                    on_token(None)
+            on_done(exc)
+
+        loop.run_in_executor(None, search).add_done_callback(searched)
+        return job
+
+    def after_prepare(then: Callable[[], None], fail: Callable[[BaseException], None]) -> None:
+        """``then()`` once the request is prepared (at once when nothing is left to do)."""
+        if parsed.prepare is None:
+            then()
+            return
+
+        def prepared(f: asyncio.Future) -> None:
+            exc = f.exception()
+            if isinstance(exc, HTTPError):
+                refused.append(exc)
+                fail(exc)
+            elif exc is not None:
+                fail(exc)
+            else:
+                then()
+
+        loop.run_in_executor(None, parsed.prepare).add_done_callback(prepared)
+
+    def refusal() -> Response:
+        return app.error_response(refused[0].status, refused[0].message)
+
     if not stream:
         future: asyncio.Future = loop.create_future()
-        job: Job
+        jobs: list[Job] = []
 
         def on_token(token: int | None) -> None:
             if out.stopped:
                 return
             out.push(token)
             if out.stopped or token is None:
-                job.cancel()
+                jobs[0].cancel()
                 if not future.done():
                     future.set_result(None)
 
@@ -296,10 +395,11 @@ def generate_route(
             if not future.done():
                 future.set_exception(exc) if exc is not None else future.set_result(None)
 
-        job = Job(seq, on_token, on_done, loop)
-        engine.submit(job)
+        after_prepare(lambda: jobs.append(run(on_token, on_done)), on_done)
 
         def respond(fut: asyncio.Future) -> Response:
+            if refused:
+                return refusal()
             if fut.exception() is not None:
                 return app.error_response(500, f"model {name!r} failed while generating (see the server log)")
             return Response(
@@ -312,6 +412,7 @@ def generate_route(
         return Deferred(future, respond)
 
     sse = Stream()
+    jobs_s: list[Job] = []
 
     def event(obj: dict[str, Any]) -> bytes:
         return b"data: " + json_dumps(obj) + b"\n\n"
@@ -327,7 +428,7 @@ def generate_route(
                 body.update(finish_reason=finish_reason(), usage=usage())
             sse.chunks.put_nowait(event(body))
         if last:
-            job_s.cancel()
+            jobs_s[0].cancel()
             sse.chunks.put_nowait(None)
 
     def on_done_stream(exc: BaseException | None) -> None:
@@ -336,7 +437,30 @@ def generate_route(
             sse.chunks.put_nowait(event({**head, "error": f"model {name!r} failed while generating"}))
             sse.chunks.put_nowait(None)
 
-    job_s = Job(seq, on_token_stream, on_done_stream, loop)
-    sse.on_disconnect = job_s.cancel
-    engine.submit(job_s)
-    return sse
+    def start_stream() -> None:
+        job = run(on_token_stream, on_done_stream)
+        jobs_s.append(job)
+        sse.on_disconnect = job.cancel
+
+    if parsed.prepare is None:
+        start_stream()
+        return sse
+    # the stream's head waits for the preparation: a refused request is still a plain 400
+    ready: asyncio.Future = loop.create_future()
+
+    def started() -> None:
+        start_stream()
+        ready.set_result(None)
+
+    after_prepare(started, lambda exc: ready.set_exception(exc))
+
+    def head_or_refusal(fut: asyncio.Future) -> Response | Stream:
+        if refused:
+            return refusal()
+        if fut.exception() is not None:
+            return app.error_response(
+                500, f"model {name!r} failed while preparing the request (see the server log)"
+            )
+        return sse
+
+    return Deferred(ready, head_or_refusal)

@@ -131,10 +131,11 @@ class Response:
 
 @dataclass
 class Deferred:
-    """A response that will be ready when ``future`` is done; ``finish(future)`` builds it."""
+    """A response that will be ready when ``future`` is done; ``finish(future)`` builds it (a
+    :class:`Stream` too: its head goes out then)."""
 
     future: asyncio.Future
-    finish: Callable[[asyncio.Future], Response]
+    finish: Callable[[asyncio.Future], Response | Stream]
 
 
 @dataclass
@@ -561,6 +562,12 @@ class HttpProtocol(asyncio.Protocol):
         except Exception:
             log.exception("unhandled error finishing %s %s", req.method, req.path)
             resp = self.app.error_response(500, "internal server error (see the server log)")
+        if isinstance(resp, Stream):  # a stream whose head waited for the future (e.g. its 400 check)
+            self.busy = True
+            self.server.inflight += 1
+            self.stream = resp
+            asyncio.ensure_future(self._pump(req, resp))
+            return
         self._send(req, resp)
         self._turn()
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 pytest.importorskip("transformers")
@@ -37,16 +36,21 @@ class _Counting:
 
 
 @pytest.mark.parametrize("name", ["t5", "bart"])  # relative position bias; learned absolute positions
-def test_rows_joining_at_different_steps_share_one_decoder_run_and_match_each_alone(root: Path, name: str) -> None:
+def test_rows_joining_at_different_steps_share_one_decoder_run_and_match_each_alone(
+    root: Path, name: str
+) -> None:
     session = Session.from_package(exported_seq2seq(name, root).package.path)
     alone = [
-        Generator(session).generate([PROMPTS[i]], max_new_tokens=n, ignore_eos=True).tokens[0] for i, _, n in PLAN
+        Generator(session).generate([PROMPTS[i]], max_new_tokens=n, ignore_eos=True).tokens[0]
+        for i, _, n in PLAN
     ]
     batch = Seq2SeqBatch(session)
     assert batch.spec.decoder_mask
     counter = _Counting(batch._sess)
     batch._sess = counter
-    rows = [GenRequest(list(PROMPTS[i]), SamplingParams(max_new_tokens=n, ignore_eos=True)) for i, _, n in PLAN]
+    rows = [
+        GenRequest(list(PROMPTS[i]), SamplingParams(max_new_tokens=n, ignore_eos=True)) for i, _, n in PLAN
+    ]
     step = 0
     widths = set()
     while step == 0 or batch.rows:
@@ -65,28 +69,22 @@ def test_rows_joining_at_different_steps_share_one_decoder_run_and_match_each_al
     assert min(widths) < max(widths)  # and cut back when the longest left
 
 
-def test_a_package_whose_decoder_takes_no_mask_keeps_one_run_per_cohort(root: Path, tmp_path: Path) -> None:
-    """Packages exported before the decoder took its own mask still generate (cohorts apart)."""
+def test_without_joining_each_cohort_runs_apart_and_gives_the_same_tokens(root: Path) -> None:
+    """``join = False`` (what a package whose decoder takes no mask gets): one run per cohort."""
     session = Session.from_package(exported_seq2seq("t5", root).package.path)
     batch = Seq2SeqBatch(session)
-    object.__setattr__(batch.spec, "decoder_mask", False)
-    # the graph needs the mask: feed the all-ones one such a decoder implies
-    inner = batch._sess
-
-    class _Ones:
-        def run(self, names: list[str], feeds: dict) -> list:
-            past = feeds["past_key_values.0.key"].shape[2]
-            ids = feeds["decoder_input_ids"]
-            feeds = {**feeds, "decoder_attention_mask": np.ones((ids.shape[0], past + ids.shape[1]), np.int64)}
-            return inner.run(names, feeds)
-
-    batch._sess = _Ones()
+    batch.join = False
+    counter = _Counting(batch._sess)
+    batch._sess = counter
     a = GenRequest(list(PROMPTS[0]), SamplingParams(max_new_tokens=6, ignore_eos=True))
     b = GenRequest(list(PROMPTS[1]), SamplingParams(max_new_tokens=6, ignore_eos=True))
     batch.add([a])
     batch.step()
     batch.add([b])
     assert len(batch.cohorts) == 2
+    before = counter.runs
+    batch.step()
+    assert counter.runs == before + 2
     while batch.rows:
         batch.step()
         batch.drop_finished()

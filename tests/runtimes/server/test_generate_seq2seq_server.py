@@ -119,3 +119,85 @@ def test_infer_takes_bytes_text_and_answers_the_generated_text_over_http_and_grp
     with pytest.raises(Exception, match="encoder takes at most 128"):
         hc.infer("bart", [long])
     assert [g.decode() for g in hc.infer("bart", [inp]).as_numpy("text_output")] == expected
+
+
+def _beams(server, text: str, n: int, **kw: object) -> str:
+    return (
+        Session.from_package(server.package)
+        .generate(text, max_new_tokens=n, num_beams=3, **kw)  # type: ignore[arg-type]
+        .text[0]
+    )
+
+
+def test_generate_runs_beam_search_with_hugging_face_settings(server) -> None:
+    url = "/v2/models/bart/generate"
+    status, body = _post(server, url, {"text_input": TEXTS[2], "max_tokens": 7, "num_beams": 3})
+    assert status == 200, body
+    assert body["text_output"] == _beams(server, TEXTS[2], 7)
+    settings = {"num_beams": 3, "length_penalty": 0.5, "early_stopping": True, "max_tokens": 7}
+    status, body = _post(server, url, {"text_input": TEXTS[0], "parameters": settings})
+    assert status == 200, body
+    assert body["text_output"] == _beams(server, TEXTS[0], 7, length_penalty=0.5, early_stopping=True)
+    assert body["usage"]["completion_tokens"] == len(
+        Session.from_package(server.package)
+        .generate(TEXTS[0], max_new_tokens=7, num_beams=3, length_penalty=0.5, early_stopping=True)
+        .tokens[0]
+    )
+    # streamed: the best hypothesis, as the same text
+    conn = httpc.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        conn.request(
+            "POST",
+            url + "_stream",
+            body=json.dumps({"text_input": TEXTS[2], "max_tokens": 7, "num_beams": 3}),
+        )
+        resp = conn.getresponse()
+        assert resp.status == 200
+        events = [json.loads(e[len("data: ") :]) for e in resp.read().decode().split("\n\n") if e]
+    finally:
+        conn.close()
+    assert "".join(e["text_output"] for e in events) == _beams(server, TEXTS[2], 7)
+    assert events[-1]["finish_reason"] in ("stop", "length")
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"num_beams": 0}, r"^num_beams must be an integer >= 1, got 0"),
+        ({"num_beams": "3"}, r"^num_beams must be int, got '3'"),
+        ({"num_beams": 3, "temperature": 0.7}, r"^num_beams > 1 is beam search; do not combine it with"),
+        ({"num_beams": 3, "early_stopping": "soon"}, r"^early_stopping must be true, false or \"never\""),
+        ({"num_beams": 100}, r"^num_beams must be at most 32"),
+    ],
+)
+def test_bad_beam_settings_are_one_line_400s(server, fields: dict, message: str) -> None:
+    import re
+
+    status, body = _post(server, "/v2/models/bart/generate", {"text_input": "hello", **fields})
+    assert status == 400 and re.search(message, body["error"]), body
+
+
+def test_beam_and_greedy_requests_at_once_each_get_their_own_answer(server) -> None:
+    results: dict[int, str] = {}
+    jobs = [(TEXTS[k % len(TEXTS)], 3 if k % 2 else 1) for k in range(6)]
+    start = threading.Barrier(len(jobs))
+
+    def one(k: int) -> None:
+        text, beams = jobs[k]
+        start.wait()
+        status, body = _post(
+            server, "/v2/models/bart/generate", {"text_input": text, "max_tokens": 6, "num_beams": beams}
+        )
+        assert status == 200, body
+        results[k] = body["text_output"]
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    local = Session.from_package(server.package)
+    assert results == {
+        k: local.generate(text, max_new_tokens=6, num_beams=beams).text[0]
+        for k, (text, beams) in enumerate(jobs)
+    }

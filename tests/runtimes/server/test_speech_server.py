@@ -311,3 +311,75 @@ def test_concurrent_infer_requests_with_a_bad_one_each_get_their_own_answer(serv
         got = list(pool.map(infer, items))
     assert got[0] == got[3] == alone[0] and got[2] == alone[1]
     assert got[1].startswith("error: audio is not a WAV file")
+
+
+def test_generate_leaves_the_audio_work_to_the_executor(server) -> None:
+    """Parsing a speech /generate body decodes nothing: the WAV decode, log-mel and language
+    detection are the request's ``prepare``, which the route runs in the executor."""
+    from torchport.runtimes._audio_request import SpeechCodec
+    from torchport.runtimes.server._generate_engine import GenerationEngine
+    from torchport.runtimes.server._generate_routes import parse_generate
+    from torchport.runtimes.server._protocol import HTTPError
+
+    session = Session.from_package(Path(server.repository.get("whisper", None).path))
+    engine = GenerationEngine(session)
+    codec, speech = TextCodec.from_package(session.package), SpeechCodec.from_manifest(session.manifest)
+    assert codec is not None and speech is not None
+    body = {"audio": base64.b64encode(sample_audio()[0]).decode(), "max_tokens": 4}
+    parsed = parse_generate(json.dumps(body).encode(), engine, codec, speech)
+    assert parsed.request.source is None and parsed.prepare is not None
+    parsed.prepare()
+    assert parsed.request.source is not None and parsed.request.forced  # features, detected language
+    bad = parse_generate(
+        json.dumps({"audio": base64.b64encode(b"junk").decode()}).encode(), engine, codec, speech
+    )
+    assert bad.prepare is not None
+    with pytest.raises(HTTPError, match=r"^audio is not a WAV file"):
+        bad.prepare()
+
+
+def test_concurrent_generate_requests_one_with_bad_audio_each_get_their_own_answer(server) -> None:
+    import threading
+
+    audio = sample_audio()
+    good = [
+        {"audio": base64.b64encode(audio[0]).decode(), "language": "en", "max_tokens": 6},
+        {"audio": base64.b64encode(audio[1]).decode(), "language": "fr", "max_tokens": 5},
+        {"audio": base64.b64encode(audio[0]).decode(), "language": "de", "max_tokens": 7},
+    ]
+    bad = [
+        (
+            {"audio": base64.b64encode(b"RIFF junk").decode(), "max_tokens": 4},
+            URL,
+            r"^audio is not a WAV file",
+        ),
+        (
+            {"audio": base64.b64encode(wav(np.zeros(31 * 16000))).decode(), "max_tokens": 4},
+            URL + "_stream",
+            r"^audio is 31\.0 s long; the limit is 30 s",
+        ),
+    ]
+    jobs = [(body, URL) for body in good] + [(body, path) for body, path, _ in bad]
+    results: dict[int, tuple[int, dict]] = {}
+    start = threading.Barrier(len(jobs))
+
+    def one(k: int, body: dict, path: str) -> None:
+        start.wait()
+        results[k] = _post(server, body, path)
+
+    threads = [threading.Thread(target=one, args=(k, b, p)) for k, (b, p) in enumerate(jobs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    import re
+
+    for k, body in enumerate(good):
+        status, got = results[k]
+        assert status == 200, got
+        assert got["text_output"] == _local(
+            server, audio[0 if k != 1 else 1], body["max_tokens"], language=body["language"]
+        )
+    for k, (_, _, message) in enumerate(bad, start=len(good)):
+        status, got = results[k]
+        assert status == 400 and re.search(message, got["error"]), got  # a plain 400, the stream's too
