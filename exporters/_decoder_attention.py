@@ -47,6 +47,7 @@ __all__ = [
     "onnx_translations",
     "ort_op_schemas",
     "rotary_caches",
+    "rotary_in_attention",
     "split_cache",
 ]
 
@@ -384,8 +385,22 @@ def ort_op_schemas() -> Iterator[None]:
             defs.deregister_schema(op_type, 1, "com.microsoft")
 
 
-def onnx_translations() -> dict[Any, Any]:
-    """torch.onnx ``custom_translation_table`` entries for the fused op (use inside :func:`ort_op_schemas`)."""
+def rotary_in_attention(head_size: int) -> bool:
+    """Whether ``GroupQueryAttention`` itself applies the rotary embedding (``do_rotary=1``, the cos/sin
+    caches and ``position_ids`` as its inputs) for heads of ``head_size``: its CPU kernel rotates head
+    sizes in multiples of 16; others get one ``RotaryEmbedding`` per query and key before it."""
+    return head_size % 16 == 0
+
+
+def onnx_translations(rotary_inside: bool = False) -> dict[Any, Any]:
+    """torch.onnx ``custom_translation_table`` entries for the fused op (use inside :func:`ort_op_schemas`).
+
+    With ``rotary_inside`` (:func:`rotary_in_attention`) a rotary layer's ``GroupQueryAttention`` takes
+    the cos/sin caches and ``position_ids`` and rotates the queries/keys itself (``do_rotary=1``): one
+    op instead of two ``RotaryEmbedding`` and the attention. Its kernel honours ``position_ids`` row by
+    row in a decode step but rotates a multi-token first prompt from ``position_ids[0, 0]`` for every
+    row, so such a graph takes a batched prompt only unpadded (equal lengths; the generate loop runs
+    prompts of different lengths apart, ``extra.generation.rotary: attention``)."""
     from onnxscript import opset18 as op
     from onnxscript.values import Opset
 
@@ -412,27 +427,46 @@ def onnx_translations() -> dict[Any, Any]:
         q = op.Reshape(op.Transpose(query, perm=[0, 2, 1, 3]), flat)
         k = op.Reshape(op.Transpose(key, perm=[0, 2, 1, 3]), flat)
         v = op.Reshape(op.Transpose(value, perm=[0, 2, 1, 3]), flat)
-        if cos_cache is not None:  # rotary at the given positions (GroupQueryAttention's own rotary
-            # takes one start position per batch for a prompt, not left-padded rows' positions)
-            q = msft.RotaryEmbedding(q, position_ids, cos_cache, sin_cache, num_heads=num_heads)
-            k = msft.RotaryEmbedding(k, position_ids, cos_cache, sin_cache, num_heads=kv_heads)
-        out, present_key, present_value = msft.GroupQueryAttention(
-            q,
-            k,
-            v,
-            past_key,
-            past_value,
-            seqlens,
-            total,
-            None,
-            None,
-            None,
-            bias,
-            num_heads=num_heads,
-            kv_num_heads=kv_heads,
-            scale=scale,
-            local_window_size=window,
-        )
+        if cos_cache is not None and rotary_inside:  # the attention rotates at position_ids itself
+            out, present_key, present_value = msft.GroupQueryAttention(
+                q,
+                k,
+                v,
+                past_key,
+                past_value,
+                seqlens,
+                total,
+                cos_cache,
+                sin_cache,
+                position_ids,
+                bias,
+                num_heads=num_heads,
+                kv_num_heads=kv_heads,
+                scale=scale,
+                local_window_size=window,
+                do_rotary=1,
+            )
+        else:
+            if cos_cache is not None:  # rotary at the given positions, one op per query and key
+                q = msft.RotaryEmbedding(q, position_ids, cos_cache, sin_cache, num_heads=num_heads)
+                k = msft.RotaryEmbedding(k, position_ids, cos_cache, sin_cache, num_heads=kv_heads)
+            out, present_key, present_value = msft.GroupQueryAttention(
+                q,
+                k,
+                v,
+                past_key,
+                past_value,
+                seqlens,
+                total,
+                None,
+                None,
+                None,
+                bias,
+                num_heads=num_heads,
+                kv_num_heads=kv_heads,
+                scale=scale,
+                local_window_size=window,
+            )
         out = op.Reshape(out, op.Constant(value_ints=[0, 0, num_heads, -1]))
         return out, present_key, present_value
 

@@ -193,6 +193,9 @@ class DecoderModule(torch.nn.Module):
         #: capture with one fused attention op per layer (see ``_decoder_attention``); eager runs
         #: for parity keep the model's own attention
         self.fused = False
+        #: the exported graph's ``GroupQueryAttention`` applies the rotary embedding itself (set by the
+        #: capture): its batched prompts must be unpadded, so parity runs each prompt row apart
+        self.rotary_inside = False
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *rest: torch.Tensor) -> Any:
         from transformers import DynamicCache
@@ -424,7 +427,47 @@ def _gather(arr: np.ndarray, keep: np.ndarray, axis: int) -> np.ndarray:
     return moved[keep].reshape(int(keep.sum()), -1)
 
 
-def _run_steps(run: Any, sig: DecoderSignature, plan: Sequence[Any]) -> list[tuple[_Step, list[np.ndarray]]]:
+def rotates_in_attention(path: str | Path) -> bool:
+    """Whether the decoder graph at ``path`` has a ``GroupQueryAttention`` that applies the rotary
+    embedding itself (``do_rotary=1``): its batched prompts must be unpadded."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return any(
+        node.op_type == "GroupQueryAttention"
+        and any(a.name == "do_rotary" and a.i == 1 for a in node.attribute)
+        for node in graph.node
+    )
+
+
+def _unpadded_prompt(run: Any, sig: DecoderSignature, ids: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
+    """A left-padded prompt step run one row at a time without its padding, the outputs laid out as
+    the batched step's (logits [batch, seq, vocab], presents [batch, heads, seq, dim], zeros at padding)."""
+    rows = []
+    for r in range(ids.shape[0]):
+        n = int(mask[r].sum())
+        rows.append(
+            run(decoder_inputs(sig, ids[r : r + 1, ids.shape[1] - n :], np.ones((1, n), np.int64), None))
+        )
+    out = []
+    for j, first in enumerate(rows[0]):
+        axis = 1 if j == 0 else 2
+        shape = list(first.shape)
+        shape[0], shape[axis] = ids.shape[0], ids.shape[1]
+        full = np.zeros(shape, first.dtype)
+        for r, values in enumerate(rows):
+            n = values[j].shape[axis]
+            index = [slice(r, r + 1)] + [slice(None)] * (full.ndim - 1)
+            index[axis] = slice(ids.shape[1] - n, None)
+            full[tuple(index)] = values[j]
+        out.append(full)
+    return out
+
+
+def _run_steps(
+    run: Any, sig: DecoderSignature, plan: Sequence[Any], unpadded: bool = False
+) -> list[tuple[_Step, list[np.ndarray]]]:
+    """Run ``plan``; with ``unpadded`` the prompt step runs row by row (see :func:`rotates_in_attention`)."""
     past = None
     mask = None
     out: list[tuple[_Step, list[np.ndarray]]] = []
@@ -435,7 +478,10 @@ def _run_steps(run: Any, sig: DecoderSignature, plan: Sequence[Any]) -> list[tup
             assert mask is not None
             mask = np.concatenate([mask, np.ones((mask.shape[0], ids.shape[1]), np.int64)], axis=1)
         feeds = decoder_inputs(sig, ids, mask, past)
-        values = run(feeds)
+        if unpadded and k == 0 and not mask.all():
+            values = _unpadded_prompt(run, sig, ids, mask)
+        else:
+            values = run(feeds)
         past = values[1:]
         desc = f"prompt batch {ids.shape[0]} seq {ids.shape[1]}" if k == 0 else f"decode step {k}"
         keep = mask[:, -ids.shape[1] :].astype(bool)
@@ -459,7 +505,9 @@ def check_decoder_parity(
     """Eager vs ONNX Runtime over a prompt step and ``steps`` decode steps, for each variant file.
 
     Each side feeds its own presents back as the next past, so differences that grow over the
-    steps show. Logits and presents are compared at the positions the attention mask keeps.
+    steps show. Logits and presents are compared at the positions the attention mask keeps. A graph
+    whose attention applies the rotary embedding (:func:`rotates_in_attention`) takes its batched
+    prompt unpadded: both sides then run the prompt step row by row (as the generate loop does).
 
     With ``fp32_reference`` (the validated ``model.onnx``) every variant other than ``fp32`` is
     compared with that ONNX model over the same steps instead (the trust chain's variant link,
@@ -473,13 +521,16 @@ def check_decoder_parity(
     sig = module.signature
     plan = _plan_steps(sig, dims, steps, seed)
     names = sig.output_names()
+    unpadded = any(
+        rotates_in_attention(p) for p in [*files.values(), *([fp32_reference] if fp32_reference else [])]
+    )
 
     def eager(feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         tensors = [torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in sig.input_names()]
         with torch.no_grad():
             return [t.detach().numpy() for t in module(*tensors)]
 
-    references: dict[str, Any] = {"eager": _run_steps(eager, sig, plan)}
+    references: dict[str, Any] = {"eager": _run_steps(eager, sig, plan, unpadded)}
     cases = [step.description for step, _ in references["eager"]]
     variants: dict[str, VariantParity] = {}
     onnx_runs: dict[Path, Any] = {}  # the fp32 file is both a variant and the others' reference
@@ -487,7 +538,7 @@ def check_decoder_parity(
     def onnx_steps(file: Any) -> Any:
         key = Path(file).resolve()
         if key not in onnx_runs:
-            onnx_runs[key] = _run_steps(_onnx_runner(file, names, provider), sig, plan)
+            onnx_runs[key] = _run_steps(_onnx_runner(file, names, provider), sig, plan, unpadded)
         return onnx_runs[key]
 
     for variant, path in files.items():
@@ -680,6 +731,7 @@ def export_decoder(loaded: Any, writer: Any, progress: Any, options: DecoderOpti
         "opset": opset,
         "seconds": seconds,
         "attention": attention,
+        "rotary_inside": module.rotary_inside,
     }
 
 
@@ -690,15 +742,18 @@ def _capture_and_translate(
     attention, with a note, where the fused op does not fit); returns the ONNX model and the
     attention used (``"fused"`` or ``"standard"``)."""
     if options.attention == "fused":
-        from torchport.exporters._decoder_attention import rotary_caches
+        from torchport.exporters._decoder_attention import rotary_caches, rotary_in_attention
 
         module.fused = True
         caches = rotary_caches(module.model, dims["seq"].max) if module.signature.position_ids else None
         if caches is not None:  # buffers, so the capture makes them initializers
             module.register_buffer("rotary_cos", caches[0], persistent=False)
             module.register_buffer("rotary_sin", caches[1], persistent=False)
+        inside = caches is not None and rotary_in_attention(2 * int(caches[0].shape[1]))
         try:
-            return _translate(module, dims, options.opset, fused=True), "fused"
+            translated = _translate(module, dims, options.opset, fused=True, rotary_inside=inside)
+            module.rotary_inside = inside
+            return translated, "fused"
         except Exception as e:  # noqa: BLE001 - any failure of the fused path: the standard one decides
             notes.append(f"fused attention not used ({first_line(e)[:160]})")
         finally:
@@ -708,8 +763,16 @@ def _capture_and_translate(
     return _translate(module, dims, options.opset, fused=False), "standard"
 
 
-def _translate(module: DecoderModule, dims: Mapping[str, DimRange], opset: int | None, *, fused: bool) -> Any:
-    """Capture ``module`` and translate it to ONNX (with the fused attention's op and translation)."""
+def _translate(
+    module: DecoderModule,
+    dims: Mapping[str, DimRange],
+    opset: int | None,
+    *,
+    fused: bool,
+    rotary_inside: bool = False,
+) -> Any:
+    """Capture ``module`` and translate it to ONNX (with the fused attention's op and translation;
+    ``rotary_inside``: the attention op rotates, see ``onnx_translations``)."""
     from torchport.exporters._decoder_attention import onnx_translations, ort_op_schemas
 
     sig = module.signature
@@ -721,7 +784,7 @@ def _translate(module: DecoderModule, dims: Mapping[str, DimRange], opset: int |
                 input_names=sig.input_names(),
                 output_names=sig.output_names(),
                 opset=opset,
-                custom_translation_table=onnx_translations() if fused else None,
+                custom_translation_table=onnx_translations(rotary_inside) if fused else None,
             )
     except Exception as e:  # noqa: BLE001
         raise export_error("ONNX translation", e, prefix="torch.onnx dynamo exporter", program=program) from e
@@ -823,6 +886,10 @@ def export_text_generation(
         # the fused op reads the lengths from the mask and writes into the past it is given: a
         # pre-allocated buffer can be both past and present (see runtimes' DecodeBatch)
         extra["generation"]["kv_cache"] = "shared-buffer"
+    if done["rotary_inside"]:
+        # GroupQueryAttention rotates (do_rotary): a batched prompt must be unpadded (the loop runs
+        # prompts of different lengths apart); decode steps take each row's position_ids
+        extra["generation"]["rotary"] = "attention"
     text = copy_text_assets(loaded.reference, writer.path, loaded.hf_config, task="text-generation")
     if text is not None:
         extra["generation"].update(text.pop("generation_defaults", {}))

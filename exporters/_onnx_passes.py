@@ -585,7 +585,10 @@ class MergeMatMulsPass:
     single row, so one wide product instead of two or three saves their kernel launches and reads
     the input once. Column by column the result is the same product (bit for bit on the CPU);
     int8 block-wise scales are per column, so quantizing after merging gives the same weights.
-    ``details["merged"]`` counts the groups.
+    Where the three parts of a merged product are exactly a ``GroupQueryAttention``'s query, key and
+    value (in that order, read by nothing else), the attention takes the packed product itself (its
+    packed-QKV form, as onnxruntime-genai's graphs) and the ``Split`` goes. ``details["merged"]``
+    counts the groups, ``details["packed_qkv"]`` the attentions that read a packed product.
 
     Example:
         >>> model, modified = MergeMatMulsPass()(onnx.load("model.onnx"))  # doctest: +SKIP
@@ -647,12 +650,38 @@ class MergeMatMulsPass:
             nodes_out.extend(placed.get(index, ()))
             if index not in dropped:
                 nodes_out.append(node)
+        packed = _pack_attention_inputs(nodes_out, {o.name for o in graph.output})
+        self.details["packed_qkv"] = len(packed)
+        drop_inits.update(packed)
         kept = [t for t in graph.initializer if t.name not in drop_inits]
         del graph.node[:]
         graph.node.extend(nodes_out)
         del graph.initializer[:]
         graph.initializer.extend(kept + new_inits)
         return proto, True
+
+
+def _pack_attention_inputs(nodes: list[onnx.NodeProto], graph_outputs: set[str]) -> list[str]:
+    """In place: each ``GroupQueryAttention`` whose query/key/value are the three outputs of one
+    ``Split`` (read by nothing else) takes the Split's input as packed QKV; the Split is removed.
+    Returns the split-size initializers no longer used."""
+    uses: dict[str, int] = {}
+    for node in nodes:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    splits = {tuple(n.output): n for n in nodes if n.op_type == "Split" and len(n.output) == 3}
+    gone: list[onnx.NodeProto] = []
+    for node in nodes:
+        if node.op_type != "GroupQueryAttention" or node.domain != "com.microsoft" or len(node.input) < 3:
+            continue
+        split = splits.get(tuple(node.input[:3]))
+        if split is None or any(uses.get(o) != 1 or o in graph_outputs for o in split.output):
+            continue
+        node.input[0], node.input[1], node.input[2] = split.input[0], "", ""
+        gone.append(split)
+    for split in gone:
+        nodes.remove(split)
+    return [s.input[1] for s in gone if len(s.input) > 1 and uses.get(s.input[1]) == 1]
 
 
 def output_head(proto: onnx.ModelProto, output: str) -> str | None:

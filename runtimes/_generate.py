@@ -70,6 +70,9 @@ class DecoderSpec:
     pad_token_id: int
     #: the decoder takes a past longer than the mask (a pre-allocated buffer) and writes into it in place
     shared_buffer: bool = False
+    #: the attention applies the rotary embedding itself (``extra.generation.rotary: attention``): a
+    #: batched prompt must be unpadded, so prompts of different lengths run apart
+    unpadded_prompts: bool = False
 
     @classmethod
     def from_manifest(cls, manifest: Any) -> DecoderSpec:
@@ -99,6 +102,7 @@ class DecoderSpec:
             eos_token_ids=eos,
             pad_token_id=int(pad[0]),
             shared_buffer=gen.get("kv_cache") == "shared-buffer",
+            unpadded_prompts=gen.get("rotary") == "attention",
         )
 
 
@@ -262,6 +266,9 @@ class DecodeBatch:
     def add(self, seqs: Sequence[GenRequest]) -> list[int | None]:
         """Run the prompts of ``seqs`` (left-padded together), pick their first tokens, join the batch.
 
+        A decoder whose attention rotates (``spec.unpadded_prompts``) runs each length's prompts
+        apart, unpadded; the rows then join in the order given, left-padded as usual.
+
         Returns the first token of each new sequence (``None`` where it stopped at once).
 
         Raises:
@@ -277,6 +284,15 @@ class DecodeBatch:
             raise InferenceInputError(
                 f"{len(self.rows) + len(seqs)} sequences exceed the model's batch range (at most {self.spec.max_batch})"
             )
+        lengths = sorted({len(s.prompt) for s in seqs})
+        if self.spec.unpadded_prompts and len(lengths) > 1:
+            return self._add_unpadded(list(seqs), lengths)
+        mask, present, first = self._prompt(seqs)
+        self._merge(list(seqs), mask, present)
+        return first
+
+    def _prompt(self, seqs: Sequence[GenRequest]) -> tuple[np.ndarray, list[Any], list[int | None]]:
+        """One prompt run of ``seqs`` left-padded together: (mask, presents, first tokens)."""
         longest = max(len(s.prompt) for s in seqs)
         ids = np.full((len(seqs), longest), self.spec.pad_token_id, np.int64)
         mask = np.zeros((len(seqs), longest), np.int64)
@@ -290,8 +306,23 @@ class DecodeBatch:
             for h, d in zip(self.spec.kv_heads, self.spec.head_dims, strict=True)
         ]
         logits, present = self._run(ids, mask, empty)
-        first = self._sample(logits, seqs)
-        self._merge(list(seqs), mask, present)
+        return mask, present, self._sample(logits, seqs)
+
+    def _add_unpadded(self, seqs: list[GenRequest], lengths: list[int]) -> list[int | None]:
+        """:meth:`add` for prompts of several lengths on a decoder that takes them unpadded only: one
+        run per length, then one cache of the rows in the order given (left-padded to the longest)."""
+        first: list[int | None] = [None] * len(seqs)
+        parts: list[tuple[list[Any], Any, int, int]] = [([], 0, 0, 0)] * len(seqs)
+        for n in lengths:
+            group = [i for i, s in enumerate(seqs) if len(s.prompt) == n]
+            _, present, tokens = self._prompt([seqs[i] for i in group])
+            for row, (i, token) in enumerate(zip(group, tokens, strict=True)):
+                first[i], parts[i] = token, (present, [row], 0, n)
+        width = lengths[-1]
+        mask = np.zeros((len(seqs), width), np.int64)
+        for i, s in enumerate(seqs):
+            mask[i, width - len(s.prompt) :] = 1
+        self._merge(seqs, mask, self._layout(parts, width, self._room(seqs)))
         return first
 
     def _merge(self, seqs: list[GenRequest], mask: np.ndarray, present: list[Any]) -> None:

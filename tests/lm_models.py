@@ -46,6 +46,8 @@ CONFIGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "llama": ("LlamaForCausalLM", _llama_like("LlamaConfig")),
     # a head size GroupQueryAttention does not take (multiples of 8 only): the capture falls back
     "llama_head4": ("LlamaForCausalLM", _llama_like("LlamaConfig", head_dim=4)),
+    # a head size GroupQueryAttention rotates itself (multiples of 16): the rotary goes inside the op
+    "llama_head16": ("LlamaForCausalLM", _llama_like("LlamaConfig", head_dim=16)),
     "qwen2": ("Qwen2ForCausalLM", _llama_like("Qwen2Config")),
     "mistral": ("MistralForCausalLM", _llama_like("MistralConfig", sliding_window=None)),
     "mistral_sw": ("MistralForCausalLM", _llama_like("MistralConfig", sliding_window=16)),

@@ -193,6 +193,37 @@ def test_a_head_size_the_fused_op_does_not_take_falls_back(root: Path) -> None:
     assert Session.from_package(result.path).generate([1, 5, 9], max_new_tokens=4, ignore_eos=True).tokens[0]
 
 
+def test_heads_of_16_rotate_inside_the_attention_on_packed_qkv(root: Path) -> None:
+    """Head size 16: each layer's GroupQueryAttention applies the rotary itself (do_rotary, cos/sin
+    caches, position_ids; no RotaryEmbedding), and once the projections are merged it reads the packed
+    query/key/value product (no Split before it). Parity runs the prompts unpadded (the manifest says
+    so); a left-padded batched prompt is exactly what this graph does not take."""
+    result = exported_lm("llama_head16", root, level="basic", int8="dynamic")
+    assert result.manifest.validated and result.manifest.extra["generation"]["rotary"] == "attention"
+    assert DecoderSpec.from_manifest(result.manifest).unpadded_prompts
+    for variant in ("fp32", "int8"):
+        graph = onnx.load(
+            str(result.path / result.manifest.variants[variant].file), load_external_data=False
+        ).graph
+        ops = [n.op_type for n in graph.node]
+        assert "RotaryEmbedding" not in ops, variant
+        producers = {o: n.op_type for n in graph.node for o in n.output}
+        for node in (n for n in graph.node if n.op_type == "GroupQueryAttention"):
+            attrs = {a.name: a.i for a in node.attribute}
+            assert attrs.get("do_rotary") == 1 and node.input[7] and node.input[9] == "position_ids"
+            assert list(node.input[1:3]) == ["", ""], variant  # packed QKV
+            assert producers[node.input[0]] in ("MatMul", "MatMulNBits"), variant
+    # the same graph fed a left-padded batched prompt rotates every row's keys from the first position
+    # (the padded row's keys are not the ones it gets alone, so its later steps would differ)
+    sig = decoder_signature(load_model(str(root / "src-llama_head16")).module)
+    sess = ort.InferenceSession(str(result.path / "model.onnx"), providers=["CPUExecutionProvider"])
+    prompt = np.array([[0, 0, 1, 5, 9], [1, 7, 3, 8, 2]], np.int64)
+    mask = (np.arange(5) >= np.array([[2], [0]])).astype(np.int64)
+    padded = sess.run(None, decoder_inputs(sig, prompt, mask, None))[1][0, :, 2:]
+    alone = sess.run(None, decoder_inputs(sig, prompt[:1, 2:], mask[:1, 2:], None))[1][0]
+    assert not np.allclose(padded, alone, atol=1e-3)
+
+
 def test_outputs_logits_keeps_the_plain_export(root: Path) -> None:
     result = exported_lm("gpt2", root, outputs="logits")
     assert [s.name for s in result.manifest.inputs] == ["input_ids", "attention_mask"]

@@ -276,7 +276,7 @@ def test_merge_matmuls_makes_one_product_per_shared_input():
     before = _run(model, feeds)
     merge = MergeMatMulsPass()
     merged, modified = merge(model)
-    assert modified and merge.details == {"merged": 1}
+    assert modified and merge.details == {"merged": 1, "packed_qkv": 0}  # no attention reads q/k/v here
     counts = op_counts(merged)
     # q/k/v → one MatMul + Split; h_proj alone and the two users of `shared` stay
     assert counts["MatMul"] == 4 and counts["Split"] == 1

@@ -57,6 +57,35 @@ def test_greedy_equals_hugging_face(name: str, root: Path) -> None:
     assert sess.generate(PROMPTS[1], max_new_tokens=N, ignore_eos=True).tokens[0] == want[1]
 
 
+def test_rotary_inside_the_attention_equals_hugging_face(root: Path) -> None:
+    """A decoder whose attention rotates itself takes unpadded prompts only: prompts of different
+    lengths run apart and join one left-padded batch, a row joining a running batch too; every token
+    equals Hugging Face's left-padded batch and each prompt alone."""
+    result = exported_lm("llama_head16", root, level="basic")
+    sess = Session.from_package(result.path)
+    assert DecodeBatch(sess).spec.unpadded_prompts
+    want = _hf_generate(
+        root / "src-llama_head16",
+        PROMPTS,
+        do_sample=False,
+        max_new_tokens=24,
+        min_new_tokens=24,
+        eos_token_id=None,
+    )
+    assert sess.generate(PROMPTS, max_new_tokens=24, ignore_eos=True).tokens == want
+    batch = DecodeBatch(sess)
+    reqs = [GenRequest(p, SamplingParams(max_new_tokens=24, ignore_eos=True)) for p in PROMPTS]
+    batch.add(reqs[:1])
+    for _ in range(5):
+        batch.step()
+    batch.add(reqs[1:])  # two lengths: two prompt runs, rows in the order given
+    assert [r is q for r, q in zip(batch.rows, reqs, strict=True)] == [True] * 3
+    while batch.rows:
+        batch.step()
+        batch.drop_finished()
+    assert [r.tokens for r in reqs] == want
+
+
 def test_sliding_window_past_the_window_equals_hugging_face(root: Path) -> None:
     """Mistral with a 16-token window: 40 tokens past the window, batched prompts of different lengths,
     equal to Hugging Face generate (whose cache drops what leaves the window)."""
