@@ -50,8 +50,18 @@ DEFAULT_BATCH = DimRange(1, 32)
 MAX_SEQ = 1024
 #: the variant files of each part (the decoder keeps the package's usual names)
 PART_FILES = {
-    "encoder": {"fp32": "encoder.onnx", "fp16": "encoder.fp16.onnx", "int8": "encoder.int8.onnx"},
-    "decoder": {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"},
+    "encoder": {
+        "fp32": "encoder.onnx",
+        "fp16": "encoder.fp16.onnx",
+        "int8": "encoder.int8.onnx",
+        "int4": "encoder.int4.onnx",
+    },
+    "decoder": {
+        "fp32": "model.onnx",
+        "fp16": "model.fp16.onnx",
+        "int8": "model.int8.onnx",
+        "int4": "model.int4.onnx",
+    },
 }
 
 
@@ -619,7 +629,7 @@ def _generation_extra(
         value = getattr(gen_config, name, None) if gen_config is not None else None
         return value if value is not None else getattr(config, name, None)
 
-    settings = {}
+    settings: dict[str, Any] = {}
     for key in (
         "max_length",
         "num_beams",
@@ -766,7 +776,7 @@ def export_seq2seq(
             files[part]["fp32"] = file
         st.detail = ", ".join(files[p]["fp32"] for p in files)
     passes: list[dict[str, Any]] = []
-    if gate.level != "none" or gate.fp16 or gate.int8:
+    if gate.level != "none" or gate.fp16 or gate.int8 or gate.int4:
         with progress.stage("optimize") as st:
             for part in ("encoder", "decoder"):
                 built, records = optimize_model(
@@ -774,6 +784,7 @@ def export_seq2seq(
                     level=gate.level,
                     fp16=gate.fp16,
                     int8=gate.int8,
+                    int4=gate.int4_pass(),  # weight-only 4-bit MatMulNBits, each part (validated below)
                     disable=tuple(gate.disable),
                 )
                 for vname, proto in built.items():
@@ -833,6 +844,13 @@ def export_seq2seq(
         extra["validation"] = "skipped"
     if passes:
         extra["optimization"] = {"level": gate.level, "fp16": gate.fp16, "int8": gate.int8}
+        if gate.int4:
+            extra["optimization"]["int4"] = {
+                "block_size": gate.int4_block_size,
+                "symmetric": gate.int4_symmetric,
+                "head": gate.int4_head,
+                "embeddings": gate.int4_embeddings,
+            }
     manifest = Manifest(
         name=name,
         version=str(version),

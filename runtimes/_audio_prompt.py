@@ -38,6 +38,7 @@ _KEYS = (
     "begin_suppress_tokens",
     "is_multilingual",
     "forced_decoder_ids",
+    "max_initial_timestamp_index",
 )
 
 

@@ -5,7 +5,9 @@ carry ``audio``: a WAV file or FP32 samples at the model's rate (16 kHz). Over J
 a base64 string, samples as a list of numbers; over the binary tensor extension and gRPC a BYTES
 tensor holds one WAV file per element and an FP32 tensor ``[batch, samples]`` (or ``[samples]``)
 holds samples. Per request, ``language`` (a code such as ``"en"``) and ``task`` (``"transcribe"`` or
-``"translate"``) pick Whisper's forced prompt; timestamps stay off.
+``"translate"``) pick Whisper's forced prompt; timestamps are off unless asked for
+(``timestamps=True``: the prompt leaves ``<|notimestamps|>`` out and the batch applies Whisper's
+timestamp rules, :class:`~torchport.runtimes._logits.Timestamps`).
 
 :class:`SpeechCodec` does the conversion (WAV decoding and log-mel in :mod:`torchport.runtimes._audio`,
 the prompt in :mod:`torchport.runtimes._audio_prompt`); every problem is an
@@ -62,6 +64,8 @@ class SpeechCodec:
     prompt: WhisperPrompt
     #: the encoder input the features feed
     input_name: str = "input_features"
+    #: the model has timestamp tokens (a request may ask for them)
+    timestamps: bool = False
 
     @classmethod
     def from_manifest(cls, manifest: Any) -> SpeechCodec | None:
@@ -72,7 +76,10 @@ class SpeechCodec:
         gen = extra["generation"]
         settings = gen.get("whisper") or gen  # older packages: the start token and masks only
         features = AudioFeatures.from_config(extra.get("audio") or {})
-        return cls(features, WhisperPrompt.from_settings(settings))
+        notime = settings.get("no_timestamps_token_id")
+        # timestamp ids follow <|notimestamps|>; a vocabulary that ends there has none
+        stamps = isinstance(notime, int) and int(gen.get("vocab") or 0) > notime + 1
+        return cls(features, WhisperPrompt.from_settings(settings), timestamps=stamps)
 
     @property
     def max_seconds(self) -> float:
@@ -107,14 +114,19 @@ class SpeechCodec:
         Hugging Face's ``generate`` detects the language.
 
         Raises:
-            InferenceInputError: a language or task the model does not have, or timestamps asked for.
+            InferenceInputError: a language or task the model does not have, or timestamps asked of
+                a model without timestamp tokens.
         """
         if language is not None and not isinstance(language, str):
             raise InferenceInputError(f"language must be a string such as 'en', got {language!r}")
         if task is not None and not isinstance(task, str):
             raise InferenceInputError(f"task must be 'transcribe' or 'translate', got {task!r}")
-        if timestamps not in (False, None):
-            raise InferenceInputError("timestamps are not supported; leave timestamps off (the default)")
+        if timestamps not in (False, None, True):
+            raise InferenceInputError(f"timestamps must be true or false, got {timestamps!r}")
+        if timestamps and not self.timestamps:
+            raise InferenceInputError(
+                "this model has no timestamp tokens; leave timestamps off (the default)"
+            )
         if language is not None and not self.prompt.lang_to_id:
             raise InferenceInputError(
                 "this package does not record Whisper's language tokens; send audio without language "
@@ -123,7 +135,9 @@ class SpeechCodec:
         detected = None
         if detect is not None and self.prompt.needs_detection(language, task):
             detected = self.prompt.detect_language(detect())[0]
-        return self.prompt.prompt(language=language, task=task, detected_language_id=detected)[1:]
+        return self.prompt.prompt(
+            language=language, task=task, timestamps=bool(timestamps), detected_language_id=detected
+        )[1:]
 
     @staticmethod
     def from_json(value: Any) -> list[bytes | np.ndarray]:

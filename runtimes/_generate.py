@@ -25,6 +25,7 @@ from typing import Any, cast
 import numpy as np
 
 from torchport.runtimes._errors import InferenceInputError, UsageError
+from torchport.runtimes._logits import LogitsRules
 from torchport.runtimes._sampling import (
     GenerationResult,
     GenRequest,
@@ -247,7 +248,10 @@ class DecodeBatch:
     def _sample(self, logits: np.ndarray, rows: Sequence[GenRequest]) -> list[int | None]:
         """Pick one token per row; finished rows get ``None``."""
         out: list[int | None] = []
-        greedy_all = all(not r.params.do_sample and r.params.repetition_penalty == 1.0 for r in rows)
+        for r in rows:  # the row's logits processors (runtimes._logits), made once
+            if r.rules is None:
+                r.rules = LogitsRules(eos_token_ids=self.spec.eos_token_ids).with_request(r.params)
+        greedy_all = all(not r.params.do_sample and not (r.rules and r.rules.active) for r in rows)
         argmax = np.argmax(logits, axis=-1) if greedy_all else None
         for i, row in enumerate(rows):
             if row.finished:

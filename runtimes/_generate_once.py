@@ -87,10 +87,16 @@ def generate_once(
             data = Path(audio).read_bytes()
         except OSError as e:
             raise UsageError(f"cannot read --audio {audio}: {e.strerror}") from None
+        sources = codec.sources([data])
+        from torchport.runtimes._seq2seq_batch import Seq2SeqBatch
+
+        def detect() -> Any:  # no --language on a multilingual model: detected as generate does
+            return Seq2SeqBatch(session).first_logits(sources)
+
         result = gen.generate(
             None,
-            sources=codec.sources([data]),
-            forced=codec.forced(language=language),
+            sources=sources,
+            forced=codec.forced(language=language, detect=detect),
             num_beams=num_beams,
             **params,
         )

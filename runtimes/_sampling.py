@@ -2,8 +2,10 @@
 batch (:mod:`torchport.runtimes._generate`) and the encoder-decoder one
 (:mod:`torchport.runtimes._seq2seq_batch`).
 
-Sampling follows Hugging Face ``generate``: repetition penalty, then temperature, top-k and top-p on
-the logits, then argmax (greedy) or a draw from a seeded ``numpy`` generator per request.
+Picking follows Hugging Face ``generate``: the logits processors of :mod:`torchport.runtimes._logits`
+(repetition penalty, no-repeat n-grams, bad words, minimum length, the model's suppressed / forced
+tokens), then, when sampling, temperature, top-k and top-p, then argmax (greedy) or a draw from a
+seeded ``numpy`` generator per request.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from torchport.runtimes._errors import InferenceInputError
+from torchport.runtimes._logits import LogitsRules, check_bad_words, pick, warp
 
 __all__ = ["GenRequest", "GenerationResult", "SamplingParams", "pick_token"]
 
@@ -43,7 +46,10 @@ class SamplingParams:
             the model's EOS ids.
         ignore_eos: keep going past EOS (only ``stop_token_ids`` given explicitly stop).
         repetition_penalty: > 1 makes tokens already in the prompt or output less likely (as
-            Hugging Face's ``repetition_penalty``).
+            Hugging Face's ``repetition_penalty``; an encoder-decoder's: in the decoder's ids).
+        no_repeat_ngram_size / min_length / min_new_tokens / bad_words_ids: as Hugging Face's
+            ``generate`` arguments of those names; ``None``: what the package's generation config
+            says (encoder-decoders record it at export), else off.
 
     Example:
         >>> SamplingParams(max_new_tokens=8, do_sample=True, temperature=0.7, top_p=0.9, seed=1).check()
@@ -58,6 +64,10 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] | None = None
     ignore_eos: bool = False
     repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int | None = None
+    min_length: int | None = None
+    min_new_tokens: int | None = None
+    bad_words_ids: tuple[tuple[int, ...], ...] | None = None
 
     def check(self) -> None:
         """Raise :class:`InferenceInputError` naming the first bad field."""
@@ -84,6 +94,12 @@ class SamplingParams:
             isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0
         ):
             raise InferenceInputError(f"seed must be an integer >= 0, got {self.seed!r}")
+        for name in ("no_repeat_ngram_size", "min_length", "min_new_tokens"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise InferenceInputError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.bad_words_ids is not None:
+            check_bad_words(self.bad_words_ids)
 
 
 @dataclass
@@ -109,6 +125,8 @@ class GenRequest:
     source: dict[str, Any] | None = None
     forced: list[int] = field(default_factory=list)
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
+    #: the logits processors of this row (the model's and the request's), set when it joins a batch
+    rules: LogitsRules | None = None
     _seen: np.ndarray | None = None
     _stops: set[int] | None = None
 
@@ -140,31 +158,21 @@ class GenerationResult:
     text: list[str] | None = None
 
 
-def _last_logits_processed(logits: np.ndarray, seq: GenRequest) -> np.ndarray:
-    """Repetition penalty, temperature, top-k and top-p (Hugging Face's order) on one row of logits."""
+def _last_logits_processed(
+    logits: np.ndarray, seq: GenRequest, prefix: list[int] | None = None
+) -> np.ndarray:
+    """The logits processors, then (sampling) the warpers, on one row's last-position logits.
+
+    ``prefix``: the ids before ``seq.tokens`` that ``generate`` sees as ``input_ids`` (a decoder's
+    prompt, the default; an encoder-decoder's start token and forced ids).
+    """
     p = seq.params
-    scores = logits.astype(np.float32, copy=True)
-    if p.repetition_penalty != 1.0:
-        seen = np.unique(np.asarray(seq.prompt + seq.tokens, dtype=np.int64))
-        seen = seen[(seen >= 0) & (seen < scores.shape[-1])]
-        vals = scores[seen]
-        scores[seen] = np.where(vals < 0, vals * p.repetition_penalty, vals / p.repetition_penalty)
+    rules = seq.rules if seq.rules is not None else LogitsRules().with_request(p)
+    head = seq.prompt if prefix is None else prefix
+    scores = rules.apply(logits, head + seq.tokens, len(head), len(head) + p.max_new_tokens)
     if not p.do_sample:
         return scores
-    if p.temperature != 1.0:
-        scores = scores / np.float32(p.temperature)
-    if p.top_k and p.top_k < scores.shape[-1]:
-        kth = np.partition(scores, -p.top_k)[-p.top_k]
-        scores = np.where(scores < kth, -np.inf, scores)
-    if p.top_p < 1.0:
-        order = np.argsort(scores, kind="stable")  # ascending, as Hugging Face's TopPLogitsWarper
-        probs = _softmax(scores[order])
-        cum = np.cumsum(probs)
-        remove = cum <= (1 - p.top_p)
-        remove[-1] = False  # keep at least one token
-        scores = scores.copy()
-        scores[order[remove]] = -np.inf
-    return scores
+    return warp(scores, p.temperature, p.top_k, p.top_p)
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -174,10 +182,7 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
-def pick_token(logits: np.ndarray, seq: GenRequest) -> int:
-    """The next token of ``seq`` from its last-position logits."""
-    scores = _last_logits_processed(logits, seq)
-    if not seq.params.do_sample:
-        return int(np.argmax(scores))
-    probs = _softmax(scores)
-    return int(seq.rng.choice(probs.shape[-1], p=probs))
+def pick_token(logits: np.ndarray, seq: GenRequest, prefix: list[int] | None = None) -> int:
+    """The next token of ``seq`` from its last-position logits (``prefix``: see
+    :func:`_last_logits_processed`)."""
+    return pick(_last_logits_processed(logits, seq, prefix), seq.params.do_sample, seq.rng)

@@ -10,13 +10,15 @@ server's engine drives both the same way (rows join at step boundaries and leave
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from torchport.runtimes._errors import InferenceInputError, UsageError
+from torchport.runtimes._logits import LogitsRules, Timestamps
 from torchport.runtimes._row_batch import RowBatch
 from torchport.runtimes._sampling import GenRequest, SamplingParams, pick_token
 
@@ -51,10 +53,26 @@ class Seq2SeqSpec:
     encoder_files: dict[str, str]
     past_names: tuple[str, ...]
     cross_names: tuple[str, ...]
+    #: the generation config's settings a request defaults to (``no_repeat_ngram_size``,
+    #: ``min_length``, ``repetition_penalty``, ``bad_words_ids``, ...: ``extra.generation.generation_config``)
+    defaults: dict[str, Any] = field(default_factory=dict)
+    #: Whisper's timestamp rules, for rows whose forced prompt leaves ``<|notimestamps|>`` out
+    timestamps: Timestamps | None = None
     #: the decoder takes ``decoder_attention_mask`` (and ``decoder_position_ids``): rows at different
     #: positions and of different sources share one decoder run per step
     decoder_mask: bool = False
     decoder_positions: bool = False
+
+    @property
+    def rules(self) -> LogitsRules:
+        """The model's own logits processors (suppressed, begin-suppressed, forced BOS/EOS tokens)."""
+        return LogitsRules(
+            eos_token_ids=self.eos_token_ids,
+            suppress_tokens=self.suppress_tokens,
+            begin_suppress_tokens=self.begin_suppress_tokens,
+            forced_bos_token_id=self.forced_bos_token_id,
+            forced_eos_token_id=self.forced_eos_token_id,
+        )
 
     @classmethod
     def from_manifest(cls, manifest: Any) -> Seq2SeqSpec:
@@ -109,6 +127,8 @@ class Seq2SeqSpec:
             encoder_files=files,
             past_names=tuple(f"past_key_values.{i}.{kv}" for i in range(n) for kv in ("key", "value")),
             cross_names=tuple(f"cross.{i}.{kv}" for i in range(n) for kv in ("key", "value")),
+            defaults=dict(gen.get("generation_config") or {}),
+            timestamps=_timestamps(gen, eos),
             decoder_mask=bool(gen.get("decoder_mask")),
             decoder_positions=bool(gen.get("decoder_positions")),
         )
@@ -126,30 +146,41 @@ def _encoder_session(session: Any, spec: Seq2SeqSpec) -> Any:
     return type(session)(package.file(file), None, providers=session.providers, device_id=session.device_id)
 
 
-def _processed(spec: Seq2SeqSpec, logits: np.ndarray, row: GenRequest, step: int) -> np.ndarray:
-    """The model's own logits processors (suppressed, begin-suppressed, forced BOS/EOS), as
-    ``generate`` applies them from the generation config. ``step``: tokens generated so far."""
-    if not (
-        spec.suppress_tokens
-        or spec.begin_suppress_tokens
-        or spec.forced_bos_token_id is not None
-        or spec.forced_eos_token_id is not None
-    ):
-        return logits
-    logits = logits.astype(np.float32, copy=True)
-    if spec.suppress_tokens:
-        logits[list(spec.suppress_tokens)] = -np.inf
-    if step == 0 and spec.begin_suppress_tokens:
-        logits[list(spec.begin_suppress_tokens)] = -np.inf
-    forced = None
-    if step == 0 and not row.forced and spec.forced_bos_token_id is not None:
-        forced = spec.forced_bos_token_id
-    elif spec.forced_eos_token_id is not None and step == row.params.max_new_tokens - 1:
-        forced = spec.forced_eos_token_id
-    if forced is not None:
-        logits[:] = -np.inf
-        logits[forced] = 0
-    return logits
+def _timestamps(gen: Mapping[str, Any], eos: tuple[int, ...]) -> Timestamps | None:
+    """Whisper's timestamp rules from ``extra.generation`` (``None``: no timestamp tokens)."""
+    whisper = gen.get("whisper") or {}
+    notime = whisper.get("no_timestamps_token_id")
+    if not isinstance(notime, int) or not eos or int(gen.get("vocab") or 0) <= notime + 1:
+        return None
+    initial = whisper.get("max_initial_timestamp_index")
+    return Timestamps(notime, eos[0], int(initial) if isinstance(initial, int) else None)
+
+
+def _prefix(spec: Seq2SeqSpec, row: GenRequest) -> list[int]:
+    """The decoder ids before a row's generated tokens: the start token and the forced ones."""
+    return [spec.decoder_start_token_id, *row.forced]
+
+
+def _row_rules(spec: Seq2SeqSpec, row: GenRequest) -> LogitsRules:
+    """The row's logits processors (the model's, the request's, the generation config's), made once."""
+    if row.rules is None:
+        rules = spec.rules.with_request(row.params, spec.defaults)
+        stamps = spec.timestamps
+        if stamps is not None and row.forced and row.forced[-1] != stamps.no_timestamps_token_id:
+            rules = dataclasses.replace(rules, timestamps=stamps)  # a prompt asking for timestamps
+        row.rules = rules
+    return row.rules
+
+
+def _processed(
+    spec: Seq2SeqSpec, logits: np.ndarray, row: GenRequest, tokens: Sequence[int] | None = None
+) -> np.ndarray:
+    """``generate``'s logits processors (:class:`~torchport.runtimes._logits.LogitsRules`) on one
+    row's scores, the decoder's ids being the prefix and ``tokens`` (default: the row's tokens)."""
+    rules = _row_rules(spec, row)
+    prefix = _prefix(spec, row)
+    history = prefix + list(row.tokens if tokens is None else tokens)
+    return rules.apply(logits, history, len(prefix), len(prefix) + row.params.max_new_tokens)
 
 
 @dataclass
@@ -297,8 +328,8 @@ class Seq2SeqBatch(RowBatch):
             if row.finished:
                 out.append(None)
                 continue
-            scores = _processed(self.spec, logits[i], row, len(row.tokens))
-            token = pick_token(scores, row)
+            _row_rules(self.spec, row)
+            token = pick_token(logits[i], row, _prefix(self.spec, row))
             if token in row.stop_ids(self.spec):
                 row.finish_reason = "stop"
                 out.append(None)
@@ -420,7 +451,9 @@ class Seq2SeqBatch(RowBatch):
         logits = self._run(cohort, np.asarray([prefix_ids] * num_beams, np.int64))
         for step in range(max_new):
             logp = (
-                np.stack([_processed(spec, _log_softmax(logits[b]), seq, step) for b in range(num_beams)])
+                np.stack(
+                    [_processed(spec, _log_softmax(logits[b]), seq, running[b]) for b in range(num_beams)]
+                )
                 + running_scores[:, None]
             )
             flat = logp.reshape(-1)

@@ -19,14 +19,14 @@ NOTIME = 50363
 VOCAB = 50364
 
 
-def _tokenizer(folder: Path) -> None:
+def _tokenizer(folder: Path, size: int = VOCAB) -> None:
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
     special = {EOS: "<|endoftext|>", START: "<|startoftranscript|>", NOTIME: "<|notimestamps|>"}
     special.update({v: k for k, v in LANGS.items()})
     special.update({50359: "<|transcribe|>", 50358: "<|translate|>"})
-    vocab = {special.get(i, f"w{i}"): i for i in range(VOCAB)}
-    for i in range(VOCAB):  # the other special ids Whisper reserves
+    vocab = {special.get(i, f"w{i}"): i for i in range(size)}
+    for i in range(size):  # the other special ids Whisper reserves
         if 50257 <= i and i not in special:
             vocab.pop(f"w{i}")
             vocab[f"<|x{i}|>"] = i
@@ -38,15 +38,16 @@ def _tokenizer(folder: Path) -> None:
     tok.save(str(folder / "tokenizer.json"))
 
 
-def whisper_folder(root: Path) -> Path:
-    """Write the Hugging Face folder under ``root / "hf"`` and return it."""
+def whisper_folder(root: Path, vocab: int = VOCAB) -> Path:
+    """Write the Hugging Face folder under ``root / "hf"`` and return it (``vocab`` 51865: with
+    Whisper's 1501 timestamp tokens)."""
     import torch
     import transformers
 
     folder = root / "hf"
     torch.manual_seed(0)
     config = transformers.WhisperConfig(
-        vocab_size=VOCAB, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        vocab_size=vocab, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
         decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=80,
         max_source_positions=1500, max_target_positions=64, decoder_start_token_id=START, eos_token_id=EOS,
         pad_token_id=EOS, bos_token_id=EOS, init_std=0.5,
@@ -59,15 +60,15 @@ def whisper_folder(root: Path) -> Path:
     )  # fmt: skip
     model.save_pretrained(folder)
     transformers.WhisperFeatureExtractor().save_pretrained(folder)
-    _tokenizer(folder)
+    _tokenizer(folder, vocab)
     return folder
 
 
-def exported_whisper(root: Path) -> tuple[Path, Path]:
+def exported_whisper(root: Path, vocab: int = VOCAB) -> tuple[Path, Path]:
     """``(hf folder, package)``: the tiny Whisper and its torchport package (speech recognition)."""
     from torchport.exporters import export_model
 
-    folder = whisper_folder(root)
+    folder = whisper_folder(root, vocab)
     export_model(str(folder), root / "pkg", task="automatic-speech-recognition", quiet=True)
     return folder, root / "pkg"
 

@@ -98,6 +98,66 @@ def test_each_family_exports_validated_and_generates_as_hugging_face(root: Path,
         assert got == _hf_tokens(hf), (lp, es)
 
 
+#: per family, settings that change its plain greedy or beam tokens (random weights: T5 repeats a token,
+#: BART ends at once, so the minimum lengths matter there)
+LOGITS_SETTINGS = {
+    "t5": [
+        {"no_repeat_ngram_size": 2},
+        {"repetition_penalty": 1.5},
+        {"bad_words_ids": [[43], [0, 0]]},
+        {"no_repeat_ngram_size": 3, "repetition_penalty": 1.3, "min_new_tokens": 4},
+    ],
+    "bart": [
+        {"min_new_tokens": 8},
+        {"min_length": 6},
+        {"repetition_penalty": 1.5},
+        {"min_new_tokens": 4, "no_repeat_ngram_size": 2, "repetition_penalty": 1.3},
+    ],
+}
+
+
+@pytest.mark.parametrize("name", ["t5", "bart"])
+def test_logits_processors_equal_hugging_face_greedy_and_beam(root: Path, name: str) -> None:
+    gen = Generator(Session.from_package(exported_seq2seq(name, root).package.path))
+    model = make_seq2seq(name)
+    hf_in, ours = _sources(name)
+    hf_kw = {"return_dict_in_generate": True, "max_new_tokens": 10, "do_sample": False}
+    changed = 0
+    for kw in LOGITS_SETTINGS[name]:
+        for beams in (1, 3):
+            want = _hf_tokens(model.generate(**hf_in, **hf_kw, num_beams=beams, **kw).sequences)
+            ours_kw = {k: tuple(map(tuple, v)) if k == "bad_words_ids" else v for k, v in kw.items()}
+            assert _ours(gen, ours, max_new_tokens=10, num_beams=beams, **ours_kw) == want, (kw, beams)
+            changed += want != _hf_tokens(model.generate(**hf_in, **hf_kw, num_beams=beams).sequences)
+    assert changed >= len(LOGITS_SETTINGS[name])  # the settings are not no-ops on these weights
+
+
+@pytest.mark.slow
+def test_the_generation_configs_settings_apply_by_default(root: Path, tmp_path: Path) -> None:
+    """A generation config's no_repeat_ngram_size / bad_words_ids / repetition_penalty are recorded at
+    export and applied as generate applies them, unless the request sets its own."""
+    from tests.seq2seq_models import save_seq2seq
+    from torchport.exporters import export_model
+
+    src = save_seq2seq("t5", tmp_path / "src")
+    model = make_seq2seq("t5")
+    settings = {"no_repeat_ngram_size": 2, "bad_words_ids": [[43]], "repetition_penalty": 1.2}
+    for key, value in settings.items():
+        setattr(model.generation_config, key, value)
+    model.generation_config.save_pretrained(src)
+    pkg = export_model(str(src), tmp_path / "pkg", quiet=True).package
+    recorded = pkg.manifest.extra["generation"]["generation_config"]
+    assert {k: recorded[k] for k in settings} == settings
+    gen = Generator(Session.from_package(pkg.path))
+    hf_in, ours = _sources("t5")
+    hf_kw = {"return_dict_in_generate": True, "max_new_tokens": 10, "do_sample": False}
+    for beams in (1, 3):
+        want = _hf_tokens(model.generate(**hf_in, **hf_kw, num_beams=beams).sequences)
+        assert _ours(gen, ours, max_new_tokens=10, num_beams=beams) == want
+    own = _hf_tokens(model.generate(**hf_in, **hf_kw, no_repeat_ngram_size=3).sequences)
+    assert _ours(gen, ours, max_new_tokens=10, no_repeat_ngram_size=3) == own
+
+
 @pytest.mark.slow
 def test_optimized_and_quantized_variants_are_each_validated(root: Path) -> None:
     pkg = exported_seq2seq("bart", root, level="all", fp16=True, int8="dynamic").package
@@ -113,6 +173,30 @@ def test_optimized_and_quantized_variants_are_each_validated(root: Path) -> None
     _, ours = _sources("bart")
     int8 = Generator(Session.from_package(pkg.path, variant="int8"))
     assert len(_ours(int8, ours, max_new_tokens=4)) == 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["t5", "bart"])
+def test_int4_variant_of_each_part_is_validated_and_generates(root: Path, name: str) -> None:
+    """``export --int4`` on an encoder-decoder: the int4 MatMulNBits pass on the encoder and the
+    decoder, validated against the fp32 parts, and a session of variant int4 generates."""
+    import onnx
+
+    pkg = exported_seq2seq(name, root, int4=True, int4_block_size=16).package
+    parts = pkg.manifest.extra["generation"]["parts"]
+    for part, stem in (("encoder", "encoder"), ("decoder", "model")):
+        rec = parts[part]["variants"]["int4"]
+        assert rec["file"] == f"{stem}.int4.onnx" and rec["file"] in pkg.manifest.files
+        ops = {n.op_type for n in onnx.load(str(pkg.path / rec["file"]), load_external_data=False).graph.node}
+        assert "MatMulNBits" in ops, part
+    int4 = pkg.manifest.variants["int4"]
+    assert int4.precision == "int4" and int4.parity["passed"] and int4.parity["reference"] == "fp32"
+    assert pkg.manifest.extra["optimization"]["int4"]["block_size"] == 16
+    _, ours = _sources(name)
+    gen = Generator(Session.from_package(pkg.path, variant="int4"))
+    assert gen.session.variant == "int4"
+    got = _ours(gen, ours, max_new_tokens=4, ignore_eos=True)
+    assert [len(t) for t in got] == [4, 4, 4]
 
 
 def test_a_tampered_encoder_is_refused(root: Path, tmp_path: Path) -> None:

@@ -102,9 +102,11 @@ def test_model_predict_takes_audio(whisper: tuple[Path, Path], tmp_path: Path) -
         model.predict(audio=b"not a wav")
 
 
-def test_language_detected_as_hugging_face(whisper: tuple[Path, Path]) -> None:
-    """No language on a multilingual model: one decoder step from the start token picks it (HF's detect_language)."""
+def test_language_detected_as_hugging_face(whisper: tuple[Path, Path], tmp_path: Path) -> None:
+    """No language on a multilingual model: one decoder step from the start token picks it (HF's
+    detect_language), in the wheel's predict and in ``torchport generate --audio``'s generate_once."""
     from torchport.deploy._model import Model
+    from torchport.runtimes._generate_once import generate_once
 
     folder, package = whisper
     audio = sample_audio()
@@ -117,3 +119,6 @@ def test_language_detected_as_hugging_face(whisper: tuple[Path, Path]) -> None:
             lang = hf_model.detect_language(torch.from_numpy(want_audio[None])).tolist()
         assert got[row] == [t for t in want[0].tolist() if t != EOS]
         assert lang[0] in (50259, 50261, 50265)
+        (tmp_path / f"{row}.wav").write_bytes(audio[row])
+        once = generate_once(package, audio=str(tmp_path / f"{row}.wav"), max_new_tokens=8)
+        assert once.tokens == got[row]

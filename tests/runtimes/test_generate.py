@@ -121,6 +121,29 @@ def test_eos_and_repetition_penalty_as_hugging_face(root: Path) -> None:
     assert stopped.tokens[0] == plain[: plain.index(plain[5])] and stopped.finish_reasons == ["stop"]
 
 
+def test_logits_processors_as_hugging_face(root: Path) -> None:
+    """no_repeat_ngram_size, bad_words_ids, repetition_penalty (runtimes._logits) on a decoder: equal to
+    Hugging Face generate with the same settings, and each changes the plain greedy tokens."""
+    result = exported_lm("llama", root)
+    sess = Session.from_package(result.path)
+    prompt = [PROMPTS[0]]
+    plain = sess.generate(prompt, max_new_tokens=24, ignore_eos=True).tokens[0]
+    words = [t for t in plain if t != 2]  # EOS is never a bad word (as in Hugging Face with EOS set)
+    for kw in (
+        {"no_repeat_ngram_size": 2},
+        {"bad_words_ids": ((words[0],), (words[2], words[3]))},
+        {"no_repeat_ngram_size": 3, "repetition_penalty": 1.2},
+    ):
+        got = sess.generate(prompt, max_new_tokens=24, ignore_eos=True, **kw).tokens[0]
+        hf_kw = {k: [list(b) for b in v] if k == "bad_words_ids" else v for k, v in kw.items()}
+        want = _hf_generate(
+            root / "src-llama", prompt, do_sample=False, max_new_tokens=24, min_new_tokens=24,
+            eos_token_id=None, **hf_kw,
+        )[0]  # fmt: skip
+        assert got == want, kw
+        assert got != plain, kw
+
+
 def test_seeded_sampling_is_reproducible(root: Path) -> None:
     sess = Session.from_package(exported_lm("llama", root).path)
     kw = {
