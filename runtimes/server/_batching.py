@@ -30,9 +30,10 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -122,7 +123,11 @@ class ModelRunner:
         #: early there, so no request waits longer than max_queue_delay
         self._slack = 0.0
 
-    def submit(self, inputs: dict[str, np.ndarray]) -> asyncio.Future:
+    def submit(
+        self, inputs: dict[str, np.ndarray], parameters: Mapping[str, Any] | None = None
+    ) -> asyncio.Future:
+        """Queue ``inputs`` for the next batch; ``parameters`` (the request's) are for runners whose
+        model reads them (text generation), unused here."""
         loop = self._loop or asyncio.get_running_loop()
         if self._loop is None:
             self._loop = loop

@@ -277,7 +277,16 @@ class GrpcService:
             entry.stats.request_done(duration, queued, rows)
             return response
 
-        return runner.submit(inputs), finish
+        return runner.submit(inputs, _parameters(request)), finish
+
+
+def _parameters(request: Any) -> dict[str, Any] | None:
+    """A ModelInferRequest's request-level ``parameters`` as Python values (``None``: none sent)."""
+    out: dict[str, Any] = {}
+    for key, param in request.parameters.items():
+        which = param.WhichOneof("parameter_choice")
+        out[key] = getattr(param, which) if which else None
+    return out or None
 
 
 def _decode_inputs(

@@ -3,7 +3,7 @@
 Built in code from a descriptor (no protoc step, no generated modules to keep in sync with a
 protobuf version), in a private descriptor pool so that tritonclient's own generated classes can
 live in the same process. Field numbers and enum values are those of Triton's ``grpc_service.proto``
-and ``model_config.proto``; fields we do not read (request parameters) are skipped by the parser.
+and ``model_config.proto``; fields we do not read are skipped by the parser.
 Field names match Triton's too, so the JSON forms the HTTP endpoints answer with convert to these
 messages with ``json_format.ParseDict``. Triton's nested types (``ModelVersionPolicy.Latest``,
 ``ModelInstanceGroup.Kind``...) are top-level here: names do not travel on the wire.
@@ -87,10 +87,19 @@ _MESSAGES: dict[str, list[tuple[str, int, Any, bool]]] = {
         ("contents", 5, "InferTensorContents", False),
     ],
     "InferRequestedOutputTensor": [("name", 1, _STR, False)],
+    #: one request parameter (a oneof in Triton's proto: see _ONEOFS)
+    "InferParameter": [
+        ("bool_param", 1, _BOOL, False),
+        ("int64_param", 2, _I64, False),
+        ("string_param", 3, _STR, False),
+        ("double_param", 4, _F.TYPE_DOUBLE, False),
+        ("uint64_param", 5, _U64, False),
+    ],
     "ModelInferRequest": [
         ("model_name", 1, _STR, False),
         ("model_version", 2, _STR, False),
         ("id", 3, _STR, False),
+        ("parameters", 4, ("map", "InferParameter"), True),
         ("inputs", 5, "InferInputTensor", True),
         ("outputs", 6, "InferRequestedOutputTensor", True),
         ("raw_input_contents", 7, _BYTES, True),
@@ -213,6 +222,10 @@ METHODS = {
 SERVICE = "inference.GRPCInferenceService"
 
 
+#: message -> the name of the oneof that holds all its fields
+_ONEOFS = {"InferParameter": "parameter_choice"}
+
+
 def _build() -> dict[str, Any]:  # message classes made at run time (their methods unknown statically)
     fdp = descriptor_pb2.FileDescriptorProto(
         name="torchport/grpc_inference.proto", package="inference", syntax="proto3"
@@ -223,8 +236,12 @@ def _build() -> dict[str, Any]:  # message classes made at run time (their metho
             enum.value.add(name=value, number=number)
     for name, spec in _MESSAGES.items():
         msg = fdp.message_type.add(name=name)
+        if name in _ONEOFS:
+            msg.oneof_decl.add(name=_ONEOFS[name])
         for field, number, kind, repeated in spec:
             f = msg.field.add(name=field, number=number, label=_REP if repeated else _OPT)
+            if name in _ONEOFS:
+                f.oneof_index = 0
             if isinstance(kind, tuple):  # map<string, message>: a nested entry type (as protoc makes it)
                 entry_name = "".join(p.capitalize() for p in field.split("_")) + "Entry"
                 entry = msg.nested_type.add(name=entry_name)

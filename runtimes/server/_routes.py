@@ -326,7 +326,7 @@ class InferenceApp:
             return self._failed(req, entry, e)
         if outputs is not None:
             return self._respond(req, entry, ireq, outputs, 0.0)
-        future = runner.submit(ireq.inputs)
+        future = runner.submit(ireq.inputs, ireq.parameters)
         if future.done():
             return self._finish(req, entry, ireq, future)
         return Deferred(future, partial(self._finish, req, entry, ireq))
@@ -404,7 +404,7 @@ class InferenceApp:
         req: Request,
         decode: Callable[[], InferRequest],
         decoded: list[InferRequest],
-        submit: Callable[[dict], asyncio.Future],
+        submit: Callable[[dict, dict | None], asyncio.Future],
     ) -> asyncio.Future:
         """Decode a large body on the decoder thread (one at a time: bounds the memory of decoding),
         then submit it to the model; the returned future has the model's result or the error."""
@@ -428,7 +428,7 @@ class InferenceApp:
             ireq = fut.result()
             req.request_id = ireq.id
             decoded.append(ireq)
-            submit(ireq.inputs).add_done_callback(ran)
+            submit(ireq.inputs, ireq.parameters).add_done_callback(ran)
 
         loop.run_in_executor(self._decoder, decode).add_done_callback(after_decode)
         return outer

@@ -22,7 +22,8 @@ import numpy as np
 
 from torchport.runtimes._audio_request import AUDIO, SpeechCodec
 from torchport.runtimes._errors import InferenceInputError, TorchportError
-from torchport.runtimes._generate import GenRequest, SamplingParams, Seq2SeqSpec
+from torchport.runtimes._generate import GenRequest, Seq2SeqSpec
+from torchport.runtimes.server._text2text_infer import sampling_of
 
 __all__ = ["OUTPUT", "SpeechInfer"]
 
@@ -59,6 +60,8 @@ class SpeechInfer:
     """The ``audio`` input and ``text_output`` of a served speech package (see the module doc)."""
 
     input_name = AUDIO
+    #: infer request parameters beside the generation settings: Whisper's prompt
+    extra_parameters = ("language", "task")
     #: the runner builds the requests in its executor (decode, log-mel, language detection: not on the loop)
     prepare_off_loop = True
     #: datatypes the input is taken in besides metadata's BYTES (see ``InputSignature.also_takes``)
@@ -120,13 +123,17 @@ class SpeechInfer:
             return (1,) if array.ndim == 1 else (array.shape[0],)
         return array.shape
 
-    def requests(self, inputs: Mapping[str, np.ndarray], detect: Any = None) -> list[GenRequest]:
-        """One greedy request per audio item.
+    def requests(
+        self, inputs: Mapping[str, np.ndarray], detect: Any = None, settings: Mapping[str, Any] | None = None
+    ) -> list[GenRequest]:
+        """One request per audio item (greedy by default).
 
         Args:
             inputs: the request's ``{"audio": array}``.
             detect: ``detect(source) -> logits [1, vocab]`` (``Seq2SeqBatch.first_logits``) for
                 language detection; ``None``: no language token.
+            settings: the request's generation settings (``_text2text_infer.infer_settings``), with
+                ``language`` / ``task`` for Whisper's prompt.
 
         Raises:
             InferenceInputError: no ``audio``, an empty / non-WAV / too long item.
@@ -135,15 +142,19 @@ class SpeechInfer:
             raise InferenceInputError(
                 f"model {self.name!r} takes one input {AUDIO!r} (BYTES WAV or FP32) on infer"
             )
+        settings = dict(settings or {})
+        language, task = settings.pop("language", None), settings.pop("task", None)
         items = _items(np.asarray(inputs[AUDIO]))
         out = []
         for i, source in enumerate(self.codec.sources(items)):
             try:
-                forced = self.codec.forced(detect=partial(detect, [source]) if detect is not None else None)
+                forced = self.codec.forced(
+                    language, task, detect=partial(detect, [source]) if detect is not None else None
+                )
             except InferenceInputError as e:
                 raise InferenceInputError(f"audio[{i}]: {e}") from None
             # max_length counts the forced prompt too (as Hugging Face does for Whisper)
-            params = SamplingParams(max_new_tokens=max(1, self.max_new_tokens - len(forced)))
+            params = sampling_of(settings, max(1, self.max_new_tokens - len(forced)))
             out.append(GenRequest([], params, source=source, forced=forced))
         return out
 

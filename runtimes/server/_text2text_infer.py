@@ -4,6 +4,12 @@ tokenizer takes a BYTES ``text`` input (``[batch]`` or ``[batch, 1]``) and answe
 ``generation_config.max_length`` new tokens, else 32), from the same generate engine as
 ``/generate`` (continuous batching: infer and generate requests share its batch).
 
+The request's ``parameters`` (KServe v2 request-level parameters, HTTP JSON or gRPC
+``ModelInferRequest.parameters``) take ``/generate``'s fields: ``max_tokens``, ``temperature``,
+``top_p``, ``top_k``, ``seed``, ``repetition_penalty``, ``ignore_eos``, and beam search's
+``num_beams``, ``length_penalty``, ``early_stopping`` (speech also ``language``, ``task``); they apply
+to every element. The protocol's own (``binary_data_output``, ``priority``, ``timeout``...) pass.
+
 Text beyond the encoder's range, bytes that are not UTF-8, or tensor inputs are 400s naming what to
 send; a failing request ends alone (the engine goes on with the others).
 """
@@ -13,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -27,6 +34,55 @@ __all__ = ["OUTPUT", "Text2TextInfer", "Text2TextRunner"]
 TEXT = "text"
 OUTPUT = "text_output"
 DEFAULT_NEW_TOKENS = 32
+#: request parameters that are generation settings (as /generate's fields)
+GENERATION_PARAMETERS = (
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "repetition_penalty",
+    "ignore_eos",
+    "num_beams",
+    "length_penalty",
+    "early_stopping",
+)
+#: request parameters of the protocol or of Triton's clients, not generation settings: let through
+_PROTOCOL_PARAMETERS = frozenset(
+    {"binary_data_output", "priority", "timeout", "sequence_id", "sequence_start", "sequence_end", "headers"}
+)
+
+
+def infer_settings(parameters: Mapping[str, Any] | None, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The generation settings among an infer request's ``parameters`` (``extra``: the handler's
+    own, e.g. speech's ``language``/``task``).
+
+    Raises:
+        InferenceInputError: a parameter that is neither a generation setting nor the protocol's.
+    """
+    accepted = GENERATION_PARAMETERS + extra
+    params = dict(parameters or {})
+    unknown = sorted(k for k in params if k not in accepted and k not in _PROTOCOL_PARAMETERS)
+    if unknown:
+        raise InferenceInputError(
+            f"unknown parameter(s) {', '.join(unknown)}; accepted: {', '.join(accepted)}"
+        )
+    return {k: v for k, v in params.items() if k in accepted}
+
+
+def sampling_of(settings: Mapping[str, Any], default_new_tokens: int) -> SamplingParams:
+    """:class:`SamplingParams` from infer ``settings`` (``max_tokens`` defaulting to the handler's).
+
+    Raises:
+        InferenceInputError: a bad value, named as /generate names it.
+    """
+    from torchport.runtimes.server._generate_routes import _sampling
+    from torchport.runtimes.server._protocol import HTTPError
+
+    try:
+        return _sampling({"max_tokens": default_new_tokens, **settings})
+    except HTTPError as e:
+        raise InferenceInputError(e.message) from None
 
 
 class Text2TextInfer:
@@ -82,9 +138,12 @@ class Text2TextInfer:
         """The shape of ``text_output``: the shape of ``text``."""
         return tuple(np.asarray(inputs[TEXT]).shape)
 
-    def requests(self, inputs: Mapping[str, np.ndarray], detect: Any = None) -> list[GenRequest]:
-        """One greedy request per text element (checked against the encoder's range); ``detect``
-        is :class:`~torchport.runtimes.server._speech_infer.SpeechInfer`'s, unused for text.
+    def requests(
+        self, inputs: Mapping[str, np.ndarray], detect: Any = None, settings: Mapping[str, Any] | None = None
+    ) -> list[GenRequest]:
+        """One request per text element (checked against the encoder's range), generating as
+        ``settings`` (:func:`infer_settings`) say, greedy by default; ``detect`` is
+        :class:`~torchport.runtimes.server._speech_infer.SpeechInfer`'s, unused for text.
 
         Raises:
             InferenceInputError: no ``text``, bytes that are not UTF-8, empty text or too long.
@@ -92,7 +151,7 @@ class Text2TextInfer:
         if set(inputs) != {TEXT}:
             raise InferenceInputError(f"model {self.name!r} takes one BYTES input {TEXT!r} on infer")
         out = []
-        params = SamplingParams(max_new_tokens=self.max_new_tokens)
+        params = sampling_of(settings or {}, self.max_new_tokens)
         for i, item in enumerate(np.asarray(inputs[TEXT]).reshape(-1)):
             try:
                 text = item.decode("utf-8") if isinstance(item, bytes | bytearray) else str(item)
@@ -140,12 +199,17 @@ class Text2TextRunner(ModelRunner):
     def run_now(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
         return None
 
-    def submit(self, inputs: dict[str, np.ndarray]) -> asyncio.Future:
-        """Turn the request into generations and submit them to the engine; the future's result is
-        ``({"text_output": texts}, seconds)``. A speech handler (``prepare_off_loop``) featurizes and
+    def submit(
+        self, inputs: dict[str, np.ndarray], parameters: Mapping[str, Any] | None = None
+    ) -> asyncio.Future:
+        """Turn the request into generations and submit them to the engine (beam searches: to the
+        executor); the future's result is ``({"text_output": texts}, seconds)``. ``parameters``: the
+        request's (see the module doc). A speech handler (``prepare_off_loop``) featurizes and
         detects the language in the executor, off the event loop."""
+        from torchport.runtimes._generate import Seq2SeqBatch
         from torchport.runtimes.server._generate_engine import Job
-        from torchport.runtimes.server._generate_routes import _engine
+        from torchport.runtimes.server._generate_routes import Beams, _engine, parse_beams
+        from torchport.runtimes.server._protocol import HTTPError
 
         loop = asyncio.get_running_loop()
         fut: asyncio.Future = loop.create_future()
@@ -167,14 +231,21 @@ class Text2TextRunner(ModelRunner):
             return fut
         engine, codec = service.engine, service.codec
 
-        def prepare() -> tuple[tuple[int, ...], list[GenRequest]]:
+        def prepare() -> tuple[tuple[int, ...], list[GenRequest], Beams | None]:
+            settings = infer_settings(parameters, tuple(getattr(text, "extra_parameters", ())))
             shape = text.output_shape(inputs)
-            requests = text.requests(inputs, detect=getattr(engine.batch, "first_logits", None))
+            requests = text.requests(
+                inputs, detect=getattr(engine.batch, "first_logits", None), settings=settings
+            )
+            try:
+                beams = parse_beams(settings, engine, requests[0].params) if requests else None
+            except HTTPError as e:
+                raise InferenceInputError(e.message) from None
             for r in requests:
                 engine.check(r)
-            return shape, requests
+            return shape, requests, beams
 
-        def go(shape: tuple[int, ...], requests: list[GenRequest]) -> None:
+        def go(shape: tuple[int, ...], requests: list[GenRequest], beams: Beams | None) -> None:
             left = [len(requests)]
 
             def done(exc: BaseException | None) -> None:
@@ -188,8 +259,17 @@ class Text2TextRunner(ModelRunner):
                     texts = np.array([codec.decode(r.tokens) for r in requests], dtype=object).reshape(shape)
                     fut.set_result(({OUTPUT: texts}, time.perf_counter() - start))
 
+            if beams is None:
+                for r in requests:
+                    engine.submit(Job(r, lambda token: None, done, loop))
+                return
+            batch = engine.batch
+            assert isinstance(batch, Seq2SeqBatch)  # parse_beams refuses any other
             for r in requests:
-                engine.submit(Job(r, lambda token: None, done, loop))
+                search = partial(
+                    batch.beam_search, r, beams.num_beams, beams.length_penalty, beams.early_stopping
+                )
+                loop.run_in_executor(self.executor, search).add_done_callback(lambda f: done(f.exception()))
 
         if not getattr(text, "prepare_off_loop", False):
             try:

@@ -201,3 +201,45 @@ def test_beam_and_greedy_requests_at_once_each_get_their_own_answer(server) -> N
         k: local.generate(text, max_new_tokens=6, num_beams=beams).text[0]
         for k, (text, beams) in enumerate(jobs)
     }
+
+
+def test_infer_honours_generation_parameters_over_http_and_grpc(server) -> None:
+    import numpy as np
+    import tritonclient.grpc as tg
+    import tritonclient.http as th
+
+    local = Session.from_package(server.package)
+    texts = np.array([t.encode() for t in TEXTS[:2]], dtype=object)
+    hc = th.InferenceServerClient(f"127.0.0.1:{server.port}")
+    gc = tg.InferenceServerClient(server.grpc_url)
+
+    def both(parameters: dict) -> list[list[str]]:
+        hi = th.InferInput("text", [2], "BYTES")
+        hi.set_data_from_numpy(texts)
+        gi = tg.InferInput("text", [2], "BYTES")
+        gi.set_data_from_numpy(texts)
+        return [
+            [g.decode() for g in hc.infer("bart", [hi], parameters=parameters).as_numpy("text_output")],
+            [g.decode() for g in gc.infer("bart", [gi], parameters=parameters).as_numpy("text_output")],
+        ]
+
+    greedy = local.generate(TEXTS[:2], max_new_tokens=4, ignore_eos=True).text
+    assert both({"max_tokens": 4, "ignore_eos": True}) == [greedy, greedy]
+    beams = [local.generate(t, max_new_tokens=5, num_beams=3, length_penalty=0.5).text[0] for t in TEXTS[:2]]
+    assert both({"max_tokens": 5, "num_beams": 3, "length_penalty": 0.5}) == [beams, beams]
+    sampled = local.generate(TEXTS[:2], max_new_tokens=5, do_sample=True, temperature=0.8, seed=3).text
+    assert both({"max_tokens": 5, "temperature": 0.8, "seed": 3}) == [sampled, sampled]
+    hi = th.InferInput("text", [2], "BYTES")
+    hi.set_data_from_numpy(texts)
+    gi = tg.InferInput("text", [2], "BYTES")
+    gi.set_data_from_numpy(texts)
+    for params, message in (
+        ({"num_beams": 0}, "num_beams must be an integer >= 1, got 0"),
+        ({"max_tokens": 4, "colour": "red"}, r"unknown parameter\(s\) colour; accepted: max_tokens"),
+        ({"top_p": 2.0}, r"top_p must be in \(0, 1\], got 2.0"),
+    ):
+        with pytest.raises(th.InferenceServerException, match=message):
+            hc.infer("bart", [hi], parameters=params)
+        with pytest.raises(tg.InferenceServerException, match=message):
+            gc.infer("bart", [gi], parameters=params)
+    assert both({"max_tokens": 4, "ignore_eos": True}) == [greedy, greedy]  # still serving

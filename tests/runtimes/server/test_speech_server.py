@@ -383,3 +383,26 @@ def test_concurrent_generate_requests_one_with_bad_audio_each_get_their_own_answ
     for k, (_, _, message) in enumerate(bad, start=len(good)):
         status, got = results[k]
         assert status == 400 and re.search(message, got["error"]), got  # a plain 400, the stream's too
+
+
+def test_infer_takes_language_task_and_max_tokens_as_request_parameters(server) -> None:
+    import tritonclient.grpc as tg
+    import tritonclient.http as th
+
+    audio = sample_audio()[1]
+    expected = _local(server, audio, 5, language="fr", task="translate")
+    params = {"language": "fr", "task": "translate", "max_tokens": 5}
+    data = np.array([audio], dtype=object)
+    hc = th.InferenceServerClient(f"127.0.0.1:{server.port}")
+    inp = th.InferInput("audio", [1], "BYTES")
+    inp.set_data_from_numpy(data, binary_data=True)
+    got = hc.infer("whisper", [inp], parameters=params).as_numpy("text_output")
+    assert [g.decode() for g in got] == [expected]
+    gc = tg.InferenceServerClient(server.grpc_url)
+    ginp = tg.InferInput("audio", [1], "BYTES")
+    ginp.set_data_from_numpy(data)
+    assert [g.decode() for g in gc.infer("whisper", [ginp], parameters=params).as_numpy("text_output")] == [
+        expected
+    ]
+    with pytest.raises(tg.InferenceServerException, match=r"language 'xx' is not one of"):
+        gc.infer("whisper", [ginp], parameters={"language": "xx"})
