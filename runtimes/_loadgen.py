@@ -276,12 +276,13 @@ def _load(
 
 
 def _child_main() -> None:
-    """A generator process (see :func:`_load_in_processes`): reads its share from stdin, says it is
-    ready, waits for the go, then writes its (latencies, elapsed, errors) to stdout, pickled."""
+    """A generator process (see :func:`_load_in_processes`): reads its share and where to put its
+    result from stdin, says it is ready, waits for the go, then writes (latencies, elapsed, errors)
+    to that file, pickled (a file, not stdout, so nothing else a library may print there mixes in)."""
     import pickle
     import sys
 
-    args = pickle.load(sys.stdin.buffer)
+    args, result_path = pickle.load(sys.stdin.buffer)
     sys.stdout.buffer.write(b"R\n")
     sys.stdout.buffer.flush()
     sys.stdin.buffer.readline()  # the go: every generator starts its clock together
@@ -289,8 +290,8 @@ def _child_main() -> None:
         out: tuple[str, Any] = ("ok", _load(*args))
     except Exception as e:  # reported to the parent, which raises it
         out = ("error", f"{type(e).__name__}: {e}")
-    pickle.dump(out, sys.stdout.buffer)
-    sys.stdout.buffer.flush()
+    with open(result_path, "wb") as f:
+        pickle.dump(out, f)
 
 
 def _load_in_processes(
@@ -308,65 +309,74 @@ def _load_in_processes(
     import pickle
     import subprocess
     import sys
+    import tempfile
 
     n = min(processes, concurrency)
     if n <= 1:
         return _load(target, proto, request, headers, concurrency, duration)
     shares = [concurrency // n + (i < concurrency % n) for i in range(n)]
     code = "from torchport.runtimes._loadgen import _child_main; _child_main()"
-    children = [
-        subprocess.Popen(
-            [sys.executable, "-c", code],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        for _ in shares
-    ]
-
-    def failed(child: subprocess.Popen) -> ServingError:
-        child.kill()
-        _, err = child.communicate()
-        tail = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
-        return ServingError(f"a load generator process failed: {tail[0]}")
-
     lat: list[float] = []
     elapsed, errors = 0.0, 0
-    try:
-        for child, share in zip(children, shares):
-            assert child.stdin is not None and child.stdout is not None
-            child.stdin.write(pickle.dumps((target, proto, request, headers, share, duration)))
-            child.stdin.flush()
-        for child in children:
-            assert child.stdout is not None
-            if child.stdout.readline() != b"R\n":
-                raise failed(child)
-        for child in children:
-            assert child.stdin is not None
-            child.stdin.write(b"G\n")
-            child.stdin.close()
-        for child in children:
-            assert child.stdout is not None
-            try:
-                kind, value = pickle.load(child.stdout)
-            except (EOFError, pickle.UnpicklingError):
-                raise failed(child) from None
-            if kind != "ok":
-                raise ServingError(f"a load generator process failed: {value}")
-            lat += value[0]
-            elapsed = max(elapsed, value[1])
-            errors += value[2]
-    finally:
-        for child in children:
-            if child.poll() is None:
+    with tempfile.TemporaryDirectory(prefix="torchport-load-") as tmp:
+        results = [f"{tmp}/{i}.pickle" for i in range(n)]
+        children = []
+        for i in range(n):
+            with open(f"{tmp}/{i}.err", "wb") as err:  # a file: a chatty child never blocks on it
+                children.append(
+                    subprocess.Popen(
+                        [sys.executable, "-c", code],
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
+                        stderr=err,
+                    )
+                )
+
+        def failed(child: subprocess.Popen) -> ServingError:
+            child.kill()
+            child.wait()
+            with open(f"{tmp}/{children.index(child)}.err", "rb") as f:
+                lines = f.read().decode(errors="replace").strip().splitlines()
+            why = lines[-1] if lines else f"exit code {child.returncode}"
+            return ServingError(f"a load generator process failed: {why}")
+
+        try:
+            for child, share, path in zip(children, shares, results):
+                assert child.stdin is not None
+                child.stdin.write(pickle.dumps(((target, proto, request, headers, share, duration), path)))
+                child.stdin.flush()
+            for child in children:
+                assert child.stdout is not None
+                while (line := child.stdout.readline()) != b"R\n":  # whatever else it printed: skipped
+                    if not line:
+                        raise failed(child)
+            for child in children:
+                assert child.stdin is not None
+                child.stdin.write(b"G\n")
+                child.stdin.close()
+            for child, path in zip(children, results):
                 try:
-                    child.wait(10)
+                    child.wait(duration + 120)
                 except subprocess.TimeoutExpired:
+                    raise failed(child) from None
+                try:
+                    with open(path, "rb") as f:
+                        kind, value = pickle.load(f)
+                except (OSError, EOFError, pickle.UnpicklingError):
+                    raise failed(child) from None
+                if kind != "ok":
+                    raise ServingError(f"a load generator process failed: {value}")
+                lat += value[0]
+                elapsed = max(elapsed, value[1])
+                errors += value[2]
+        finally:
+            for child in children:
+                if child.poll() is None:
                     child.kill()
                     child.wait()
-            for stream in (child.stdout, child.stderr):
-                if stream is not None:
-                    stream.close()
+                for stream in (child.stdin, child.stdout):
+                    if stream is not None and not stream.closed:
+                        stream.close()
     return lat, elapsed, errors
 
 
