@@ -427,46 +427,19 @@ def onnx_translations(rotary_inside: bool = False) -> dict[Any, Any]:
         q = op.Reshape(op.Transpose(query, perm=[0, 2, 1, 3]), flat)
         k = op.Reshape(op.Transpose(key, perm=[0, 2, 1, 3]), flat)
         v = op.Reshape(op.Transpose(value, perm=[0, 2, 1, 3]), flat)
-        if cos_cache is not None and rotary_inside:  # the attention rotates at position_ids itself
-            out, present_key, present_value = msft.GroupQueryAttention(
-                q,
-                k,
-                v,
-                past_key,
-                past_value,
-                seqlens,
-                total,
-                cos_cache,
-                sin_cache,
-                position_ids,
-                bias,
-                num_heads=num_heads,
-                kv_num_heads=kv_heads,
-                scale=scale,
-                local_window_size=window,
-                do_rotary=1,
-            )
-        else:
-            if cos_cache is not None:  # rotary at the given positions, one op per query and key
-                q = msft.RotaryEmbedding(q, position_ids, cos_cache, sin_cache, num_heads=num_heads)
-                k = msft.RotaryEmbedding(k, position_ids, cos_cache, sin_cache, num_heads=kv_heads)
-            out, present_key, present_value = msft.GroupQueryAttention(
-                q,
-                k,
-                v,
-                past_key,
-                past_value,
-                seqlens,
-                total,
-                None,
-                None,
-                None,
-                bias,
-                num_heads=num_heads,
-                kv_num_heads=kv_heads,
-                scale=scale,
-                local_window_size=window,
-            )
+        inside = cos_cache is not None and rotary_inside  # the attention rotates at position_ids itself
+        if cos_cache is not None and not inside:  # rotary at the given positions, one op per query and key
+            q = msft.RotaryEmbedding(q, position_ids, cos_cache, sin_cache, num_heads=num_heads)
+            k = msft.RotaryEmbedding(k, position_ids, cos_cache, sin_cache, num_heads=kv_heads)
+        rotary = (cos_cache, sin_cache, position_ids) if inside else (None, None, None)
+        out, present_key, present_value = msft.GroupQueryAttention(
+            *(q, k, v, past_key, past_value, seqlens, total, *rotary, bias),
+            num_heads=num_heads,
+            kv_num_heads=kv_heads,
+            scale=scale,
+            local_window_size=window,
+            **({"do_rotary": 1} if inside else {}),
+        )
         out = op.Reshape(out, op.Constant(value_ints=[0, 0, num_heads, -1]))
         return out, present_key, present_value
 
