@@ -1,0 +1,78 @@
+"""An encoder-decoder in a container: a tiny T5 package → ``deploy container --build`` (real podman
+build on the local base image, no torch in it) → the running image answers /generate (greedy and beam
+search) and /infer with the text the package gives locally."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("transformers")
+
+from tests.deploy.conftest import free_port, torchport  # noqa: E402
+from tests.deploy.test_container import podman, wait_ready  # noqa: E402
+from tests.seq2seq_models import exported_seq2seq  # noqa: E402
+from torchport.runtimes import Session  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+TEXT = "the quick brown fox"
+
+
+def _post(port: int, path: str, body: dict) -> dict:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        return json.loads(resp.read())
+
+
+def test_t5_image_generates_text_without_torch(tmp_path: Path, base_image: str) -> None:
+    pkg = exported_seq2seq("t5", tmp_path).package
+    assert "encoder.onnx" in pkg.manifest.files
+    tag = f"localhost/torchport-test-t5:{uuid.uuid4().hex[:8]}"
+    ctx = tmp_path / "ctx"
+    proc = torchport(
+        "deploy", "container", str(pkg.path), "-o", str(ctx), "--base-image", base_image, "--build", "--tag", tag
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    name = f"torchport-test-t5-{uuid.uuid4().hex[:8]}"
+    try:
+        wheels = {p.name.split("-")[0].lower() for p in (ctx / "wheels").glob("*.whl")}
+        assert "tokenizers" in wheels and "torch" not in wheels and "transformers" not in wheels
+        port = free_port()
+        podman("run", "-d", "--name", name, "-e", f"TORCHPORT_PORT={port}", tag)
+        wait_ready(port)
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v2/repository/index", data=b"{}", method="POST"
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            (model,) = [m["name"] for m in json.loads(resp.read())]
+        local = Session.from_package(pkg.path)
+        got = _post(
+            port, f"/v2/models/{model}/generate", {"text_input": TEXT, "max_tokens": 6, "ignore_eos": True}
+        )
+        assert got["text_output"] == local.generate(TEXT, max_new_tokens=6, ignore_eos=True).text[0]
+        assert got["usage"]["completion_tokens"] == 6
+        got = _post(
+            port, f"/v2/models/{model}/generate", {"text_input": TEXT, "max_tokens": 6, "num_beams": 3}
+        )
+        assert got["text_output"] == local.generate(TEXT, max_new_tokens=6, num_beams=3).text[0]
+        body = {
+            "inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [TEXT]}],
+            "parameters": {"max_tokens": 4, "ignore_eos": True},
+        }
+        reply = _post(port, f"/v2/models/{model}/infer", body)
+        (out,) = [o for o in reply["outputs"] if o["name"] == "text_output"]
+        assert out["data"] == local.generate([TEXT], max_new_tokens=4, ignore_eos=True).text
+        logs = podman("logs", name, check=False)
+        assert "Traceback" not in (logs.stdout + logs.stderr)
+    finally:
+        podman("rm", "-f", name, check=False)
+        podman("rmi", "-f", tag, check=False)
