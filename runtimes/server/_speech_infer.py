@@ -23,12 +23,11 @@ import numpy as np
 from torchport.runtimes._audio_request import AUDIO, SpeechCodec
 from torchport.runtimes._errors import InferenceInputError, TorchportError
 from torchport.runtimes._generate import GenRequest, Seq2SeqSpec
-from torchport.runtimes.server._text2text_infer import sampling_of
+from torchport.runtimes.server._text2text_infer import GenerationInfer, default_new_tokens, sampling_of
 
 __all__ = ["OUTPUT", "SpeechInfer"]
 
 OUTPUT = "text_output"
-DEFAULT_NEW_TOKENS = 32
 
 
 def _items(array: np.ndarray) -> list[bytes | np.ndarray]:
@@ -56,26 +55,18 @@ def _items(array: np.ndarray) -> list[bytes | np.ndarray]:
     return out
 
 
-class SpeechInfer:
+class SpeechInfer(GenerationInfer):
     """The ``audio`` input and ``text_output`` of a served speech package (see the module doc)."""
 
     input_name = AUDIO
+    task = "automatic-speech-recognition"
+    codec: SpeechCodec
     #: infer request parameters beside the generation settings: Whisper's prompt
     extra_parameters = ("language", "task")
     #: the runner builds the requests in its executor (decode, log-mel, language detection: not on the loop)
     prepare_off_loop = True
     #: datatypes the input is taken in besides metadata's BYTES (see ``InputSignature.also_takes``)
     datatypes: dict[str, tuple[str, ...]] = {AUDIO: ("FP32",)}
-
-    def __init__(self, name: str, codec: SpeechCodec, spec: Seq2SeqSpec, max_new_tokens: int) -> None:
-        self.name = name
-        self.codec = codec
-        self.spec = spec
-        self.max_new_tokens = max_new_tokens
-        self.specs: dict[str, Any] = {}
-        self.token_inputs: list[str] = []
-        #: metadata's ``text_task``
-        self.task = "automatic-speech-recognition"
 
     @classmethod
     def of(cls, session: Any, name: str | None = None) -> SpeechInfer | None:
@@ -87,10 +78,7 @@ class SpeechInfer:
             spec = Seq2SeqSpec.from_manifest(session.manifest)
         except TorchportError:
             return None
-        settings = session.manifest.extra["generation"].get("generation_config") or {}
-        wanted = settings.get("max_length")
-        n = int(wanted) - 1 if isinstance(wanted, int) and wanted > 1 else DEFAULT_NEW_TOKENS
-        return cls(name or session.name, codec, spec, max(1, min(n, spec.max_positions - 1)))
+        return cls(name or session.name, codec, spec, default_new_tokens(session.manifest, spec))
 
     def metadata(self) -> tuple[list[dict], list[dict]]:
         return [{"name": AUDIO, "datatype": "BYTES", "shape": [-1]}], [

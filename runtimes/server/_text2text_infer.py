@@ -29,7 +29,7 @@ from torchport.runtimes._generate import GenRequest, SamplingParams, Seq2SeqSpec
 from torchport.runtimes._tokenizer import TextCodec
 from torchport.runtimes.server._batching import ModelRunner
 
-__all__ = ["OUTPUT", "Text2TextInfer", "Text2TextRunner"]
+__all__ = ["OUTPUT", "GenerationInfer", "Text2TextInfer", "Text2TextRunner"]
 
 TEXT = "text"
 OUTPUT = "text_output"
@@ -85,20 +85,37 @@ def sampling_of(settings: Mapping[str, Any], default_new_tokens: int) -> Samplin
         raise InferenceInputError(e.message) from None
 
 
-class Text2TextInfer:
-    """The ``text`` input and ``text_output`` of a served text-to-text package (see the module doc)."""
+def default_new_tokens(manifest: Any, spec: Seq2SeqSpec) -> int:
+    """New tokens an /infer request generates unless it says: the generation config's
+    ``max_length`` - 1 (else 32), within the decoder's positions."""
+    settings = manifest.extra["generation"].get("generation_config") or {}
+    wanted = settings.get("max_length")
+    n = int(wanted) - 1 if isinstance(wanted, int) and wanted > 1 else DEFAULT_NEW_TOKENS
+    return max(1, min(n, spec.max_positions - 1))
 
-    input_name = TEXT
 
-    def __init__(self, name: str, codec: TextCodec, spec: Seq2SeqSpec, max_new_tokens: int) -> None:
+class GenerationInfer:
+    """What the text-to-text and speech /infer handlers share: the model's name, its input codec,
+    its generation spec and default new tokens; no tensor inputs of their own."""
+
+    #: metadata's ``text_task``
+    task = ""
+
+    def __init__(self, name: str, codec: Any, spec: Seq2SeqSpec, max_new_tokens: int) -> None:
         self.name = name
         self.codec = codec
         self.spec = spec
         self.max_new_tokens = max_new_tokens
         self.specs: dict[str, Any] = {}
         self.token_inputs: list[str] = []
-        #: metadata's ``text_task``
-        self.task = "text2text-generation"
+
+
+class Text2TextInfer(GenerationInfer):
+    """The ``text`` input and ``text_output`` of a served text-to-text package (see the module doc)."""
+
+    input_name = TEXT
+    task = "text2text-generation"
+    codec: TextCodec
 
     @classmethod
     def of(cls, session: Any, name: str | None = None) -> Text2TextInfer | None:
@@ -113,10 +130,7 @@ class Text2TextInfer:
             return None
         if spec.audio or codec is None:
             return None
-        settings = manifest.extra["generation"].get("generation_config") or {}
-        wanted = settings.get("max_length")
-        n = int(wanted) - 1 if isinstance(wanted, int) and wanted > 1 else DEFAULT_NEW_TOKENS
-        return cls(name or session.name, codec, spec, max(1, min(n, spec.max_positions - 1)))
+        return cls(name or session.name, codec, spec, default_new_tokens(manifest, spec))
 
     def metadata(self) -> tuple[list[dict], list[dict]]:
         return [{"name": TEXT, "datatype": "BYTES", "shape": [-1]}], [
