@@ -76,3 +76,40 @@ def test_t5_image_generates_text_without_torch(tmp_path: Path, base_image: str) 
     finally:
         podman("rm", "-f", name, check=False)
         podman("rmi", "-f", tag, check=False)
+
+
+def test_whisper_image_transcribes_a_wav_without_torch(tmp_path: Path, base_image: str) -> None:
+    import base64
+
+    from tests.speech_models import exported_whisper, sample_audio
+    from torchport.runtimes._generate_once import generate_once
+
+    _, pkg = exported_whisper(tmp_path)
+    tag = f"localhost/torchport-test-whisper:{uuid.uuid4().hex[:8]}"
+    ctx = tmp_path / "ctx"
+    proc = torchport(
+        "deploy", "container", str(pkg), "-o", str(ctx), "--base-image", base_image, "--build", "--tag", tag
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    name = f"torchport-test-whisper-{uuid.uuid4().hex[:8]}"
+    try:
+        wheels = {p.name.split("-")[0].lower() for p in (ctx / "wheels").glob("*.whl")}
+        assert "torch" not in wheels and "transformers" not in wheels and "scipy" not in wheels
+        port = free_port()
+        podman("run", "-d", "--name", name, "-e", f"TORCHPORT_PORT={port}", tag)
+        wait_ready(port)
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v2/repository/index", data=b"{}", method="POST"
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            (model,) = [m["name"] for m in json.loads(resp.read())]
+        audio = sample_audio()[0]
+        body = {"audio": base64.b64encode(audio).decode(), "language": "en", "max_tokens": 6}
+        got = _post(port, f"/v2/models/{model}/generate", body)
+        wav_file = tmp_path / "speech.wav"
+        wav_file.write_bytes(audio)
+        want = generate_once(pkg, audio=str(wav_file), language="en", max_new_tokens=6)
+        assert got["text_output"] == want.text and got["usage"]["completion_tokens"] == len(want.tokens)
+    finally:
+        podman("rm", "-f", name, check=False)
+        podman("rmi", "-f", tag, check=False)
