@@ -11,8 +11,10 @@
 Sampling fields may be top-level or inside ``"parameters"`` (both as Triton's extension allows):
 ``max_tokens``, ``temperature`` (0: greedy; sampling when > 0 or with ``top_p``/``top_k``), ``top_p``,
 ``top_k``, ``seed``, ``stop`` (a string or a list: generation ends before it), ``repetition_penalty``,
-``ignore_eos``. Unknown fields, prompts beyond the exported range, bad values and bodies that are not
-UTF-8 JSON are 400s. Requests share one decode batch per model (continuous batching, see
+``ignore_eos``; encoder-decoders also take beam search (``num_beams``, ``length_penalty``,
+``early_stopping``: run in the executor, the answer sent whole) and speech packages ``audio`` (base64 WAV or
+FP32 samples, decoded and featurized in the executor) with ``language`` / ``task``. Unknown fields, prompts
+beyond the exported range, bad values and bodies that are not UTF-8 JSON are 400s. Requests share one decode batch per model (continuous batching, see
 :mod:`torchport.runtimes.server._generate_engine`); a client that disconnects frees its row.
 """
 
