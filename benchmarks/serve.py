@@ -931,7 +931,8 @@ def grpc_rows(cnn_pkg: Path, args, results: dict) -> list[tuple[str, ...]]:
                             "5 grpc vs binary",
                             f"torchport {label}, bench generator, {gens}; CPU/req: server "
                             f"{sm['server_cpu_us_per_request']:.0f} us, generator "
-                            f"{sm['generator_cpu_us_per_request']:.0f} us",
+                            f"{sm['generator_cpu_us_per_request']:.0f} us"
+                            + (" (their start-up included)" if n > 1 else ""),
                             str(c),
                             f"{sm['rps']:.0f}",
                             f"{sm['p50_ms']:.2f}",
