@@ -26,6 +26,7 @@ import numpy as np
 
 from torchport.runtimes._errors import InferenceInputError, UsageError
 from torchport.runtimes._logits import LogitsRules
+from torchport.runtimes._row_batch import RowBatch
 from torchport.runtimes._sampling import (
     GenerationResult,
     GenRequest,
@@ -107,7 +108,7 @@ class DecoderSpec:
         )
 
 
-class DecodeBatch:
+class DecodeBatch(RowBatch):
     """Sequences decoded together, their key/value cache kept in ONNX Runtime between steps.
 
     For a decoder exported with the shared-buffer cache (``extra.generation.kv_cache``), each layer's
@@ -122,6 +123,8 @@ class DecodeBatch:
         >>> while batch.rows:
         ...     batch.step(); batch.drop_finished()
     """
+
+    spec: DecoderSpec
 
     def __init__(self, session: Any) -> None:
         import onnxruntime as ort
@@ -280,14 +283,7 @@ class DecodeBatch:
         """
         if not seqs:
             return []
-        for s in seqs:
-            self.check(s)
-            if s.params.seed is not None:
-                s.rng = np.random.default_rng(s.params.seed)
-        if len(self.rows) + len(seqs) > self.spec.max_batch:
-            raise InferenceInputError(
-                f"{len(self.rows) + len(seqs)} sequences exceed the model's batch range (at most {self.spec.max_batch})"
-            )
+        self._admit(seqs)
         lengths = sorted({len(s.prompt) for s in seqs})
         if self.spec.unpadded_prompts and len(lengths) > 1:
             return self._add_unpadded(list(seqs), lengths)
@@ -385,14 +381,6 @@ class DecodeBatch:
         self.rows = [self.rows[i] for i in keep_idx]
         self.past = self._layout([(self.past, keep_idx, start, width)], width - start, self._room(self.rows))
         return dropped
-
-    def drop_finished(self) -> list[GenRequest]:
-        """Remove finished rows (see :meth:`drop`); return them."""
-        return self.drop([not r.finished for r in self.rows])
-
-    @property
-    def free_slots(self) -> int:
-        return self.spec.max_batch - len(self.rows)
 
     def fits(self, seq: GenRequest) -> bool:
         """Whether ``seq`` can join now without the batch outgrowing the model's positions."""
