@@ -68,6 +68,12 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--genai", action="store_true", help="add onnxruntime-genai's int8 / int4 builds")
     parser.add_argument("--only", default="", help="comma-separated recipe name prefixes (default: all)")
+    parser.add_argument(
+        "--root",
+        type=Path,
+        help="an earlier build's cache folder (another recipe) instead of building the current recipe; its "
+        "held-out prompts are recomputed with the current code (same held-out files)",
+    )
     args = parser.parse_args()
 
     import onnx
@@ -79,7 +85,7 @@ def main() -> None:
     from torchport.runtimes._eval import evaluate_folder
     from torchport.runtimes._manifest import Variant
 
-    trained = build_lm(args.size, quiet=False)
+    trained = build_lm(args.size, quiet=False) if args.root is None else _earlier(args.root)
     print(
         f"model: the test bed's {args.size} LM ({trained.metrics['params'] / 1e6:.1f}M parameters, "
         f"held-out perplexity {trained.metrics['perplexity']:.1f} eager, "
@@ -178,6 +184,19 @@ def main() -> None:
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _earlier(root: Path) -> Any:
+    """An earlier test-bed LM build, with the current code's 16 distinct held-out prompts."""
+    import dataclasses
+
+    from torchport.exporters.examples import testbed
+
+    built = testbed._from_meta(root, cached=True)
+    _, held_files = testbed._stdlib_files()
+    chars = int(built.recipe["eval_chars"])
+    prompts = testbed._lm_prompts(testbed._read(held_files, chars * 4)[chars:])
+    return dataclasses.replace(built, prompts=tuple(prompts))
 
 
 def _windows(codec: Any, text: str, seq: int = 128, count: int = 8) -> list[list[int]]:
