@@ -3,6 +3,7 @@ export, real ONNX Runtime variants; ``optimize --eval`` refuses a variant that l
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -211,6 +212,39 @@ def test_int8_keeps_lm_perplexity_and_greedy_tokens(
     rise = res.variants["int8"].perplexity / res.variants["fp32"].perplexity - 1
     refused = gate(res, max_perplexity_rise=rise - 0.01).refused
     assert "perplexity" in refused["int8"] and "above fp32's" in refused["int8"]
+
+
+def test_a_weight_scaled_lm_variant_is_refused_naming_perplexity(
+    lm: TrainedModel, lm_package: Path, tmp_path: Path
+) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    from torchport.exporters._onnx_files import save_onnx
+    from torchport.exporters._onnx_passes import output_head
+    from torchport.runtimes import ModelPackage
+    from torchport.runtimes._eval import evaluate_folder
+    from torchport.runtimes._manifest import Variant
+
+    folder = _copy(lm_package, tmp_path)
+    pkg = ModelPackage.load(folder)
+    proto = onnx.load(str(folder / "model.onnx"))
+    head = next(n for n in proto.graph.node if n.name == output_head(proto, "logits"))
+    weights = {i.name: i for i in proto.graph.initializer}
+    w = next(weights[name] for name in head.input if name in weights)
+    # the head's weights scaled down 5x: the same argmax (greedy tokens agree), far flatter probabilities
+    w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) * 0.2, w.name))
+    data = save_onnx(proto, folder / "model.broken.onnx")
+    broken = Variant(file="model.broken.onnx", precision="int8", data_files=data)
+    manifest = pkg.manifest.replace(variants={**pkg.manifest.variants, "int8": broken})
+    result = gate(evaluate_folder(folder, manifest, lm.eval_data, tokens=8))
+    assert result.variants["int8"].agreement == 1.0  # greedy agreement alone would not see it
+    assert not result and list(result.refused) == ["int8"]
+    assert re.fullmatch(
+        r"perplexity [\d.]+ is [\d.]+% above fp32's [\d.]+ \(--max-perplexity-rise 5%\)",
+        result.refused["int8"],
+    ), result.refused["int8"]
+    assert "refused int8: perplexity" in str(result)
 
 
 def test_lm_greedy_agreement_runs_on_distinct_held_out_prompts(
