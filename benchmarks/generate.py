@@ -12,6 +12,11 @@ The torchport rows use ``Session``'s defaults (idle pool threads spin briefly, a
 do); the "no spinning" row is how ``torchport serve`` runs sessions, leaving cores to its other threads.
 
     python benchmarks/generate.py [--repeats 5] [--new-tokens 128] [--no-genai] [--no-server] [--random-model]
+                                  [--step-rounds 5]
+
+``--step-rounds`` also times single decode steps, torchport's and genai's alternating token by token, so
+both see the same moment's load (the whole-run rounds above pick each runner's best round, which on a
+shared, loaded machine may come from different moments).
 """
 
 from __future__ import annotations
@@ -86,6 +91,55 @@ def interleaved(
             fn()
             best[name] = min(best[name], time.perf_counter() - start)
     return {name: (best[name], tokens[name]) for name, _ in runners}
+
+
+def interleaved_steps(
+    package: Path, genai_dirs: dict[str, Path], prompt: list[int], new: int, rounds: int
+) -> list[tuple[str, float, float, float, float]]:
+    """Decode-step times, torchport's ``DecodeBatch.step`` and onnxruntime-genai's ``generate_next_token``
+    alternating token by token (each pair runs under the same moment's load, which whole-run rounds on a
+    shared machine do not give): per precision (variant, torchport median ms, genai median ms, speed
+    ratio of the medians, ratio of the 10th percentiles)."""
+    import onnxruntime_genai as og
+
+    from torchport.runtimes import SamplingParams, Session
+    from torchport.runtimes._generate import DecodeBatch, GenRequest
+
+    rows = []
+    for name, out in genai_dirs.items():
+        variant = name.split()[-1]
+        sess = Session.from_package(package, variant=variant, intra_op_threads=THREADS, inter_op_threads=1)
+        model = og.Model(str(out))
+        ours: list[float] = []
+        theirs: list[float] = []
+        for _ in range(rounds):
+            batch = DecodeBatch(sess)
+            batch.add([GenRequest(prompt, SamplingParams(max_new_tokens=new, ignore_eos=True))])
+            params = og.GeneratorParams(model)
+            params.set_search_options(
+                do_sample=False, max_length=len(prompt) + new, min_length=len(prompt) + new
+            )
+            gen = og.Generator(model, params)
+            gen.append_tokens(np.asarray([prompt], np.int32))
+            gen.generate_next_token()  # genai's first token (torchport's came with add)
+            for _ in range(new - 2):
+                start = time.perf_counter()
+                batch.step()
+                ours.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                gen.generate_next_token()
+                theirs.append(time.perf_counter() - start)
+        a, b = np.asarray(ours) * 1e3, np.asarray(theirs) * 1e3
+        rows.append(
+            (
+                variant,
+                float(np.median(a)),
+                float(np.median(b)),
+                float(np.median(b) / np.median(a)),
+                float(np.percentile(b, 10) / np.percentile(a, 10)),
+            )
+        )
+    return rows
 
 
 def hf_eager(folder: Path, prompt: list[int], new: int, device: str = "cpu") -> Callable[..., list[int]]:
@@ -408,6 +462,12 @@ def main() -> None:
     parser.add_argument("--no-server", action="store_true")
     parser.add_argument("--level", default="all", help="torchport --level for both variants")
     parser.add_argument(
+        "--step-rounds",
+        type=int,
+        default=5,
+        help="rounds of the token-by-token alternating decode-step comparison with genai (0: skip it)",
+    )
+    parser.add_argument(
         "--random-model", action="store_true", help="random weights instead of the test bed's trained LM"
     )
     parser.add_argument(
@@ -558,6 +618,24 @@ def main() -> None:
             "perplexity: on the test bed's held-out text (8 windows of 128 tokens). Top-1/top-2 logit gap along "
             f"HF's tokens: median {gap_median:.4f}, 5th percentile {gap_p5:.4f}."
         )
+
+        if genai_dirs and args.step_rounds:
+            steps = interleaved_steps(package, genai_dirs, prompt, args.new_tokens, args.step_rounds)
+            print()
+            print(
+                format_table(
+                    [
+                        "precision",
+                        "torchport ms/step (median)",
+                        "genai ms/step (median)",
+                        "torchport / genai speed (medians)",
+                        "(10th percentiles)",
+                    ],
+                    [(v, round(a, 2), round(b, 2), f"{r:.2f}x", f"{r10:.2f}x") for v, a, b, r, r10 in steps],
+                    title=f"decode steps token by token, alternating (torchport DecodeBatch.step vs genai "
+                    f"generate_next_token; {args.step_rounds} x {args.new_tokens - 2} steps each)",
+                )
+            )
 
         if not args.no_server:
             text = " ".join(f"<{t}>" for t in prompt[1:])
