@@ -103,7 +103,7 @@ def build_t5(folder: Path, shape: dict[str, int]) -> None:
 
 
 def best(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
-    """Median seconds of ``repeats`` calls (after one warm-up) and the last result."""
+    """Median seconds of ``repeats`` calls (after one warm-up) and the last result (the features rows)."""
     out = fn()
     times = []
     for _ in range(repeats):
@@ -111,6 +111,27 @@ def best(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
         out = fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), out
+
+
+def interleaved(runners: dict[str, Callable[[], Any]], repeats: int) -> dict[str, tuple[float | None, Any]]:
+    """Median seconds per runner over ``repeats`` rounds, each round timing every runner once in turn
+    (after one warm-up call each), so load that drifts on a shared machine hits every runner alike.
+    A runner that raises gets ``(None, "TypeName: message")``."""
+    outs: dict[str, Any] = {}
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    live = dict(runners)
+    for rnd in range(repeats + 1):
+        for name, fn in list(live.items()):
+            t0 = time.perf_counter()
+            try:
+                outs[name] = fn()
+            except Exception as e:  # a runner that cannot run here: report, do not hide
+                outs[name] = f"{type(e).__name__}: {str(e)[:80]}"
+                del live[name]
+                continue
+            if rnd:  # round 0 warms up
+                times[name].append(time.perf_counter() - t0)
+    return {k: (statistics.median(times[k]) if k in live else None, outs[k]) for k in runners}
 
 
 def hf_whisper(folder: Path, audio: np.ndarray, new: int) -> Callable[[], list[int]]:
@@ -241,23 +262,155 @@ def server_streams(
         server.stop()
 
 
-def optimum_row(folder: Path, kind: str) -> str:
-    """Optimum's row, or why it is skipped (it needs torch + optimum[onnxruntime] in .venv-optimum)."""
-    python = REPO_ROOT / ".venv-optimum" / "bin" / "python"
+def optimum_python() -> Path | None:
+    """The Python that has Optimum's ONNX Runtime models: this one, or ``.venv-optimum``'s
+    (``bash scripts/bench_peers.sh optimum``); ``TORCHPORT_BENCH_OPTIMUM_PYTHON`` overrides."""
+    env = os.environ.get("TORCHPORT_BENCH_OPTIMUM_PYTHON")
+    if env:
+        return Path(env)
     try:
         import optimum.onnxruntime  # noqa: F401
+
+        return Path(sys.executable)
     except ImportError:
-        if not python.exists():
-            return "skipped (optimum is not installed here nor in .venv-optimum: python -m venv .venv-optimum && .venv-optimum/bin/pip install 'optimum[onnxruntime]')"
-    return f"skipped (the Optimum {kind} runner is not wired yet)"
+        python = REPO_ROOT / ".venv-optimum" / "bin" / "python"
+        return python if python.exists() else None
 
 
-def genai_row() -> str:
+def optimum_runner(
+    folder: Path, kind: str, args: argparse.Namespace
+) -> tuple[Callable[[], list[int]] | None, str]:
+    """Optimum's runner: :func:`optimum_worker` in Optimum's own Python (its transformers/optimum pins
+    clash with ours), kept running; each call asks it for one ``generate`` and returns its tokens.
+    ``(run, version note)`` or ``(None, why it is skipped)``."""
+    import atexit
+    import json
+    import subprocess
+
+    python = optimum_python()
+    if python is None:
+        return None, "skipped (no Optimum here nor in .venv-optimum: bash scripts/bench_peers.sh optimum)"
+    cmd = [str(python), str(Path(__file__).resolve()), "--optimum-worker", kind, str(folder),
+           "--new-tokens", str(args.new_tokens), "--source-tokens", str(args.source_tokens),
+           "--seconds", str(args.seconds), "--threads", str(args.threads)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": ""}
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    atexit.register(proc.kill)
+    assert proc.stdin is not None and proc.stdout is not None
+    stdin, stdout = proc.stdin, proc.stdout
+
+    def reply() -> dict[str, Any]:
+        for line in stdout:
+            if line.startswith("{"):
+                return dict(json.loads(line))
+        err = proc.stderr.read() if proc.stderr is not None else ""
+        tail = (err.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"Optimum failed: {tail[:100]}")
+
     try:
-        import onnxruntime_genai  # noqa: F401
+        ready = reply()
+    except RuntimeError as e:
+        return None, f"skipped ({e})"
+
+    def run() -> list[int]:
+        stdin.write("run\n")
+        stdin.flush()
+        return list(reply()["tokens"])
+
+    return run, f"optimum {ready['optimum']}"
+
+
+def optimum_worker(kind: str, folder: Path, args: argparse.Namespace) -> int:
+    """Runs in Optimum's Python: export ``folder`` with Optimum (ORTModelForSpeechSeq2Seq /
+    ORTModelForSeq2SeqLM, its default CPU settings, ``threads`` intra-op threads), print a JSON
+    line when ready, then run ``generate`` once per ``run`` line on stdin (timed by the caller, as
+    the Hugging Face row: pre-processing included for Whisper) and print its new tokens."""
+    import importlib.metadata
+    import json
+
+    import onnxruntime as ort
+    import torch
+    import transformers
+    from optimum.onnxruntime import ORTModelForSeq2SeqLM, ORTModelForSpeechSeq2Seq
+
+    torch.set_num_threads(args.threads)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = args.threads
+    options.inter_op_num_threads = 1
+    new = args.new_tokens
+    if kind == "speech":
+        model = ORTModelForSpeechSeq2Seq.from_pretrained(folder, export=True, session_options=options)
+        extractor = transformers.WhisperFeatureExtractor.from_pretrained(folder)
+        audio = test_audio(args.seconds)
+
+        def run() -> list[int]:
+            feats = extractor(audio, sampling_rate=RATE, return_tensors="pt").input_features
+            out = model.generate(
+                feats, language="en", max_new_tokens=new, min_new_tokens=new, do_sample=False
+            )
+            return [int(t) for t in out[0].tolist()]  # the new tokens only (Whisper's generate)
+    else:
+        model = ORTModelForSeq2SeqLM.from_pretrained(folder, export=True, session_options=options)
+        ids = [int(i) for i in np.random.default_rng(0).integers(2, 32000, args.source_tokens)]
+        x = torch.tensor([ids])
+
+        def run() -> list[int]:
+            out = model.generate(x, max_new_tokens=new, min_new_tokens=new, do_sample=False, num_beams=1)
+            return [int(t) for t in out[0].tolist()[1:]]  # without the decoder start token
+
+    print(json.dumps({"optimum": importlib.metadata.version("optimum")}), flush=True)
+    with torch.no_grad():
+        for line in sys.stdin:
+            if line.strip() == "run":
+                print(json.dumps({"tokens": run()}), flush=True)
+    return 0
+
+
+def genai_whisper(
+    folder: Path, work: Path, audio: np.ndarray, new: int, threads: int
+) -> tuple[Callable[[], list[int]] | None, str]:
+    """onnxruntime-genai's Whisper: its model builder's encoder/decoder from ``folder`` (fp32, CPU) and
+    its own audio processor (WAV in: decode + log-mel included, as torchport's row includes its
+    log-mel); ``(run, "")`` or ``(None, why not)``."""
+    import json
+    import subprocess
+
+    try:
+        import onnxruntime_genai as og
     except ImportError:
-        return "skipped (onnxruntime-genai not installed: pip install onnxruntime-genai)"
-    return "skipped (onnxruntime-genai's Whisper needs its own exported folder; not wired yet)"
+        return None, "skipped (onnxruntime-genai not installed: pip install -e '.[bench]')"
+    out = work / "genai-whisper"
+    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(folder), "-o", str(out),
+           "-p", "fp32", "-e", "cpu", "-c", str(work / "genai-cache")]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return None, f"skipped (genai's model builder failed on Whisper: {tail[:90]})"
+    config_file = out / "genai_config.json"
+    config = json.loads(config_file.read_text())
+    for part in ("encoder", "decoder"):
+        config["model"][part]["session_options"].update(intra_op_num_threads=threads, inter_op_num_threads=1)
+    config_file.write_text(json.dumps(config, indent=2))
+    wav = work / "genai-audio.wav"
+    wav.write_bytes(_wav16(audio))
+    model = og.Model(str(out))
+    processor = model.create_multimodal_processor()
+    # the special tokens of the benchmark's word tokenizer: start, <|en|>, transcribe, no timestamps
+    prompt = "<|s50258|><|s50259|><|s50359|><|s50363|>"
+
+    def run() -> list[int]:
+        inputs = processor(prompt, audios=og.Audios.open(str(wav)))
+        params = og.GeneratorParams(model)
+        params.set_search_options(do_sample=False, max_length=4 + new, min_length=4 + new, batch_size=1)
+        generator = og.Generator(model, params)
+        generator.set_inputs(inputs)
+        while not generator.is_done():
+            generator.generate_next_token()
+        return [int(t) for t in generator.get_sequence(0)][4:]
+
+    return run, ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,7 +423,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-peers", action="store_true")
     parser.add_argument("--no-server", action="store_true", help="skip the /generate_stream rows")
+    parser.add_argument("--optimum-worker", nargs=2, metavar=("KIND", "FOLDER"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.optimum_worker:
+        return optimum_worker(args.optimum_worker[0], Path(args.optimum_worker[1]), args)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import torch
 
@@ -298,38 +454,47 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(("whisper features", "transformers WhisperFeatureExtractor", t_hf, ""))
         rows.append(("whisper features", "torchport numpy log-mel", t_ours, f"max err {err:.1e}"))
 
-        t, out = best(hf_whisper(work / "whisper", audio, args.new_tokens), args.repeats)
-        rows.append(("whisper", "Hugging Face eager", t, f"{len(out)} ids"))
-        gen, why = torchport_package(work / "whisper", work / "pkg-whisper", "automatic-speech-recognition")
-        if gen is None:
-            rows.append(("whisper", "torchport", None, f"skipped ({why})"))
-        else:
-            try:
-                t, out = best(
-                    torchport_whisper(gen, work / "pkg-whisper", audio, args.new_tokens), args.repeats
-                )
-                rows.append(("whisper", "torchport", t, f"{len(out)} new tokens"))
-            except Exception as e:  # the encoder-decoder loop may not take audio yet: report, do not hide
-                rows.append(("whisper", "torchport", None, f"skipped ({type(e).__name__}: {str(e)[:80]})"))
-        if not args.no_peers:
-            rows.append(
-                ("whisper", "Optimum ORTModelForSpeechSeq2Seq", None, optimum_row(work / "whisper", "speech"))
+        # per model, every runner is set up first, then timed in interleaved rounds
+        for model, folder, task in (
+            ("whisper", work / "whisper", "automatic-speech-recognition"),
+            ("t5", work / "t5", "text2text-generation"),
+        ):
+            runners: dict[str, Callable[[], Any]] = {}
+            skipped: dict[str, str] = {}
+            notes: dict[str, str] = {}
+            speech = model == "whisper"
+            runners["Hugging Face eager"] = (
+                hf_whisper(folder, audio, args.new_tokens) if speech else hf_t5(folder, ids, args.new_tokens)
             )
-            rows.append(("whisper", "onnxruntime-genai", None, genai_row()))
-
-        t, out = best(hf_t5(work / "t5", ids, args.new_tokens), args.repeats)
-        rows.append(("t5", "Hugging Face eager", t, f"{len(out)} ids"))
-        gen, why = torchport_package(work / "t5", work / "pkg-t5", "text2text-generation")
-        if gen is None:
-            rows.append(("t5", "torchport", None, f"skipped ({why})"))
-        else:
-            try:
-                t, out = best(torchport_t5(gen, ids, args.new_tokens), args.repeats)
-                rows.append(("t5", "torchport", t, f"{len(out)} new tokens"))
-            except Exception as e:
-                rows.append(("t5", "torchport", None, f"skipped ({type(e).__name__}: {str(e)[:80]})"))
-        if not args.no_peers:
-            rows.append(("t5", "Optimum ORTModelForSeq2SeqLM", None, optimum_row(work / "t5", "seq2seq")))
+            gen, why = torchport_package(folder, work / f"pkg-{model}", task)
+            if gen is None:
+                skipped["torchport"] = f"skipped ({why})"
+            else:
+                runners["torchport"] = (
+                    torchport_whisper(gen, work / f"pkg-{model}", audio, args.new_tokens)
+                    if speech
+                    else torchport_t5(gen, ids, args.new_tokens)
+                )
+            if not args.no_peers:
+                name = "Optimum ORTModelForSpeechSeq2Seq" if speech else "Optimum ORTModelForSeq2SeqLM"
+                run, note = optimum_runner(folder, "speech" if speech else "seq2seq", args)
+                if run is None:
+                    skipped[name] = note
+                else:
+                    runners[name], notes[name] = run, note
+                if speech:
+                    run, why = genai_whisper(folder, work, audio, args.new_tokens, args.threads)
+                    if run is None:
+                        skipped["onnxruntime-genai"] = why
+                    else:
+                        runners["onnxruntime-genai"] = run
+            for who, (t, out) in interleaved(runners, args.repeats).items():
+                if t is None:
+                    rows.append((model, who, None, f"skipped ({out})"))
+                    continue
+                count = f"{len(out)} ids" if who == "Hugging Face eager" else f"{len(out)} new tokens"
+                rows.append((model, who, t, ", ".join([count, *([notes[who]] if who in notes else [])])))
+            rows += [(model, who, None, why) for who, why in skipped.items()]
 
         streams: list[tuple[str, int, float, float]] = []
         if not args.no_server:
@@ -360,6 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"threads {args.threads}, {args.new_tokens} new tokens, whisper on {args.seconds:g} s of audio, "
           f"t5 on {args.source_tokens} tokens; shapes {'tiny' if args.tiny else 'whisper-tiny / t5-small'}")  # fmt: skip
+    print(f"runners timed in {args.repeats} interleaved rounds (median), after one warm-up round")
     print(f"{'model':<18} {'runner':<38} {'seconds':>8} {'RTF':>7} {'tok/s':>8} {'vs HF':>7}  note")
     for model, who, t, note in rows:
         if t is None:
