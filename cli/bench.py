@@ -56,6 +56,12 @@ def bench(
         help="Server URL: load generator processes sharing each concurrency (gRPC: one connection "
         "each), so the client is not the bottleneck.",
     ),
+    cpus: str = typer.Option(
+        None,
+        "--cpus",
+        help="Server URL: run the load generator only on these CPUs, e.g. 1 or 0,2 or 2-3 (pin the "
+        "server to the others, e.g. with taskset, so the server is what is measured).",
+    ),
     as_json: bool = typer.Option(
         False, "--json", help="Print the rows as JSON (p50_ms, p90_ms, p99_ms, rps, ...)."
     ),
@@ -67,6 +73,8 @@ def bench(
     Example: torchport bench http://127.0.0.1:8000 --protocol json,binary --concurrency 1,32 --json
 
     Example: torchport bench grpc://127.0.0.1:8001 --model cnn --concurrency 32 --processes 4
+
+    Example: torchport bench http://127.0.0.1:8000 --concurrency 32 --cpus 1
     """
     import os
     from pathlib import Path
@@ -99,11 +107,13 @@ def bench(
             dims=dims,
             api_key=key,
             processes=processes,
+            cpus=cpus,
         )
     else:
-        if protocol or model or processes != 1:
+        if protocol or model or processes != 1 or cpus is not None:
             raise UsageError(
-                "--protocol, --model and --processes are for a server URL; a package is timed in process"
+                "--protocol, --model, --processes and --cpus are for a server URL; a package is timed "
+                "in process"
             )
         result = bench_package(
             target,

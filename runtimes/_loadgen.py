@@ -7,7 +7,9 @@ installed). A non-2xx answer or a gRPC error counts as an error, never as a late
 With ``processes`` > 1 the load comes from that many generator processes started together (the
 concurrency split between them; for gRPC one HTTP/2 connection each), so that a generator that
 costs more per request than the server (the ``h2`` client is Python per frame) is not what is
-measured.
+measured. With ``cpus`` the generator (its processes, or the thread running the load in this
+process) runs only on those CPUs (``os.sched_setaffinity``), so that a server pinned to the other
+CPUs of the same machine is measured as if the load came from another machine.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import os
 import time
 import urllib.error
 import urllib.request
@@ -275,6 +278,44 @@ def _load(
     return _run(_http_load(target, request, concurrency, duration))
 
 
+def parse_cpus(value: str | Sequence[int]) -> list[int]:
+    """CPU numbers from ``"0,2"``, ``"0-3"`` (ranges and lists mix) or a sequence of ints, each one
+    this process may run on.
+
+    Example:
+        >>> parse_cpus("0")
+        [0]
+
+    Raises:
+        UsageError: not a CPU list, or a CPU this process cannot run on.
+    """
+    if isinstance(value, str):
+        text = value
+        try:
+            out: set[int] = set()
+            for part in (p.strip() for p in value.split(",")):
+                first, _, last = part.partition("-")
+                lo, hi = int(first), int(last or first)
+                if lo < 0 or hi < lo:
+                    raise ValueError(part)
+                out |= set(range(lo, hi + 1))
+        except ValueError:
+            raise UsageError(f"--cpus {value!r}: expected CPU numbers, e.g. 1 or 0,2 or 2-3") from None
+    else:
+        text = ",".join(map(str, value))
+        out = {int(c) for c in value}
+        if not out or min(out) < 0:
+            raise UsageError(f"--cpus {text!r}: expected CPU numbers, e.g. 1 or 0,2 or 2-3")
+    allowed = os.sched_getaffinity(0)
+    missing = sorted(out - allowed)
+    if missing:
+        raise UsageError(
+            f"--cpus {text}: CPU {','.join(map(str, missing))} is not available to this process; "
+            f"available: {','.join(map(str, sorted(allowed)))}"
+        )
+    return sorted(out)
+
+
 def _child_main() -> None:
     """A generator process (see :func:`_load_in_processes`): reads its share and where to put its
     result from stdin, says it is ready, waits for the go, then writes (latencies, elapsed, errors)
@@ -283,7 +324,8 @@ def _child_main() -> None:
     import sys
 
     args, result_path = pickle.load(sys.stdin.buffer)
-    sys.stdout.buffer.write(b"R\n")
+    cpus = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+    sys.stdout.buffer.write(f"R {cpus}\n".encode())  # ready, and where it runs
     sys.stdout.buffer.flush()
     sys.stdin.buffer.readline()  # the go: every generator starts its clock together
     try:
@@ -302,10 +344,12 @@ def _load_in_processes(
     concurrency: int,
     duration: float,
     processes: int,
+    cpus: list[int] | None = None,
 ) -> tuple[list[float], float, int]:
     """The load of :func:`_load` from ``processes`` generator processes (each at least one request
     in flight; plain ``python -c`` children, so no ``__main__`` guard is needed by the caller):
-    latencies of all, the longest elapsed time, errors summed."""
+    latencies of all, the longest elapsed time, errors summed. With ``cpus``, every generator runs
+    only on those CPUs (checked: each child reports where it runs before the go)."""
     import pickle
     import subprocess
     import sys
@@ -313,7 +357,14 @@ def _load_in_processes(
 
     n = min(processes, concurrency)
     if n <= 1:
-        return _load(target, proto, request, headers, concurrency, duration)
+        if cpus is None:
+            return _load(target, proto, request, headers, concurrency, duration)
+        before = os.sched_getaffinity(0)  # this thread's; the load runs on it
+        os.sched_setaffinity(0, cpus)
+        try:
+            return _load(target, proto, request, headers, concurrency, duration)
+        finally:
+            os.sched_setaffinity(0, before)
     shares = [concurrency // n + (i < concurrency % n) for i in range(n)]
     code = "from torchport.runtimes._loadgen import _child_main; _child_main()"
     lat: list[float] = []
@@ -329,6 +380,8 @@ def _load_in_processes(
                         stdin=subprocess.PIPE,
                         stdout=subprocess.PIPE,
                         stderr=err,
+                        # pinned before it starts: every thread it makes inherits the set
+                        preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
                     )
                 )
 
@@ -345,11 +398,15 @@ def _load_in_processes(
                 assert child.stdin is not None
                 child.stdin.write(pickle.dumps(((target, proto, request, headers, share, duration), path)))
                 child.stdin.flush()
+            want = None if cpus is None else ",".join(map(str, cpus))
             for child in children:
                 assert child.stdout is not None
-                while (line := child.stdout.readline()) != b"R\n":  # whatever else it printed: skipped
+                while not (line := child.stdout.readline()).startswith(b"R "):  # others: skipped
                     if not line:
                         raise failed(child)
+                runs_on = line[2:].strip().decode()
+                if want is not None and runs_on != want:
+                    raise ServingError(f"a load generator process runs on CPUs {runs_on}, not {want}")
             for child in children:
                 assert child.stdin is not None
                 child.stdin.write(b"G\n")
@@ -400,13 +457,16 @@ def bench_server(
     dims: dict[str, int] | None = None,
     api_key: str | None = None,
     processes: int = 1,
+    cpus: str | Sequence[int] | None = None,
 ) -> BenchResult:
     """Put closed-loop load on a running server and measure each (protocol, batch, concurrency).
 
     ``url`` is ``http://HOST:PORT`` (protocols ``json`` and ``binary``) or ``grpc://HOST:PORT``
     (protocol ``grpc``); the model is ``--model``, the URL's ``/v2/models/NAME``, or the only one.
     ``processes`` generator processes share each point's concurrency (at most one per request in
-    flight; gRPC: one connection each), started together.
+    flight; gRPC: one connection each), started together. ``cpus`` (``"1"``, ``"0,2"``, ``"2-3"``
+    or a list of ints) pins the generator to those CPUs: pin the server to the others (``taskset``)
+    and the server, not the shared cores, is measured.
 
     Example:
         >>> print(bench_server("http://127.0.0.1:8000", concurrency=[1, 32], duration=5))  # doctest: +SKIP
@@ -417,6 +477,7 @@ def bench_server(
     target = Target.parse(url, model)
     if processes < 1:
         raise UsageError(f"--processes {processes}: expected 1 or more load generator processes")
+    pinned = None if cpus is None else parse_cpus(cpus)
     headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
     allowed = ("grpc",) if target.scheme == "grpc" else ("json", "binary")
     protos = list(protocols or allowed)
@@ -436,7 +497,9 @@ def bench_server(
                     req = grpc_request_bytes(name, inputs)
                 else:
                     req = http_request_bytes(target, name, inputs, proto == "binary", headers)
-                lat, elapsed, errors = _load_in_processes(target, proto, req, headers, c, duration, processes)
+                lat, elapsed, errors = _load_in_processes(
+                    target, proto, req, headers, c, duration, processes, pinned
+                )
                 result.append(
                     summarize(
                         lat, elapsed, errors, target=url, model=name, mode=proto, batch=batch, concurrency=c

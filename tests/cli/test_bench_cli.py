@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -120,7 +121,37 @@ def test_load_from_several_generator_processes_counts_every_request(tmp_path):
         with pytest.raises(UsageError, match="--processes 0: expected 1 or more"):
             bench_server(srv.url, processes=0)
     proc = _bench(str(pkg.path), "--processes", "2")
-    assert proc.returncode == 1 and "--processes are for a server URL" in proc.stderr
+    assert proc.returncode == 1 and "--processes and --cpus are for a server URL" in proc.stderr
+
+
+def test_cpus_pin_the_generator_and_a_bad_list_is_one_line(tmp_path):
+    pkg = make_scale_package(tmp_path / "scale", 2.0)
+    allowed = sorted(os.sched_getaffinity(0))
+    one = allowed[-1]
+    with running_server(pkg.path) as srv:
+        # generator processes: each reports the CPUs it runs on and the load checks them
+        (r,) = bench_server(
+            srv.url, protocols=["binary"], concurrency=[2], duration=0.2, processes=2, cpus=[one]
+        )
+        assert r.requests >= 2 and r.errors == 0
+        # in this process: the load's thread is pinned for the run, then put back
+        (r,) = bench_server(srv.url, protocols=["json"], duration=0.2, cpus=str(one))
+        assert r.requests >= 1 and sorted(os.sched_getaffinity(0)) == allowed
+        proc = _bench(srv.url, "--protocol", "binary", "--duration", "0.2", "--cpus", str(one), "--json")
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)[0]["errors"] == 0
+        for bad in ("x", "3-1", "-1"):
+            with pytest.raises(UsageError, match=r"expected CPU numbers, e.g. 1 or 0,2 or 2-3"):
+                bench_server(srv.url, cpus=bad)
+        missing = max(allowed) + 1
+        with pytest.raises(UsageError, match=rf"--cpus {missing}: CPU {missing} is not available to this"):
+            bench_server(srv.url, cpus=[missing])
+        proc = _bench(srv.url, "--cpus", f"0-{missing}")
+        assert proc.returncode == 1
+        assert f"CPU {missing} is not available to this process; available: " in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    proc = _bench(str(pkg.path), "--cpus", "0")
+    assert proc.returncode == 1 and "--cpus are for a server URL" in proc.stderr
 
 
 def test_errors_are_counted_and_misuse_is_one_line(tmp_path, monkeypatch):
