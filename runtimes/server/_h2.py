@@ -275,6 +275,7 @@ class H2Protocol(asyncio.Protocol):
         if not self.read_paused and self.transport is not None:
             self.transport.pause_reading()
             self.read_paused = True
+            self.server.read_pauses += 1
 
     def resume_writing(self) -> None:
         self.write_paused_since = None
@@ -898,6 +899,8 @@ class H2Server(Listener):
         self.service = service
         self.max_message_bytes = max_message_bytes
         self.connections: set[H2Protocol] = set()
+        #: times a connection stopped being read because its answers were not (write buffer full)
+        self.read_pauses = 0
         self._reserve = reserve
         self._release = release
         self._idle: asyncio.Event | None = None
