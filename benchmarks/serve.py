@@ -27,6 +27,14 @@ In-process numbers come from `torchport bench` (torchport.runtimes._bench.bench_
 Load comes from wrk (Debian package `wrk`) on loopback for a fixed duration; without wrk, a Python asyncio
 generator sends a fixed number of requests (slower: it competes for the same cores).
 
+With --split-cores (the default on a machine with 2 or more CPUs) every server under test (torchport,
+PyTriton's Python process and the tritonserver and stubs it starts, KServe, MLServer, the echo, the
+naive server) runs on one half of the CPUs and every load generator (wrk, `torchport bench`'s
+processes, the grpcio client, this script's own process, so the in-process reference rows too) on the
+other half, as if the load came from another machine; every row gets the same treatment, so the
+ratios stay fair. --no-split-cores shares all CPUs between them (on 2 cores the generator then takes
+CPU from the server it measures).
+
     python benchmarks/serve.py                  # ~2 minutes
     python benchmarks/serve.py --repeat 3 --delays 0 2   # median of 3, batching also with a 2 ms queue delay
     python benchmarks/serve.py --duration 3 --concurrency 1 32
@@ -56,6 +64,23 @@ from pathlib import Path
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# --split-cores: the CPUs servers run on and the CPUs load generators run on (None: not pinned)
+PIN: dict[str, list[int] | None] = {"server": None, "generator": None}
+
+
+def _pinned(role: str):
+    """A ``preexec_fn`` pinning a child (and every process and thread it starts) to ``role``'s CPUs."""
+    cpus = PIN[role]
+    return None if cpus is None else lambda: os.sched_setaffinity(0, cpus)
+
+
+def split_cpus() -> tuple[list[int], list[int]]:
+    """(server CPUs, generator CPUs): the CPUs this process may use, halved (the server the larger half)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    half = (len(cpus) + 1) // 2
+    return cpus[:half], cpus[half:]
+
+
 sys.path.insert(0, str(REPO_ROOT))
 
 from torchport.runtimes._table import format_table  # noqa: E402
@@ -351,6 +376,7 @@ class ServerProcess:
             stderr=subprocess.DEVNULL,
             env={**os.environ, **(env or {})},
             cwd=cwd,
+            preexec_fn=_pinned("server"),  # before exec: what it starts inherits the CPUs
         )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -619,6 +645,7 @@ def run_wrk(url: str, body: bytes, header_len: str, concurrency: int, duration: 
         text=True,
         env={**os.environ, "BODY_FILE": str(body_file), "HEADER_LEN": header_len},
         timeout=duration + 60,
+        preexec_fn=_pinned("generator"),
     )
     out = proc.stdout
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
@@ -896,6 +923,7 @@ def grpc_rows(cnn_pkg: Path, args, results: dict) -> list[tuple[str, ...]]:
                         concurrency=[c],
                         duration=args.duration,
                         processes=n,
+                        cpus=PIN["generator"],
                     )
                     if r.errors:
                         raise RuntimeError(f"failed {proto} requests: {r.errors}")
@@ -990,6 +1018,7 @@ def reload_rows(cnn_pkg: Path, args, workdir: Path, results: dict) -> list[tuple
                     protocols=["binary"],
                     concurrency=[32],
                     duration=seconds,
+                    cpus=PIN["generator"],
                 )
             )
         )
@@ -1109,6 +1138,7 @@ def peer_rows(cnn_pkg: Path, args, workdir: Path, results: dict) -> list[tuple[s
                         protocols=["grpc"],
                         concurrency=[c],
                         duration=args.duration,
+                        cpus=PIN["generator"],
                     )
                     if r.errors:
                         raise RuntimeError(f"{label}: failed gRPC requests: {r.errors}")
@@ -1393,6 +1423,13 @@ def main() -> None:
     )
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument(
+        "--split-cores",
+        action=argparse.BooleanOptionalAction,
+        default=len(os.sched_getaffinity(0)) >= 2,
+        help="pin every server to one half of the CPUs and every load generator (and this process) to "
+        "the other half (default: on with 2 or more CPUs)",
+    )
+    parser.add_argument(
         "--baseline-ref",
         help="also run torchport at this git commit in the floor section (c=1 p50 vs the echo, and "
         "c=32 req/s vs this tree) and among the peers, e.g. --baseline-ref main~5",
@@ -1406,10 +1443,15 @@ def main() -> None:
         "breakdown (7), peers (8)",
     )
     args = parser.parse_args()
+    if args.split_cores:
+        if len(os.sched_getaffinity(0)) < 2:
+            parser.error("--split-cores needs 2 or more CPUs; this process may use 1")
+        PIN["server"], PIN["generator"] = split_cpus()
+        os.sched_setaffinity(0, PIN["generator"])  # the grpcio client's threads, in-process rows
 
     workdir = Path(tempfile.mkdtemp(prefix="torchport-bench-"))
     rows: list[tuple[str, ...]] = []
-    results: dict = {"generator": args.generator, "cpus": os.cpu_count()}
+    results: dict = {"generator": args.generator, "cpus": os.cpu_count(), "pinned": dict(PIN)}
     try:
         tiny = make_tiny_package(workdir / "tiny")
         cnn_pkg = make_cnn_package(workdir / "cnn")
@@ -1565,9 +1607,16 @@ def main() -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
     header = ("section", "server / path", "conc", "req/s", "p50 ms", "p99 ms", "vs baseline", "mean batch")
+    cpu_list = lambda cpus: ",".join(map(str, cpus))  # noqa: E731
+    where = (
+        f"split cores: every server on CPU {cpu_list(PIN['server'])}, every load generator (and the "
+        f"in-process rows) on CPU {cpu_list(PIN['generator'])}"
+        if PIN["server"]
+        else "cores shared by servers and load generators (--no-split-cores)"
+    )
     print(
         f"\nload generator: {args.generator}, {args.duration:g} s per run (median of {max(1, args.repeat)}), "
-        f"{os.cpu_count()} CPUs, loopback"
+        f"{os.cpu_count()} CPUs, loopback; {where}"
     )
     print("ratios ('x naive') are against the faster of the two naive servers at the same concurrency\n")
     print(format_table(header, rows))
