@@ -11,7 +11,8 @@
 Sampling fields may be top-level or inside ``"parameters"`` (both as Triton's extension allows):
 ``max_tokens``, ``temperature`` (0: greedy; sampling when > 0 or with ``top_p``/``top_k``), ``top_p``,
 ``top_k``, ``seed``, ``stop`` (a string or a list: generation ends before it), ``repetition_penalty``,
-``ignore_eos``; encoder-decoders also take beam search (``num_beams``, ``length_penalty``,
+``ignore_eos``, ``no_repeat_ngram_size``, ``min_length``, ``min_new_tokens``, ``bad_words_ids`` (a list of
+token id lists; these four default to the package's generation config); encoder-decoders also take beam search (``num_beams``, ``length_penalty``,
 ``early_stopping``: run in the executor, the answer sent whole) and speech packages ``audio`` (base64 WAV or
 FP32 samples, decoded and featurized in the executor) with ``language`` / ``task``. Unknown fields, prompts
 beyond the exported range, bad values and bodies that are not UTF-8 JSON are 400s. Requests share one decode batch per model (continuous batching, see
@@ -29,6 +30,7 @@ from typing import Any
 from torchport.runtimes._audio_request import AUDIO, SpeechCodec
 from torchport.runtimes._errors import InferenceInputError, UsageError
 from torchport.runtimes._generate import GenRequest, SamplingParams, Seq2SeqBatch, generation_spec
+from torchport.runtimes._logits import check_bad_words
 from torchport.runtimes._tokenizer import IncrementalDecoder, TextCodec
 from torchport.runtimes.server._generate_engine import GenerationEngine, Job
 from torchport.runtimes.server._http import Deferred, Response, Stream
@@ -45,6 +47,10 @@ _SAMPLING = (
     "stop",
     "repetition_penalty",
     "ignore_eos",
+    "no_repeat_ngram_size",
+    "min_length",
+    "min_new_tokens",
+    "bad_words_ids",
 )
 _SPEECH = ("language", "task")  # speech packages: Whisper's forced prompt
 _BEAM = ("num_beams", "length_penalty", "early_stopping")  # encoder-decoders: beam search
@@ -270,8 +276,27 @@ def _sampling(merged: dict[str, Any]) -> SamplingParams:
         seed=seed,
         ignore_eos=_number(merged, "ignore_eos", bool, False),
         repetition_penalty=float(_number(merged, "repetition_penalty", float, 1.0)),
+        no_repeat_ngram_size=_optional(merged, "no_repeat_ngram_size"),
+        min_length=_optional(merged, "min_length"),
+        min_new_tokens=_optional(merged, "min_new_tokens"),
+        bad_words_ids=_bad_words(merged.get("bad_words_ids")),
     )
     return sampling
+
+
+def _optional(merged: dict[str, Any], key: str) -> int | None:
+    """An integer setting that defaults to the package's generation config when absent."""
+    return None if merged.get(key) is None else int(_number(merged, key, int, 0))
+
+
+def _bad_words(value: Any) -> tuple[tuple[int, ...], ...] | None:
+    """``bad_words_ids``: a list of token id lists (400 naming the shape otherwise)."""
+    if value is None:
+        return None
+    try:
+        return check_bad_words(value)
+    except InferenceInputError as e:
+        raise HTTPError(400, str(e)) from None
 
 
 class _TextOut:

@@ -6,7 +6,8 @@ tokenizer takes a BYTES ``text`` input (``[batch]`` or ``[batch, 1]``) and answe
 
 The request's ``parameters`` (KServe v2 request-level parameters, HTTP JSON or gRPC
 ``ModelInferRequest.parameters``) take ``/generate``'s fields: ``max_tokens``, ``temperature``,
-``top_p``, ``top_k``, ``seed``, ``repetition_penalty``, ``ignore_eos``, and beam search's
+``top_p``, ``top_k``, ``seed``, ``repetition_penalty``, ``ignore_eos``, ``no_repeat_ngram_size``,
+``min_length``, ``min_new_tokens``, and beam search's
 ``num_beams``, ``length_penalty``, ``early_stopping`` (speech also ``language``, ``task``); they apply
 to every element. The protocol's own (``binary_data_output``, ``priority``, ``timeout``...) pass.
 
@@ -43,6 +44,9 @@ GENERATION_PARAMETERS = (
     "seed",
     "repetition_penalty",
     "ignore_eos",
+    "no_repeat_ngram_size",
+    "min_length",
+    "min_new_tokens",
     "num_beams",
     "length_penalty",
     "early_stopping",

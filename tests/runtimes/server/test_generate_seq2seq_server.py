@@ -243,3 +243,36 @@ def test_infer_honours_generation_parameters_over_http_and_grpc(server) -> None:
         with pytest.raises(tg.InferenceServerException, match=message):
             gc.infer("bart", [gi], parameters=params)
     assert both({"max_tokens": 4, "ignore_eos": True}) == [greedy, greedy]  # still serving
+
+
+def test_generate_and_infer_apply_hugging_face_generation_rules(server) -> None:
+    import numpy as np
+    import tritonclient.http as th
+
+    local = Session.from_package(server.package)
+    plain = local.generate(TEXTS[2], max_new_tokens=8, ignore_eos=True).tokens[0]
+    rules = {"no_repeat_ngram_size": 1, "bad_words_ids": [[plain[0]]], "min_new_tokens": 3}
+    want = local.generate(TEXTS[2], max_new_tokens=8, ignore_eos=True, **rules)  # type: ignore[arg-type]
+    tokens = want.tokens[0]
+    assert len(set(tokens)) == len(tokens) and plain[0] not in tokens  # the rules changed the answer
+    status, body = _post(
+        server,
+        "/v2/models/bart/generate",
+        {"text_input": TEXTS[2], "max_tokens": 8, "ignore_eos": True, **rules},
+    )
+    assert status == 200, body
+    assert body["text_output"] == want.text[0]
+    # /infer takes the scalar ones as request parameters
+    inp = th.InferInput("text", [1], "BYTES")
+    inp.set_data_from_numpy(np.array([TEXTS[2].encode()], dtype=object))
+    hc = th.InferenceServerClient(f"127.0.0.1:{server.port}")
+    got = hc.infer("bart", [inp], parameters={"max_tokens": 8, "ignore_eos": True, "no_repeat_ngram_size": 1})
+    expected = local.generate(TEXTS[2], max_new_tokens=8, ignore_eos=True, no_repeat_ngram_size=1).text[0]
+    assert got.as_numpy("text_output")[0].decode() == expected
+    for fields, message in (
+        ({"bad_words_ids": [3]}, "bad_words_ids must be a list of non-empty lists of token ids"),
+        ({"no_repeat_ngram_size": "2"}, "no_repeat_ngram_size must be int, got '2'"),
+        ({"min_length": -1}, "min_length must be an integer >= 0, got -1"),
+    ):
+        status, body = _post(server, "/v2/models/bart/generate", {"text_input": "hello", **fields})
+        assert status == 400 and message in body["error"], body
