@@ -56,17 +56,25 @@ def int4_block_size_option() -> Any:
 
 def int4_asymmetric_option() -> Any:
     return typer.Option(
-        False, "--int4-asymmetric", help="Asymmetric int4 blocks (a zero point per block; default symmetric)."
+        False,
+        "--int4-asymmetric",
+        help="Asymmetric int4 blocks (a zero point per block; default symmetric), e.g. --int4 --int4-asymmetric.",
     )
 
 
 def int4_keep_head_option() -> Any:
-    return typer.Option(False, "--int4-keep-head", help="Keep the output head (logits) in float32 in int4.")
+    return typer.Option(
+        False,
+        "--int4-keep-head",
+        help="Keep the output head (logits) in float32 in int4, e.g. --int4 --int4-keep-head.",
+    )
 
 
 def int4_embeddings_option() -> Any:
     return typer.Option(
-        False, "--int4-embeddings", help="Quantize embedding tables to 4 bits too (GatherBlockQuantized)."
+        False,
+        "--int4-embeddings",
+        help="Quantize embedding tables to 4 bits too (GatherBlockQuantized), e.g. --int4 --int4-embeddings.",
     )
 
 

@@ -39,9 +39,11 @@ def test_serve_benchmark_runs(tmp_path):
     results = json.loads(out.read_text())
     assert results["cnn"]["batched0ms_binary_c4"]["rps"] > 0
     assert results["tiny_server_JSON"]["p50"] > results["tiny_in_process"]["p50"]
-    grpc = results["grpc"]["c4"]
-    assert grpc["grpc"]["rps"] > 0 and grpc["binary"]["rps"] > 0 and grpc["ratio"] > 0
-    assert grpc["grpc"]["server_cpu_us_per_request"] > 0
+    # one and --load-processes (default 4) generator processes, both protocols alike
+    assert set(results["grpc"]["c4"]) >= {"processes1", "processes4"}
+    for grpc in (results["grpc"]["c4"]["processes1"], results["grpc"]["c4"]["processes4"]):
+        assert grpc["grpc"]["rps"] > 0 and grpc["binary"]["rps"] > 0 and grpc["ratio"] > 0
+        assert grpc["grpc"]["server_cpu_us_per_request"] > 0
 
 
 def _serve_module():
