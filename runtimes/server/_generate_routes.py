@@ -54,6 +54,9 @@ _SAMPLING = (
 )
 _SPEECH = ("language", "task")  # speech packages: Whisper's forced prompt
 _BEAM = ("num_beams", "length_penalty", "early_stopping")  # encoder-decoders: beam search
+#: the fields /infer takes as request parameters: KServe parameters are scalars, so not ``stop``
+#: (strings or a list) nor ``bad_words_ids`` (a list of lists)
+INFER_FIELDS = tuple(k for k in _SAMPLING + _BEAM if k not in ("stop", "bad_words_ids"))
 _TOP_LEVEL = frozenset(
     {"text_input", "messages", "audio", "parameters", "id", "stream", *_SAMPLING, *_SPEECH, *_BEAM}
 )

@@ -26,31 +26,18 @@ from typing import Any
 import numpy as np
 
 from torchport.runtimes._errors import InferenceInputError, TorchportError
-from torchport.runtimes._generate import GenRequest, SamplingParams, Seq2SeqSpec, is_seq2seq
+from torchport.runtimes._generate import GenRequest, SamplingParams, Seq2SeqBatch, Seq2SeqSpec, is_seq2seq
 from torchport.runtimes._tokenizer import TextCodec
 from torchport.runtimes.server._batching import ModelRunner
+from torchport.runtimes.server._generate_engine import Job
+from torchport.runtimes.server._generate_routes import INFER_FIELDS, Beams, _engine, _sampling, parse_beams
+from torchport.runtimes.server._protocol import HTTPError
 
 __all__ = ["OUTPUT", "GenerationInfer", "Text2TextInfer", "Text2TextRunner"]
 
 TEXT = "text"
 OUTPUT = "text_output"
 DEFAULT_NEW_TOKENS = 32
-#: request parameters that are generation settings (as /generate's fields)
-GENERATION_PARAMETERS = (
-    "max_tokens",
-    "temperature",
-    "top_p",
-    "top_k",
-    "seed",
-    "repetition_penalty",
-    "ignore_eos",
-    "no_repeat_ngram_size",
-    "min_length",
-    "min_new_tokens",
-    "num_beams",
-    "length_penalty",
-    "early_stopping",
-)
 #: request parameters of the protocol or of Triton's clients, not generation settings: let through
 _PROTOCOL_PARAMETERS = frozenset(
     {"binary_data_output", "priority", "timeout", "sequence_id", "sequence_start", "sequence_end", "headers"}
@@ -64,7 +51,7 @@ def infer_settings(parameters: Mapping[str, Any] | None, extra: tuple[str, ...] 
     Raises:
         InferenceInputError: a parameter that is neither a generation setting nor the protocol's.
     """
-    accepted = GENERATION_PARAMETERS + extra
+    accepted = INFER_FIELDS + extra
     params = dict(parameters or {})
     unknown = sorted(k for k in params if k not in accepted and k not in _PROTOCOL_PARAMETERS)
     if unknown:
@@ -80,9 +67,6 @@ def sampling_of(settings: Mapping[str, Any], default_new_tokens: int) -> Samplin
     Raises:
         InferenceInputError: a bad value, named as /generate names it.
     """
-    from torchport.runtimes.server._generate_routes import _sampling
-    from torchport.runtimes.server._protocol import HTTPError
-
     try:
         return _sampling({"max_tokens": default_new_tokens, **settings})
     except HTTPError as e:
@@ -224,10 +208,6 @@ class Text2TextRunner(ModelRunner):
         executor); the future's result is ``({"text_output": texts}, seconds)``. ``parameters``: the
         request's (see the module doc). A speech handler (``prepare_off_loop``) featurizes and
         detects the language in the executor, off the event loop."""
-        from torchport.runtimes._generate import Seq2SeqBatch
-        from torchport.runtimes.server._generate_engine import Job
-        from torchport.runtimes.server._generate_routes import Beams, _engine, parse_beams
-        from torchport.runtimes.server._protocol import HTTPError
 
         loop = asyncio.get_running_loop()
         fut: asyncio.Future = loop.create_future()
