@@ -175,13 +175,6 @@ def _last_logits_processed(
     return warp(scores, p.temperature, p.top_k, p.top_p)
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    m = np.max(x)
-    e = np.exp(x - m)
-    return e / e.sum()
-
-
 def pick_token(logits: np.ndarray, seq: GenRequest, prefix: list[int] | None = None) -> int:
     """The next token of ``seq`` from its last-position logits (``prefix``: see
     :func:`_last_logits_processed`)."""

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from torchport.runtimes._errors import InferenceInputError, UsageError
-from torchport.runtimes._logits import LogitsRules, Timestamps
+from torchport.runtimes._logits import LogitsRules, Timestamps, _log_softmax
 from torchport.runtimes._row_batch import RowBatch
 from torchport.runtimes._sampling import GenRequest, SamplingParams, pick_token
 
@@ -520,9 +520,3 @@ class Seq2SeqBatch(RowBatch):
         best = finished[0] if finished else (float(running_scores[0]), running[0], False)
         seq.tokens = [t for t in best[1] if t not in eos] if best[2] else list(best[1])
         seq.finish_reason = "stop" if best[2] else "length"
-
-
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float32)
-    m = np.max(x)
-    return (x - m - np.log(np.sum(np.exp(x - m)))).astype(np.float32)
